@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Build and run the workspace test suite for one target with Debian's rustc-web 1.85.
+#
+#   crossbuild/test.sh TARGET [cargo test args...]
+#   TARGET: amd64|x86_64  arm64|aarch64  ppc64le|ppc64el|powerpc64le  s390x
+#
+# amd64 is the native build with the real 1.85 toolchain (the "builds with 1.85" check);
+# the others cross-compile with Debian's cross gcc and run every test binary under
+# qemu-user-static (runner in crossbuild/cargo-config.toml). s390x is big-endian.
+#
+# Environment:
+#   WORKSPACE=/path      workspace to test (default: the repository holding this script)
+#   CARGO_TARGET_DIR     default: $WORKSPACE/target/cross (kept apart from rustup builds)
+#   FERRY_*              passed through to the tests unchanged.
+#   FERRY_UNDER_QEMU=1   exported by this script for emulated targets. Tests that cannot work
+#                        under qemu-user (loop devices, FIFREEZE/BLK* ioctls, spawning another
+#                        target binary, which needs binfmt) must check it and return early:
+#                            if std::env::var_os("FERRY_UNDER_QEMU").is_some() { return; }
+#   FERRY_QEMU_RUNNER    exported too: the qemu command line ("qemu-s390x-static -L ...") so a
+#                        test that must exec a target binary can prefix it.
+# Run crossbuild/install.sh once first (as root).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+WORKSPACE="${WORKSPACE:-$(dirname "$HERE")}"
+CONFIG="$HERE/cargo-config.toml"
+
+usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+case "$1" in
+  amd64|x86_64)                   T=x86_64-unknown-linux-gnu;      QEMU="" ;;
+  arm64|aarch64)                  T=aarch64-unknown-linux-gnu;     QEMU="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
+  ppc64le|ppc64el|powerpc64le)    T=powerpc64le-unknown-linux-gnu; QEMU="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
+  s390x)                          T=s390x-unknown-linux-gnu;       QEMU="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
+  *) usage ;;
+esac
+shift
+
+[ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || { echo "test.sh: run crossbuild/install.sh first" >&2; exit 1; }
+[ -f "$WORKSPACE/Cargo.toml" ] || { echo "test.sh: no Cargo.toml in $WORKSPACE" >&2; exit 1; }
+
+# Only the Debian toolchain: a rustup cargo/rustc earlier in PATH would silently be used instead.
+export PATH=/usr/bin:/bin
+export RUSTC=/usr/bin/rustc
+unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}"
+# CARGO_HOME stays ~/.cargo: the registry cache is shared with rustup's cargo.
+if [ -n "$QEMU" ]; then
+  export FERRY_UNDER_QEMU=1
+  export FERRY_QEMU_RUNNER="$QEMU"
+  export QEMU_LD_PREFIX="${QEMU#* -L }"
+fi
+
+echo "test.sh: $(/usr/bin/rustc -V) | target $T | workspace $WORKSPACE | ${QEMU:-native}" >&2
+cd "$WORKSPACE"
+start=$(date +%s)
+rc=0
+/usr/bin/cargo test --workspace --target "$T" --config "$CONFIG" "$@" || rc=$?
+echo "test.sh: $T finished with exit $rc in $(( $(date +%s) - start ))s" >&2
+exit "$rc"

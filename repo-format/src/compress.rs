@@ -1,0 +1,142 @@
+//! Per-blob zstd compression, kept raw when it does not shrink.
+//!
+//! Encoded payload: `0x00 ‖ raw bytes`, or `0x01 ‖ raw length (u32 LE) ‖ zstd frame`. The raw
+//! length bounds the decompression buffer, so a hostile blob cannot make a reader allocate more
+//! than `MAX_BLOB_LEN`.
+
+use std::cell::RefCell;
+
+use crate::error::{Error, Result};
+
+/// Largest plaintext a blob may have (chunks are at most a few MiB; trees are split below this).
+pub const MAX_BLOB_LEN: usize = 64 << 20;
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Encode `data` into `out` (appended): zstd at `level` if that is smaller, raw otherwise.
+/// Level 0 means no compression.
+pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
+    if level != 0 && data.len() >= 64 {
+        out.push(ZSTD);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        let header = out.len();
+        let bound = zstd::zstd_safe::compress_bound(data.len());
+        // Only worth it if it saves something: cap the output at the raw size.
+        let cap = data.len().min(bound);
+        out.resize(header + cap, 0);
+        let n = COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.as_ref().map(|(l, _)| *l) != Some(level) {
+                *c = Some((
+                    level,
+                    zstd::bulk::Compressor::new(level).expect("zstd context"),
+                ));
+            }
+            let (_, comp) = c.as_mut().expect("set above");
+            comp.compress_to_buffer(data, &mut out[header..]).ok()
+        });
+        match n {
+            Some(n) if n + 5 < data.len() + 1 => {
+                out.truncate(header + n);
+                return;
+            }
+            _ => out.truncate(start),
+        }
+    }
+    out.push(RAW);
+    out.extend_from_slice(data);
+}
+
+/// Decode a payload made by `compress_into`.
+pub fn decompress(payload: &[u8]) -> Result<Vec<u8>> {
+    match payload.first() {
+        Some(&RAW) => Ok(payload[1..].to_vec()),
+        Some(&ZSTD) => {
+            if payload.len() < 5 {
+                return Err(Error::corrupt(
+                    "blob",
+                    "compressed payload shorter than its header",
+                ));
+            }
+            let raw_len = u32::from_le_bytes(payload[1..5].try_into().expect("4 bytes")) as usize;
+            if raw_len > MAX_BLOB_LEN {
+                return Err(Error::corrupt(
+                    "blob",
+                    format!("declared length {raw_len} exceeds the limit"),
+                ));
+            }
+            let out = DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                let d =
+                    d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd context"));
+                d.decompress(&payload[5..], raw_len)
+            });
+            let out = out.map_err(|e| Error::corrupt("blob", format!("zstd: {e}")))?;
+            if out.len() != raw_len {
+                return Err(Error::corrupt(
+                    "blob",
+                    "decompressed length differs from the declared length",
+                ));
+            }
+            Ok(out)
+        }
+        Some(t) => Err(Error::corrupt(
+            "blob",
+            format!("unknown compression type {t}"),
+        )),
+        None => Err(Error::corrupt("blob", "empty payload")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..20000), level in 0i32..6) {
+            let mut out = Vec::new();
+            compress_into(&data, level, &mut out);
+            prop_assert!(out.len() <= data.len() + 1);
+            prop_assert_eq!(decompress(&out).unwrap(), data);
+        }
+
+        #[test]
+        fn repetitive_round_trip(byte in any::<u8>(), n in 0usize..100_000) {
+            let data = vec![byte; n];
+            let mut out = Vec::new();
+            compress_into(&data, 3, &mut out);
+            prop_assert_eq!(decompress(&out).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn compresses_text_keeps_random_raw() {
+        let text = b"the quick brown fox jumps over the lazy dog ".repeat(100);
+        let mut out = Vec::new();
+        compress_into(&text, 3, &mut out);
+        assert_eq!(out[0], ZSTD);
+        assert!(out.len() < text.len() / 5);
+        let mut random = vec![0u8; 4096];
+        crate::crypto::random_bytes(&mut random);
+        let mut out = Vec::new();
+        compress_into(&random, 3, &mut out);
+        assert_eq!(out[0], RAW);
+    }
+
+    #[test]
+    fn hostile_lengths_are_corrupt_not_panics() {
+        assert!(decompress(&[]).is_err());
+        assert!(decompress(&[1, 0xff, 0xff, 0xff, 0xff, 0]).is_err());
+        assert!(decompress(&[1, 10, 0, 0, 0, 1, 2, 3]).is_err());
+        assert!(decompress(&[9]).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! Keys, key derivation and authenticated encryption (AES-256-GCM).
+//!
+//! The master key holds two independent 32-byte secrets: `enc` (encryption) and `idk` (the
+//! BLAKE3 key of blob ids and the chunker seed). Nothing is ever encrypted under `enc` itself:
+//! every use derives a subkey with BLAKE3's KDF (`derive_key`, a context string per purpose):
+//!
+//! * pack key  = derive_key("ferry v1 pack key", enc ‖ pack salt)   — one per pack, salt random
+//! * object key = derive_key("ferry v1 object key", enc)           — config, index, snapshots
+//!
+//! Sealed bytes are `nonce(12) ‖ ciphertext ‖ tag(16)` with a random 96-bit nonce. A pack key
+//! encrypts only the blobs of one pack plus its header (far below 2^20 messages), so the
+//! random-nonce bound of 2^32 messages per key is unreachable; the object key encrypts one
+//! message per config/index/snapshot object. This module must never log or expose key bytes.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, Id};
+
+/// Bytes a sealed message adds to its plaintext: nonce and tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
+/// Length of a pack salt.
+pub const SALT_LEN: usize = 32;
+
+const CTX_PACK: &str = "ferry v1 pack key";
+const CTX_OBJECT: &str = "ferry v1 object key";
+const CTX_CHUNKER: &str = "ferry v1 chunker seed";
+
+/// Fill `buf` from the operating system's random source.
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the operating system random source failed");
+}
+
+/// The repository's secrets. Created once by `init`, stored only wrapped in key files.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MasterKey {
+    pub(crate) enc: [u8; 32],
+    pub(crate) idk: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// A new random master key.
+    pub fn generate() -> Self {
+        let mut enc = [0u8; 32];
+        let mut idk = [0u8; 32];
+        random_bytes(&mut enc);
+        random_bytes(&mut idk);
+        MasterKey { enc, idk }
+    }
+
+    /// Build from raw bytes (key files, golden tests).
+    pub fn from_bytes(enc: [u8; 32], idk: [u8; 32]) -> Self {
+        MasterKey { enc, idk }
+    }
+
+    /// The id of a blob: BLAKE3 keyed with the id key, over the plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
+        BlobId(Id(*blake3::keyed_hash(&self.idk, plaintext).as_bytes()))
+    }
+
+    /// The secret FastCDC gear-table seed (first 8 bytes of a KDF output, little-endian).
+    pub fn chunker_seed(&self) -> u64 {
+        let k = blake3::derive_key(CTX_CHUNKER, &self.idk);
+        u64::from_le_bytes(k[..8].try_into().expect("8 bytes"))
+    }
+
+    pub(crate) fn pack_cipher(&self, salt: &[u8; SALT_LEN]) -> Cipher {
+        let mut material = [0u8; 64];
+        material[..32].copy_from_slice(&self.enc);
+        material[32..].copy_from_slice(salt);
+        Cipher::new(&blake3::derive_key(CTX_PACK, &material))
+    }
+
+    pub(crate) fn object_cipher(&self) -> Cipher {
+        Cipher::new(&blake3::derive_key(CTX_OBJECT, &self.enc))
+    }
+}
+
+/// AES-256-GCM under one key.
+#[derive(Clone)]
+pub(crate) struct Cipher(Aes256Gcm);
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher(..)")
+    }
+}
+
+impl Cipher {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Cipher(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))
+    }
+
+    /// Append `nonce ‖ E(plaintext) ‖ tag` to `out`.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce);
+        out.reserve(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start..]).into())
+            .expect("AES-GCM accepts messages below 64 GiB");
+        out.extend_from_slice(tag.as_slice());
+    }
+
+    #[cfg(test)]
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_into(aad, plaintext, &mut out);
+        out
+    }
+
+    /// Authenticate and decrypt; `Corrupt` (unlocated) when the tag does not verify.
+    pub fn open(&self, aad: &[u8], sealed: &[u8], what: &'static str) -> Result<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(Error::corrupt(
+                what,
+                format!("{} bytes is shorter than nonce and tag", sealed.len()),
+            ));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
+        self.0
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                aad,
+                (&mut buf[..]).into(),
+                &Tag::from(tag),
+            )
+            .map_err(|_| {
+                Error::corrupt(what, "authentication failed (wrong key, or modified bytes)")
+            })?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), aad in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let c = Cipher::new(&[7u8; 32]);
+            let sealed = c.seal(&aad, &data);
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(c.open(&aad, &sealed, "t").unwrap(), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_detected(data in proptest::collection::vec(any::<u8>(), 1..512), pos in any::<usize>(), bit in 0u8..8) {
+            let c = Cipher::new(&[9u8; 32]);
+            let mut sealed = c.seal(b"aad", &data);
+            let i = pos % sealed.len();
+            sealed[i] ^= 1 << bit;
+            prop_assert!(c.open(b"aad", &sealed, "t").unwrap_err().is_corrupt());
+        }
+    }
+
+    #[test]
+    fn wrong_aad_or_key_fails() {
+        let c = Cipher::new(&[1u8; 32]);
+        let sealed = c.seal(b"kind=1", b"hello");
+        assert!(c.open(b"kind=2", &sealed, "t").is_err());
+        assert!(
+            Cipher::new(&[2u8; 32])
+                .open(b"kind=1", &sealed, "t")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pack_keys_differ_by_salt_and_blob_ids_by_key() {
+        let mk = MasterKey::from_bytes([1; 32], [2; 32]);
+        let sealed = mk.pack_cipher(&[0; 32]).seal(b"", b"x");
+        assert!(mk.pack_cipher(&[1; 32]).open(b"", &sealed, "t").is_err());
+        let other = MasterKey::from_bytes([1; 32], [3; 32]);
+        assert_ne!(mk.blob_id(b"x"), other.blob_id(b"x"));
+    }
+
+    /// Pinned values: keyed ids and derived seeds must never change (format stability).
+    #[test]
+    fn golden_blob_id_and_chunker_seed() {
+        let mk = MasterKey::from_bytes([0x11; 32], [0x22; 32]);
+        assert_eq!(mk.blob_id(b"ferry").to_string(), GOLDEN_BLOB_ID);
+        assert_eq!(mk.chunker_seed(), GOLDEN_SEED);
+    }
+    const GOLDEN_BLOB_ID: &str = "64e48c24da7e80d1f0157fa722a0a656e0048cf535a400c2004836f659423750";
+    const GOLDEN_SEED: u64 = 8927057272149395483;
+}

@@ -1,0 +1,358 @@
+//! The index: where every blob is stored.
+//!
+//! On storage, each writer writes its own index objects (sealed type 2), never rewritten by
+//! anyone else. Payload, little-endian: `pack count u32 ‖ packs ‖ superseded count u32 ‖
+//! superseded index ids[32]…`, each pack `pack id[32] ‖ salt[32] ‖ blob count u32 ‖ blobs`,
+//! each blob `kind u8 ‖ id[32] ‖ offset u32 ‖ stored length u32 ‖ raw length u32`. The
+//! superseded list is empty in version 1 writers; a future compaction lists the objects a new
+//! index replaces (see FORMAT.md, garbage collection).
+//!
+//! In memory, `Index` is one sorted vector of 48-byte entries (no per-entry allocation) plus a
+//! table of packs. It is immutable once built: lookups are a binary search with no lock.
+
+use crate::blob::BlobKind;
+use crate::codec::{Dec, Enc};
+use crate::crypto::SALT_LEN;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, Id, IndexId, PackId};
+use crate::pack::PackEntry;
+
+/// One pack as an index object records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPack {
+    pub id: PackId,
+    pub salt: [u8; SALT_LEN],
+    pub blobs: Vec<PackEntry>,
+}
+
+/// The payload of one index object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IndexFile {
+    pub packs: Vec<IndexPack>,
+    pub supersedes: Vec<IndexId>,
+}
+
+const BLOB_LEN: usize = 45;
+
+impl IndexFile {
+    pub fn encode(&self) -> Vec<u8> {
+        let n: usize = self
+            .packs
+            .iter()
+            .map(|p| 68 + p.blobs.len() * BLOB_LEN)
+            .sum();
+        let mut e = Enc::with_capacity(8 + n + self.supersedes.len() * 32);
+        e.u32(self.packs.len() as u32);
+        for p in &self.packs {
+            e.id(&p.id.0).raw(&p.salt).u32(p.blobs.len() as u32);
+            for b in &p.blobs {
+                e.u8(b.kind as u8)
+                    .id(&b.id.0)
+                    .u32(b.offset)
+                    .u32(b.stored_len)
+                    .u32(b.raw_len);
+            }
+        }
+        e.u32(self.supersedes.len() as u32);
+        for s in &self.supersedes {
+            e.id(&s.0);
+        }
+        e.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut d = Dec::new(b, "index");
+        let np = d.count(68)?;
+        let mut packs = Vec::with_capacity(np);
+        for _ in 0..np {
+            let id = PackId(d.id()?);
+            let salt: [u8; SALT_LEN] = d.take(SALT_LEN)?.try_into().expect("32 bytes");
+            let nb = d.count(BLOB_LEN)?;
+            let mut blobs = Vec::with_capacity(nb);
+            for _ in 0..nb {
+                let kind = BlobKind::from_u8(d.u8()?)?;
+                let id = BlobId(d.id()?);
+                let offset = d.u32()?;
+                let stored_len = d.u32()?;
+                let raw_len = d.u32()?;
+                blobs.push(PackEntry {
+                    kind,
+                    id,
+                    offset,
+                    stored_len,
+                    raw_len,
+                });
+            }
+            packs.push(IndexPack { id, salt, blobs });
+        }
+        let ns = d.count(32)?;
+        let supersedes = (0..ns)
+            .map(|_| d.id().map(IndexId))
+            .collect::<Result<_>>()?;
+        d.finish()?;
+        Ok(IndexFile { packs, supersedes })
+    }
+}
+
+/// Bit of `Entry::pack` that marks a tree blob.
+const TREE_BIT: u32 = 1 << 31;
+
+/// One blob in memory: 48 bytes, no heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct Entry {
+    id: [u8; 32],
+    /// Index into `Index::packs`, with `TREE_BIT` for tree blobs.
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+}
+
+impl Entry {
+    fn kind(&self) -> BlobKind {
+        if self.pack & TREE_BIT != 0 {
+            BlobKind::Tree
+        } else {
+            BlobKind::Data
+        }
+    }
+    fn key(&self) -> ([u8; 32], bool) {
+        (self.id, self.pack & TREE_BIT != 0)
+    }
+}
+
+/// Where a blob is, resolved for reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub kind: BlobKind,
+    pub pack: PackId,
+    pub salt: [u8; SALT_LEN],
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// A pack known to the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackRef {
+    pub id: PackId,
+    pub salt: [u8; SALT_LEN],
+}
+
+/// The immutable in-memory index.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    entries: Vec<Entry>,
+    packs: Vec<PackRef>,
+}
+
+/// Bytes of memory one indexed blob costs (the entry; packs are counted apart).
+pub const INDEX_ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+impl Index {
+    /// Build from index files; duplicates (the same blob stored by two writers) keep one copy.
+    pub fn build<'a>(files: impl IntoIterator<Item = &'a IndexFile>) -> Result<Self> {
+        let mut idx = Index::default();
+        for f in files {
+            idx.add_file(f)?;
+        }
+        idx.seal();
+        Ok(idx)
+    }
+
+    fn add_file(&mut self, f: &IndexFile) -> Result<()> {
+        for p in &f.packs {
+            let pi = u32::try_from(self.packs.len())
+                .ok()
+                .filter(|n| *n < TREE_BIT)
+                .ok_or_else(|| Error::Invalid("more than 2^31 packs".into()))?;
+            self.packs.push(PackRef {
+                id: p.id,
+                salt: p.salt,
+            });
+            self.entries.extend(p.blobs.iter().map(|b| Entry {
+                id: b.id.0.0,
+                pack: pi
+                    | if b.kind == BlobKind::Tree {
+                        TREE_BIT
+                    } else {
+                        0
+                    },
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            }));
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) {
+        self.entries.sort_unstable_by_key(|e| e.key());
+        self.entries.dedup_by_key(|e| e.key());
+        self.entries.shrink_to_fit();
+    }
+
+    /// A new index with the blobs of `more` added (used after a writer flushes).
+    pub fn extended(&self, more: &IndexFile) -> Result<Self> {
+        let mut idx = self.clone();
+        idx.add_file(more)?;
+        idx.seal();
+        Ok(idx)
+    }
+
+    fn find(&self, kind: BlobKind, id: &BlobId) -> Option<&Entry> {
+        let key = (id.0.0, kind == BlobKind::Tree);
+        self.entries
+            .binary_search_by(|e| e.key().cmp(&key))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    pub fn contains(&self, kind: BlobKind, id: &BlobId) -> bool {
+        self.find(kind, id).is_some()
+    }
+
+    pub fn lookup(&self, kind: BlobKind, id: &BlobId) -> Option<BlobLocation> {
+        self.find(kind, id).map(|e| {
+            let p = &self.packs[(e.pack & !TREE_BIT) as usize];
+            BlobLocation {
+                kind: e.kind(),
+                pack: p.id,
+                salt: p.salt,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+            }
+        })
+    }
+
+    /// Number of distinct blobs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Packs in the order they were added (may repeat a pack listed by two index objects).
+    pub fn packs(&self) -> &[PackRef] {
+        &self.packs
+    }
+
+    /// Bytes of heap the index holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * INDEX_ENTRY_BYTES
+            + self.packs.capacity() * std::mem::size_of::<PackRef>()
+    }
+
+    /// Every blob with its location (for check and statistics).
+    pub fn iter(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
+        self.entries.iter().map(|e| {
+            let id = BlobId(Id(e.id));
+            (id, self.lookup(e.kind(), &id).expect("entry is indexed"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn entry_is_48_bytes() {
+        assert_eq!(INDEX_ENTRY_BYTES, 48);
+    }
+
+    fn arb_entry() -> impl Strategy<Value = PackEntry> {
+        (
+            any::<bool>(),
+            any::<[u8; 32]>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(|(t, id, o, s, r)| PackEntry {
+                kind: if t { BlobKind::Tree } else { BlobKind::Data },
+                id: BlobId(Id(id)),
+                offset: o,
+                stored_len: s,
+                raw_len: r,
+            })
+    }
+
+    fn arb_file() -> impl Strategy<Value = IndexFile> {
+        let pack = (
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            proptest::collection::vec(arb_entry(), 0..20),
+        )
+            .prop_map(|(id, salt, blobs)| IndexPack {
+                id: PackId(Id(id)),
+                salt,
+                blobs,
+            });
+        (
+            proptest::collection::vec(pack, 0..5),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..3),
+        )
+            .prop_map(|(packs, s)| IndexFile {
+                packs,
+                supersedes: s.into_iter().map(|i| IndexId(Id(i))).collect(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(f in arb_file()) {
+            prop_assert_eq!(IndexFile::decode(&f.encode()).unwrap(), f);
+        }
+
+        #[test]
+        fn every_blob_is_found_where_it_was_put(f in arb_file()) {
+            let idx = Index::build([&f]).unwrap();
+            for p in &f.packs {
+                for b in &p.blobs {
+                    let loc = idx.lookup(b.kind, &b.id).unwrap();
+                    prop_assert_eq!(loc.kind, b.kind);
+                }
+            }
+            prop_assert!(!idx.contains(BlobKind::Data, &BlobId(Id([0xee; 32]))) || f.packs.iter().any(|p| p.blobs.iter().any(|b| b.id.0.0 == [0xee; 32])));
+        }
+
+        #[test]
+        fn truncation_is_corrupt_never_a_panic(f in arb_file(), cut in any::<usize>()) {
+            let b = f.encode();
+            let cut = cut % b.len().max(1);
+            if cut < b.len() {
+                prop_assert!(IndexFile::decode(&b[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn same_id_different_kind_are_distinct() {
+        let id = BlobId(Id([1; 32]));
+        let e = |kind, offset| PackEntry {
+            kind,
+            id,
+            offset,
+            stored_len: 1,
+            raw_len: 1,
+        };
+        let f = IndexFile {
+            packs: vec![IndexPack {
+                id: PackId(Id([9; 32])),
+                salt: [0; 32],
+                blobs: vec![e(BlobKind::Data, 0), e(BlobKind::Tree, 1)],
+            }],
+            supersedes: vec![],
+        };
+        let idx = Index::build([&f]).unwrap();
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.lookup(BlobKind::Tree, &id).unwrap().offset, 1);
+        assert_eq!(idx.lookup(BlobKind::Data, &id).unwrap().offset, 0);
+    }
+}

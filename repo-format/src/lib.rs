@@ -1,0 +1,42 @@
+//! The Ferry repository format: everything needed to read and write a repository.
+//!
+//! The byte-level specification is `docs/FORMAT.md`; each module's doc names the part it owns.
+//! This crate never prints, never parses command lines, and holds no policy about sources or
+//! targets (that is the agent's). Its public surface is the `pub use` list below.
+
+mod blob;
+mod cache;
+mod chunker;
+mod codec;
+mod compress;
+mod config;
+mod crypto;
+mod error;
+mod id;
+mod index;
+mod keyfile;
+mod object;
+mod pack;
+mod repository;
+mod snapshot;
+mod storage;
+mod tree;
+mod writer;
+
+pub use blob::BlobKind;
+pub use cache::Cache;
+pub use chunker::{Chunker, is_zero};
+pub use compress::{MAX_BLOB_LEN, compress_into, decompress};
+pub use config::{ChunkerParams, RepoConfig};
+pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};
+pub use error::{Error, ObjectRef, Result};
+pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
+pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, PackRef};
+pub use keyfile::KdfParams;
+pub use object::FORMAT_VERSION;
+pub use pack::{PackEntry, TRAILER_LEN, open_blob, parse_header, parse_pack, parse_trailer};
+pub use repository::{KeyInfo, Repository};
+pub use snapshot::{Snapshot, Summary};
+pub use storage::{Counting, FileKind, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of};
+pub use tree::{Content, Node, NodeType, Segment, Tree, decode_segment_list, encode_segment_list};
+pub use writer::{BlobWriter, Saved, WriterOptions, WriterResult, WriterStats};

@@ -1,0 +1,325 @@
+//! Packs: many sealed blobs in one storage object.
+//!
+//! Layout: `blob₀ ‖ blob₁ ‖ … ‖ header ‖ trailer`.
+//! * header = sealed object of type 4 under the pack key, payload `count u32 ‖ count ×
+//!   (kind u8 ‖ id[32] ‖ stored length u32 ‖ raw length u32)`; blob i starts where blob i-1
+//!   ends (the first at 0).
+//! * trailer (44 bytes) = `salt[32] ‖ header length u32 LE ‖ "FERRYPAK"`.
+//!
+//! The pack's storage name is the BLAKE3 of all its bytes. A pack is built in an anonymous
+//! temporary file, never in memory, so memory stays bounded by the number of open packs, not
+//! their size. The header repeats what the index says, so a lost index can be rebuilt.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::Path;
+
+use crate::blob::{self, BlobKind};
+use crate::codec::{Dec, Enc};
+use crate::crypto::{Cipher, MasterKey, SALT_LEN, random_bytes};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::object::{self, ObjectType};
+
+/// Length of the pack trailer.
+pub const TRAILER_LEN: usize = 44;
+const TRAILER_MAGIC: &[u8; 8] = b"FERRYPAK";
+const ENTRY_LEN: usize = 41;
+
+/// Where one blob sits in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: BlobId,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// A finished pack waiting for upload: an unlinked temporary file and what it holds.
+#[derive(Debug)]
+pub struct FinishedPack {
+    pub id: PackId,
+    pub file: File,
+    pub len: u64,
+    pub salt: [u8; SALT_LEN],
+    pub entries: Vec<PackEntry>,
+}
+
+/// Builds one pack in a temporary file.
+#[derive(Debug)]
+pub(crate) struct PackWriter {
+    salt: [u8; SALT_LEN],
+    cipher: Cipher,
+    file: BufWriter<File>,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+    sealed: Vec<u8>,
+}
+
+impl PackWriter {
+    /// A new empty pack with a fresh random salt (and so a fresh key), spooled under `dir`.
+    pub fn new(master: &MasterKey, dir: &Path) -> Result<Self> {
+        let mut salt = [0u8; SALT_LEN];
+        random_bytes(&mut salt);
+        let file = tempfile::tempfile_in(dir).map_err(|e| {
+            Error::io(
+                format!("creating a temporary pack file in {}", dir.display()),
+                e,
+            )
+        })?;
+        Ok(PackWriter {
+            salt,
+            cipher: master.pack_cipher(&salt),
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+            sealed: Vec::new(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Compress, seal and append a blob. Returns its stored length.
+    #[cfg(test)]
+    pub fn add(&mut self, kind: BlobKind, id: BlobId, plaintext: &[u8], level: i32) -> Result<u32> {
+        let mut payload = Vec::new();
+        crate::compress::compress_into(plaintext, level, &mut payload);
+        self.add_payload(kind, id, &payload, plaintext.len() as u32)
+    }
+
+    /// Seal an already compressed payload (see `compress`) and append it. Compression happens
+    /// outside any lock the caller holds on this writer; only encryption happens here.
+    pub fn add_payload(
+        &mut self,
+        kind: BlobKind,
+        id: BlobId,
+        payload: &[u8],
+        raw_len: u32,
+    ) -> Result<u32> {
+        let offset = u32::try_from(self.len)
+            .map_err(|_| Error::Invalid("a pack grew beyond 4 GiB".into()))?;
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
+        blob::seal_payload_into(&self.cipher, kind, &id, payload, &mut sealed);
+        let stored_len = sealed.len() as u32;
+        let written = self.write(&sealed);
+        self.sealed = sealed;
+        written?;
+        self.entries.push(PackEntry {
+            kind,
+            id,
+            offset,
+            stored_len,
+            raw_len,
+        });
+        Ok(stored_len)
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.file
+            .write_all(b)
+            .map_err(|e| Error::io("writing a temporary pack file", e))?;
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    /// Append header and trailer; the file is rewound and ready to upload.
+    pub fn finish(mut self) -> Result<FinishedPack> {
+        let mut e = Enc::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        e.u32(self.entries.len() as u32);
+        for en in &self.entries {
+            e.u8(en.kind as u8)
+                .id(&en.id.0)
+                .u32(en.stored_len)
+                .u32(en.raw_len);
+        }
+        let header = object::seal(&self.cipher, ObjectType::PackHeader, &e.buf, 0);
+        self.write(&header)?;
+        let mut trailer = Enc::with_capacity(TRAILER_LEN);
+        trailer
+            .raw(&self.salt)
+            .u32(header.len() as u32)
+            .raw(TRAILER_MAGIC);
+        self.write(&trailer.buf)?;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io("flushing a temporary pack file", e.into_error()))?;
+        file.rewind()
+            .map_err(|e| Error::io("rewinding a temporary pack file", e))?;
+        Ok(FinishedPack {
+            id: PackId(crate::id::Id(*self.hasher.finalize().as_bytes())),
+            file,
+            len: self.len,
+            salt: self.salt,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Parse a trailer: the pack salt and the header's stored length.
+pub fn parse_trailer(t: &[u8]) -> Result<([u8; SALT_LEN], u32)> {
+    if t.len() != TRAILER_LEN || &t[36..] != TRAILER_MAGIC {
+        return Err(Error::corrupt(
+            "pack",
+            "bad trailer (not a ferry pack, or truncated)",
+        ));
+    }
+    let salt: [u8; SALT_LEN] = t[..32].try_into().expect("32 bytes");
+    let hlen = u32::from_le_bytes(t[32..36].try_into().expect("4 bytes"));
+    Ok((salt, hlen))
+}
+
+/// Decrypt and check a pack header; `blobs_len` is the pack length minus header and trailer.
+pub fn parse_header(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    header: &[u8],
+    blobs_len: u64,
+) -> Result<Vec<PackEntry>> {
+    let plain = object::open(
+        &master.pack_cipher(salt),
+        ObjectType::PackHeader,
+        header,
+        "pack header",
+    )?;
+    let mut d = Dec::new(&plain, "pack header");
+    let n = d.count(ENTRY_LEN)?;
+    let mut out = Vec::with_capacity(n);
+    let mut offset = 0u64;
+    for _ in 0..n {
+        let kind = BlobKind::from_u8(d.u8()?)?;
+        let id = BlobId(d.id()?);
+        let stored_len = d.u32()?;
+        let raw_len = d.u32()?;
+        out.push(PackEntry {
+            kind,
+            id,
+            offset: offset as u32,
+            stored_len,
+            raw_len,
+        });
+        offset += u64::from(stored_len);
+    }
+    d.finish()?;
+    if offset != blobs_len {
+        return Err(Error::corrupt(
+            "pack header",
+            format!("blobs cover {offset} bytes, the pack holds {blobs_len}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Parse a whole pack held in memory (check, repair, tests).
+pub fn parse_pack(master: &MasterKey, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
+    if pack.len() < TRAILER_LEN {
+        return Err(Error::corrupt("pack", "shorter than its trailer"));
+    }
+    let (salt, hlen) = parse_trailer(&pack[pack.len() - TRAILER_LEN..])?;
+    let hstart = (pack.len() - TRAILER_LEN)
+        .checked_sub(hlen as usize)
+        .ok_or_else(|| Error::corrupt("pack", "header longer than the pack"))?;
+    let entries = parse_header(
+        master,
+        &salt,
+        &pack[hstart..pack.len() - TRAILER_LEN],
+        hstart as u64,
+    )?;
+    Ok((salt, entries))
+}
+
+/// Open one stored blob given the pack salt (from the index or the trailer).
+pub fn open_blob(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    kind: BlobKind,
+    id: &BlobId,
+    stored: &[u8],
+) -> Result<Vec<u8>> {
+    blob::open(master, &master.pack_cipher(salt), kind, id, stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Read;
+
+    fn build(master: &MasterKey, blobs: &[(BlobKind, Vec<u8>)]) -> (FinishedPack, Vec<u8>) {
+        let dir = std::env::temp_dir();
+        let mut w = PackWriter::new(master, &dir).unwrap();
+        for (k, b) in blobs {
+            w.add(*k, master.blob_id(b), b, 3).unwrap();
+        }
+        let mut p = w.finish().unwrap();
+        let mut bytes = Vec::new();
+        p.file.read_to_end(&mut bytes).unwrap();
+        (p, bytes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn pack_write_read_round_trip(blobs in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..3000)), 0..12)) {
+            let master = MasterKey::generate();
+            let blobs: Vec<(BlobKind, Vec<u8>)> = blobs.into_iter().map(|(t, b)| (if t { BlobKind::Tree } else { BlobKind::Data }, b)).collect();
+            let (p, bytes) = build(&master, &blobs);
+            prop_assert_eq!(bytes.len() as u64, p.len);
+            prop_assert_eq!(PackId(crate::id::Id::of_stored(&bytes)), p.id);
+            let (salt, entries) = parse_pack(&master, &bytes).unwrap();
+            prop_assert_eq!(&entries, &p.entries);
+            for ((kind, data), e) in blobs.iter().zip(&entries) {
+                let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+                prop_assert_eq!(&open_blob(&master, &salt, *kind, &e.id, stored).unwrap(), data);
+            }
+        }
+    }
+
+    #[test]
+    fn swapped_blob_and_flipped_byte_are_detected() {
+        let master = MasterKey::generate();
+        let a = b"first blob content".to_vec();
+        let b = b"second blob content".to_vec();
+        let (_, bytes) = build(
+            &master,
+            &[(BlobKind::Data, a.clone()), (BlobKind::Data, b.clone())],
+        );
+        let (salt, e) = parse_pack(&master, &bytes).unwrap();
+        let blob_a = &bytes[e[0].offset as usize..(e[0].offset + e[0].stored_len) as usize];
+        // The stored bytes of `a` presented as `b`: the associated data differs.
+        assert!(
+            open_blob(&master, &salt, BlobKind::Data, &e[1].id, blob_a)
+                .unwrap_err()
+                .is_corrupt()
+        );
+        assert!(
+            open_blob(&master, &salt, BlobKind::Tree, &e[0].id, blob_a)
+                .unwrap_err()
+                .is_corrupt()
+        );
+        let mut flipped = blob_a.to_vec();
+        flipped[20] ^= 0x40;
+        assert!(
+            open_blob(&master, &salt, BlobKind::Data, &e[0].id, &flipped)
+                .unwrap_err()
+                .is_corrupt()
+        );
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 50] ^= 1; // inside the header
+        assert!(parse_pack(&master, &bad).unwrap_err().is_corrupt());
+        assert!(
+            parse_pack(&master, &bytes[..bytes.len() - 3])
+                .unwrap_err()
+                .is_corrupt()
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Opening, unlocking and using a repository: config, keys, index, blobs, trees, snapshots.
+//!
+//! `Repository` is the library's front door. Opening reads `config` first (so a missing
+//! repository or a too-new format is reported before any password is tried), then tries the
+//! password on every key file. The index is loaded on demand (`load_index`), from the local
+//! cache where possible. Every object read is verified: stored-name hash where the name is a
+//! hash, AEAD tag, and for blobs the keyed hash of the plaintext.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::blob::BlobKind;
+use crate::cache::Cache;
+use crate::config::RepoConfig;
+use crate::crypto::MasterKey;
+use crate::error::{Error, ObjectRef, Result};
+use crate::id::{BlobId, Id, IndexId, KeyId, SnapshotId, TreeId};
+use crate::index::{Index, IndexFile};
+use crate::keyfile::{self, KdfParams};
+use crate::object::{self, ObjectType};
+use crate::pack;
+use crate::snapshot::Snapshot;
+use crate::storage::{FileKind, Storage};
+use crate::tree::Tree;
+use crate::writer::{BlobWriter, WriterOptions, WriterResult};
+
+/// Concurrent downloads when loading index or snapshot objects.
+const LOAD_CONCURRENCY: usize = 16;
+
+/// A key file as `key list` shows it.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub id: KeyId,
+    pub created_ns: i64,
+    pub label: String,
+    pub kdf: KdfParams,
+    /// The key file this session was unlocked with.
+    pub current: bool,
+}
+
+/// An open, unlocked repository.
+#[derive(Debug)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    master: MasterKey,
+    config: RepoConfig,
+    key_id: KeyId,
+    cache: Option<Cache>,
+    index: RwLock<Arc<Index>>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Repository {
+    /// Create a repository: config and a first key file. Fails if a config exists.
+    pub async fn init(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        kdf: KdfParams,
+        config: RepoConfig,
+        key_label: &str,
+    ) -> Result<Self> {
+        config.validate()?;
+        match storage.read(FileKind::Config, &Id::ZERO).await {
+            Ok(_) => {
+                return Err(Error::RepositoryExists {
+                    location: storage.location(),
+                });
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let master = MasterKey::generate();
+        let kf = keyfile::create(&master, password, kdf, now_ns(), key_label)?;
+        let key_id = KeyId(Id::of_stored(&kf));
+        // Key first, config last: a repository exists only once it can be unlocked.
+        storage
+            .create(FileKind::Key, &key_id.0, Bytes::from(kf))
+            .await?;
+        let cfg = object::seal(
+            &master.object_cipher(),
+            ObjectType::Config,
+            &config.encode(),
+            0,
+        );
+        storage
+            .create(FileKind::Config, &Id::ZERO, Bytes::from(cfg))
+            .await
+            .map_err(|e| match e {
+                Error::AlreadyExists { .. } => Error::RepositoryExists {
+                    location: storage.location(),
+                },
+                other => other,
+            })?;
+        Ok(Repository {
+            storage,
+            master,
+            config,
+            key_id,
+            cache: None,
+            index: RwLock::default(),
+        })
+    }
+
+    /// Open and unlock. `cache_root` enables the local cache of index and snapshot objects.
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        cache_root: Option<PathBuf>,
+    ) -> Result<Self> {
+        let cfg_bytes = match storage.read(FileKind::Config, &Id::ZERO).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository {
+                    location: storage.location(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        object::check_header(&cfg_bytes, ObjectType::Config, "config")
+            .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
+        let keys = storage.list(FileKind::Key).await?;
+        if keys.is_empty() {
+            return Err(
+                Error::corrupt("repository", "it has a config but no key file")
+                    .locate(ObjectRef::File(FileKind::Key, Id::ZERO)),
+            );
+        }
+        let mut unlocked = None;
+        for (kid, _) in &keys {
+            let kf = storage.read(FileKind::Key, kid).await?;
+            let pw = password.to_vec();
+            let opened = tokio::task::spawn_blocking(move || keyfile::open(&kf, &pw))
+                .await
+                .expect("kdf task");
+            match opened {
+                Ok(Some(c)) => {
+                    unlocked = Some((KeyId(*kid), c.master));
+                    break;
+                }
+                Ok(None) => {}
+                // A damaged key file must not hide a good one.
+                Err(e) => tracing::warn!("key file {}: {e}", kid.short()),
+            }
+        }
+        let (key_id, master) = unlocked.ok_or(Error::WrongPassword)?;
+        let plain = object::open(
+            &master.object_cipher(),
+            ObjectType::Config,
+            &cfg_bytes,
+            "config",
+        )
+        .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
+        let config = RepoConfig::decode(&plain)
+            .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
+        let cache = cache_root.map(|r| Cache::new(&r, &config.repo_id));
+        Ok(Repository {
+            storage,
+            master,
+            config,
+            key_id,
+            cache,
+            index: RwLock::default(),
+        })
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// The id of the key file used to unlock.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    async fn read_object(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
+        let b = match &self.cache {
+            Some(c) => c.read_through(&*self.storage, kind, id).await?,
+            None => self.storage.read(kind, id).await?,
+        };
+        if Id::of_stored(&b) != *id {
+            return Err(
+                Error::corrupt("object", "stored bytes do not hash to the object's name")
+                    .locate(ObjectRef::File(kind, *id)),
+            );
+        }
+        Ok(b)
+    }
+
+    /// Load one index object.
+    pub async fn read_index_file(&self, id: &IndexId) -> Result<IndexFile> {
+        let b = self.read_object(FileKind::Index, &id.0).await?;
+        let plain = object::open(&self.master.object_cipher(), ObjectType::Index, &b, "index")
+            .map_err(|e| e.locate(ObjectRef::File(FileKind::Index, id.0)))?;
+        IndexFile::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Index, id.0)))
+    }
+
+    /// List and load every index object (one LIST; downloads only what the cache lacks).
+    pub async fn load_index(&self) -> Result<Arc<Index>> {
+        let ids: Vec<IndexId> = self
+            .storage
+            .list(FileKind::Index)
+            .await?
+            .into_iter()
+            .map(|(id, _)| IndexId(id))
+            .collect();
+        if let Some(c) = &self.cache {
+            c.retain(
+                FileKind::Index,
+                &ids.iter().map(|i| i.0).collect::<HashSet<_>>(),
+            );
+        }
+        let files: Vec<IndexFile> =
+            futures::stream::iter(ids.iter().map(|id| self.read_index_file(id)))
+                .buffer_unordered(LOAD_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+        let idx = Arc::new(Index::build(&files)?);
+        *self.index.write().expect("lock") = idx.clone();
+        Ok(idx)
+    }
+
+    /// The index as last loaded or extended.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.read().expect("lock").clone()
+    }
+
+    /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now.
+    pub fn writer(&self, opts: WriterOptions) -> BlobWriter {
+        BlobWriter::new(
+            self.storage.clone(),
+            self.master.clone(),
+            self.index(),
+            self.config.compression_level,
+            self.config.pack_size,
+            opts,
+        )
+    }
+
+    /// Finish a writer and add what it wrote to the in-memory index.
+    pub async fn finish_writer(&self, w: BlobWriter) -> Result<WriterResult> {
+        let r = w.finish().await?;
+        let idx = self.index().extended(&r.index_file)?;
+        *self.index.write().expect("lock") = Arc::new(idx);
+        Ok(r)
+    }
+
+    /// Read and verify one blob.
+    pub async fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self
+            .index()
+            .lookup(kind, id)
+            .ok_or(Error::BlobNotInIndex(id.0))?;
+        let stored = self
+            .storage
+            .read_range(
+                FileKind::Pack,
+                &loc.pack.0,
+                u64::from(loc.offset),
+                u64::from(loc.stored_len),
+            )
+            .await?;
+        pack::open_blob(&self.master, &loc.salt, kind, id, &stored).map_err(|e| {
+            e.locate(ObjectRef::Blob {
+                id: id.0,
+                pack: loc.pack.0,
+            })
+        })
+    }
+
+    pub async fn read_tree(&self, id: &TreeId) -> Result<Tree> {
+        let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
+        Tree::decode(&b).map_err(|e| {
+            e.locate(ObjectRef::Blob {
+                id: id.0,
+                pack: Id::ZERO,
+            })
+        })
+    }
+
+    /// Write a snapshot (after the writer holding its blobs has finished).
+    pub async fn save_snapshot(&self, s: &Snapshot) -> Result<SnapshotId> {
+        let b = object::seal(
+            &self.master.object_cipher(),
+            ObjectType::Snapshot,
+            &s.encode()?,
+            3,
+        );
+        let id = Id::of_stored(&b);
+        self.storage
+            .create(FileKind::Snapshot, &id, Bytes::from(b))
+            .await?;
+        Ok(SnapshotId(id))
+    }
+
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let b = self.read_object(FileKind::Snapshot, &id.0).await?;
+        let plain = object::open(
+            &self.master.object_cipher(),
+            ObjectType::Snapshot,
+            &b,
+            "snapshot",
+        )
+        .map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))?;
+        Snapshot::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let ids: Vec<SnapshotId> = self
+            .storage
+            .list(FileKind::Snapshot)
+            .await?
+            .into_iter()
+            .map(|(id, _)| SnapshotId(id))
+            .collect();
+        if let Some(c) = &self.cache {
+            c.retain(
+                FileKind::Snapshot,
+                &ids.iter().map(|i| i.0).collect::<HashSet<_>>(),
+            );
+        }
+        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
+            ids.into_iter()
+                .map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) }),
+        )
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+        out.sort_by(|a, b| (a.1.time_ns, a.0).cmp(&(b.1.time_ns, b.0)));
+        Ok(out)
+    }
+
+    /// Add a key file for `password`.
+    pub async fn add_key(&self, password: &[u8], kdf: KdfParams, label: &str) -> Result<KeyId> {
+        let (master, label) = (self.master.clone(), label.to_string());
+        let pw = password.to_vec();
+        let kf = tokio::task::spawn_blocking(move || {
+            keyfile::create(&master, &pw, kdf, now_ns(), &label)
+        })
+        .await
+        .expect("kdf task")?;
+        let id = KeyId(Id::of_stored(&kf));
+        self.storage
+            .create(FileKind::Key, &id.0, Bytes::from(kf))
+            .await?;
+        Ok(id)
+    }
+
+    /// Every key file (its label and date need the master key: each is opened with it).
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (id, _) in self.storage.list(FileKind::Key).await? {
+            let b = self.storage.read(FileKind::Key, &id).await?;
+            let info =
+                keyfile::info(&b).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
+            let (created_ns, label) = keyfile::meta(&b, &self.master)
+                .map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
+            out.push(KeyInfo {
+                id: KeyId(id),
+                created_ns,
+                label,
+                kdf: info.kdf,
+                current: KeyId(id) == self.key_id,
+            });
+        }
+        out.sort_by_key(|k| k.id);
+        Ok(out)
+    }
+
+    /// Remove a key file. Refuses the key this session was opened with (use `change_password`)
+    /// and the last key.
+    pub async fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id {
+            return Err(Error::Invalid(format!(
+                "key {} is the one this session was unlocked with: remove it from a session opened with another key",
+                id.0.short()
+            )));
+        }
+        let keys = self.storage.list(FileKind::Key).await?;
+        if !keys.iter().any(|(k, _)| *k == id.0) {
+            return Err(Error::NotFound {
+                kind: FileKind::Key,
+                id: id.0,
+            });
+        }
+        self.storage.remove(FileKind::Key, &id.0).await
+    }
+
+    /// Replace this session's key file by one for `new_password` (data untouched).
+    pub async fn change_password(
+        &mut self,
+        new_password: &[u8],
+        kdf: KdfParams,
+        label: &str,
+    ) -> Result<KeyId> {
+        let new_id = self.add_key(new_password, kdf, label).await?;
+        let old = self.key_id;
+        self.key_id = new_id;
+        self.storage.remove(FileKind::Key, &old.0).await?;
+        Ok(new_id)
+    }
+}

@@ -1,0 +1,80 @@
+//! Where repository files live: a small async trait keyed by (kind, id).
+//!
+//! `layout` maps (kind, id) to a path; `objstore` adapts any `object_store` backend (a local
+//! directory now; S3, Azure and GCS later); `ReadOnly` and `Counting` are decorators. The
+//! contract every backend must meet (checked by the conformance tests in this module):
+//! * `create` is create-only: a second create of the same name fails with `AlreadyExists` and
+//!   leaves the first content; a reader sees a whole object or none.
+//! * `upload_file` stores a content-named object (a pack): writing it twice is harmless.
+//! * `read` and `read_range` of a missing object fail with `NotFound`.
+//! * `list` returns every object of a kind with its size, in no particular order.
+
+mod counting;
+mod layout;
+mod objstore;
+mod readonly;
+
+use std::fmt;
+use std::fs::File;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::id::Id;
+
+pub use counting::{Counting, RequestCounts};
+pub use layout::path_of;
+pub use objstore::ObjectStorage;
+pub use readonly::ReadOnly;
+
+/// The kinds of files in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileKind {
+    /// The single `config` object (its id is ignored).
+    Config,
+    Key,
+    Snapshot,
+    Index,
+    Pack,
+}
+
+impl FileKind {
+    pub const ALL: [FileKind; 5] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Pack,
+    ];
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Index => "index",
+            FileKind::Pack => "pack",
+        })
+    }
+}
+
+/// A repository's storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Where this is, for messages (a path or URL without credentials).
+    fn location(&self) -> String;
+    /// Create-only write of a whole object.
+    async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()>;
+    /// Upload a content-named object from a file positioned at its start (multipart when large).
+    async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()>;
+    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes>;
+    async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes>;
+    async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>>;
+    async fn remove(&self, kind: FileKind, id: &Id) -> Result<()>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;

@@ -1,0 +1,208 @@
+//! The adapter from `Storage` onto any `object_store` backend.
+//!
+//! Small objects are single create-only puts (`PutMode::Create`). Packs are content-named and
+//! uploaded from their temporary file: a single put up to `MULTIPART_THRESHOLD`, otherwise a
+//! multipart upload in `PART_SIZE` parts with at most two parts in flight, so memory per upload
+//! stays near two parts whatever the pack size.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use super::layout::{dir_of, id_of, path_of};
+use super::{FileKind, Storage};
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+/// A repository inside an object store, under an optional prefix.
+#[derive(Debug, Clone)]
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    location: String,
+}
+
+impl ObjectStorage {
+    /// `location` is shown in messages; `prefix` (may be empty) is prepended to every name.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: impl Into<String>) -> Self {
+        let prefix = prefix.trim_matches('/').to_string();
+        ObjectStorage {
+            store,
+            prefix,
+            location: location.into(),
+        }
+    }
+
+    /// A repository in a local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| {
+            Error::Storage {
+                what: dir.display().to_string(),
+                source: Box::new(e),
+            }
+        })?;
+        Ok(ObjectStorage::new(
+            Arc::new(fs),
+            "",
+            dir.display().to_string(),
+        ))
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn err(&self, kind: FileKind, id: &Id, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound { kind, id: *id },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => Error::AlreadyExists { kind, id: *id },
+            other => Error::Storage {
+                what: format!("{kind} {} at {}", id.short(), self.location),
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for ObjectStorage {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(
+                &self.path(&path_of(kind, id)),
+                PutPayload::from_bytes(data),
+                opts,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(kind, id, e))
+    }
+
+    async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
+        let path = self.path(&path_of(kind, id));
+        let file = Arc::new(file);
+        let read_at = |file: Arc<File>, offset: u64, n: usize| async move {
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; n];
+                file.read_exact_at(&mut buf, offset)
+                    .map(|_| Bytes::from(buf))
+            })
+            .await
+            .expect("read task")
+            .map_err(|e| Error::io("reading a temporary pack file", e))
+        };
+        if len <= MULTIPART_THRESHOLD {
+            let data = read_at(file, 0, len as usize).await?;
+            return self
+                .store
+                .put(&path, PutPayload::from_bytes(data))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err(kind, id, e));
+        }
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.err(kind, id, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut offset = 0u64;
+        while offset < len {
+            let n = (len - offset).min(PART_SIZE as u64) as usize;
+            let part = match read_at(file.clone(), offset, n).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = w.wait_for_capacity(2).await {
+                return Err(self.err(kind, id, e));
+            }
+            w.put(part);
+            offset += n as u64;
+        }
+        w.finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(kind, id, e))
+    }
+
+    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
+        let r = self
+            .store
+            .get(&self.path(&path_of(kind, id)))
+            .await
+            .map_err(|e| self.err(kind, id, e))?;
+        r.bytes().await.map_err(|e| self.err(kind, id, e))
+    }
+
+    async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes> {
+        let b = self
+            .store
+            .get_range(&self.path(&path_of(kind, id)), offset..offset + len)
+            .await
+            .map_err(|e| self.err(kind, id, e))?;
+        if b.len() as u64 != len {
+            return Err(Error::corrupt(
+                "pack",
+                format!("range read returned {} of {len} bytes", b.len()),
+            )
+            .locate(crate::error::ObjectRef::File(kind, *id)));
+        }
+        Ok(b)
+    }
+
+    async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
+        if kind == FileKind::Config {
+            return Err(Error::Invalid(
+                "the config is a single object; read it instead of listing".into(),
+            ));
+        }
+        let prefix = self.path(dir_of(kind));
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage {
+                what: format!("listing {kind} at {}", self.location),
+                source: Box::new(e),
+            })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| id_of(m.location.as_ref()).map(|id| (id, m.size)))
+            .collect())
+    }
+
+    async fn remove(&self, kind: FileKind, id: &Id) -> Result<()> {
+        self.store
+            .delete(&self.path(&path_of(kind, id)))
+            .await
+            .map_err(|e| self.err(kind, id, e))
+    }
+}

@@ -1,0 +1,393 @@
+//! Directory trees: a tree blob lists the entries of one directory, sorted by name.
+//!
+//! Payload, little-endian: `count u32 ‖ count × (entry length u32 ‖ entry)`, an entry being
+//! `name (u16 length + raw bytes) ‖ type u8 ‖ mode u32 ‖ uid u32 ‖ gid u32 ‖ mtime ns i64 ‖
+//! atime ns i64 ‖ ctime ns i64 ‖ size u64 ‖ device u64 ‖ inode u64 ‖ links u32 ‖ rdev u64 ‖
+//! symlink target (u32 length + bytes) ‖ xattr count u16 ‖ xattrs (name u16-len bytes, value
+//! u32-len bytes) ‖ content`, then bytes a later version may add (ignored by this one).
+//! Content: `0` none, `1 ‖ subtree id[32]`, or `2 ‖ count u32 ‖ segments`, a segment being
+//! `0 ‖ zero run length u64` (a hole: nothing stored), `1 ‖ blob id[32] ‖ length u32` (a data
+//! blob), or `2 ‖ tree blob id[32] ‖ length u64` (a tree-kind blob holding a further segment
+//! list, `count u32 ‖ segments`, for files and disks with very many chunks).
+//!
+//! Names are raw bytes: non-UTF-8 names round-trip. Decoding never trusts names; the restorer
+//! checks `Node::has_safe_name` before touching the file system.
+
+use crate::codec::{Dec, Enc};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, TreeId};
+
+/// Type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum NodeType {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDev = 5,
+    BlockDev = 6,
+    Socket = 7,
+}
+
+impl NodeType {
+    fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            1 => NodeType::File,
+            2 => NodeType::Dir,
+            3 => NodeType::Symlink,
+            4 => NodeType::Fifo,
+            5 => NodeType::CharDev,
+            6 => NodeType::BlockDev,
+            7 => NodeType::Socket,
+            _ => return Err(Error::corrupt("tree", format!("unknown entry type {v}"))),
+        })
+    }
+}
+
+/// One piece of a file's or disk's content, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// `len` bytes of a data blob.
+    Blob { id: BlobId, len: u32 },
+    /// `len` zero bytes, stored as nothing (a hole or all-zero chunks).
+    Zero { len: u64 },
+    /// A tree-kind blob holding a further segment list covering `len` bytes.
+    Indirect { id: TreeId, len: u64 },
+}
+
+impl Segment {
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::Blob { len, .. } => u64::from(*len),
+            Segment::Zero { len } | Segment::Indirect { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an entry holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Content {
+    #[default]
+    None,
+    /// A directory's subtree.
+    Tree(TreeId),
+    /// A file's bytes.
+    Segments(Vec<Segment>),
+}
+
+/// One directory entry with all its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: Vec<u8>,
+    pub kind: NodeType,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub atime_ns: i64,
+    pub ctime_ns: i64,
+    pub size: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u32,
+    pub rdev: u64,
+    pub link_target: Vec<u8>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Content,
+}
+
+impl Node {
+    /// An entry of `kind` named `name` with zeroed metadata.
+    pub fn new(name: impl Into<Vec<u8>>, kind: NodeType) -> Self {
+        Node {
+            name: name.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            atime_ns: 0,
+            ctime_ns: 0,
+            size: 0,
+            dev: 0,
+            ino: 0,
+            nlink: 0,
+            rdev: 0,
+            link_target: Vec::new(),
+            xattrs: Vec::new(),
+            content: Content::None,
+        }
+    }
+
+    /// A name that is one path component: not empty, not `.` or `..`, no `/` and no NUL.
+    pub fn has_safe_name(&self) -> bool {
+        let n = &self.name[..];
+        !n.is_empty() && n != b"." && n != b".." && !n.contains(&b'/') && !n.contains(&0)
+    }
+}
+
+/// A directory: entries sorted by name bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+fn encode_segments(e: &mut Enc, segs: &[Segment]) {
+    e.u32(segs.len() as u32);
+    for s in segs {
+        match s {
+            Segment::Zero { len } => e.u8(0).u64(*len),
+            Segment::Blob { id, len } => e.u8(1).id(&id.0).u32(*len),
+            Segment::Indirect { id, len } => e.u8(2).id(&id.0).u64(*len),
+        };
+    }
+}
+
+fn decode_segments(d: &mut Dec<'_>) -> Result<Vec<Segment>> {
+    let n = d.count(9)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(match d.u8()? {
+            0 => Segment::Zero { len: d.u64()? },
+            1 => Segment::Blob {
+                id: BlobId(d.id()?),
+                len: d.u32()?,
+            },
+            2 => Segment::Indirect {
+                id: TreeId(d.id()?),
+                len: d.u64()?,
+            },
+            t => return Err(Error::corrupt("tree", format!("unknown segment type {t}"))),
+        });
+    }
+    Ok(v)
+}
+
+/// Encode a segment list as the payload of an indirect (tree-kind) blob.
+pub fn encode_segment_list(segs: &[Segment]) -> Vec<u8> {
+    let mut e = Enc::with_capacity(4 + segs.len() * 37);
+    encode_segments(&mut e, segs);
+    e.buf
+}
+
+/// Decode the payload of an indirect blob.
+pub fn decode_segment_list(b: &[u8]) -> Result<Vec<Segment>> {
+    let mut d = Dec::new(b, "segment list");
+    let v = decode_segments(&mut d)?;
+    d.finish()?;
+    Ok(v)
+}
+
+impl Tree {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut e = Enc::with_capacity(64 + self.nodes.len() * 160);
+        e.u32(self.nodes.len() as u32);
+        for n in &self.nodes {
+            let at = e.begin_len();
+            e.bytes16(&n.name)?;
+            e.u8(n.kind as u8)
+                .u32(n.mode)
+                .u32(n.uid)
+                .u32(n.gid)
+                .i64(n.mtime_ns)
+                .i64(n.atime_ns)
+                .i64(n.ctime_ns)
+                .u64(n.size)
+                .u64(n.dev)
+                .u64(n.ino)
+                .u32(n.nlink)
+                .u64(n.rdev);
+            e.bytes32(&n.link_target)?;
+            let nx = u16::try_from(n.xattrs.len())
+                .map_err(|_| Error::Invalid("more than 65535 xattrs".into()))?;
+            e.u16(nx);
+            for (k, v) in &n.xattrs {
+                e.bytes16(k)?;
+                e.bytes32(v)?;
+            }
+            match &n.content {
+                Content::None => {
+                    e.u8(0);
+                }
+                Content::Tree(id) => {
+                    e.u8(1).id(&id.0);
+                }
+                Content::Segments(s) => {
+                    e.u8(2);
+                    encode_segments(&mut e, s);
+                }
+            }
+            e.end_len(at);
+        }
+        Ok(e.buf)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut d = Dec::new(b, "tree");
+        let n = d.count(4)?;
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut r = d.record()?;
+            let name = r.bytes16()?.to_vec();
+            let mut node = Node::new(name, NodeType::from_u8(r.u8()?)?);
+            node.mode = r.u32()?;
+            node.uid = r.u32()?;
+            node.gid = r.u32()?;
+            node.mtime_ns = r.i64()?;
+            node.atime_ns = r.i64()?;
+            node.ctime_ns = r.i64()?;
+            node.size = r.u64()?;
+            node.dev = r.u64()?;
+            node.ino = r.u64()?;
+            node.nlink = r.u32()?;
+            node.rdev = r.u64()?;
+            node.link_target = r.bytes32()?.to_vec();
+            let nx = r.u16()?;
+            for _ in 0..nx {
+                let k = r.bytes16()?.to_vec();
+                let v = r.bytes32()?.to_vec();
+                node.xattrs.push((k, v));
+            }
+            node.content = match r.u8()? {
+                0 => Content::None,
+                1 => Content::Tree(TreeId(r.id()?)),
+                2 => Content::Segments(decode_segments(&mut r)?),
+                t => return Err(Error::corrupt("tree", format!("unknown content type {t}"))),
+            };
+            // Anything left in `r` is a later version's extension: ignored.
+            nodes.push(node);
+        }
+        d.finish()?;
+        Ok(Tree { nodes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+    use proptest::prelude::*;
+
+    fn arb_segment() -> impl Strategy<Value = Segment> {
+        prop_oneof![
+            any::<u64>().prop_map(|len| Segment::Zero { len }),
+            (any::<[u8; 32]>(), any::<u32>()).prop_map(|(i, len)| Segment::Blob {
+                id: BlobId(Id(i)),
+                len
+            }),
+            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(i, len)| Segment::Indirect {
+                id: TreeId(Id(i)),
+                len
+            }),
+        ]
+    }
+
+    fn arb_node() -> impl Strategy<Value = Node> {
+        let kind = prop_oneof![
+            Just(NodeType::File),
+            Just(NodeType::Dir),
+            Just(NodeType::Symlink),
+            Just(NodeType::Fifo),
+            Just(NodeType::CharDev),
+            Just(NodeType::BlockDev),
+            Just(NodeType::Socket)
+        ];
+        let content = prop_oneof![
+            Just(Content::None),
+            any::<[u8; 32]>().prop_map(|i| Content::Tree(TreeId(Id(i)))),
+            proptest::collection::vec(arb_segment(), 0..8).prop_map(Content::Segments),
+        ];
+        (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            kind,
+            any::<(u32, u32, u32, i64, i64, i64)>(),
+            any::<(u64, u64, u64, u32, u64)>(),
+            proptest::collection::vec(any::<u8>(), 0..100),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                    proptest::collection::vec(any::<u8>(), 0..50),
+                ),
+                0..3,
+            ),
+            content,
+        )
+            .prop_map(
+                |(
+                    name,
+                    kind,
+                    (mode, uid, gid, m, a, c),
+                    (size, dev, ino, nlink, rdev),
+                    link,
+                    xattrs,
+                    content,
+                )| Node {
+                    name,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime_ns: m,
+                    atime_ns: a,
+                    ctime_ns: c,
+                    size,
+                    dev,
+                    ino,
+                    nlink,
+                    rdev,
+                    link_target: link,
+                    xattrs,
+                    content,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn tree_round_trip(nodes in proptest::collection::vec(arb_node(), 0..10)) {
+            let t = Tree { nodes };
+            let b = t.encode().unwrap();
+            prop_assert_eq!(Tree::decode(&b).unwrap(), t);
+        }
+
+        #[test]
+        fn segment_list_round_trip(segs in proptest::collection::vec(arb_segment(), 0..50)) {
+            prop_assert_eq!(decode_segment_list(&encode_segment_list(&segs)).unwrap(), segs);
+        }
+
+        #[test]
+        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Tree::decode(&b);
+            let _ = decode_segment_list(&b);
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_flagged() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"x\0y"] {
+            assert!(
+                !Node::new(bad.to_vec(), NodeType::File).has_safe_name(),
+                "{bad:?}"
+            );
+        }
+        assert!(Node::new(b"\xff\xfe-\n".to_vec(), NodeType::File).has_safe_name());
+    }
+
+    #[test]
+    fn extension_bytes_in_an_entry_are_ignored() {
+        let t = Tree {
+            nodes: vec![Node::new(b"a".to_vec(), NodeType::File)],
+        };
+        let mut b = t.encode().unwrap();
+        // grow the entry's record by 3 bytes
+        let len = u32::from_le_bytes(b[4..8].try_into().unwrap()) + 3;
+        b[4..8].copy_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(b"new");
+        assert_eq!(Tree::decode(&b).unwrap(), t);
+    }
+}

@@ -1,0 +1,332 @@
+//! Saving blobs: dedup, compression, encryption, packing and upload, shared by many threads.
+//!
+//! `BlobWriter::save` is called from plain (non-async) threads. It hashes, checks the index
+//! snapshot taken at start (no lock) and the set of blobs this writer already took (a sharded
+//! mutex), compresses outside any lock, then seals the blob into one of several open packs
+//! chosen at random, so that pack layout does not follow file order (chunk boundaries do not
+//! leak through it). A full pack goes to a bounded queue; an async task uploads at most
+//! `max_uploads` packs at once and writes an index object every `INDEX_EVERY` packs, so a crash
+//! loses at most that many packs' worth of reuse. When the queue is full, `save` blocks:
+//! memory is bounded by the open packs' buffers and the queue, never by the data size.
+//!
+//! Write ordering: a blob is durable only after `finish` returns (its pack uploaded and listed in
+//! an index object). Snapshots must be written after `finish`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::blob::BlobKind;
+use crate::compress;
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, Id, IndexId};
+use crate::index::{Index, IndexFile, IndexPack};
+use crate::object::{self, ObjectType};
+use crate::pack::{FinishedPack, PackWriter};
+use crate::storage::{FileKind, Storage};
+
+/// Write an index object after this many packs (and at the end).
+const INDEX_EVERY: usize = 8;
+const SHARDS: usize = 64;
+
+/// Tuning of a writer.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Open data packs blobs are spread over (randomized assignment).
+    pub open_packs: usize,
+    /// Packs uploading at once.
+    pub max_uploads: usize,
+    /// Where temporary pack files go (must be a real disk, not tmpfs, for bounded memory).
+    pub tmp_dir: PathBuf,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            open_packs: 4,
+            max_uploads: 2,
+            tmp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Counters of what a writer added.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub data_blobs: AtomicU64,
+    pub tree_blobs: AtomicU64,
+    /// Plaintext bytes of new blobs.
+    pub bytes_added: AtomicU64,
+    /// Stored bytes of new blobs.
+    pub bytes_stored: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+/// What `save` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    pub id: BlobId,
+    /// False when the blob was already stored (dedup).
+    pub new: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    master: MasterKey,
+    level: i32,
+    pack_size: u64,
+    tmp_dir: PathBuf,
+    index: Arc<Index>,
+    taken: Vec<Mutex<HashSet<(BlobId, BlobKind)>>>,
+    data_packs: Vec<Mutex<Option<PackWriter>>>,
+    tree_pack: Mutex<Option<PackWriter>>,
+    queue: Mutex<Option<mpsc::Sender<FinishedPack>>>,
+    stats: WriterStats,
+}
+
+/// A session that adds blobs to a repository. Cheap to clone (all clones share one session).
+#[derive(Debug, Clone)]
+pub struct BlobWriter {
+    shared: Arc<Shared>,
+    uploader: Arc<Mutex<Option<JoinHandle<UploadResult>>>>,
+}
+
+/// What a finished writer wrote.
+#[derive(Debug, Default)]
+pub struct WriterResult {
+    pub index_file: IndexFile,
+    pub index_ids: Vec<IndexId>,
+}
+
+impl BlobWriter {
+    /// Start a writer; must be called inside a tokio runtime (it spawns the uploader).
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+        index: Arc<Index>,
+        level: i32,
+        pack_size: u32,
+        opts: WriterOptions,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        let cipher = master.object_cipher();
+        let uploader = tokio::spawn(upload_loop(storage, cipher, rx, opts.max_uploads.max(1)));
+        let shared = Shared {
+            master,
+            level,
+            pack_size: u64::from(pack_size),
+            tmp_dir: opts.tmp_dir,
+            index,
+            taken: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            data_packs: (0..opts.open_packs.max(1))
+                .map(|_| Mutex::default())
+                .collect(),
+            tree_pack: Mutex::default(),
+            queue: Mutex::new(Some(tx)),
+            stats: WriterStats::default(),
+        };
+        BlobWriter {
+            shared: Arc::new(shared),
+            uploader: Arc::new(Mutex::new(Some(uploader))),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &WriterStats {
+        &self.shared.stats
+    }
+
+    /// The id `data` has in this repository (keyed BLAKE3).
+    pub fn id_of(&self, data: &[u8]) -> BlobId {
+        self.shared.master.blob_id(data)
+    }
+
+    /// True if the blob is stored already or taken by this writer.
+    pub fn is_known(&self, kind: BlobKind, id: &BlobId) -> bool {
+        self.shared.index.contains(kind, id)
+            || self.shared.taken[id.0.0[0] as usize % SHARDS]
+                .lock()
+                .expect("lock")
+                .contains(&(*id, kind))
+    }
+
+    /// Store a blob unless it is known. Blocks while the upload queue is full. Must not be
+    /// called from an async task (use `spawn_blocking` or a plain thread).
+    pub fn save(&self, kind: BlobKind, data: &[u8]) -> Result<Saved> {
+        let id = self.shared.master.blob_id(data);
+        self.save_with_id(kind, id, data)
+    }
+
+    /// As `save`, with the id already computed by the caller (it must be `id_of(data)`).
+    pub fn save_with_id(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<Saved> {
+        let s = &self.shared;
+        if data.len() > compress::MAX_BLOB_LEN {
+            return Err(Error::Invalid(format!(
+                "a blob of {} bytes exceeds the limit",
+                data.len()
+            )));
+        }
+        if s.index.contains(kind, &id)
+            || !s.taken[id.0.0[0] as usize % SHARDS]
+                .lock()
+                .expect("lock")
+                .insert((id, kind))
+        {
+            return Ok(Saved { id, new: false });
+        }
+        let mut payload = Vec::with_capacity(data.len() / 2 + 16);
+        compress::compress_into(data, s.level, &mut payload);
+        let slot = match kind {
+            BlobKind::Tree => &s.tree_pack,
+            BlobKind::Data => &s.data_packs[rand::rng().random_range(0..s.data_packs.len())],
+        };
+        let full = {
+            let mut guard = slot.lock().expect("lock");
+            if guard.is_none() {
+                *guard = Some(PackWriter::new(&s.master, &s.tmp_dir)?);
+            }
+            let pw = guard.as_mut().expect("set above");
+            let stored = pw.add_payload(kind, id, &payload, data.len() as u32)?;
+            s.stats.bytes_added.fetch_add(data.len() as u64, Relaxed);
+            s.stats.bytes_stored.fetch_add(u64::from(stored), Relaxed);
+            match kind {
+                BlobKind::Tree => s.stats.tree_blobs.fetch_add(1, Relaxed),
+                BlobKind::Data => s.stats.data_blobs.fetch_add(1, Relaxed),
+            };
+            if pw.len() >= s.pack_size {
+                guard.take()
+            } else {
+                None
+            }
+        };
+        if let Some(pw) = full {
+            self.send(pw.finish()?)?;
+        }
+        Ok(Saved { id, new: true })
+    }
+
+    fn send(&self, pack: FinishedPack) -> Result<()> {
+        self.shared.stats.packs.fetch_add(1, Relaxed);
+        let tx = self.shared.queue.lock().expect("lock").clone();
+        let tx = tx.ok_or_else(|| Error::Invalid("blob writer already finished".into()))?;
+        tx.blocking_send(pack).map_err(|_| {
+            Error::Invalid("the pack uploader stopped (see the error it returned)".into())
+        })
+    }
+
+    /// Flush every open pack, wait for all uploads and write the last index object.
+    /// Call from async code once every `save` has returned.
+    pub async fn finish(self) -> Result<WriterResult> {
+        let s = self.shared.clone();
+        let mut packs = Vec::new();
+        for slot in s.data_packs.iter().chain(std::iter::once(&s.tree_pack)) {
+            if let Some(pw) = slot.lock().expect("lock").take() {
+                packs.push(pw);
+            }
+        }
+        let tx = s.queue.lock().expect("lock").take();
+        if let Some(tx) = tx {
+            for pw in packs {
+                s.stats.packs.fetch_add(1, Relaxed);
+                let fp = tokio::task::spawn_blocking(move || pw.finish())
+                    .await
+                    .expect("finish task")?;
+                if tx.send(fp).await.is_err() {
+                    break; // the uploader failed: its error is returned below
+                }
+            }
+        }
+        let handle = self.uploader.lock().expect("lock").take();
+        let Some(handle) = handle else {
+            return Ok(WriterResult::default());
+        };
+        let (index_ids, packs) = handle.await.expect("uploader task")?;
+        Ok(WriterResult {
+            index_file: IndexFile {
+                packs,
+                supersedes: Vec::new(),
+            },
+            index_ids,
+        })
+    }
+}
+
+type UploadResult = Result<(Vec<IndexId>, Vec<IndexPack>)>;
+
+async fn upload_loop(
+    storage: Arc<dyn Storage>,
+    cipher: crate::crypto::Cipher,
+    mut rx: mpsc::Receiver<FinishedPack>,
+    max_uploads: usize,
+) -> UploadResult {
+    let mut running = tokio::task::JoinSet::new();
+    let mut done: Vec<IndexPack> = Vec::new();
+    let mut all: Vec<IndexPack> = Vec::new();
+    let mut written = Vec::new();
+    let mut failed: Option<Error> = None;
+    loop {
+        tokio::select! {
+            Some(res) = running.join_next(), if !running.is_empty() => {
+                match res.expect("upload task") {
+                    Ok(p) => done.push(p),
+                    Err(e) => { failed.get_or_insert(e); break; }
+                }
+                if done.len() >= INDEX_EVERY {
+                    all.extend(done.iter().cloned());
+                    written.push(write_index(&*storage, &cipher, std::mem::take(&mut done)).await?);
+                }
+            }
+            msg = rx.recv(), if running.len() < max_uploads => {
+                let Some(pack) = msg else { break };
+                let st = storage.clone();
+                running.spawn(async move {
+                    let entry = IndexPack { id: pack.id, salt: pack.salt, blobs: pack.entries };
+                    st.upload_file(FileKind::Pack, &pack.id.0, pack.file, pack.len).await?;
+                    Ok::<_, Error>(entry)
+                });
+            }
+        }
+    }
+    while let Some(res) = running.join_next().await {
+        match res.expect("upload task") {
+            Ok(p) => done.push(p),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    // Index what did get uploaded even on failure: the next backup reuses it.
+    if !done.is_empty() {
+        all.extend(done.iter().cloned());
+        written.push(write_index(&*storage, &cipher, done).await?);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((written, all)),
+    }
+}
+
+async fn write_index(
+    storage: &dyn Storage,
+    cipher: &crate::crypto::Cipher,
+    packs: Vec<IndexPack>,
+) -> Result<IndexId> {
+    let file = IndexFile {
+        packs,
+        supersedes: Vec::new(),
+    };
+    let bytes = object::seal(cipher, ObjectType::Index, &file.encode(), 3);
+    let id = Id::of_stored(&bytes);
+    storage
+        .create(FileKind::Index, &id, Bytes::from(bytes))
+        .await?;
+    Ok(IndexId(id))
+}
