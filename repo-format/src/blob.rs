@@ -26,10 +26,7 @@ impl BlobKind {
         match v {
             0 => Ok(BlobKind::Data),
             1 => Ok(BlobKind::Tree),
-            _ => Err(Error::corrupt(
-                "blob entry",
-                format!("unknown blob kind {v}"),
-            )),
+            _ => Err(Error::corrupt("blob entry", format!("unknown blob kind {v}"))),
         }
     }
 }
@@ -43,33 +40,24 @@ impl std::fmt::Display for BlobKind {
     }
 }
 
+/// The associated data of a blob. Its version field is always 1 (not the writer's format
+/// version), so blobs stay readable whatever later versions change elsewhere.
 fn aad(kind: BlobKind, id: &BlobId) -> [u8; 41] {
     let mut a = [0u8; 41];
     a[..8].copy_from_slice(&header(ObjectType::Blob));
+    a[6..8].copy_from_slice(&1u16.to_le_bytes());
     a[8] = kind as u8;
     a[9..].copy_from_slice(&id.0.0);
     a
 }
 
 /// Seal a compression payload, appending the stored bytes to `out`.
-pub(crate) fn seal_payload_into(
-    cipher: &Cipher,
-    kind: BlobKind,
-    id: &BlobId,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) {
+pub(crate) fn seal_payload_into(cipher: &Cipher, kind: BlobKind, id: &BlobId, payload: &[u8], out: &mut Vec<u8>) {
     cipher.seal_into(&aad(kind, id), payload, out);
 }
 
 /// Decrypt, decompress and verify one stored blob.
-pub(crate) fn open(
-    master: &MasterKey,
-    cipher: &Cipher,
-    kind: BlobKind,
-    id: &BlobId,
-    stored: &[u8],
-) -> Result<Vec<u8>> {
+pub(crate) fn open(master: &MasterKey, cipher: &Cipher, kind: BlobKind, id: &BlobId, stored: &[u8]) -> Result<Vec<u8>> {
     let payload = cipher.open(&aad(kind, id), stored, "blob")?;
     let plain = compress::decompress(&payload)?;
     if master.blob_id(&plain) != *id {

@@ -21,9 +21,7 @@ pub struct Cache {
 impl Cache {
     /// The cache for repository `repo_id` under `root` (created lazily).
     pub fn new(root: &Path, repo_id: &Id) -> Self {
-        Cache {
-            dir: root.join(repo_id.to_hex()),
-        }
+        Cache { dir: root.join(repo_id.to_hex()) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -58,12 +56,7 @@ impl Cache {
     }
 
     /// The object from the cache, or from storage (then cached). Content is verified by hash.
-    pub async fn read_through(
-        &self,
-        storage: &dyn Storage,
-        kind: FileKind,
-        id: &Id,
-    ) -> Result<Bytes> {
+    pub async fn read_through(&self, storage: &dyn Storage, kind: FileKind, id: &Id) -> Result<Bytes> {
         if let Some(b) = self.get(kind, id) {
             return Ok(b);
         }

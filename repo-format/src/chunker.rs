@@ -65,8 +65,7 @@ impl Chunker {
 /// True when every byte is zero. Folds 4 KiB blocks (the loop vectorizes) and stops at the
 /// first block holding data.
 pub fn is_zero(buf: &[u8]) -> bool {
-    buf.chunks(4096)
-        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    buf.chunks(4096).all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 #[cfg(test)]
@@ -76,19 +75,12 @@ mod tests {
 
     fn seeded_data(len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
-        blake3::Hasher::new_keyed(&[0x5a; 32])
-            .update(b"ferry chunker golden")
-            .finalize_xof()
-            .fill(&mut out);
+        blake3::Hasher::new_keyed(&[0x5a; 32]).update(b"ferry chunker golden").finalize_xof().fill(&mut out);
         out
     }
 
     fn small() -> ChunkerParams {
-        ChunkerParams {
-            min: 2048,
-            avg: 8192,
-            max: 32768,
-        }
+        ChunkerParams { min: 2048, avg: 8192, max: 32768 }
     }
 
     proptest! {
@@ -115,12 +107,12 @@ mod tests {
         assert_eq!(lens, GOLDEN_UNSEEDED);
     }
     const GOLDEN_SEEDED: &[usize] = &[
-        8632, 8461, 12290, 11985, 4445, 13405, 9160, 9848, 11737, 8383, 10567, 17927, 9186, 8181,
-        15974, 12474, 13560, 9380, 4405,
+        8632, 8461, 12290, 11985, 4445, 13405, 9160, 9848, 11737, 8383, 10567, 17927, 9186, 8181, 15974, 12474, 13560,
+        9380, 4405,
     ];
     const GOLDEN_UNSEEDED: &[usize] = &[
-        4799, 10030, 5141, 6882, 9896, 6752, 9031, 10530, 8885, 19026, 32189, 11207, 10641, 4739,
-        7200, 11155, 12749, 15713, 3435,
+        4799, 10030, 5141, 6882, 9896, 6752, 9031, 10530, 8885, 19026, 32189, 11207, 10641, 4739, 7200, 11155, 12749,
+        15713, 3435,
     ];
 
     #[test]

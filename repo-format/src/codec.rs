@@ -19,9 +19,7 @@ impl Enc {
         Enc { buf: Vec::new() }
     }
     pub fn with_capacity(n: usize) -> Self {
-        Enc {
-            buf: Vec::with_capacity(n),
-        }
+        Enc { buf: Vec::with_capacity(n) }
     }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
@@ -53,18 +51,16 @@ impl Enc {
     }
     /// u16 length then bytes; `Invalid` if longer than 65535.
     pub fn bytes16(&mut self, b: &[u8]) -> Result<&mut Self> {
-        let n = u16::try_from(b.len()).map_err(|_| {
-            Error::Invalid(format!("a name of {} bytes is longer than 65535", b.len()))
-        })?;
+        let n = u16::try_from(b.len())
+            .map_err(|_| Error::Invalid(format!("a name of {} bytes is longer than 65535", b.len())))?;
         self.u16(n);
         self.buf.extend_from_slice(b);
         Ok(self)
     }
     /// u32 length then bytes.
     pub fn bytes32(&mut self, b: &[u8]) -> Result<&mut Self> {
-        let n = u32::try_from(b.len()).map_err(|_| {
-            Error::Invalid(format!("a value of {} bytes is longer than 4 GiB", b.len()))
-        })?;
+        let n = u32::try_from(b.len())
+            .map_err(|_| Error::Invalid(format!("a value of {} bytes is longer than 4 GiB", b.len())))?;
         self.u32(n);
         self.buf.extend_from_slice(b);
         Ok(self)
@@ -97,11 +93,7 @@ impl<'a> Dec<'a> {
     fn short(&self, need: usize) -> Error {
         Error::corrupt(
             self.what,
-            format!(
-                "truncated: needs {need} bytes at offset {}, {} left",
-                self.pos,
-                self.remaining()
-            ),
+            format!("truncated: needs {need} bytes at offset {}, {} left", self.pos, self.remaining()),
         )
     }
     pub fn remaining(&self) -> usize {
@@ -148,8 +140,7 @@ impl<'a> Dec<'a> {
     }
     pub fn string16(&mut self) -> Result<String> {
         let b = self.bytes16()?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| Error::corrupt(self.what, "a text field is not UTF-8"))
+        String::from_utf8(b.to_vec()).map_err(|_| Error::corrupt(self.what, "a text field is not UTF-8"))
     }
     /// A count of items each at least `min_item` bytes long, checked against what is left so a
     /// hostile count cannot make the caller allocate more than the input justifies.
@@ -158,10 +149,7 @@ impl<'a> Dec<'a> {
         if n.saturating_mul(min_item.max(1)) > self.remaining() {
             return Err(Error::corrupt(
                 self.what,
-                format!(
-                    "count {n} does not fit in the {} bytes left",
-                    self.remaining()
-                ),
+                format!("count {n} does not fit in the {} bytes left", self.remaining()),
             ));
         }
         Ok(n)
@@ -174,10 +162,7 @@ impl<'a> Dec<'a> {
     /// Fail if anything is left (for records whose length is exact).
     pub fn finish(&self) -> Result<()> {
         if self.remaining() != 0 {
-            return Err(Error::corrupt(
-                self.what,
-                format!("{} unexpected trailing bytes", self.remaining()),
-            ));
+            return Err(Error::corrupt(self.what, format!("{} unexpected trailing bytes", self.remaining())));
         }
         Ok(())
     }

@@ -34,10 +34,7 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
         let n = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
-                *c = Some((
-                    level,
-                    zstd::bulk::Compressor::new(level).expect("zstd context"),
-                ));
+                *c = Some((level, zstd::bulk::Compressor::new(level).expect("zstd context")));
             }
             let (_, comp) = c.as_mut().expect("set above");
             comp.compress_to_buffer(data, &mut out[header..]).ok()
@@ -60,37 +57,24 @@ pub fn decompress(payload: &[u8]) -> Result<Vec<u8>> {
         Some(&RAW) => Ok(payload[1..].to_vec()),
         Some(&ZSTD) => {
             if payload.len() < 5 {
-                return Err(Error::corrupt(
-                    "blob",
-                    "compressed payload shorter than its header",
-                ));
+                return Err(Error::corrupt("blob", "compressed payload shorter than its header"));
             }
             let raw_len = u32::from_le_bytes(payload[1..5].try_into().expect("4 bytes")) as usize;
             if raw_len > MAX_BLOB_LEN {
-                return Err(Error::corrupt(
-                    "blob",
-                    format!("declared length {raw_len} exceeds the limit"),
-                ));
+                return Err(Error::corrupt("blob", format!("declared length {raw_len} exceeds the limit")));
             }
             let out = DECOMPRESSOR.with(|d| {
                 let mut d = d.borrow_mut();
-                let d =
-                    d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd context"));
+                let d = d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd context"));
                 d.decompress(&payload[5..], raw_len)
             });
             let out = out.map_err(|e| Error::corrupt("blob", format!("zstd: {e}")))?;
             if out.len() != raw_len {
-                return Err(Error::corrupt(
-                    "blob",
-                    "decompressed length differs from the declared length",
-                ));
+                return Err(Error::corrupt("blob", "decompressed length differs from the declared length"));
             }
             Ok(out)
         }
-        Some(t) => Err(Error::corrupt(
-            "blob",
-            format!("unknown compression type {t}"),
-        )),
+        Some(t) => Err(Error::corrupt("blob", format!("unknown compression type {t}"))),
         None => Err(Error::corrupt("blob", "empty payload")),
     }
 }

@@ -20,11 +20,7 @@ pub struct ChunkerParams {
 impl Default for ChunkerParams {
     /// 256 KiB / 1 MiB / 4 MiB: see FORMAT.md for the measurement behind it.
     fn default() -> Self {
-        ChunkerParams {
-            min: 256 << 10,
-            avg: 1 << 20,
-            max: 4 << 20,
-        }
+        ChunkerParams { min: 256 << 10, avg: 1 << 20, max: 4 << 20 }
     }
 }
 
@@ -61,34 +57,26 @@ impl RepoConfig {
     pub fn validate(&self) -> Result<()> {
         let c = &self.chunker;
         // fastcdc 2020 limits: min 64 B..1 MiB, avg 256 B..4 MiB, max 1 KiB..16 MiB.
-        if !(64..=1 << 20).contains(&c.min)
-            || !(256..=4 << 20).contains(&c.avg)
-            || !(1024..=16 << 20).contains(&c.max)
-            || !(c.min <= c.avg && c.avg <= c.max)
-        {
-            return Err(Error::Invalid(format!(
-                "chunker sizes {c:?} are out of range (min ≤ avg ≤ max)"
-            )));
+        let sizes_ok = (64..=1 << 20).contains(&c.min)
+            && (256..=4 << 20).contains(&c.avg)
+            && (1024..=16 << 20).contains(&c.max)
+            && c.min <= c.avg
+            && c.avg <= c.max
+            && [c.min, c.avg, c.max].iter().all(|v| v % 2 == 0);
+        if !sizes_ok {
+            return Err(Error::Invalid(format!("chunker sizes {c:?} are out of range (even sizes, min ≤ avg ≤ max)")));
         }
-        if !self.fixed_chunk_size.is_power_of_two()
-            || !(4096..=16 << 20).contains(&self.fixed_chunk_size)
-        {
+        if !self.fixed_chunk_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.fixed_chunk_size) {
             return Err(Error::Invalid(format!(
                 "fixed chunk size {} must be a power of two between 4 KiB and 16 MiB",
                 self.fixed_chunk_size
             )));
         }
         if !(0..=22).contains(&self.compression_level) {
-            return Err(Error::Invalid(format!(
-                "zstd level {} is not in 0..=22",
-                self.compression_level
-            )));
+            return Err(Error::Invalid(format!("zstd level {} is not in 0..=22", self.compression_level)));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_size) {
-            return Err(Error::Invalid(format!(
-                "pack size {} must be between 1 MiB and 1 GiB",
-                self.pack_size
-            )));
+            return Err(Error::Invalid(format!("pack size {} must be between 1 MiB and 1 GiB", self.pack_size)));
         }
         Ok(())
     }
@@ -113,16 +101,9 @@ impl RepoConfig {
         let created_ns = d.i64()?;
         let kind = d.u8()?;
         if kind != 1 {
-            return Err(Error::corrupt(
-                "config",
-                format!("unknown chunker type {kind}"),
-            ));
+            return Err(Error::corrupt("config", format!("unknown chunker type {kind}")));
         }
-        let chunker = ChunkerParams {
-            min: d.u32()?,
-            avg: d.u32()?,
-            max: d.u32()?,
-        };
+        let chunker = ChunkerParams { min: d.u32()?, avg: d.u32()?, max: d.u32()? };
         let cfg = RepoConfig {
             repo_id,
             created_ns,
@@ -131,8 +112,7 @@ impl RepoConfig {
             compression_level: d.u32()? as i32,
             pack_size: d.u32()?,
         };
-        cfg.validate()
-            .map_err(|e| Error::corrupt("config", e.to_string()))?;
+        cfg.validate().map_err(|e| Error::corrupt("config", e.to_string()))?;
         Ok(cfg)
     }
 }
@@ -155,11 +135,6 @@ mod tests {
     fn validation_names_the_parameter() {
         let mut c = RepoConfig::new(0);
         c.fixed_chunk_size = 3000;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("fixed chunk size")
-        );
+        assert!(c.validate().unwrap_err().to_string().contains("fixed chunk size"));
     }
 }

@@ -125,10 +125,7 @@ impl Cipher {
     /// Authenticate and decrypt; `Corrupt` (unlocated) when the tag does not verify.
     pub fn open(&self, aad: &[u8], sealed: &[u8], what: &'static str) -> Result<Vec<u8>> {
         if sealed.len() < SEAL_OVERHEAD {
-            return Err(Error::corrupt(
-                what,
-                format!("{} bytes is shorter than nonce and tag", sealed.len()),
-            ));
+            return Err(Error::corrupt(what, format!("{} bytes is shorter than nonce and tag", sealed.len())));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -136,15 +133,8 @@ impl Cipher {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
         let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
         self.0
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                aad,
-                (&mut buf[..]).into(),
-                &Tag::from(tag),
-            )
-            .map_err(|_| {
-                Error::corrupt(what, "authentication failed (wrong key, or modified bytes)")
-            })?;
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[..]).into(), &Tag::from(tag))
+            .map_err(|_| Error::corrupt(what, "authentication failed (wrong key, or modified bytes)"))?;
         Ok(buf)
     }
 }
@@ -178,11 +168,7 @@ mod tests {
         let c = Cipher::new(&[1u8; 32]);
         let sealed = c.seal(b"kind=1", b"hello");
         assert!(c.open(b"kind=2", &sealed, "t").is_err());
-        assert!(
-            Cipher::new(&[2u8; 32])
-                .open(b"kind=1", &sealed, "t")
-                .is_err()
-        );
+        assert!(Cipher::new(&[2u8; 32]).open(b"kind=1", &sealed, "t").is_err());
     }
 
     #[test]

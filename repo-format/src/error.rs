@@ -25,9 +25,7 @@ pub enum Error {
     #[error("wrong password: no key file of this repository opens with it")]
     WrongPassword,
     /// The repository uses a format version this code does not know.
-    #[error(
-        "repository format version {found} is newer than this ferry supports (up to {supported}): upgrade ferry"
-    )]
+    #[error("repository format version {found} is newer than this ferry supports (up to {supported}): upgrade ferry")]
     UnsupportedVersion { found: u32, supported: u32 },
     /// An object does not exist in storage.
     #[error("{kind} {id} not found in the repository")]
@@ -84,28 +82,19 @@ impl fmt::Display for ObjectRef {
 impl Error {
     /// A `Corrupt` error about in-memory bytes; `locate` fills in the object later.
     pub(crate) fn corrupt(what: &'static str, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
-            what: ObjectRef::Bytes(what),
-            reason: reason.into(),
-        }
+        Error::Corrupt { what: ObjectRef::Bytes(what), reason: reason.into() }
     }
 
     /// Replace an anonymous `Corrupt` location with the stored object it came from.
     pub(crate) fn locate(self, what: ObjectRef) -> Self {
         match self {
-            Error::Corrupt {
-                what: ObjectRef::Bytes(_),
-                reason,
-            } => Error::Corrupt { what, reason },
+            Error::Corrupt { what: ObjectRef::Bytes(_), reason } => Error::Corrupt { what, reason },
             other => other,
         }
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            what: what.into(),
-            source,
-        }
+        Error::Io { what: what.into(), source }
     }
 
     /// Is this a corruption (authentication, hash or decoding failure)?

@@ -36,21 +36,13 @@ const BLOB_LEN: usize = 45;
 
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
-        let n: usize = self
-            .packs
-            .iter()
-            .map(|p| 68 + p.blobs.len() * BLOB_LEN)
-            .sum();
+        let n: usize = self.packs.iter().map(|p| 68 + p.blobs.len() * BLOB_LEN).sum();
         let mut e = Enc::with_capacity(8 + n + self.supersedes.len() * 32);
         e.u32(self.packs.len() as u32);
         for p in &self.packs {
             e.id(&p.id.0).raw(&p.salt).u32(p.blobs.len() as u32);
             for b in &p.blobs {
-                e.u8(b.kind as u8)
-                    .id(&b.id.0)
-                    .u32(b.offset)
-                    .u32(b.stored_len)
-                    .u32(b.raw_len);
+                e.u8(b.kind as u8).id(&b.id.0).u32(b.offset).u32(b.stored_len).u32(b.raw_len);
             }
         }
         e.u32(self.supersedes.len() as u32);
@@ -75,20 +67,12 @@ impl IndexFile {
                 let offset = d.u32()?;
                 let stored_len = d.u32()?;
                 let raw_len = d.u32()?;
-                blobs.push(PackEntry {
-                    kind,
-                    id,
-                    offset,
-                    stored_len,
-                    raw_len,
-                });
+                blobs.push(PackEntry { kind, id, offset, stored_len, raw_len });
             }
             packs.push(IndexPack { id, salt, blobs });
         }
         let ns = d.count(32)?;
-        let supersedes = (0..ns)
-            .map(|_| d.id().map(IndexId))
-            .collect::<Result<_>>()?;
+        let supersedes = (0..ns).map(|_| d.id().map(IndexId)).collect::<Result<_>>()?;
         d.finish()?;
         Ok(IndexFile { packs, supersedes })
     }
@@ -111,11 +95,7 @@ struct Entry {
 
 impl Entry {
     fn kind(&self) -> BlobKind {
-        if self.pack & TREE_BIT != 0 {
-            BlobKind::Tree
-        } else {
-            BlobKind::Data
-        }
+        if self.pack & TREE_BIT != 0 { BlobKind::Tree } else { BlobKind::Data }
     }
     fn key(&self) -> ([u8; 32], bool) {
         (self.id, self.pack & TREE_BIT != 0)
@@ -167,18 +147,10 @@ impl Index {
                 .ok()
                 .filter(|n| *n < TREE_BIT)
                 .ok_or_else(|| Error::Invalid("more than 2^31 packs".into()))?;
-            self.packs.push(PackRef {
-                id: p.id,
-                salt: p.salt,
-            });
+            self.packs.push(PackRef { id: p.id, salt: p.salt });
             self.entries.extend(p.blobs.iter().map(|b| Entry {
                 id: b.id.0.0,
-                pack: pi
-                    | if b.kind == BlobKind::Tree {
-                        TREE_BIT
-                    } else {
-                        0
-                    },
+                pack: pi | if b.kind == BlobKind::Tree { TREE_BIT } else { 0 },
                 offset: b.offset,
                 stored_len: b.stored_len,
                 raw_len: b.raw_len,
@@ -203,10 +175,7 @@ impl Index {
 
     fn find(&self, kind: BlobKind, id: &BlobId) -> Option<&Entry> {
         let key = (id.0.0, kind == BlobKind::Tree);
-        self.entries
-            .binary_search_by(|e| e.key().cmp(&key))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.key().cmp(&key)).ok().map(|i| &self.entries[i])
     }
 
     pub fn contains(&self, kind: BlobKind, id: &BlobId) -> bool {
@@ -243,8 +212,7 @@ impl Index {
 
     /// Bytes of heap the index holds.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * INDEX_ENTRY_BYTES
-            + self.packs.capacity() * std::mem::size_of::<PackRef>()
+        self.entries.capacity() * INDEX_ENTRY_BYTES + self.packs.capacity() * std::mem::size_of::<PackRef>()
     }
 
     /// Every blob with its location (for check and statistics).
@@ -267,41 +235,22 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = PackEntry> {
-        (
-            any::<bool>(),
-            any::<[u8; 32]>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-        )
-            .prop_map(|(t, id, o, s, r)| PackEntry {
+        (any::<bool>(), any::<[u8; 32]>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(t, id, o, s, r)| {
+            PackEntry {
                 kind: if t { BlobKind::Tree } else { BlobKind::Data },
                 id: BlobId(Id(id)),
                 offset: o,
                 stored_len: s,
                 raw_len: r,
-            })
+            }
+        })
     }
 
     fn arb_file() -> impl Strategy<Value = IndexFile> {
-        let pack = (
-            any::<[u8; 32]>(),
-            any::<[u8; 32]>(),
-            proptest::collection::vec(arb_entry(), 0..20),
-        )
-            .prop_map(|(id, salt, blobs)| IndexPack {
-                id: PackId(Id(id)),
-                salt,
-                blobs,
-            });
-        (
-            proptest::collection::vec(pack, 0..5),
-            proptest::collection::vec(any::<[u8; 32]>(), 0..3),
-        )
-            .prop_map(|(packs, s)| IndexFile {
-                packs,
-                supersedes: s.into_iter().map(|i| IndexId(Id(i))).collect(),
-            })
+        let pack = (any::<[u8; 32]>(), any::<[u8; 32]>(), proptest::collection::vec(arb_entry(), 0..20))
+            .prop_map(|(id, salt, blobs)| IndexPack { id: PackId(Id(id)), salt, blobs });
+        (proptest::collection::vec(pack, 0..5), proptest::collection::vec(any::<[u8; 32]>(), 0..3))
+            .prop_map(|(packs, s)| IndexFile { packs, supersedes: s.into_iter().map(|i| IndexId(Id(i))).collect() })
     }
 
     proptest! {
@@ -335,13 +284,7 @@ mod tests {
     #[test]
     fn same_id_different_kind_are_distinct() {
         let id = BlobId(Id([1; 32]));
-        let e = |kind, offset| PackEntry {
-            kind,
-            id,
-            offset,
-            stored_len: 1,
-            raw_len: 1,
-        };
+        let e = |kind, offset| PackEntry { kind, id, offset, stored_len: 1, raw_len: 1 };
         let f = IndexFile {
             packs: vec![IndexPack {
                 id: PackId(Id([9; 32])),

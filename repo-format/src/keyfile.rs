@@ -9,6 +9,7 @@
 //! * meta = `nonce ‖ AES-256-GCM_{object key}(created ns i64 ‖ label (u16 length + UTF-8)) ‖ tag`
 //!   with the prefix as associated data: any unlocked session can list every key's label and
 //!   date, nobody without a password can.
+//!
 //! A key file's storage name is the BLAKE3 of its bytes. Several may exist; each unlocks the
 //! same master key, so adding or removing one never touches data.
 
@@ -33,22 +34,14 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about 0.2 s per unlock on a 2020s server core (see FORMAT.md).
     fn default() -> Self {
-        KdfParams {
-            m_cost: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-        }
+        KdfParams { m_cost: 64 * 1024, t_cost: 3, p_cost: 1 }
     }
 }
 
 impl KdfParams {
     /// Cheap parameters for tests only (and for emulated architectures in CI).
     pub fn insecure_for_tests() -> Self {
-        KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        }
+        KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }
     }
 
     fn derive(&self, password: &[u8], salt: &[u8; 32]) -> Result<[u8; 32]> {
@@ -56,8 +49,7 @@ impl KdfParams {
             .map_err(|e| Error::Invalid(format!("argon2 parameters {self:?}: {e}")))?;
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
-        a.hash_password_into(password, salt, &mut out)
-            .map_err(|e| Error::Invalid(format!("argon2: {e}")))?;
+        a.hash_password_into(password, salt, &mut out).map_err(|e| Error::Invalid(format!("argon2: {e}")))?;
         Ok(out)
     }
 }
@@ -78,25 +70,12 @@ pub struct KeyFileContent {
 }
 
 /// Make a key file wrapping `master` under `password`.
-pub fn create(
-    master: &MasterKey,
-    password: &[u8],
-    kdf: KdfParams,
-    created_ns: i64,
-    label: &str,
-) -> Result<Vec<u8>> {
+pub fn create(master: &MasterKey, password: &[u8], kdf: KdfParams, created_ns: i64, label: &str) -> Result<Vec<u8>> {
     let mut salt = [0u8; 32];
     random_bytes(&mut salt);
     let wrap = kdf.derive(password, &salt)?;
     let mut e = Enc::with_capacity(256);
-    e.raw(MAGIC)
-        .u8(1)
-        .u8(1)
-        .u16(0)
-        .u32(kdf.m_cost)
-        .u32(kdf.t_cost)
-        .u32(kdf.p_cost)
-        .raw(&salt);
+    e.raw(MAGIC).u8(1).u8(1).u16(0).u32(kdf.m_cost).u32(kdf.t_cost).u32(kdf.p_cost).raw(&salt);
     debug_assert_eq!(e.buf.len(), PREFIX_LEN);
     let mut plain = Enc::with_capacity(64);
     plain.raw(&master.enc).raw(&master.idk);
@@ -104,9 +83,7 @@ pub fn create(
     Cipher::new(&wrap).seal_into(&prefix, &plain.buf, &mut e.buf);
     let mut meta = Enc::with_capacity(64);
     meta.i64(created_ns).bytes16(label.as_bytes())?;
-    master
-        .object_cipher()
-        .seal_into(&prefix, &meta.buf, &mut e.buf);
+    master.object_cipher().seal_into(&prefix, &meta.buf, &mut e.buf);
     Ok(e.buf)
 }
 
@@ -118,30 +95,23 @@ pub fn info(bytes: &[u8]) -> Result<KeyFileInfo> {
     }
     let version = d.u8()?;
     if version != 1 {
-        return Err(Error::UnsupportedVersion {
-            found: version.into(),
-            supported: 1,
-        });
+        return Err(Error::corrupt("key file", format!("key file version {version} is unknown to this ferry")));
     }
     let kdf = d.u8()?;
     if kdf != 1 {
-        return Err(Error::corrupt(
-            "key file",
-            format!("unknown key derivation function {kdf}"),
-        ));
+        return Err(Error::corrupt("key file", format!("unknown key derivation function {kdf}")));
     }
     d.u16()?;
-    let kdf = KdfParams {
-        m_cost: d.u32()?,
-        t_cost: d.u32()?,
-        p_cost: d.u32()?,
-    };
+    let kdf = KdfParams { m_cost: d.u32()?, t_cost: d.u32()?, p_cost: d.u32()? };
     // Refuse absurd costs before spending memory on them (a hostile key file could ask for TiBs).
-    if kdf.m_cost > 4 * 1024 * 1024 || kdf.t_cost > 64 || kdf.p_cost > 64 || kdf.p_cost == 0 {
-        return Err(Error::corrupt(
-            "key file",
-            format!("unreasonable argon2 parameters {kdf:?}"),
-        ));
+    if kdf.m_cost > 4 * 1024 * 1024
+        || kdf.m_cost < 8 * kdf.p_cost
+        || kdf.t_cost == 0
+        || kdf.t_cost > 64
+        || kdf.p_cost == 0
+        || kdf.p_cost > 64
+    {
+        return Err(Error::corrupt("key file", format!("unreasonable argon2 parameters {kdf:?}")));
     }
     Ok(KeyFileInfo { kdf })
 }
@@ -156,22 +126,16 @@ pub fn open(bytes: &[u8], password: &[u8]) -> Result<Option<KeyFileContent>> {
     }
     let salt: [u8; 32] = bytes[24..56].try_into().expect("32 bytes");
     let wrap = info.kdf.derive(password, &salt)?;
-    let Ok(plain) = Cipher::new(&wrap).open(
-        &bytes[..PREFIX_LEN],
-        &bytes[PREFIX_LEN..PREFIX_LEN + WRAPPED_LEN],
-        "key file",
-    ) else {
+    let Ok(plain) =
+        Cipher::new(&wrap).open(&bytes[..PREFIX_LEN], &bytes[PREFIX_LEN..PREFIX_LEN + WRAPPED_LEN], "key file")
+    else {
         return Ok(None);
     };
     let enc: [u8; 32] = plain[..32].try_into().expect("32");
     let idk: [u8; 32] = plain[32..64].try_into().expect("32");
     let master = MasterKey::from_bytes(enc, idk);
     let (created_ns, label) = meta(bytes, &master)?;
-    Ok(Some(KeyFileContent {
-        master,
-        created_ns,
-        label,
-    }))
+    Ok(Some(KeyFileContent { master, created_ns, label }))
 }
 
 /// Read a key file's creation time and label with the master key (from any unlocked session).
@@ -179,11 +143,7 @@ pub fn meta(bytes: &[u8], master: &MasterKey) -> Result<(i64, String)> {
     if bytes.len() < PREFIX_LEN + WRAPPED_LEN {
         return Err(Error::corrupt("key file", "truncated"));
     }
-    let plain = master.object_cipher().open(
-        &bytes[..PREFIX_LEN],
-        &bytes[PREFIX_LEN + WRAPPED_LEN..],
-        "key file",
-    )?;
+    let plain = master.object_cipher().open(&bytes[..PREFIX_LEN], &bytes[PREFIX_LEN + WRAPPED_LEN..], "key file")?;
     let mut d = Dec::new(&plain, "key file");
     Ok((d.i64()?, d.string16()?))
 }
@@ -195,14 +155,7 @@ mod tests {
     #[test]
     fn wraps_and_unwraps_and_rejects_wrong_password() {
         let mk = MasterKey::generate();
-        let kf = create(
-            &mk,
-            b"secret",
-            KdfParams::insecure_for_tests(),
-            42,
-            "host@user",
-        )
-        .unwrap();
+        let kf = create(&mk, b"secret", KdfParams::insecure_for_tests(), 42, "host@user").unwrap();
         let c = open(&kf, b"secret").unwrap().unwrap();
         assert_eq!(c.master, mk);
         assert_eq!(c.created_ns, 42);
@@ -213,18 +166,7 @@ mod tests {
     #[test]
     fn weakened_parameters_do_not_unlock() {
         let mk = MasterKey::generate();
-        let mut kf = create(
-            &mk,
-            b"pw",
-            KdfParams {
-                m_cost: 128,
-                t_cost: 2,
-                p_cost: 1,
-            },
-            0,
-            "",
-        )
-        .unwrap();
+        let mut kf = create(&mk, b"pw", KdfParams { m_cost: 128, t_cost: 2, p_cost: 1 }, 0, "").unwrap();
         kf[16] = 1; // t_cost 2 -> 1: the derived key differs and the prefix is authenticated
         assert!(open(&kf, b"pw").unwrap().is_none());
     }

@@ -40,17 +40,11 @@ pub(crate) fn check_header(bytes: &[u8], t: ObjectType, what: &'static str) -> R
         return Err(Error::corrupt(what, "not a ferry object (bad magic)"));
     }
     if bytes[5] != t as u8 {
-        return Err(Error::corrupt(
-            what,
-            format!("object type {} where {} was expected", bytes[5], t as u8),
-        ));
+        return Err(Error::corrupt(what, format!("object type {} where {} was expected", bytes[5], t as u8)));
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
     if version > FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion {
-            found: version.into(),
-            supported: FORMAT_VERSION.into(),
-        });
+        return Err(Error::UnsupportedVersion { found: version.into(), supported: FORMAT_VERSION.into() });
     }
     if version == 0 {
         return Err(Error::corrupt(what, "format version 0"));
@@ -70,12 +64,7 @@ pub(crate) fn seal(cipher: &Cipher, t: ObjectType, payload: &[u8], level: i32) -
 }
 
 /// Verify, decrypt and decompress an object made by `seal`.
-pub(crate) fn open(
-    cipher: &Cipher,
-    t: ObjectType,
-    bytes: &[u8],
-    what: &'static str,
-) -> Result<Vec<u8>> {
+pub(crate) fn open(cipher: &Cipher, t: ObjectType, bytes: &[u8], what: &'static str) -> Result<Vec<u8>> {
     check_header(bytes, t, what)?;
     let body = cipher.open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..], what)?;
     compress::decompress(&body).map_err(|e| match e {
@@ -92,21 +81,10 @@ mod tests {
     fn type_is_authenticated() {
         let c = Cipher::new(&[3; 32]);
         let mut sealed = seal(&c, ObjectType::Snapshot, b"payload payload payload", 3);
-        assert_eq!(
-            open(&c, ObjectType::Snapshot, &sealed, "s").unwrap(),
-            b"payload payload payload"
-        );
-        assert!(
-            open(&c, ObjectType::Index, &sealed, "s")
-                .unwrap_err()
-                .is_corrupt()
-        );
+        assert_eq!(open(&c, ObjectType::Snapshot, &sealed, "s").unwrap(), b"payload payload payload");
+        assert!(open(&c, ObjectType::Index, &sealed, "s").unwrap_err().is_corrupt());
         sealed[5] = ObjectType::Index as u8; // relabel in clear: the tag must catch it
-        assert!(
-            open(&c, ObjectType::Index, &sealed, "s")
-                .unwrap_err()
-                .is_corrupt()
-        );
+        assert!(open(&c, ObjectType::Index, &sealed, "s").unwrap_err().is_corrupt());
     }
 
     #[test]
@@ -116,10 +94,7 @@ mod tests {
         sealed[6] = 2;
         assert!(matches!(
             open(&c, ObjectType::Config, &sealed, "c"),
-            Err(Error::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            })
+            Err(Error::UnsupportedVersion { found: 2, supported: 1 })
         ));
     }
 }

@@ -63,12 +63,8 @@ impl PackWriter {
     pub fn new(master: &MasterKey, dir: &Path) -> Result<Self> {
         let mut salt = [0u8; SALT_LEN];
         random_bytes(&mut salt);
-        let file = tempfile::tempfile_in(dir).map_err(|e| {
-            Error::io(
-                format!("creating a temporary pack file in {}", dir.display()),
-                e,
-            )
-        })?;
+        let file = tempfile::tempfile_in(dir)
+            .map_err(|e| Error::io(format!("creating a temporary pack file in {}", dir.display()), e))?;
         Ok(PackWriter {
             salt,
             cipher: master.pack_cipher(&salt),
@@ -78,6 +74,11 @@ impl PackWriter {
             entries: Vec::new(),
             sealed: Vec::new(),
         })
+    }
+
+    /// Blobs added so far.
+    pub fn blob_count(&self) -> usize {
+        self.entries.len()
     }
 
     /// Bytes written so far.
@@ -95,15 +96,8 @@ impl PackWriter {
 
     /// Seal an already compressed payload (see `compress`) and append it. Compression happens
     /// outside any lock the caller holds on this writer; only encryption happens here.
-    pub fn add_payload(
-        &mut self,
-        kind: BlobKind,
-        id: BlobId,
-        payload: &[u8],
-        raw_len: u32,
-    ) -> Result<u32> {
-        let offset = u32::try_from(self.len)
-            .map_err(|_| Error::Invalid("a pack grew beyond 4 GiB".into()))?;
+    pub fn add_payload(&mut self, kind: BlobKind, id: BlobId, payload: &[u8], raw_len: u32) -> Result<u32> {
+        let offset = u32::try_from(self.len).map_err(|_| Error::Invalid("a pack grew beyond 4 GiB".into()))?;
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
         blob::seal_payload_into(&self.cipher, kind, &id, payload, &mut sealed);
@@ -111,20 +105,12 @@ impl PackWriter {
         let written = self.write(&sealed);
         self.sealed = sealed;
         written?;
-        self.entries.push(PackEntry {
-            kind,
-            id,
-            offset,
-            stored_len,
-            raw_len,
-        });
+        self.entries.push(PackEntry { kind, id, offset, stored_len, raw_len });
         Ok(stored_len)
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.file
-            .write_all(b)
-            .map_err(|e| Error::io("writing a temporary pack file", e))?;
+        self.file.write_all(b).map_err(|e| Error::io("writing a temporary pack file", e))?;
         self.hasher.update(b);
         self.len += b.len() as u64;
         Ok(())
@@ -135,25 +121,16 @@ impl PackWriter {
         let mut e = Enc::with_capacity(4 + self.entries.len() * ENTRY_LEN);
         e.u32(self.entries.len() as u32);
         for en in &self.entries {
-            e.u8(en.kind as u8)
-                .id(&en.id.0)
-                .u32(en.stored_len)
-                .u32(en.raw_len);
+            e.u8(en.kind as u8).id(&en.id.0).u32(en.stored_len).u32(en.raw_len);
         }
         let header = object::seal(&self.cipher, ObjectType::PackHeader, &e.buf, 0);
         self.write(&header)?;
         let mut trailer = Enc::with_capacity(TRAILER_LEN);
-        trailer
-            .raw(&self.salt)
-            .u32(header.len() as u32)
-            .raw(TRAILER_MAGIC);
+        trailer.raw(&self.salt).u32(header.len() as u32).raw(TRAILER_MAGIC);
         self.write(&trailer.buf)?;
-        let mut file = self
-            .file
-            .into_inner()
-            .map_err(|e| Error::io("flushing a temporary pack file", e.into_error()))?;
-        file.rewind()
-            .map_err(|e| Error::io("rewinding a temporary pack file", e))?;
+        let mut file =
+            self.file.into_inner().map_err(|e| Error::io("flushing a temporary pack file", e.into_error()))?;
+        file.rewind().map_err(|e| Error::io("rewinding a temporary pack file", e))?;
         Ok(FinishedPack {
             id: PackId(crate::id::Id(*self.hasher.finalize().as_bytes())),
             file,
@@ -167,10 +144,7 @@ impl PackWriter {
 /// Parse a trailer: the pack salt and the header's stored length.
 pub fn parse_trailer(t: &[u8]) -> Result<([u8; SALT_LEN], u32)> {
     if t.len() != TRAILER_LEN || &t[36..] != TRAILER_MAGIC {
-        return Err(Error::corrupt(
-            "pack",
-            "bad trailer (not a ferry pack, or truncated)",
-        ));
+        return Err(Error::corrupt("pack", "bad trailer (not a ferry pack, or truncated)"));
     }
     let salt: [u8; SALT_LEN] = t[..32].try_into().expect("32 bytes");
     let hlen = u32::from_le_bytes(t[32..36].try_into().expect("4 bytes"));
@@ -184,12 +158,7 @@ pub fn parse_header(
     header: &[u8],
     blobs_len: u64,
 ) -> Result<Vec<PackEntry>> {
-    let plain = object::open(
-        &master.pack_cipher(salt),
-        ObjectType::PackHeader,
-        header,
-        "pack header",
-    )?;
+    let plain = object::open(&master.pack_cipher(salt), ObjectType::PackHeader, header, "pack header")?;
     let mut d = Dec::new(&plain, "pack header");
     let n = d.count(ENTRY_LEN)?;
     let mut out = Vec::with_capacity(n);
@@ -199,21 +168,12 @@ pub fn parse_header(
         let id = BlobId(d.id()?);
         let stored_len = d.u32()?;
         let raw_len = d.u32()?;
-        out.push(PackEntry {
-            kind,
-            id,
-            offset: offset as u32,
-            stored_len,
-            raw_len,
-        });
+        out.push(PackEntry { kind, id, offset: offset as u32, stored_len, raw_len });
         offset += u64::from(stored_len);
     }
     d.finish()?;
     if offset != blobs_len {
-        return Err(Error::corrupt(
-            "pack header",
-            format!("blobs cover {offset} bytes, the pack holds {blobs_len}"),
-        ));
+        return Err(Error::corrupt("pack header", format!("blobs cover {offset} bytes, the pack holds {blobs_len}")));
     }
     Ok(out)
 }
@@ -227,12 +187,7 @@ pub fn parse_pack(master: &MasterKey, pack: &[u8]) -> Result<([u8; SALT_LEN], Ve
     let hstart = (pack.len() - TRAILER_LEN)
         .checked_sub(hlen as usize)
         .ok_or_else(|| Error::corrupt("pack", "header longer than the pack"))?;
-    let entries = parse_header(
-        master,
-        &salt,
-        &pack[hstart..pack.len() - TRAILER_LEN],
-        hstart as u64,
-    )?;
+    let entries = parse_header(master, &salt, &pack[hstart..pack.len() - TRAILER_LEN], hstart as u64)?;
     Ok((salt, entries))
 }
 
@@ -288,38 +243,19 @@ mod tests {
         let master = MasterKey::generate();
         let a = b"first blob content".to_vec();
         let b = b"second blob content".to_vec();
-        let (_, bytes) = build(
-            &master,
-            &[(BlobKind::Data, a.clone()), (BlobKind::Data, b.clone())],
-        );
+        let (_, bytes) = build(&master, &[(BlobKind::Data, a.clone()), (BlobKind::Data, b.clone())]);
         let (salt, e) = parse_pack(&master, &bytes).unwrap();
         let blob_a = &bytes[e[0].offset as usize..(e[0].offset + e[0].stored_len) as usize];
         // The stored bytes of `a` presented as `b`: the associated data differs.
-        assert!(
-            open_blob(&master, &salt, BlobKind::Data, &e[1].id, blob_a)
-                .unwrap_err()
-                .is_corrupt()
-        );
-        assert!(
-            open_blob(&master, &salt, BlobKind::Tree, &e[0].id, blob_a)
-                .unwrap_err()
-                .is_corrupt()
-        );
+        assert!(open_blob(&master, &salt, BlobKind::Data, &e[1].id, blob_a).unwrap_err().is_corrupt());
+        assert!(open_blob(&master, &salt, BlobKind::Tree, &e[0].id, blob_a).unwrap_err().is_corrupt());
         let mut flipped = blob_a.to_vec();
         flipped[20] ^= 0x40;
-        assert!(
-            open_blob(&master, &salt, BlobKind::Data, &e[0].id, &flipped)
-                .unwrap_err()
-                .is_corrupt()
-        );
+        assert!(open_blob(&master, &salt, BlobKind::Data, &e[0].id, &flipped).unwrap_err().is_corrupt());
         let mut bad = bytes.clone();
         let n = bad.len();
         bad[n - 50] ^= 1; // inside the header
         assert!(parse_pack(&master, &bad).unwrap_err().is_corrupt());
-        assert!(
-            parse_pack(&master, &bytes[..bytes.len() - 3])
-                .unwrap_err()
-                .is_corrupt()
-        );
+        assert!(parse_pack(&master, &bytes[..bytes.len() - 3]).unwrap_err().is_corrupt());
     }
 }

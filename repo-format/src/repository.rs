@@ -54,10 +54,7 @@ pub struct Repository {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 impl Repository {
@@ -72,9 +69,7 @@ impl Repository {
         config.validate()?;
         match storage.read(FileKind::Config, &Id::ZERO).await {
             Ok(_) => {
-                return Err(Error::RepositoryExists {
-                    location: storage.location(),
-                });
+                return Err(Error::RepositoryExists { location: storage.location() });
             }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
@@ -83,46 +78,21 @@ impl Repository {
         let kf = keyfile::create(&master, password, kdf, now_ns(), key_label)?;
         let key_id = KeyId(Id::of_stored(&kf));
         // Key first, config last: a repository exists only once it can be unlocked.
-        storage
-            .create(FileKind::Key, &key_id.0, Bytes::from(kf))
-            .await?;
-        let cfg = object::seal(
-            &master.object_cipher(),
-            ObjectType::Config,
-            &config.encode(),
-            0,
-        );
-        storage
-            .create(FileKind::Config, &Id::ZERO, Bytes::from(cfg))
-            .await
-            .map_err(|e| match e {
-                Error::AlreadyExists { .. } => Error::RepositoryExists {
-                    location: storage.location(),
-                },
-                other => other,
-            })?;
-        Ok(Repository {
-            storage,
-            master,
-            config,
-            key_id,
-            cache: None,
-            index: RwLock::default(),
-        })
+        storage.create(FileKind::Key, &key_id.0, Bytes::from(kf)).await?;
+        let cfg = object::seal(&master.object_cipher(), ObjectType::Config, &config.encode(), 0);
+        storage.create(FileKind::Config, &Id::ZERO, Bytes::from(cfg)).await.map_err(|e| match e {
+            Error::AlreadyExists { .. } => Error::RepositoryExists { location: storage.location() },
+            other => other,
+        })?;
+        Ok(Repository { storage, master, config, key_id, cache: None, index: RwLock::default() })
     }
 
     /// Open and unlock. `cache_root` enables the local cache of index and snapshot objects.
-    pub async fn open(
-        storage: Arc<dyn Storage>,
-        password: &[u8],
-        cache_root: Option<PathBuf>,
-    ) -> Result<Self> {
+    pub async fn open(storage: Arc<dyn Storage>, password: &[u8], cache_root: Option<PathBuf>) -> Result<Self> {
         let cfg_bytes = match storage.read(FileKind::Config, &Id::ZERO).await {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
-                return Err(Error::NoRepository {
-                    location: storage.location(),
-                });
+                return Err(Error::NoRepository { location: storage.location() });
             }
             Err(e) => return Err(e),
         };
@@ -130,47 +100,43 @@ impl Repository {
             .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
         let keys = storage.list(FileKind::Key).await?;
         if keys.is_empty() {
-            return Err(
-                Error::corrupt("repository", "it has a config but no key file")
-                    .locate(ObjectRef::File(FileKind::Key, Id::ZERO)),
-            );
+            return Err(Error::corrupt("repository", "it has a config but no key file")
+                .locate(ObjectRef::File(FileKind::Key, Id::ZERO)));
         }
+        // Try every key file: one that opens but whose master key does not decrypt the config
+        // (left by a lost `init` race, or planted) must not hide the right one.
+        let mut config_error = None;
         let mut unlocked = None;
         for (kid, _) in &keys {
             let kf = storage.read(FileKind::Key, kid).await?;
             let pw = password.to_vec();
-            let opened = tokio::task::spawn_blocking(move || keyfile::open(&kf, &pw))
-                .await
-                .expect("kdf task");
-            match opened {
-                Ok(Some(c)) => {
-                    unlocked = Some((KeyId(*kid), c.master));
+            let opened = tokio::task::spawn_blocking(move || keyfile::open(&kf, &pw)).await.expect("kdf task");
+            let master = match opened {
+                Ok(Some(c)) => c.master,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("key file {}: {e}", kid.short());
+                    continue;
+                }
+            };
+            let config = object::open(&master.object_cipher(), ObjectType::Config, &cfg_bytes, "config")
+                .and_then(|plain| RepoConfig::decode(&plain))
+                .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)));
+            match config {
+                Ok(config) => {
+                    unlocked = Some((KeyId(*kid), master, config));
                     break;
                 }
-                Ok(None) => {}
-                // A damaged key file must not hide a good one.
-                Err(e) => tracing::warn!("key file {}: {e}", kid.short()),
+                Err(e) => config_error = Some(e),
             }
         }
-        let (key_id, master) = unlocked.ok_or(Error::WrongPassword)?;
-        let plain = object::open(
-            &master.object_cipher(),
-            ObjectType::Config,
-            &cfg_bytes,
-            "config",
-        )
-        .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
-        let config = RepoConfig::decode(&plain)
-            .map_err(|e| e.locate(ObjectRef::File(FileKind::Config, Id::ZERO)))?;
+        let (key_id, master, config) = match (unlocked, config_error) {
+            (Some(u), _) => u,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(Error::WrongPassword),
+        };
         let cache = cache_root.map(|r| Cache::new(&r, &config.repo_id));
-        Ok(Repository {
-            storage,
-            master,
-            config,
-            key_id,
-            cache,
-            index: RwLock::default(),
-        })
+        Ok(Repository { storage, master, config, key_id, cache, index: RwLock::default() })
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -200,10 +166,8 @@ impl Repository {
             None => self.storage.read(kind, id).await?,
         };
         if Id::of_stored(&b) != *id {
-            return Err(
-                Error::corrupt("object", "stored bytes do not hash to the object's name")
-                    .locate(ObjectRef::File(kind, *id)),
-            );
+            return Err(Error::corrupt("object", "stored bytes do not hash to the object's name")
+                .locate(ObjectRef::File(kind, *id)));
         }
         Ok(b)
     }
@@ -218,26 +182,17 @@ impl Repository {
 
     /// List and load every index object (one LIST; downloads only what the cache lacks).
     pub async fn load_index(&self) -> Result<Arc<Index>> {
-        let ids: Vec<IndexId> = self
-            .storage
-            .list(FileKind::Index)
-            .await?
-            .into_iter()
-            .map(|(id, _)| IndexId(id))
-            .collect();
+        let ids: Vec<IndexId> =
+            self.storage.list(FileKind::Index).await?.into_iter().map(|(id, _)| IndexId(id)).collect();
         if let Some(c) = &self.cache {
-            c.retain(
-                FileKind::Index,
-                &ids.iter().map(|i| i.0).collect::<HashSet<_>>(),
-            );
+            c.retain(FileKind::Index, &ids.iter().map(|i| i.0).collect::<HashSet<_>>());
         }
-        let files: Vec<IndexFile> =
-            futures::stream::iter(ids.iter().map(|id| self.read_index_file(id)))
-                .buffer_unordered(LOAD_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_>>()?;
+        let files: Vec<IndexFile> = futures::stream::iter(ids.iter().map(|id| self.read_index_file(id)))
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
         let idx = Arc::new(Index::build(&files)?);
         *self.index.write().expect("lock") = idx.clone();
         Ok(idx)
@@ -270,89 +225,51 @@ impl Repository {
 
     /// Read and verify one blob.
     pub async fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = self
-            .index()
-            .lookup(kind, id)
-            .ok_or(Error::BlobNotInIndex(id.0))?;
+        let loc = self.index().lookup(kind, id).ok_or(Error::BlobNotInIndex(id.0))?;
         let stored = self
             .storage
-            .read_range(
-                FileKind::Pack,
-                &loc.pack.0,
-                u64::from(loc.offset),
-                u64::from(loc.stored_len),
-            )
+            .read_range(FileKind::Pack, &loc.pack.0, u64::from(loc.offset), u64::from(loc.stored_len))
             .await?;
-        pack::open_blob(&self.master, &loc.salt, kind, id, &stored).map_err(|e| {
-            e.locate(ObjectRef::Blob {
-                id: id.0,
-                pack: loc.pack.0,
-            })
-        })
+        pack::open_blob(&self.master, &loc.salt, kind, id, &stored)
+            .map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack: loc.pack.0 }))
     }
 
     pub async fn read_tree(&self, id: &TreeId) -> Result<Tree> {
         let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
-        Tree::decode(&b).map_err(|e| {
-            e.locate(ObjectRef::Blob {
-                id: id.0,
-                pack: Id::ZERO,
-            })
-        })
+        Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack: Id::ZERO }))
     }
 
     /// Write a snapshot (after the writer holding its blobs has finished).
     pub async fn save_snapshot(&self, s: &Snapshot) -> Result<SnapshotId> {
-        let b = object::seal(
-            &self.master.object_cipher(),
-            ObjectType::Snapshot,
-            &s.encode()?,
-            3,
-        );
+        let b = object::seal(&self.master.object_cipher(), ObjectType::Snapshot, &s.encode()?, 3);
         let id = Id::of_stored(&b);
-        self.storage
-            .create(FileKind::Snapshot, &id, Bytes::from(b))
-            .await?;
+        self.storage.create(FileKind::Snapshot, &id, Bytes::from(b)).await?;
         Ok(SnapshotId(id))
     }
 
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let b = self.read_object(FileKind::Snapshot, &id.0).await?;
-        let plain = object::open(
-            &self.master.object_cipher(),
-            ObjectType::Snapshot,
-            &b,
-            "snapshot",
-        )
-        .map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))?;
+        let plain = object::open(&self.master.object_cipher(), ObjectType::Snapshot, &b, "snapshot")
+            .map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))?;
         Snapshot::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))
     }
 
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let ids: Vec<SnapshotId> = self
-            .storage
-            .list(FileKind::Snapshot)
-            .await?
-            .into_iter()
-            .map(|(id, _)| SnapshotId(id))
-            .collect();
+        let ids: Vec<SnapshotId> =
+            self.storage.list(FileKind::Snapshot).await?.into_iter().map(|(id, _)| SnapshotId(id)).collect();
         if let Some(c) = &self.cache {
-            c.retain(
-                FileKind::Snapshot,
-                &ids.iter().map(|i| i.0).collect::<HashSet<_>>(),
-            );
+            c.retain(FileKind::Snapshot, &ids.iter().map(|i| i.0).collect::<HashSet<_>>());
         }
         let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
-            ids.into_iter()
-                .map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) }),
+            ids.into_iter().map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) }),
         )
         .buffer_unordered(LOAD_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-        out.sort_by(|a, b| (a.1.time_ns, a.0).cmp(&(b.1.time_ns, b.0)));
+        out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(out)
     }
 
@@ -360,15 +277,11 @@ impl Repository {
     pub async fn add_key(&self, password: &[u8], kdf: KdfParams, label: &str) -> Result<KeyId> {
         let (master, label) = (self.master.clone(), label.to_string());
         let pw = password.to_vec();
-        let kf = tokio::task::spawn_blocking(move || {
-            keyfile::create(&master, &pw, kdf, now_ns(), &label)
-        })
-        .await
-        .expect("kdf task")?;
+        let kf = tokio::task::spawn_blocking(move || keyfile::create(&master, &pw, kdf, now_ns(), &label))
+            .await
+            .expect("kdf task")?;
         let id = KeyId(Id::of_stored(&kf));
-        self.storage
-            .create(FileKind::Key, &id.0, Bytes::from(kf))
-            .await?;
+        self.storage.create(FileKind::Key, &id.0, Bytes::from(kf)).await?;
         Ok(id)
     }
 
@@ -377,17 +290,10 @@ impl Repository {
         let mut out = Vec::new();
         for (id, _) in self.storage.list(FileKind::Key).await? {
             let b = self.storage.read(FileKind::Key, &id).await?;
-            let info =
-                keyfile::info(&b).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
-            let (created_ns, label) = keyfile::meta(&b, &self.master)
-                .map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
-            out.push(KeyInfo {
-                id: KeyId(id),
-                created_ns,
-                label,
-                kdf: info.kdf,
-                current: KeyId(id) == self.key_id,
-            });
+            let info = keyfile::info(&b).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
+            let (created_ns, label) =
+                keyfile::meta(&b, &self.master).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
+            out.push(KeyInfo { id: KeyId(id), created_ns, label, kdf: info.kdf, current: KeyId(id) == self.key_id });
         }
         out.sort_by_key(|k| k.id);
         Ok(out)
@@ -404,21 +310,13 @@ impl Repository {
         }
         let keys = self.storage.list(FileKind::Key).await?;
         if !keys.iter().any(|(k, _)| *k == id.0) {
-            return Err(Error::NotFound {
-                kind: FileKind::Key,
-                id: id.0,
-            });
+            return Err(Error::NotFound { kind: FileKind::Key, id: id.0 });
         }
         self.storage.remove(FileKind::Key, &id.0).await
     }
 
     /// Replace this session's key file by one for `new_password` (data untouched).
-    pub async fn change_password(
-        &mut self,
-        new_password: &[u8],
-        kdf: KdfParams,
-        label: &str,
-    ) -> Result<KeyId> {
+    pub async fn change_password(&mut self, new_password: &[u8], kdf: KdfParams, label: &str) -> Result<KeyId> {
         let new_id = self.add_key(new_password, kdf, label).await?;
         let old = self.key_id;
         self.key_id = new_id;

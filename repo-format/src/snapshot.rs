@@ -123,19 +123,16 @@ impl Snapshot {
         let tree = TreeId(d.id()?);
         let parent = match d.u8()? {
             0 => None,
-            _ => Some(SnapshotId(d.id()?)),
+            1 => Some(SnapshotId(d.id()?)),
+            v => return Err(crate::error::Error::corrupt("snapshot", format!("parent flag {v}"))),
         };
         let hostname = d.string16()?;
         let username = d.string16()?;
         let program = d.string16()?;
         let np = d.count(4)?;
-        let paths = (0..np)
-            .map(|_| d.bytes32().map(<[u8]>::to_vec))
-            .collect::<Result<_>>()?;
+        let paths = (0..np).map(|_| d.bytes32().map(<[u8]>::to_vec)).collect::<Result<_>>()?;
         let nt = d.count(4)?;
-        let tags = (0..nt)
-            .map(|_| Ok((d.string16()?, d.string16()?)))
-            .collect::<Result<_>>()?;
+        let tags = (0..nt).map(|_| Ok((d.string16()?, d.string16()?))).collect::<Result<_>>()?;
         let nf = d.u16()? as usize;
         let fields = (0..nf).map(|_| d.u64()).collect::<Result<Vec<_>>>()?;
         Ok(Snapshot {
@@ -153,10 +150,7 @@ impl Snapshot {
 
     /// The value of tag `key`, if any.
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -197,14 +191,8 @@ mod tests {
 
     #[test]
     fn fewer_summary_fields_default_to_zero() {
-        let s = Snapshot {
-            summary: Summary {
-                files_new: 7,
-                duration_ns: 9,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let s =
+            Snapshot { summary: Summary { files_new: 7, duration_ns: 9, ..Default::default() }, ..Default::default() };
         let mut b = s.encode().unwrap();
         // rewrite as an older writer with 1 summary field
         let at = b.len() - 13 * 8 - 2;

@@ -40,13 +40,8 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    pub const ALL: [FileKind; 5] = [
-        FileKind::Config,
-        FileKind::Key,
-        FileKind::Snapshot,
-        FileKind::Index,
-        FileKind::Pack,
-    ];
+    pub const ALL: [FileKind; 5] =
+        [FileKind::Config, FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack];
 }
 
 impl fmt::Display for FileKind {

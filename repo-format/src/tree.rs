@@ -154,14 +154,8 @@ fn decode_segments(d: &mut Dec<'_>) -> Result<Vec<Segment>> {
     for _ in 0..n {
         v.push(match d.u8()? {
             0 => Segment::Zero { len: d.u64()? },
-            1 => Segment::Blob {
-                id: BlobId(d.id()?),
-                len: d.u32()?,
-            },
-            2 => Segment::Indirect {
-                id: TreeId(d.id()?),
-                len: d.u64()?,
-            },
+            1 => Segment::Blob { id: BlobId(d.id()?), len: d.u32()? },
+            2 => Segment::Indirect { id: TreeId(d.id()?), len: d.u64()? },
             t => return Err(Error::corrupt("tree", format!("unknown segment type {t}"))),
         });
     }
@@ -203,8 +197,7 @@ impl Tree {
                 .u32(n.nlink)
                 .u64(n.rdev);
             e.bytes32(&n.link_target)?;
-            let nx = u16::try_from(n.xattrs.len())
-                .map_err(|_| Error::Invalid("more than 65535 xattrs".into()))?;
+            let nx = u16::try_from(n.xattrs.len()).map_err(|_| Error::Invalid("more than 65535 xattrs".into()))?;
             e.u16(nx);
             for (k, v) in &n.xattrs {
                 e.bytes16(k)?;
@@ -276,14 +269,8 @@ mod tests {
     fn arb_segment() -> impl Strategy<Value = Segment> {
         prop_oneof![
             any::<u64>().prop_map(|len| Segment::Zero { len }),
-            (any::<[u8; 32]>(), any::<u32>()).prop_map(|(i, len)| Segment::Blob {
-                id: BlobId(Id(i)),
-                len
-            }),
-            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(i, len)| Segment::Indirect {
-                id: TreeId(Id(i)),
-                len
-            }),
+            (any::<[u8; 32]>(), any::<u32>()).prop_map(|(i, len)| Segment::Blob { id: BlobId(Id(i)), len }),
+            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(i, len)| Segment::Indirect { id: TreeId(Id(i)), len }),
         ]
     }
 
@@ -309,24 +296,13 @@ mod tests {
             any::<(u64, u64, u64, u32, u64)>(),
             proptest::collection::vec(any::<u8>(), 0..100),
             proptest::collection::vec(
-                (
-                    proptest::collection::vec(any::<u8>(), 0..20),
-                    proptest::collection::vec(any::<u8>(), 0..50),
-                ),
+                (proptest::collection::vec(any::<u8>(), 0..20), proptest::collection::vec(any::<u8>(), 0..50)),
                 0..3,
             ),
             content,
         )
             .prop_map(
-                |(
-                    name,
-                    kind,
-                    (mode, uid, gid, m, a, c),
-                    (size, dev, ino, nlink, rdev),
-                    link,
-                    xattrs,
-                    content,
-                )| Node {
+                |(name, kind, (mode, uid, gid, m, a, c), (size, dev, ino, nlink, rdev), link, xattrs, content)| Node {
                     name,
                     kind,
                     mode,
@@ -370,19 +346,14 @@ mod tests {
     #[test]
     fn hostile_names_are_flagged() {
         for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"x\0y"] {
-            assert!(
-                !Node::new(bad.to_vec(), NodeType::File).has_safe_name(),
-                "{bad:?}"
-            );
+            assert!(!Node::new(bad.to_vec(), NodeType::File).has_safe_name(), "{bad:?}");
         }
         assert!(Node::new(b"\xff\xfe-\n".to_vec(), NodeType::File).has_safe_name());
     }
 
     #[test]
     fn extension_bytes_in_an_entry_are_ignored() {
-        let t = Tree {
-            nodes: vec![Node::new(b"a".to_vec(), NodeType::File)],
-        };
+        let t = Tree { nodes: vec![Node::new(b"a".to_vec(), NodeType::File)] };
         let mut b = t.encode().unwrap();
         // grow the entry's record by 3 bytes
         let len = u32::from_le_bytes(b[4..8].try_into().unwrap()) + 3;

@@ -33,8 +33,14 @@ use crate::object::{self, ObjectType};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::storage::{FileKind, Storage};
 
-/// Write an index object after this many packs (and at the end).
+/// Write an index object after this many packs (and at the end)…
 const INDEX_EVERY: usize = 8;
+/// … or once it would list this many blobs (45 bytes each: about 9 MB, far below the 64 MiB
+/// object limit even uncompressed).
+const INDEX_MAX_BLOBS: usize = 200_000;
+/// A pack is closed at this many blobs even below its target size (tiny files), which bounds
+/// its header and the index entries one pack contributes.
+const PACK_MAX_BLOBS: usize = 50_000;
 const SHARDS: usize = 64;
 
 /// Tuning of a writer.
@@ -50,11 +56,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions {
-            open_packs: 4,
-            max_uploads: 2,
-            tmp_dir: std::env::temp_dir(),
-        }
+        WriterOptions { open_packs: 4, max_uploads: 2, tmp_dir: std::env::temp_dir() }
     }
 }
 
@@ -126,17 +128,12 @@ impl BlobWriter {
             tmp_dir: opts.tmp_dir,
             index,
             taken: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            data_packs: (0..opts.open_packs.max(1))
-                .map(|_| Mutex::default())
-                .collect(),
+            data_packs: (0..opts.open_packs.max(1)).map(|_| Mutex::default()).collect(),
             tree_pack: Mutex::default(),
             queue: Mutex::new(Some(tx)),
             stats: WriterStats::default(),
         };
-        BlobWriter {
-            shared: Arc::new(shared),
-            uploader: Arc::new(Mutex::new(Some(uploader))),
-        }
+        BlobWriter { shared: Arc::new(shared), uploader: Arc::new(Mutex::new(Some(uploader))) }
     }
 
     /// Counters so far.
@@ -152,10 +149,7 @@ impl BlobWriter {
     /// True if the blob is stored already or taken by this writer.
     pub fn is_known(&self, kind: BlobKind, id: &BlobId) -> bool {
         self.shared.index.contains(kind, id)
-            || self.shared.taken[id.0.0[0] as usize % SHARDS]
-                .lock()
-                .expect("lock")
-                .contains(&(*id, kind))
+            || self.shared.taken[id.0.0[0] as usize % SHARDS].lock().expect("lock").contains(&(*id, kind))
     }
 
     /// Store a blob unless it is known. Blocks while the upload queue is full. Must not be
@@ -169,16 +163,9 @@ impl BlobWriter {
     pub fn save_with_id(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<Saved> {
         let s = &self.shared;
         if data.len() > compress::MAX_BLOB_LEN {
-            return Err(Error::Invalid(format!(
-                "a blob of {} bytes exceeds the limit",
-                data.len()
-            )));
+            return Err(Error::Invalid(format!("a blob of {} bytes exceeds the limit", data.len())));
         }
-        if s.index.contains(kind, &id)
-            || !s.taken[id.0.0[0] as usize % SHARDS]
-                .lock()
-                .expect("lock")
-                .insert((id, kind))
+        if s.index.contains(kind, &id) || !s.taken[id.0.0[0] as usize % SHARDS].lock().expect("lock").insert((id, kind))
         {
             return Ok(Saved { id, new: false });
         }
@@ -201,11 +188,7 @@ impl BlobWriter {
                 BlobKind::Tree => s.stats.tree_blobs.fetch_add(1, Relaxed),
                 BlobKind::Data => s.stats.data_blobs.fetch_add(1, Relaxed),
             };
-            if pw.len() >= s.pack_size {
-                guard.take()
-            } else {
-                None
-            }
+            if pw.len() >= s.pack_size || pw.blob_count() >= PACK_MAX_BLOBS { guard.take() } else { None }
         };
         if let Some(pw) = full {
             self.send(pw.finish()?)?;
@@ -217,9 +200,8 @@ impl BlobWriter {
         self.shared.stats.packs.fetch_add(1, Relaxed);
         let tx = self.shared.queue.lock().expect("lock").clone();
         let tx = tx.ok_or_else(|| Error::Invalid("blob writer already finished".into()))?;
-        tx.blocking_send(pack).map_err(|_| {
-            Error::Invalid("the pack uploader stopped (see the error it returned)".into())
-        })
+        tx.blocking_send(pack)
+            .map_err(|_| Error::Invalid("the pack uploader stopped (see the error it returned)".into()))
     }
 
     /// Flush every open pack, wait for all uploads and write the last index object.
@@ -236,9 +218,7 @@ impl BlobWriter {
         if let Some(tx) = tx {
             for pw in packs {
                 s.stats.packs.fetch_add(1, Relaxed);
-                let fp = tokio::task::spawn_blocking(move || pw.finish())
-                    .await
-                    .expect("finish task")?;
+                let fp = tokio::task::spawn_blocking(move || pw.finish()).await.expect("finish task")?;
                 if tx.send(fp).await.is_err() {
                     break; // the uploader failed: its error is returned below
                 }
@@ -249,13 +229,7 @@ impl BlobWriter {
             return Ok(WriterResult::default());
         };
         let (index_ids, packs) = handle.await.expect("uploader task")?;
-        Ok(WriterResult {
-            index_file: IndexFile {
-                packs,
-                supersedes: Vec::new(),
-            },
-            index_ids,
-        })
+        Ok(WriterResult { index_file: IndexFile { packs, supersedes: Vec::new() }, index_ids })
     }
 }
 
@@ -279,7 +253,7 @@ async fn upload_loop(
                     Ok(p) => done.push(p),
                     Err(e) => { failed.get_or_insert(e); break; }
                 }
-                if done.len() >= INDEX_EVERY {
+                if done.len() >= INDEX_EVERY || done.iter().map(|p| p.blobs.len()).sum::<usize>() >= INDEX_MAX_BLOBS {
                     all.extend(done.iter().cloned());
                     written.push(write_index(&*storage, &cipher, std::mem::take(&mut done)).await?);
                 }
@@ -314,19 +288,10 @@ async fn upload_loop(
     }
 }
 
-async fn write_index(
-    storage: &dyn Storage,
-    cipher: &crate::crypto::Cipher,
-    packs: Vec<IndexPack>,
-) -> Result<IndexId> {
-    let file = IndexFile {
-        packs,
-        supersedes: Vec::new(),
-    };
+async fn write_index(storage: &dyn Storage, cipher: &crate::crypto::Cipher, packs: Vec<IndexPack>) -> Result<IndexId> {
+    let file = IndexFile { packs, supersedes: Vec::new() };
     let bytes = object::seal(cipher, ObjectType::Index, &file.encode(), 3);
     let id = Id::of_stored(&bytes);
-    storage
-        .create(FileKind::Index, &id, Bytes::from(bytes))
-        .await?;
+    storage.create(FileKind::Index, &id, Bytes::from(bytes)).await?;
     Ok(IndexId(id))
 }

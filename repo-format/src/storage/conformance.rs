@@ -11,74 +11,41 @@ pub(crate) async fn run(s: &dyn Storage) {
     let a = Id::of_stored(b"a");
     let b = Id::of_stored(b"b");
     // missing objects
-    assert!(matches!(
-        s.read(FileKind::Snapshot, &a).await,
-        Err(Error::NotFound { .. })
-    ));
-    assert!(matches!(
-        s.read_range(FileKind::Pack, &a, 0, 1).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(s.read(FileKind::Snapshot, &a).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.read_range(FileKind::Pack, &a, 0, 1).await, Err(Error::NotFound { .. })));
     assert!(s.list(FileKind::Snapshot).await.unwrap().is_empty());
     // create-only
-    s.create(FileKind::Snapshot, &a, Bytes::from_static(b"first"))
-        .await
-        .unwrap();
+    s.create(FileKind::Snapshot, &a, Bytes::from_static(b"first")).await.unwrap();
     assert!(matches!(
-        s.create(FileKind::Snapshot, &a, Bytes::from_static(b"second"))
-            .await,
+        s.create(FileKind::Snapshot, &a, Bytes::from_static(b"second")).await,
         Err(Error::AlreadyExists { .. })
     ));
     assert_eq!(&s.read(FileKind::Snapshot, &a).await.unwrap()[..], b"first");
     // ranges
-    s.create(FileKind::Index, &b, Bytes::from_static(b"0123456789"))
-        .await
-        .unwrap();
-    assert_eq!(
-        &s.read_range(FileKind::Index, &b, 3, 4).await.unwrap()[..],
-        b"3456"
-    );
+    s.create(FileKind::Index, &b, Bytes::from_static(b"0123456789")).await.unwrap();
+    assert_eq!(&s.read_range(FileKind::Index, &b, 3, 4).await.unwrap()[..], b"3456");
     // list by kind only
     let l = s.list(FileKind::Snapshot).await.unwrap();
     assert_eq!(l, vec![(a, 5)]);
     // a large upload from a file (multipart above the threshold), then a ranged read in it
-    let big: Vec<u8> = (0..(20u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let pid = Id::of_stored(&big);
     let mut f = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut f, &big).unwrap();
     std::io::Seek::rewind(&mut f).unwrap();
-    s.upload_file(FileKind::Pack, &pid, f, big.len() as u64)
-        .await
-        .unwrap();
+    s.upload_file(FileKind::Pack, &pid, f, big.len() as u64).await.unwrap();
     assert_eq!(s.read(FileKind::Pack, &pid).await.unwrap().len(), big.len());
-    let r = s
-        .read_range(FileKind::Pack, &pid, 17 << 20, 100)
-        .await
-        .unwrap();
+    let r = s.read_range(FileKind::Pack, &pid, 17 << 20, 100).await.unwrap();
     assert_eq!(&r[..], &big[17 << 20..(17 << 20) + 100]);
-    assert_eq!(
-        s.list(FileKind::Pack).await.unwrap(),
-        vec![(pid, big.len() as u64)]
-    );
+    assert_eq!(s.list(FileKind::Pack).await.unwrap(), vec![(pid, big.len() as u64)]);
     // removal
     s.remove(FileKind::Snapshot, &a).await.unwrap();
-    assert!(matches!(
-        s.read(FileKind::Snapshot, &a).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(s.read(FileKind::Snapshot, &a).await, Err(Error::NotFound { .. })));
     // concurrent create-only puts of one name: exactly one wins
     let c = Id::of_stored(b"race");
-    let results = futures::future::join_all(
-        (0..8u8).map(|i| s.create(FileKind::Key, &c, Bytes::from(vec![i; 1000]))),
-    )
-    .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
+    let results =
+        futures::future::join_all((0..8u8).map(|i| s.create(FileKind::Key, &c, Bytes::from(vec![i; 1000])))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
 }
 
 #[tokio::test]

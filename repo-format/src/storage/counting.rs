@@ -25,15 +25,7 @@ pub struct RequestCounts {
 impl RequestCounts {
     /// (put, get, list, delete, bytes up, bytes down) at this moment.
     pub fn snapshot(&self) -> [u64; 6] {
-        [
-            &self.put,
-            &self.get,
-            &self.list,
-            &self.delete,
-            &self.bytes_up,
-            &self.bytes_down,
-        ]
-        .map(|a| a.load(Relaxed))
+        [&self.put, &self.get, &self.list, &self.delete, &self.bytes_up, &self.bytes_down].map(|a| a.load(Relaxed))
     }
 }
 
@@ -46,10 +38,7 @@ pub struct Counting<S> {
 
 impl<S> Counting<S> {
     pub fn new(inner: S) -> Self {
-        Counting {
-            inner,
-            counts: Arc::default(),
-        }
+        Counting { inner, counts: Arc::default() }
     }
     pub fn counts(&self) -> Arc<RequestCounts> {
         self.counts.clone()

@@ -31,10 +31,9 @@ pub(crate) fn dir_of(kind: FileKind) -> &'static str {
 /// The id from a listed path's last component; `None` for anything that is not ours.
 pub(crate) fn id_of(name: &str) -> Option<Id> {
     let last = name.rsplit('/').next()?;
-    if last.len() != 64 {
-        return None;
-    }
-    Id::from_hex(last).ok()
+    let id = Id::from_hex(last).ok()?;
+    // Only the canonical spelling (lowercase hex) is ours.
+    (id.to_hex() == last).then_some(id)
 }
 
 #[cfg(test)]
@@ -44,10 +43,7 @@ mod tests {
     #[test]
     fn pack_paths_are_fanned_out() {
         let id = Id([0xab; 32]);
-        assert_eq!(
-            path_of(FileKind::Pack, &id),
-            format!("data/ab/{}", id.to_hex())
-        );
+        assert_eq!(path_of(FileKind::Pack, &id), format!("data/ab/{}", id.to_hex()));
         assert_eq!(id_of(&path_of(FileKind::Pack, &id)), Some(id));
         assert_eq!(id_of("data/ab/tmp.123"), None);
     }

@@ -34,47 +34,30 @@ impl ObjectStorage {
     /// `location` is shown in messages; `prefix` (may be empty) is prepended to every name.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: impl Into<String>) -> Self {
         let prefix = prefix.trim_matches('/').to_string();
-        ObjectStorage {
-            store,
-            prefix,
-            location: location.into(),
-        }
+        ObjectStorage { store, prefix, location: location.into() }
     }
 
     /// A repository in a local directory (created if missing).
     pub fn local(dir: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| {
-            Error::Storage {
-                what: dir.display().to_string(),
-                source: Box::new(e),
-            }
-        })?;
-        Ok(ObjectStorage::new(
-            Arc::new(fs),
-            "",
-            dir.display().to_string(),
-        ))
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?;
+        Ok(ObjectStorage::new(Arc::new(fs), "", dir.display().to_string()))
     }
 
     fn path(&self, rel: &str) -> ObjPath {
-        if self.prefix.is_empty() {
-            ObjPath::from(rel)
-        } else {
-            ObjPath::from(format!("{}/{rel}", self.prefix))
-        }
+        if self.prefix.is_empty() { ObjPath::from(rel) } else { ObjPath::from(format!("{}/{rel}", self.prefix)) }
     }
 
     fn err(&self, kind: FileKind, id: &Id, e: object_store::Error) -> Error {
         match e {
             object_store::Error::NotFound { .. } => Error::NotFound { kind, id: *id },
-            object_store::Error::AlreadyExists { .. }
-            | object_store::Error::Precondition { .. } => Error::AlreadyExists { kind, id: *id },
-            other => Error::Storage {
-                what: format!("{kind} {} at {}", id.short(), self.location),
-                source: Box::new(other),
-            },
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+                Error::AlreadyExists { kind, id: *id }
+            }
+            other => {
+                Error::Storage { what: format!("{kind} {} at {}", id.short(), self.location), source: Box::new(other) }
+            }
         }
     }
 }
@@ -86,16 +69,9 @@ impl Storage for ObjectStorage {
     }
 
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         self.store
-            .put_opts(
-                &self.path(&path_of(kind, id)),
-                PutPayload::from_bytes(data),
-                opts,
-            )
+            .put_opts(&self.path(&path_of(kind, id)), PutPayload::from_bytes(data), opts)
             .await
             .map(|_| ())
             .map_err(|e| self.err(kind, id, e))
@@ -108,8 +84,7 @@ impl Storage for ObjectStorage {
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, offset)
-                    .map(|_| Bytes::from(buf))
+                file.read_exact_at(&mut buf, offset).map(|_| Bytes::from(buf))
             })
             .await
             .expect("read task")
@@ -124,11 +99,7 @@ impl Storage for ObjectStorage {
                 .map(|_| ())
                 .map_err(|e| self.err(kind, id, e));
         }
-        let upload = self
-            .store
-            .put_multipart(&path)
-            .await
-            .map_err(|e| self.err(kind, id, e))?;
+        let upload = self.store.put_multipart(&path).await.map_err(|e| self.err(kind, id, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut offset = 0u64;
         while offset < len {
@@ -146,18 +117,11 @@ impl Storage for ObjectStorage {
             w.put(part);
             offset += n as u64;
         }
-        w.finish()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(kind, id, e))
+        w.finish().await.map(|_| ()).map_err(|e| self.err(kind, id, e))
     }
 
     async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
-        let r = self
-            .store
-            .get(&self.path(&path_of(kind, id)))
-            .await
-            .map_err(|e| self.err(kind, id, e))?;
+        let r = self.store.get(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))?;
         r.bytes().await.map_err(|e| self.err(kind, id, e))
     }
 
@@ -168,41 +132,25 @@ impl Storage for ObjectStorage {
             .await
             .map_err(|e| self.err(kind, id, e))?;
         if b.len() as u64 != len {
-            return Err(Error::corrupt(
-                "pack",
-                format!("range read returned {} of {len} bytes", b.len()),
-            )
-            .locate(crate::error::ObjectRef::File(kind, *id)));
+            return Err(Error::corrupt("pack", format!("range read returned {} of {len} bytes", b.len()))
+                .locate(crate::error::ObjectRef::File(kind, *id)));
         }
         Ok(b)
     }
 
     async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
         if kind == FileKind::Config {
-            return Err(Error::Invalid(
-                "the config is a single object; read it instead of listing".into(),
-            ));
+            return Err(Error::Invalid("the config is a single object; read it instead of listing".into()));
         }
         let prefix = self.path(dir_of(kind));
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| Error::Storage {
-                what: format!("listing {kind} at {}", self.location),
-                source: Box::new(e),
-            })?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| id_of(m.location.as_ref()).map(|id| (id, m.size)))
-            .collect())
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(|e| Error::Storage {
+            what: format!("listing {kind} at {}", self.location),
+            source: Box::new(e),
+        })?;
+        Ok(metas.into_iter().filter_map(|m| id_of(m.location.as_ref()).map(|id| (id, m.size))).collect())
     }
 
     async fn remove(&self, kind: FileKind, id: &Id) -> Result<()> {
-        self.store
-            .delete(&self.path(&path_of(kind, id)))
-            .await
-            .map_err(|e| self.err(kind, id, e))
+        self.store.delete(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))
     }
 }

@@ -14,10 +14,7 @@ use crate::id::Id;
 pub struct ReadOnly<S>(pub S);
 
 fn refuse(op: &str, kind: FileKind, id: &Id) -> Error {
-    Error::Invalid(format!(
-        "{op} {kind} {} refused: the repository is open read-only",
-        id.short()
-    ))
+    Error::Invalid(format!("{op} {kind} {} refused: the repository is open read-only", id.short()))
 }
 
 #[async_trait]

@@ -1,0 +1,194 @@
+//! The backup engine: a directory tree (or files) into a snapshot.
+//!
+//! Three stages overlap, with bounded queues between them so memory does not grow with the
+//! input:
+//! 1. the scanner (`scan`, one thread) walks the sources in name order, stats every entry,
+//!    asks the files cache, and reads and chunks only new or changed files, queueing each chunk;
+//! 2. blob workers (one per core) hash, dedup, compress, encrypt and pack the chunks
+//!    (`BlobWriter::save`), answering each chunk's one-shot channel with its id;
+//! 3. the tree builder (`build`, one thread) receives directories in post-order, waits for their
+//!    files' chunk ids, encodes and saves each tree blob, and records files in the files cache.
+//!
+//! Memory bound: `CHUNK_QUEUE` chunks of at most the chunker's max size (4 MiB by default)
+//! waiting, one chunk per worker in progress, the writer's open packs' buffers (1 MiB each) and
+//! `DIR_QUEUE` directory records. With the defaults and 2 cores: about 8 × 4 MiB + 2 × 4 MiB +
+//! 5 MiB + uploads (two 8 MiB parts each) ≈ 80 MiB at worst; typical is much less since most
+//! chunks are far below the maximum. `FERRY_CHUNK_QUEUE` overrides the queue length.
+
+mod build;
+mod scan;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use repo_format::{Repository, Snapshot, SnapshotId, Summary, WriterOptions};
+
+use crate::filescache;
+use crate::progress::Counters;
+
+/// Directory records waiting for the tree builder.
+const DIR_QUEUE: usize = 256;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub paths: Vec<PathBuf>,
+    pub excludes: Vec<glob::Pattern>,
+    pub host: String,
+    pub tags: Vec<(String, String)>,
+    pub parent: Option<SnapshotId>,
+    pub force: bool,
+    /// Where the files cache lives (None: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Result of a backup.
+#[derive(Debug)]
+pub struct Outcome {
+    pub snapshot_id: SnapshotId,
+    pub snapshot: Snapshot,
+    /// One line per entry that could not be read.
+    pub errors: Vec<String>,
+    /// Entries that changed while being read (kept, but worth knowing).
+    pub warnings: Vec<String>,
+}
+
+/// Counters the stages share.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub files_new: std::sync::atomic::AtomicU64,
+    pub files_changed: std::sync::atomic::AtomicU64,
+    pub files_unchanged: std::sync::atomic::AtomicU64,
+    pub dirs: std::sync::atomic::AtomicU64,
+    pub other: std::sync::atomic::AtomicU64,
+    pub bytes_total: std::sync::atomic::AtomicU64,
+    pub bytes_read: std::sync::atomic::AtomicU64,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Run a backup and write its snapshot.
+pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counters>) -> Result<Outcome> {
+    let started = Instant::now();
+    let start_ns = now_ns();
+    let mut sources = Vec::new();
+    for p in &cfg.paths {
+        let abs = std::path::absolute(p).with_context(|| format!("source {}", p.display()))?;
+        std::fs::symlink_metadata(&abs).with_context(|| format!("source {}", p.display()))?;
+        sources.push(abs);
+    }
+    if sources.is_empty() {
+        bail!("nothing to back up: give at least one path");
+    }
+    repo.load_index().await.context("loading the repository index")?;
+    let repo_cache = cfg.cache_dir.as_ref().map(|c| c.join(repo.config().repo_id.to_hex()));
+    let files_cache = match &repo_cache {
+        Some(dir) => Some(filescache::open(&dir.join("files.sqlite"))?),
+        None => None,
+    };
+    let tmp_dir = match &repo_cache {
+        Some(dir) => {
+            let t = dir.join("tmp");
+            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
+            t
+        }
+        None => std::env::temp_dir(),
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    let tally = Arc::new(Tally::default());
+
+    // Totals for the progress display, from a cheap concurrent stat-only walk.
+    scan::count_in_background(sources.clone(), cfg.excludes.clone(), counters.clone());
+
+    let pipeline = {
+        let (writer, cfg, counters, tally) = (writer.clone(), cfg.clone(), counters.clone(), tally.clone());
+        let chunker = repo_format::Chunker::new(repo.config().chunker, repo.master_key().chunker_seed());
+        tokio::task::spawn_blocking(move || {
+            scan::pipeline(scan::Pipeline {
+                sources,
+                cfg: &cfg,
+                writer: &writer,
+                chunker,
+                counters: &counters,
+                tally: &tally,
+                files_cache,
+                workers,
+                start_ns,
+            })
+        })
+    };
+    let result = pipeline.await.expect("backup pipeline thread");
+    // Always finish the writer, even after a failure: what was uploaded gets indexed and is
+    // reused by the next backup.
+    let finished = repo.finish_writer(writer.clone()).await;
+    let (root, mut errors, warnings, cache_writer) = result?;
+    finished.context("uploading packs and index")?;
+
+    let parent = match cfg.parent {
+        Some(p) => Some(p),
+        None => {
+            let paths: Vec<Vec<u8>> = cfg.paths_bytes();
+            repo.snapshots()
+                .await?
+                .into_iter()
+                .rev()
+                .find(|(_, s)| s.hostname == cfg.host && s.paths == paths)
+                .map(|(id, _)| id)
+        }
+    };
+    let st = writer.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    let summary = Summary {
+        files_new: tally.files_new.load(Relaxed),
+        files_changed: tally.files_changed.load(Relaxed),
+        files_unchanged: tally.files_unchanged.load(Relaxed),
+        dirs: tally.dirs.load(Relaxed),
+        other_entries: tally.other.load(Relaxed),
+        bytes_read: tally.bytes_read.load(Relaxed),
+        bytes_total: tally.bytes_total.load(Relaxed),
+        bytes_added: st.bytes_added.load(Relaxed),
+        bytes_added_stored: st.bytes_stored.load(Relaxed),
+        data_blobs_added: st.data_blobs.load(Relaxed),
+        tree_blobs_added: st.tree_blobs.load(Relaxed),
+        errors: errors.len() as u64,
+        duration_ns: started.elapsed().as_nanos() as u64,
+    };
+    let snapshot = Snapshot {
+        time_ns: start_ns,
+        tree: root,
+        parent,
+        hostname: cfg.host.clone(),
+        username: username(),
+        program: format!("ferry {}", env!("CARGO_PKG_VERSION")),
+        paths: cfg.paths_bytes(),
+        tags: cfg.tags.clone(),
+        summary,
+    };
+    let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
+    if let Some(w) = cache_writer {
+        if let Err(e) = w.commit() {
+            errors.push(format!("files cache not updated (the next backup re-reads files): {e:#}"));
+        }
+    }
+    Ok(Outcome { snapshot_id, snapshot, errors, warnings })
+}
+
+impl BackupConfig {
+    /// The source paths as recorded in the snapshot (absolute, raw bytes).
+    pub fn paths_bytes(&self) -> Vec<Vec<u8>> {
+        self.paths
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).into_os_string().into_encoded_bytes())
+            .collect()
+    }
+}
+
+fn username() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+}

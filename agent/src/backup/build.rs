@@ -1,0 +1,144 @@
+//! Stage 3 of the backup: directories in post-order become tree blobs.
+//!
+//! For each directory record the builder waits for its files' chunk ids (in order), turns runs
+//! of zeros into zero segments, moves very long segment lists into indirect blobs, encodes the
+//! tree and saves it. Subdirectory tree ids come from the records that preceded (post-order).
+//! Files whose content could not be stored are dropped from the tree and reported.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+use crossbeam_channel::Receiver;
+use repo_format::{BlobKind, BlobWriter, Content, Node, Saved, Segment, Tree, TreeId, encode_segment_list};
+
+use crate::filescache::{self, FileKey};
+
+/// Segments per indirect blob (37 bytes each: about 2.4 MiB).
+const SEGMENTS_PER_BLOB: usize = 65536;
+
+/// A chunk being stored, or a hole.
+pub(crate) enum PendingSeg {
+    Blob(Receiver<repo_format::Result<Saved>>, u32),
+    Zero(u64),
+}
+
+impl PendingSeg {
+    pub fn len(&self) -> u64 {
+        match self {
+            PendingSeg::Blob(_, n) => u64::from(*n),
+            PendingSeg::Zero(n) => *n,
+        }
+    }
+}
+
+/// How an entry's content will be known.
+pub(crate) enum Pending {
+    Ready(Content),
+    SubDir(PathBuf),
+    /// Unchanged according to the files cache.
+    Cached {
+        path: Vec<u8>,
+        segs: Vec<Segment>,
+    },
+    /// Being stored; `cache` says where to record it in the files cache.
+    Chunks {
+        segs: Vec<PendingSeg>,
+        cache: Option<(Vec<u8>, FileKey)>,
+    },
+}
+
+/// One directory's entries, sorted by name.
+pub(crate) struct DirRecord {
+    pub rel: PathBuf,
+    pub nodes: Vec<(Node, Pending)>,
+    pub root: bool,
+}
+
+type BuildResult = (TreeId, Option<filescache::Writer>, Vec<String>);
+
+pub(crate) fn run(
+    rx: Receiver<DirRecord>,
+    writer: &BlobWriter,
+    mut cache: Option<filescache::Writer>,
+) -> Result<BuildResult> {
+    let mut done: HashMap<PathBuf, TreeId> = HashMap::new();
+    let mut errors = Vec::new();
+    let mut root = None;
+    for dir in rx {
+        let mut nodes = Vec::with_capacity(dir.nodes.len());
+        for (mut node, pending) in dir.nodes {
+            node.content = match pending {
+                Pending::Ready(c) => c,
+                Pending::SubDir(rel) => {
+                    let id = done.remove(&rel).ok_or_else(|| anyhow!("internal: subtree {} missing", rel.display()))?;
+                    Content::Tree(id)
+                }
+                Pending::Cached { path, segs } => {
+                    if let Some(c) = cache.as_mut() {
+                        c.touch(&path)?;
+                    }
+                    Content::Segments(segs)
+                }
+                Pending::Chunks { segs, cache: key } => match resolve(segs) {
+                    Ok(segs) => {
+                        let segs = indirect(writer, segs)?;
+                        if let (Some(c), Some((path, key))) = (cache.as_mut(), key) {
+                            c.put(&path, &key, &segs)?;
+                        }
+                        Content::Segments(segs)
+                    }
+                    Err(e) => {
+                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
+                        errors.push(format!("{}: not stored: {e}", name.display()));
+                        continue;
+                    }
+                },
+            };
+            nodes.push(node);
+        }
+        let tree = Tree { nodes };
+        let saved = writer.save(BlobKind::Tree, &tree.encode()?)?;
+        let id = TreeId(saved.id.0);
+        if dir.root {
+            root = Some(id);
+        } else {
+            done.insert(dir.rel, id);
+        }
+    }
+    let root = root.ok_or_else(|| anyhow!("the scan ended before the root directory"))?;
+    Ok((root, cache, errors))
+}
+
+/// Wait for every chunk id; merge adjacent zero runs.
+fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>> {
+    let mut out: Vec<Segment> = Vec::with_capacity(segs.len());
+    for s in segs {
+        let seg = match s {
+            PendingSeg::Zero(len) => Segment::Zero { len },
+            PendingSeg::Blob(rx, len) => {
+                let saved = rx.recv().map_err(|_| repo_format::Error::Invalid("a blob worker stopped".into()))??;
+                Segment::Blob { id: saved.id, len }
+            }
+        };
+        match (out.last_mut(), seg) {
+            (Some(Segment::Zero { len: a }), Segment::Zero { len: b }) => *a += b,
+            (_, seg) => out.push(seg),
+        }
+    }
+    Ok(out)
+}
+
+/// Move segment lists longer than `SEGMENTS_PER_BLOB` into indirect (tree-kind) blobs.
+fn indirect(writer: &BlobWriter, segs: Vec<Segment>) -> repo_format::Result<Vec<Segment>> {
+    if segs.len() <= SEGMENTS_PER_BLOB {
+        return Ok(segs);
+    }
+    segs.chunks(SEGMENTS_PER_BLOB)
+        .map(|part| {
+            let len = part.iter().map(Segment::len).sum();
+            let saved = writer.save(BlobKind::Tree, &encode_segment_list(part))?;
+            Ok(Segment::Indirect { id: TreeId(saved.id.0), len })
+        })
+        .collect()
+}

@@ -1,0 +1,397 @@
+//! Stage 1 of the backup: walk the sources, decide per file (files cache), read and chunk.
+//!
+//! Entries are visited in byte order of their names. A directory's record is sent to the tree
+//! builder after all its subdirectories' records (post-order). Files smaller than the chunker's
+//! minimum are read whole (no chunker buffer); larger ones stream through FastCDC; sparse files
+//! are read by data range (SEEK_DATA/SEEK_HOLE) and their holes become zero segments.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::Result;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use repo_format::{BlobKind, BlobWriter, Chunker, Content, Node, NodeType, Saved, TreeId};
+
+use super::build::{self, DirRecord, Pending, PendingSeg};
+use super::{BackupConfig, DIR_QUEUE, Tally};
+use crate::filescache::{self, FileKey, Lookup};
+use crate::fsmeta;
+use crate::progress::Counters;
+
+/// One chunk for the blob workers, with the channel its id goes back on.
+pub(crate) struct ChunkJob {
+    pub data: Vec<u8>,
+    pub reply: Sender<repo_format::Result<Saved>>,
+}
+
+/// Everything the pipeline needs.
+pub(crate) struct Pipeline<'a> {
+    pub sources: Vec<PathBuf>,
+    pub cfg: &'a BackupConfig,
+    pub writer: &'a BlobWriter,
+    pub chunker: Chunker,
+    pub counters: &'a Arc<Counters>,
+    pub tally: &'a Arc<Tally>,
+    pub files_cache: Option<(filescache::Reader, filescache::Writer)>,
+    pub workers: usize,
+    pub start_ns: i64,
+}
+
+type PipelineResult = (TreeId, Vec<String>, Vec<String>, Option<filescache::Writer>);
+
+/// Run the three stages to completion; returns the root tree and the error and warning lines.
+pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
+    let queue: usize = std::env::var("FERRY_CHUNK_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(p.workers * 4);
+    let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(queue.max(1));
+    let (dir_tx, dir_rx) = bounded::<DirRecord>(DIR_QUEUE);
+    let (cache_reader, cache_writer) = match p.files_cache {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
+    std::thread::scope(|s| {
+        for _ in 0..p.workers {
+            let rx: Receiver<ChunkJob> = chunk_rx.clone();
+            let w = p.writer;
+            s.spawn(move || {
+                for job in rx {
+                    let r = w.save(BlobKind::Data, &job.data);
+                    let _ = job.reply.send(r);
+                }
+            });
+        }
+        drop(chunk_rx);
+        let builder = {
+            let w = p.writer;
+            s.spawn(move || build::run(dir_rx, w, cache_writer))
+        };
+        let mut sc = Scanner {
+            cfg: p.cfg,
+            writer: p.writer,
+            chunker: p.chunker,
+            counters: p.counters,
+            tally: p.tally,
+            cache: cache_reader,
+            chunks: chunk_tx,
+            dirs: dir_tx,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            recent_ns: p.start_ns - 2_000_000_000,
+            force: p.cfg.force,
+        };
+        let scanned = sc.scan_sources(&p.sources);
+        let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
+        drop(chunks);
+        drop(dirs);
+        let built = builder.join().expect("tree builder thread");
+        scanned?;
+        let (root, cache_writer, build_errors) = built?;
+        let mut errors = errors;
+        errors.extend(build_errors);
+        warnings.sort();
+        Ok((root, errors, warnings, cache_writer))
+    })
+}
+
+struct Scanner<'a> {
+    cfg: &'a BackupConfig,
+    writer: &'a BlobWriter,
+    chunker: Chunker,
+    counters: &'a Arc<Counters>,
+    tally: &'a Arc<Tally>,
+    cache: Option<filescache::Reader>,
+    chunks: Sender<ChunkJob>,
+    dirs: Sender<DirRecord>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    /// Files modified after this are not trusted to the files cache (same-second edits).
+    recent_ns: i64,
+    force: bool,
+}
+
+fn is_excluded(excludes: &[glob::Pattern], abs: &Path, name: &[u8]) -> bool {
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    excludes.iter().any(|p| p.matches_with(&String::from_utf8_lossy(name), opts) || p.matches_path_with(abs, opts))
+}
+
+impl Scanner<'_> {
+    fn error(&mut self, what: &Path, e: impl std::fmt::Display) {
+        self.counters.errors.fetch_add(1, Relaxed);
+        let line = format!("{}: {e}", what.display());
+        tracing::warn!("{line}");
+        self.errors.push(line);
+    }
+
+    /// A single directory source is the snapshot's root; otherwise the root lists each source
+    /// by its base name.
+    fn scan_sources(&mut self, sources: &[PathBuf]) -> Result<()> {
+        if let [only] = sources {
+            if std::fs::metadata(only).map(|m| m.is_dir()).unwrap_or(false) {
+                let md = std::fs::metadata(only)?;
+                let _ = md;
+                self.scan_dir(only, PathBuf::new(), true)?;
+                return Ok(());
+            }
+        }
+        let mut nodes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for src in sources {
+            let name = src.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
+            if !seen.insert(name.clone()) {
+                anyhow::bail!(
+                    "two sources are both named {:?}: back them up separately",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+            if let Some(n) = self.entry(src, &name, Path::new(""))? {
+                nodes.push(n);
+            }
+        }
+        nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        self.send_dir(DirRecord { rel: PathBuf::new(), nodes, root: true })
+    }
+
+    fn send_dir(&mut self, d: DirRecord) -> Result<()> {
+        self.dirs.send(d).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
+    }
+
+    fn scan_dir(&mut self, abs: &Path, rel: PathBuf, root: bool) -> Result<()> {
+        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(abs) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Err(err) => {
+                        self.error(abs, err);
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.error(abs, e);
+                Vec::new()
+            }
+        };
+        names.sort_unstable();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let child = abs.join(fsmeta::path_of(&name));
+            if let Some(n) = self.entry(&child, &name, &rel)? {
+                nodes.push(n);
+            }
+        }
+        self.send_dir(DirRecord { rel, nodes, root })
+    }
+
+    /// One entry: its node and how its content will be known. `None` when skipped.
+    fn entry(&mut self, abs: &Path, name: &[u8], parent_rel: &Path) -> Result<Option<(Node, Pending)>> {
+        if is_excluded(&self.cfg.excludes, abs, name) {
+            return Ok(None);
+        }
+        let md = match std::fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(abs, e);
+                return Ok(None);
+            }
+        };
+        let mut node = match fsmeta::node_from(name, abs, &md) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error(abs, e);
+                return Ok(None);
+            }
+        };
+        let pending = match node.kind {
+            NodeType::Dir => {
+                self.tally.dirs.fetch_add(1, Relaxed);
+                let rel = parent_rel.join(fsmeta::path_of(name));
+                self.scan_dir(abs, rel.clone(), false)?;
+                Pending::SubDir(rel)
+            }
+            NodeType::File => match self.file(abs, &md, &mut node) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.error(abs, e);
+                    return Ok(None);
+                }
+            },
+            _ => {
+                self.tally.other.fetch_add(1, Relaxed);
+                Pending::Ready(Content::None)
+            }
+        };
+        Ok(Some((node, pending)))
+    }
+
+    fn file(&mut self, abs: &Path, md: &std::fs::Metadata, node: &mut Node) -> std::io::Result<Pending> {
+        let key =
+            FileKey { dev: md.dev(), ino: md.ino(), size: md.size(), mtime_ns: node.mtime_ns, ctime_ns: node.ctime_ns };
+        let path = abs.as_os_str().as_bytes();
+        self.tally.bytes_total.fetch_add(md.size(), Relaxed);
+        let lookup = match &self.cache {
+            Some(c) => c.lookup(path, &key).unwrap_or(Lookup::Miss),
+            None => Lookup::Miss,
+        };
+        match lookup {
+            Lookup::Hit(segs) if !self.force && segs_known(self.writer, &segs) => {
+                self.tally.files_unchanged.fetch_add(1, Relaxed);
+                self.counters.files_done.fetch_add(1, Relaxed);
+                self.counters.bytes_done.fetch_add(md.size(), Relaxed);
+                return Ok(Pending::Cached { path: path.to_vec(), segs });
+            }
+            Lookup::Miss => self.tally.files_new.fetch_add(1, Relaxed),
+            _ => self.tally.files_changed.fetch_add(1, Relaxed),
+        };
+        let segs = self.read_file(abs, md)?;
+        // A file that changed while it was read is kept as read, but not cached.
+        let after = std::fs::symlink_metadata(abs).ok();
+        let stable = after.as_ref().is_some_and(|a| {
+            a.size() == md.size() && a.mtime() == md.mtime() && a.mtime_nsec() == md.mtime_nsec() && a.ino() == md.ino()
+        });
+        if !stable {
+            self.warnings.push(format!("{}: changed while it was read", abs.display()));
+        }
+        let read_len: u64 = segs.iter().map(PendingSeg::len).sum();
+        node.size = read_len;
+        self.counters.files_done.fetch_add(1, Relaxed);
+        let cache =
+            (stable && node.mtime_ns < self.recent_ns && node.ctime_ns < self.recent_ns).then(|| (path.to_vec(), key));
+        Ok(Pending::Chunks { segs, cache })
+    }
+
+    fn queue_chunk(&mut self, data: Vec<u8>, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+        let len = data.len() as u32;
+        self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
+        self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
+        let (tx, rx) = bounded(1);
+        self.chunks
+            .send(ChunkJob { data, reply: tx })
+            .map_err(|_| std::io::Error::other("the blob workers stopped"))?;
+        out.push(PendingSeg::Blob(rx, len));
+        Ok(())
+    }
+
+    fn read_file(&mut self, abs: &Path, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+            .open(abs)
+            .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(abs))?;
+        let mut out = Vec::new();
+        let size = md.size();
+        if size == 0 {
+            return Ok(out);
+        }
+        let sparse = md.blocks() * 512 < size;
+        if sparse {
+            let min_hole = u64::from(self.chunker.params().min);
+            for (start, len, data) in merge_small_holes(data_ranges(&file, size)?, min_hole) {
+                if !data {
+                    out.push(PendingSeg::Zero(len));
+                    continue;
+                }
+                let mut f = &file;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+                self.chunk_stream(f.take(len), &mut out)?;
+            }
+        } else if size < u64::from(self.chunker.params().min) {
+            let mut data = Vec::with_capacity(size as usize);
+            (&file).take(size).read_to_end(&mut data)?;
+            if !data.is_empty() {
+                self.queue_chunk(data, &mut out)?;
+            }
+        } else {
+            self.chunk_stream(&file, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn chunk_stream<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+        let chunker = self.chunker;
+        for chunk in chunker.stream(r) {
+            self.queue_chunk(chunk?, out)?;
+        }
+        Ok(())
+    }
+}
+
+fn segs_known(w: &BlobWriter, segs: &[repo_format::Segment]) -> bool {
+    segs.iter().all(|s| match s {
+        repo_format::Segment::Blob { id, .. } => w.is_known(BlobKind::Data, id),
+        repo_format::Segment::Indirect { id, .. } => w.is_known(BlobKind::Tree, &repo_format::BlobId(id.0)),
+        repo_format::Segment::Zero { .. } => true,
+    })
+}
+
+/// (start, length, holds data) ranges covering `0..size`, from SEEK_DATA / SEEK_HOLE.
+pub(crate) fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64, bool)>> {
+    use nix::unistd::{Whence, lseek};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match lseek(file, pos as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => size, // no data after pos
+            Err(e) => return Err(e.into()),
+        };
+        if data > pos {
+            out.push((pos, data.min(size) - pos, false));
+        }
+        if data >= size {
+            break;
+        }
+        let hole = match lseek(file, data as i64, Whence::SeekHole) {
+            Ok(h) => (h as u64).min(size),
+            Err(e) => return Err(e.into()),
+        };
+        out.push((data, hole - data, true));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Read holes shorter than `min` as data, so that fragmented extents do not cut tiny chunks.
+fn merge_small_holes(ranges: Vec<(u64, u64, bool)>, min: u64) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::with_capacity(ranges.len());
+    for (start, len, data) in ranges {
+        let data = data || len < min;
+        match out.last_mut() {
+            Some(last) if last.2 == data => last.1 += len,
+            _ => out.push((start, len, data)),
+        }
+    }
+    out
+}
+
+/// Walk the sources with stat only and publish totals for the progress display.
+pub(crate) fn count_in_background(sources: Vec<PathBuf>, excludes: Vec<glob::Pattern>, counters: Arc<Counters>) {
+    std::thread::spawn(move || {
+        fn walk(p: &Path, ex: &[glob::Pattern], c: &Counters) {
+            let Ok(md) = std::fs::symlink_metadata(p) else { return };
+            if md.is_dir() {
+                let Ok(rd) = std::fs::read_dir(p) else { return };
+                for e in rd.flatten() {
+                    let name = e.file_name();
+                    let child = e.path();
+                    if !is_excluded(ex, &child, name.as_bytes()) {
+                        walk(&child, ex, c);
+                    }
+                }
+            } else if md.is_file() {
+                c.files_total.fetch_add(1, Relaxed);
+                c.bytes_total.fetch_add(md.size(), Relaxed);
+            }
+        }
+        for s in &sources {
+            walk(s, &excludes, &counters);
+        }
+    });
+}

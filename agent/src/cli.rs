@@ -1,0 +1,193 @@
+//! The command line, in restic's habits. Global options come before or after the command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 bad usage, 3 partial (some source files unreadable), \
+10 no repository, 11 repository newer than this ferry, 12 wrong password, 13 corrupt repository data.\n\
+Password: FERRY_PASSWORD, FERRY_PASSWORD_FILE, --password-file, or a prompt on a terminal.";
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Ferry: deduplicating, encrypted backup data mover", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Repository location (a directory)
+    #[arg(long, short = 'r', env = "FERRY_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (first line)
+    #[arg(long, env = "FERRY_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Machine-readable output: JSON lines on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Cache directory (default $XDG_CACHE_HOME/ferry or ~/.cache/ferry)
+    #[arg(long, env = "FERRY_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use a local cache
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// More log output (repeat for more)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository
+    Init(InitArgs),
+    /// Back up files and directories
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(FilterArgs),
+    /// List the files of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot
+    Restore(RestoreArgs),
+    /// Print an internal object (config, snapshot, index, tree)
+    Cat(CatArgs),
+    /// Manage key files (passwords)
+    Key(KeyArgs),
+    /// Print version, architecture and the code paths in use
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Argon2id memory cost in KiB
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub kdf_memory: u32,
+    /// Argon2id iterations
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+    /// zstd level for new data (0 = none)
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Target pack size in MiB
+    #[arg(long, default_value_t = 32)]
+    pub pack_size_mib: u32,
+    /// Average content-defined chunk size in KiB (min = avg/4, max = avg*4)
+    #[arg(long, default_value_t = 1024)]
+    pub chunk_avg_kib: u32,
+    /// Fixed chunk size for disks and block devices in KiB
+    #[arg(long, default_value_t = 256)]
+    pub disk_chunk_kib: u32,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots with this tag (key=value); repeat to require several
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots that include this path
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Label the snapshot (key=value); repeatable
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Skip entries whose name or path matches this glob; repeatable
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Parent snapshot (default: the newest with the same host and paths)
+    #[arg(long, conflicts_with = "force")]
+    pub parent: Option<String>,
+    /// Re-read every file (ignore the files cache)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Only below this path inside the snapshot
+    pub path: Option<String>,
+    /// Long listing (mode, owner, size, time)
+    #[arg(long, short)]
+    pub long: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Directory to restore into (created if missing)
+    #[arg(long, short)]
+    pub target: PathBuf,
+    /// Restore only paths matching this glob (and their parents); repeatable
+    #[arg(long = "include")]
+    pub includes: Vec<String>,
+    /// Do not restore paths matching this glob; repeatable
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Re-read the restored files and check them against the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CatKind {
+    Config,
+    Snapshot,
+    Index,
+    Tree,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    pub kind: CatKind,
+    /// Object id (snapshot: a prefix or `latest`; tree: a tree id or `SNAPSHOT[:PATH]`)
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub cmd: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List key files
+    List,
+    /// Add a key file (a second password)
+    Add(NewPasswordArgs),
+    /// Remove a key file
+    Remove { id: String },
+    /// Change the password of the key in use
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPasswordArgs {
+    /// Read the new password from this file (else FERRY_NEW_PASSWORD or a prompt)
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    /// Argon2id memory cost in KiB
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub kdf_memory: u32,
+    /// Argon2id iterations
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+}

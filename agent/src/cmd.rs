@@ -1,0 +1,47 @@
+//! The commands: each takes the parsed command line and returns an exit code.
+
+mod backup;
+mod cat;
+mod init;
+mod key;
+mod ls;
+mod restore;
+mod snapshots;
+mod version;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    match &cli.cmd {
+        Command::Init(a) => init::run(&cli, a).await,
+        Command::Backup(a) => backup::run(&cli, a).await,
+        Command::Snapshots(a) => snapshots::run(&cli, a).await,
+        Command::Ls(a) => ls::run(&cli, a).await,
+        Command::Restore(a) => restore::run(&cli, a).await,
+        Command::Cat(a) => cat::run(&cli, a).await,
+        Command::Key(a) => key::run(&cli, a).await,
+        Command::Version => version::run(&cli),
+    }
+}
+
+/// Compile glob patterns, naming the bad one.
+pub(crate) fn patterns(list: &[String], what: &str) -> Result<Vec<glob::Pattern>> {
+    list.iter().map(|p| glob::Pattern::new(p).map_err(|e| anyhow::anyhow!("{what} pattern {p:?}: {e}"))).collect()
+}
+
+/// A ns timestamp as RFC 3339 (UTC, seconds).
+pub(crate) fn time_str(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_formatting() {
+        assert_eq!(super::time_str(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time_str(1_704_067_200_000_000_000), "2024-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,91 @@
+//! `ferry ls`: the entries of a snapshot, recursively, optionally below a path.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use repo_format::{Content, Node, NodeType, Repository, TreeId};
+
+use crate::cli::{Cli, LsArgs};
+use crate::fsmeta::path_of;
+use crate::output::print_json;
+use crate::{repo, select};
+
+/// Find the tree id of `path` inside the snapshot's root tree.
+pub async fn subtree(r: &Repository, root: TreeId, path: &str) -> Result<TreeId> {
+    let mut cur = root;
+    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let tree = r.read_tree(&cur).await?;
+        match tree.nodes.iter().find(|n| n.name == comp.as_bytes()) {
+            Some(Node { content: Content::Tree(t), .. }) => cur = *t,
+            Some(_) => bail!("{path}: {comp} is not a directory in the snapshot"),
+            None => bail!("{path}: no entry {comp} in the snapshot"),
+        }
+    }
+    Ok(cur)
+}
+
+fn type_char(k: NodeType) -> char {
+    match k {
+        NodeType::File => '-',
+        NodeType::Dir => 'd',
+        NodeType::Symlink => 'l',
+        NodeType::Fifo => 'p',
+        NodeType::CharDev => 'c',
+        NodeType::BlockDev => 'b',
+        NodeType::Socket => 's',
+    }
+}
+
+pub async fn run(cli: &Cli, a: &LsArgs) -> Result<i32> {
+    let r = repo::open(cli).await?;
+    r.load_index().await?;
+    let (id, snap) = select::find(&r, &a.snapshot, &a.filter).await?;
+    let base = PathBuf::from(a.path.as_deref().unwrap_or("").trim_matches('/'));
+    let start = subtree(&r, snap.tree, &base.to_string_lossy()).await?;
+    if cli.json {
+        print_json(
+            &serde_json::json!({ "message_type": "snapshot", "id": id.to_string(), "time": super::time_str(snap.time_ns) }),
+        );
+    }
+    let mut stack = vec![(start, base)];
+    while let Some((tree_id, dir)) = stack.pop() {
+        let tree = r.read_tree(&tree_id).await?;
+        for n in tree.nodes.iter().rev() {
+            if let (NodeType::Dir, Content::Tree(t)) = (n.kind, &n.content) {
+                stack.push((*t, dir.join(path_of(&n.name))));
+            }
+        }
+        for n in &tree.nodes {
+            print_node(cli.json, a.long, &dir.join(path_of(&n.name)), n);
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_node(json: bool, long: bool, p: &Path, n: &Node) {
+    let path = format!("/{}", p.display());
+    if json {
+        print_json(&serde_json::json!({
+            "message_type": "node", "path": path, "type": format!("{:?}", n.kind).to_lowercase(),
+            "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns,
+            "link_target": (n.kind == NodeType::Symlink).then(|| String::from_utf8_lossy(&n.link_target).into_owned()),
+        }));
+    } else if long {
+        let target = if n.kind == NodeType::Symlink {
+            format!(" -> {}", String::from_utf8_lossy(&n.link_target))
+        } else {
+            String::new()
+        };
+        println!(
+            "{}{:04o} {:>6} {:>6} {:>12} {} {path}{target}",
+            type_char(n.kind),
+            n.mode,
+            n.uid,
+            n.gid,
+            n.size,
+            super::time_str(n.mtime_ns)
+        );
+    } else {
+        println!("{path}");
+    }
+}

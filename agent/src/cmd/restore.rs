@@ -1,0 +1,57 @@
+//! `ferry restore`: a snapshot into a target directory.
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Cli, RestoreArgs};
+use crate::output::{bytes, print_json};
+use crate::progress::{Mode, Progress};
+use crate::restore::{self, Filter};
+use crate::{exit, repo, select};
+
+pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
+    let r = repo::open(cli).await?;
+    r.load_index().await.context("loading the repository index")?;
+    let (id, snap) = select::find(&r, &a.snapshot, &a.filter).await?;
+    let filter = Filter {
+        includes: super::patterns(&a.includes, "include")?,
+        excludes: super::patterns(&a.excludes, "exclude")?,
+    };
+    let started = std::time::Instant::now();
+    let plan = restore::plan(&r, snap.tree, &filter)
+        .await
+        .with_context(|| format!("planning the restore of snapshot {}", id.0.short()))?;
+    let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
+    let out = restore::execute(r.clone(), plan, &a.target, progress.counters.clone(), a.verify).await;
+    drop(progress);
+    let out = out?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        for e in &out.errors {
+            print_json(&serde_json::json!({ "message_type": "error", "error": e }));
+        }
+        print_json(&serde_json::json!({
+            "message_type": "summary", "snapshot_id": id.to_string(), "target": a.target.display().to_string(),
+            "files": out.files, "dirs": out.dirs, "other_entries": out.specials, "bytes_written": out.bytes_written,
+            "verified_files": out.verified, "errors": out.errors.len(), "duration_s": secs,
+        }));
+    } else {
+        for e in &out.errors {
+            eprintln!("ferry: error: {e}");
+        }
+        if !cli.quiet {
+            println!(
+                "restored snapshot {} to {}: {} files, {} dirs, {} other, {} written in {secs:.2} s",
+                id.0.short(),
+                a.target.display(),
+                out.files,
+                out.dirs,
+                out.specials,
+                bytes(out.bytes_written)
+            );
+            if let Some(n) = out.verified {
+                println!("verified {n} files{}", if out.errors.is_empty() { ": all match the snapshot" } else { "" });
+            }
+        }
+    }
+    Ok(if out.errors.is_empty() { exit::OK } else { exit::FAILURE })
+}

@@ -1,0 +1,216 @@
+//! The files cache: an unchanged file costs a stat, not a read.
+//!
+//! One SQLite database per repository (`<cache>/<repo id>/files.sqlite`), keyed by absolute
+//! path, holding device, inode, size, mtime and ctime (ns) and the file's content as an encoded
+//! segment list. A hit requires all five to match and every blob to be in the repository's
+//! index (checked by the caller), so a stale or foreign cache can cost reads, never data.
+//! Updates are written in short batched transactions (so two backups sharing a cache never wait
+//! long for each other); an entry written by a backup that later failed is harmless, since a hit
+//! is only used when all its blobs are in the index.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use repo_format::{Segment, decode_segment_list, encode_segment_list};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The stat fields that must match for a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No entry for the path: a new file.
+    Miss,
+    /// An entry that no longer matches: a changed file.
+    Changed,
+    Hit(Vec<Segment>),
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    gen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+";
+
+/// Entries not seen for this many backups are dropped.
+const KEEP_GENERATIONS: i64 = 3;
+
+/// A read handle (used by the scanner thread).
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+}
+
+/// A write handle; updates are buffered and written in batches.
+#[derive(Debug)]
+pub struct Writer {
+    conn: Connection,
+    generation: i64,
+    pending: Vec<(Vec<u8>, Option<Entry>)>,
+}
+
+const BATCH: usize = 4096;
+
+/// A buffered row: the stat key and the encoded segment list.
+type Entry = (FileKey, Vec<u8>);
+
+fn connect(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the cache directory {}", dir.display()))?;
+    }
+    let conn = Connection::open(path).with_context(|| format!("opening the files cache {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.execute_batch(SCHEMA).with_context(|| format!("preparing the files cache {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Open the cache for reading and writing (a new generation starts).
+pub fn open(path: &Path) -> Result<(Reader, Writer)> {
+    let w = connect(path)?;
+    let generation: i64 = w.query_row(
+        "INSERT INTO meta (k, v) VALUES ('gen', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1 RETURNING v",
+        [],
+        |r| r.get(0),
+    )?;
+    let r = connect(path)?;
+    Ok((Reader { conn: r }, Writer { conn: w, generation, pending: Vec::new() }))
+}
+
+impl Reader {
+    pub fn lookup(&self, path: &[u8], key: &FileKey) -> Result<Lookup> {
+        let row: Option<(i64, i64, i64, i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT dev, ino, size, mtime, ctime, content FROM files WHERE path = ?1")?
+            .query_row([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .optional()?;
+        let Some((dev, ino, size, mtime, ctime, content)) = row else { return Ok(Lookup::Miss) };
+        let same = dev as u64 == key.dev
+            && ino as u64 == key.ino
+            && size as u64 == key.size
+            && mtime == key.mtime_ns
+            && ctime == key.ctime_ns;
+        if !same {
+            return Ok(Lookup::Changed);
+        }
+        match decode_segment_list(&content) {
+            Ok(segs) => Ok(Lookup::Hit(segs)),
+            Err(_) => Ok(Lookup::Changed),
+        }
+    }
+}
+
+impl Writer {
+    /// Record a file's content as of this backup.
+    pub fn put(&mut self, path: &[u8], key: &FileKey, segments: &[Segment]) -> Result<()> {
+        self.pending.push((path.to_vec(), Some((*key, encode_segment_list(segments)))));
+        self.maybe_flush()
+    }
+
+    /// Mark an unchanged file as seen.
+    pub fn touch(&mut self, path: &[u8]) -> Result<()> {
+        self.pending.push((path.to_vec(), None));
+        self.maybe_flush()
+    }
+
+    fn maybe_flush(&mut self) -> Result<()> {
+        if self.pending.len() >= BATCH { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let tx = self.conn.transaction().context("writing the files cache")?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime, ctime, content, gen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut touch = tx.prepare_cached("UPDATE files SET gen = ?2 WHERE path = ?1")?;
+            for (path, entry) in self.pending.drain(..) {
+                match entry {
+                    Some((k, content)) => put.execute(params![
+                        path,
+                        k.dev as i64,
+                        k.ino as i64,
+                        k.size as i64,
+                        k.mtime_ns,
+                        k.ctime_ns,
+                        content,
+                        self.generation
+                    ])?,
+                    None => touch.execute(params![path, self.generation])?,
+                };
+            }
+        }
+        tx.commit().context("committing the files cache")?;
+        Ok(())
+    }
+
+    /// Write what is buffered and drop entries unseen for a while.
+    pub fn commit(mut self) -> Result<()> {
+        self.flush()?;
+        self.conn.execute("DELETE FROM files WHERE gen < ?1", [self.generation - KEEP_GENERATIONS])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use repo_format::{BlobId, Id};
+
+    #[test]
+    fn hit_only_when_every_field_matches_and_only_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("files.sqlite");
+        let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
+        let segs = vec![Segment::Blob { id: BlobId(Id([7; 32])), len: 3 }];
+        {
+            let (r, mut w) = open(&db).unwrap();
+            w.put(b"/a", &key, &segs).unwrap();
+            assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss), "buffered entries are invisible");
+            drop(w); // never committed
+        }
+        let (r, mut w) = open(&db).unwrap();
+        assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss));
+        w.put(b"/a", &key, &segs).unwrap();
+        w.commit().unwrap();
+        match r.lookup(b"/a", &key).unwrap() {
+            Lookup::Hit(s) => assert_eq!(s, segs),
+            other => panic!("{other:?}"),
+        }
+        let changed = FileKey { ctime_ns: 6, ..key };
+        assert!(matches!(r.lookup(b"/a", &changed).unwrap(), Lookup::Changed));
+    }
+
+    #[test]
+    fn entries_unseen_for_several_backups_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("files.sqlite");
+        let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
+        let (_, mut w) = open(&db).unwrap();
+        w.put(b"/old", &key, &[]).unwrap();
+        w.put(b"/kept", &key, &[]).unwrap();
+        w.commit().unwrap();
+        for _ in 0..KEEP_GENERATIONS + 1 {
+            let (_, mut w) = open(&db).unwrap();
+            w.touch(b"/kept").unwrap();
+            w.commit().unwrap();
+        }
+        let (r, _) = open(&db).unwrap();
+        assert!(matches!(r.lookup(b"/old", &key).unwrap(), Lookup::Miss));
+        assert!(matches!(r.lookup(b"/kept", &key).unwrap(), Lookup::Hit(_)));
+    }
+}

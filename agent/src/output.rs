@@ -1,0 +1,45 @@
+//! How the tool talks: one clear line per error on stderr (`ferry: error: …`), JSON lines on
+//! stdout with `--json`, and logging through `tracing` on stderr.
+
+use std::io::Write;
+
+/// Route `tracing` to stderr at `level`, as `ferry: LEVEL: message`.
+pub fn init_logging(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Print a fatal error: `ferry: error: a: b: c` on stderr, and a JSON error line with `--json`.
+pub fn error_line(json: bool, e: &anyhow::Error) {
+    let msg = format!("{e:#}");
+    if json {
+        print_json(
+            &serde_json::json!({ "message_type": "error", "error": msg, "exit_code": crate::exit::code_for(e) }),
+        );
+    }
+    eprintln!("ferry: error: {msg}");
+}
+
+/// One JSON line on stdout.
+pub fn print_json(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Human-readable bytes (binary units).
+pub fn bytes(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.2} {}", U[i]) }
+}

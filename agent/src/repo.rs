@@ -1,0 +1,97 @@
+//! Opening the repository named on the command line: location, password, cache.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use repo_format::{ObjectStorage, Repository, Storage};
+
+use crate::cli::Cli;
+
+/// The storage behind a location string (a local directory for now).
+pub fn storage_for(location: &str) -> Result<Arc<dyn Storage>> {
+    if let Some((scheme, _)) = location.split_once(':') {
+        if matches!(scheme, "s3" | "azure" | "gs" | "gcs" | "sftp" | "rest") {
+            bail!(
+                "repository location {location:?}: {scheme} is not supported by this build yet; use a local directory"
+            );
+        }
+    }
+    let path = location.strip_prefix("local:").unwrap_or(location);
+    if path.is_empty() {
+        bail!("the repository location is empty: set --repo or FERRY_REPOSITORY");
+    }
+    Ok(Arc::new(ObjectStorage::local(std::path::Path::new(path)).with_context(|| format!("repository {path}"))?))
+}
+
+/// The location from `--repo` / `FERRY_REPOSITORY`.
+pub fn location(cli: &Cli) -> Result<&str> {
+    cli.repo.as_deref().context("no repository given: set --repo or FERRY_REPOSITORY")
+}
+
+fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let s = std::fs::read(path).with_context(|| format!("reading the password file {}", path.display()))?;
+    let line = s.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+/// The password: FERRY_PASSWORD, then --password-file / FERRY_PASSWORD_FILE, then a prompt.
+pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(p) = std::env::var_os("FERRY_PASSWORD") {
+        return Ok(p.into_encoded_bytes());
+    }
+    if let Some(f) = &cli.password_file {
+        return read_password_file(f);
+    }
+    prompt("enter repository password: ", confirm)
+}
+
+/// A new password (key add / passwd): FERRY_NEW_PASSWORD, a file, or a prompt.
+pub fn new_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    if let Some(p) = std::env::var_os("FERRY_NEW_PASSWORD") {
+        return Ok(p.into_encoded_bytes());
+    }
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    prompt("enter new password: ", true)
+}
+
+fn prompt(msg: &str, confirm: bool) -> Result<Vec<u8>> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no password given: set FERRY_PASSWORD or FERRY_PASSWORD_FILE, or pass --password-file");
+    }
+    let p = rpassword::prompt_password(msg).context("reading the password")?;
+    if confirm && rpassword::prompt_password("enter the password again: ").context("reading the password")? != p {
+        bail!("the passwords do not match");
+    }
+    if p.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(p.into_bytes())
+}
+
+/// The cache root, or `None` with --no-cache.
+pub fn cache_root(cli: &Cli) -> Option<PathBuf> {
+    if cli.no_cache {
+        return None;
+    }
+    if let Some(d) = &cli.cache_dir {
+        return Some(d.clone());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ferry"))
+}
+
+/// Open and unlock the repository of the command line.
+pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
+    let loc = location(cli)?;
+    let storage = storage_for(loc)?;
+    let pw = password(cli, false)?;
+    let repo =
+        Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening repository {loc}"))?;
+    Ok(Arc::new(repo))
+}

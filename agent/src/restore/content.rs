@@ -1,0 +1,168 @@
+//! Restore phase 3: fetch every needed blob once per pack range and write it everywhere it goes.
+//!
+//! Blobs are grouped by pack and sorted by offset; neighbours closer than `MAX_GAP` are merged
+//! into one ranged read of at most `MAX_RANGE` bytes. `IN_FLIGHT` ranges are read at once;
+//! decryption, verification and the positioned writes run on blocking threads. Memory: about
+//! `IN_FLIGHT × MAX_RANGE` plus the decoded blobs of one range each.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use futures::StreamExt;
+use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, Segment};
+
+use super::RestorePlan;
+use crate::progress::Counters;
+use crate::safefs::SafeRoot;
+
+const MAX_GAP: u64 = 256 << 10;
+const MAX_RANGE: u64 = 8 << 20;
+const IN_FLIGHT: usize = 4;
+
+/// One blob and where it goes: (file index, offset in the file).
+struct Want {
+    id: BlobId,
+    loc: BlobLocation,
+    targets: Vec<(usize, u64)>,
+}
+
+/// A contiguous read of one pack.
+struct Range {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    blobs: Vec<Want>,
+}
+
+fn ranges(repo: &Repository, plan: &RestorePlan, skip: &HashSet<usize>) -> (Vec<Range>, Vec<String>) {
+    let index = repo.index();
+    let mut errors = Vec::new();
+    let mut wants: HashMap<BlobId, Want> = HashMap::new();
+    for (fi, f) in plan.files.iter().enumerate() {
+        if skip.contains(&fi) {
+            continue;
+        }
+        let mut off = 0u64;
+        for s in &f.segments {
+            if let Segment::Blob { id, .. } = s {
+                match wants.get_mut(id) {
+                    Some(w) => w.targets.push((fi, off)),
+                    None => match index.lookup(BlobKind::Data, id) {
+                        Some(loc) => {
+                            wants.insert(*id, Want { id: *id, loc, targets: vec![(fi, off)] });
+                        }
+                        None => errors.push(format!("{}: blob {} is not in the index", f.rel.display(), id)),
+                    },
+                }
+            }
+            off += s.len();
+        }
+    }
+    let mut by_pack: HashMap<PackId, Vec<Want>> = HashMap::new();
+    for w in wants.into_values() {
+        by_pack.entry(w.loc.pack).or_default().push(w);
+    }
+    let mut out = Vec::new();
+    for (pack, mut ws) in by_pack {
+        ws.sort_by_key(|w| w.loc.offset);
+        let mut cur: Option<Range> = None;
+        for w in ws {
+            let (s, e) = (u64::from(w.loc.offset), u64::from(w.loc.offset) + u64::from(w.loc.stored_len));
+            match &mut cur {
+                Some(r) if s <= r.end + MAX_GAP && e - r.start <= MAX_RANGE => {
+                    r.end = r.end.max(e);
+                    r.blobs.push(w);
+                }
+                _ => {
+                    out.extend(cur.take());
+                    cur = Some(Range { pack, start: s, end: e, blobs: vec![w] });
+                }
+            }
+        }
+        out.extend(cur);
+    }
+    // Pack order, then offset: reads of one pack go out together.
+    out.sort_by_key(|r| (r.pack, r.start));
+    (out, errors)
+}
+
+/// Write all content; returns bytes written and error lines.
+pub(super) async fn write_all(
+    repo: Arc<Repository>,
+    root: Arc<SafeRoot>,
+    plan: Arc<RestorePlan>,
+    skip: &HashSet<usize>,
+    counters: Arc<Counters>,
+) -> (u64, Vec<String>) {
+    let (ranges, mut errors) = ranges(&repo, &plan, skip);
+    let results: Vec<Result<u64, String>> = futures::stream::iter(ranges.into_iter().map(|r| {
+        let (repo, root, plan, counters) = (repo.clone(), root.clone(), plan.clone(), counters.clone());
+        async move {
+            let bytes = repo
+                .storage()
+                .read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start)
+                .await
+                .map_err(|e| format!("pack {}: {e}", r.pack.0.short()))?;
+            tokio::task::spawn_blocking(move || write_range(&repo, &root, &plan, &r, &bytes, &counters))
+                .await
+                .expect("write task")
+        }
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .collect()
+    .await;
+    let mut total = 0;
+    for r in results {
+        match r {
+            Ok(n) => total += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    (total, errors)
+}
+
+fn write_range(
+    repo: &Repository,
+    root: &SafeRoot,
+    plan: &RestorePlan,
+    r: &Range,
+    bytes: &[u8],
+    counters: &Counters,
+) -> Result<u64, String> {
+    let mut files: HashMap<usize, File> = HashMap::new();
+    let mut written = 0u64;
+    let mut errors = Vec::new();
+    for w in &r.blobs {
+        let at = (u64::from(w.loc.offset) - r.start) as usize;
+        let stored = &bytes[at..at + w.loc.stored_len as usize];
+        let plain = match repo_format::open_blob(repo.master_key(), &w.loc.salt, BlobKind::Data, &w.id, stored) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()));
+                continue;
+            }
+        };
+        for &(fi, off) in &w.targets {
+            let f = match files.entry(fi) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match root.open_file(&plan.files[fi].rel, true) {
+                    Ok(f) => v.insert(f),
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", plan.files[fi].rel.display()));
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = f.write_all_at(&plain, off) {
+                errors.push(format!("{}: {e}", plan.files[fi].rel.display()));
+                continue;
+            }
+            written += plain.len() as u64;
+            counters.bytes_done.fetch_add(plain.len() as u64, Relaxed);
+        }
+    }
+    if errors.is_empty() { Ok(written) } else { Err(errors.join("; ")) }
+}
