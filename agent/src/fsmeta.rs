@@ -44,7 +44,9 @@ pub fn node_from(name: &[u8], path: &Path, md: &Metadata) -> io::Result<Node> {
     n.uid = md.uid();
     n.gid = md.gid();
     n.mtime_ns = ns(md.mtime(), md.mtime_nsec());
-    n.atime_ns = ns(md.atime(), md.atime_nsec());
+    // Listing a directory updates its atime (relatime), which would make every tree differ from
+    // the previous backup's: directories record their mtime as atime.
+    n.atime_ns = if kind == NodeType::Dir { n.mtime_ns } else { ns(md.atime(), md.atime_nsec()) };
     n.ctime_ns = ns(md.ctime(), md.ctime_nsec());
     n.size = if kind == NodeType::File { md.size() } else { 0 };
     n.dev = md.dev();

@@ -7,12 +7,14 @@
 //! in the way is unlinked before a new file is created (never opened and truncated), so a
 //! pre-existing hardlink to a file outside the target cannot be written through.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -27,7 +29,12 @@ use repo_format::{Node, NodeType};
 pub struct SafeRoot {
     root: OwnedFd,
     path: PathBuf,
+    /// Recently opened directories (restores touch one directory many times in a row).
+    dirs: std::sync::Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
 }
+
+/// Directory descriptors kept open at most (well below the usual limit of 1024 open files).
+const DIR_CACHE: usize = 128;
 
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
@@ -48,11 +55,30 @@ impl SafeRoot {
     pub fn open(target: &Path) -> io::Result<SafeRoot> {
         std::fs::create_dir_all(target)?;
         let root = nix::fcntl::open(target, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        Ok(SafeRoot { root, path: target.to_path_buf() })
+        Ok(SafeRoot { root, path: target.to_path_buf(), dirs: Default::default() })
     }
 
-    /// A descriptor of directory `rel` (relative, normal components only).
-    pub fn dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+    /// A descriptor of directory `rel` (relative, normal components only), from the cache when
+    /// it was opened recently.
+    pub fn dir(&self, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dirs.lock().expect("lock").get(rel) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_dir(rel)?);
+        let mut cache = self.dirs.lock().expect("lock");
+        if cache.len() >= DIR_CACHE {
+            cache.clear();
+        }
+        cache.insert(rel.to_path_buf(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Forget cached directory descriptors (after a directory was replaced).
+    fn forget(&self) {
+        self.dirs.lock().expect("lock").clear();
+    }
+
+    fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
         let mut fd = self.root.try_clone()?;
         for c in rel.components() {
             let Component::Normal(name) = c else {
@@ -77,8 +103,9 @@ impl SafeRoot {
                 if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFDIR {
                     Ok(())
                 } else {
-                    unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir)?;
-                    mkdirat(&parent, name, Mode::from_bits_truncate(0o700))?;
+                    unlinkat(&*parent, name, UnlinkatFlags::NoRemoveDir)?;
+                    mkdirat(&*parent, name, Mode::from_bits_truncate(0o700))?;
+                    self.forget();
                     Ok(())
                 }
             }
@@ -160,7 +187,7 @@ impl SafeRoot {
                 apply_fd(&f, node)
             }
             (NodeType::Dir, _) => {
-                let f = File::from(self.dir(rel)?);
+                let f = File::from(self.open_dir(rel)?);
                 apply_fd(&f, node)
             }
             (_, Some(r)) => {

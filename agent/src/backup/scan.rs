@@ -46,7 +46,7 @@ type PipelineResult = (TreeId, Vec<String>, Vec<String>, Option<filescache::Writ
 
 /// Run the three stages to completion; returns the root tree and the error and warning lines.
 pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
-    let queue: usize = std::env::var("FERRY_CHUNK_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(p.workers * 4);
+    let queue: usize = std::env::var("FERRY_CHUNK_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(p.workers * 2);
     let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(queue.max(1));
     let (dir_tx, dir_rx) = bounded::<DirRecord>(DIR_QUEUE);
     let (cache_reader, cache_writer) = match p.files_cache {

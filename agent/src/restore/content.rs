@@ -19,7 +19,7 @@ use crate::progress::Counters;
 use crate::safefs::SafeRoot;
 
 const MAX_GAP: u64 = 256 << 10;
-const MAX_RANGE: u64 = 8 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 const IN_FLIGHT: usize = 4;
 
 /// One blob and where it goes: (file index, offset in the file).

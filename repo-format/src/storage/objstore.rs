@@ -19,8 +19,9 @@ use super::{FileKind, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-const MULTIPART_THRESHOLD: u64 = 16 << 20;
-const PART_SIZE: usize = 8 << 20;
+const MULTIPART_THRESHOLD: u64 = 8 << 20;
+/// S3's minimum part size.
+const PART_SIZE: usize = 5 << 20;
 
 /// A repository inside an object store, under an optional prefix.
 #[derive(Debug, Clone)]
@@ -28,13 +29,16 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     location: String,
+    /// Set for a local directory: packs are then copied file to file by the kernel instead of
+    /// passing through memory.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ObjectStorage {
     /// `location` is shown in messages; `prefix` (may be empty) is prepended to every name.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: impl Into<String>) -> Self {
         let prefix = prefix.trim_matches('/').to_string();
-        ObjectStorage { store, prefix, location: location.into() }
+        ObjectStorage { store, prefix, location: location.into(), local_root: None }
     }
 
     /// A repository in a local directory (created if missing).
@@ -42,7 +46,10 @@ impl ObjectStorage {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?;
-        Ok(ObjectStorage::new(Arc::new(fs), "", dir.display().to_string()))
+        let mut s = ObjectStorage::new(Arc::new(fs), "", dir.display().to_string());
+        s.local_root =
+            Some(std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?);
+        Ok(s)
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -62,6 +69,17 @@ impl ObjectStorage {
     }
 }
 
+/// Copy a finished pack file to `dest` through a temporary name and rename it into place, so a
+/// reader never sees a partial pack. The kernel copies (copy_file_range): no user memory.
+fn copy_into_place(mut file: File, dest: &std::path::Path) -> std::io::Result<()> {
+    let dir = dest.parent().expect("pack paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".upload-").tempfile_in(dir)?;
+    std::io::copy(&mut file, tmp.as_file_mut())?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[async_trait]
 impl Storage for ObjectStorage {
     fn location(&self) -> String {
@@ -78,6 +96,13 @@ impl Storage for ObjectStorage {
     }
 
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            let dest = root.join(path_of(kind, id));
+            return tokio::task::spawn_blocking(move || copy_into_place(file, &dest))
+                .await
+                .expect("copy task")
+                .map_err(|e| Error::io(format!("writing {kind} {}", id.short()), e));
+        }
         let path = self.path(&path_of(kind, id));
         let file = Arc::new(file);
         let read_at = |file: Arc<File>, offset: u64, n: usize| async move {

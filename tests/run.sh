@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# run.sh -- every test of the project, on a fresh machine of this kind (Debian, root):
+# installs what is missing, then runs formatting and lint checks, the whole workspace test suite
+# (unit, property, golden-fixture, storage-conformance and end-to-end tests of the real binary),
+# and the s390x (big-endian) build and test under qemu when FERRY_CROSS is not "none".
+#   FERRY_CROSS  targets to cross-test (default "s390x"; e.g. "s390x arm64 ppc64le"; "none")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+t0=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "run.sh: cargo (rustup) is needed" >&2; exit 1; }
+cargo --version
+if ! command -v cc >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq build-essential
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (workspace)"
+cargo test --workspace 2>&1 | tee /tmp/ferry-test.log
+passed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$6} END {print s+0}')
+
+for target in ${FERRY_CROSS-s390x}; do
+  [ "$target" = none ] && break
+  if [ -x crossbuild/test.sh ]; then
+    step "cross: $target (rustc 1.85 + qemu)"
+    bash crossbuild/install.sh
+    bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log"
+    p=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$4} END {print s+0}')
+    f=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$6} END {print s+0}')
+    passed=$((passed + p)); failed=$((failed + f))
+  fi
+done
+
+step "done"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
