@@ -5,12 +5,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use repo_format::{ObjectStorage, Repository, Storage};
+use repo_format::{Counting, ObjectStorage, Repository, RequestCounts, Storage};
 
 use crate::cli::Cli;
 
-/// The storage behind a location string (a local directory for now).
-pub fn storage_for(location: &str) -> Result<Arc<dyn Storage>> {
+/// The storage behind a location string (a local directory for now), counting requests.
+pub fn storage_for(location: &str) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
+    let s = Counting::new(backend_for(location)?);
+    let counts = s.counts();
+    Ok((Arc::new(s), counts))
+}
+
+fn backend_for(location: &str) -> Result<ObjectStorage> {
     if let Some((scheme, _)) = location.split_once(':') {
         if matches!(scheme, "s3" | "azure" | "gs" | "gcs" | "sftp" | "rest") {
             bail!(
@@ -22,7 +28,7 @@ pub fn storage_for(location: &str) -> Result<Arc<dyn Storage>> {
     if path.is_empty() {
         bail!("the repository location is empty: set --repo or FERRY_REPOSITORY");
     }
-    Ok(Arc::new(ObjectStorage::local(std::path::Path::new(path)).with_context(|| format!("repository {path}"))?))
+    ObjectStorage::local(std::path::Path::new(path)).with_context(|| format!("repository {path}"))
 }
 
 /// The location from `--repo` / `FERRY_REPOSITORY`.
@@ -86,12 +92,23 @@ pub fn cache_root(cli: &Cli) -> Option<PathBuf> {
     Some(base.join("ferry"))
 }
 
+/// Requests made so far, as JSON (for summaries).
+pub fn counts_json(c: &RequestCounts) -> serde_json::Value {
+    let [put, get, list, delete, up, down] = c.snapshot();
+    serde_json::json!({ "put": put, "get": get, "list": list, "delete": delete, "bytes_up": up, "bytes_down": down })
+}
+
 /// Open and unlock the repository of the command line.
 pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
+    Ok(open_counted(cli).await?.0)
+}
+
+/// As `open`, with the request counters of the storage.
+pub async fn open_counted(cli: &Cli) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
     let loc = location(cli)?;
-    let storage = storage_for(loc)?;
+    let (storage, counts) = storage_for(loc)?;
     let pw = password(cli, false)?;
     let repo =
         Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening repository {loc}"))?;
-    Ok(Arc::new(repo))
+    Ok((Arc::new(repo), counts))
 }

@@ -80,7 +80,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             dirs: dir_tx,
             errors: Vec::new(),
             warnings: Vec::new(),
-            recent_ns: p.start_ns - 2_000_000_000,
+            recent_ns: p.start_ns - 1_000_000_000,
             force: p.cfg.force,
         };
         let scanned = sc.scan_sources(&p.sources);

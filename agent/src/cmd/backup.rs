@@ -1,7 +1,5 @@
 //! `ferry backup`: back up paths into a new snapshot.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use anyhow::Result;
 use repo_format::Summary;
 
@@ -12,7 +10,7 @@ use crate::progress::{Mode, Progress};
 use crate::{exit, repo, select};
 
 pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
-    let r = repo::open(cli).await?;
+    let (r, counts) = repo::open_counted(cli).await?;
     let tags = a.tags.iter().map(|t| select::parse_tag(t)).collect::<Result<Vec<_>>>()?;
     let host = match &a.host {
         Some(h) => h.clone(),
@@ -24,8 +22,6 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         Some(p) => Some(select::find(&r, p, &Default::default()).await?.0),
         None => None,
     };
-    let counts = r.storage().clone();
-    let _ = counts;
     let cfg = BackupConfig {
         paths: a.paths.clone(),
         excludes: super::patterns(&a.excludes, "exclude")?,
@@ -37,7 +33,6 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     };
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "backup");
     let out = backup::run(r.clone(), cfg, progress.counters.clone()).await;
-    let errors_seen = progress.counters.errors.load(Relaxed);
     drop(progress);
     let out = out?;
     let s: &Summary = &out.snapshot.summary;
@@ -57,6 +52,7 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             "data_blobs_added": s.data_blobs_added, "tree_blobs_added": s.tree_blobs_added,
             "errors": out.errors.len(), "warnings": out.warnings,
             "duration_s": s.duration_ns as f64 / 1e9,
+            "requests": repo::counts_json(&counts),
         }));
     } else {
         for e in &out.errors {
@@ -75,9 +71,10 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
                 bytes(s.bytes_added),
                 bytes(s.bytes_added_stored)
             );
+            let [put, get, list, ..] = counts.snapshot();
+            println!("Requests: {put} PUT, {get} GET, {list} LIST");
             println!("snapshot {} saved in {:.2} s", id.0.short(), s.duration_ns as f64 / 1e9);
         }
     }
-    let _ = errors_seen;
     Ok(if out.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }

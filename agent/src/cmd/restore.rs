@@ -9,7 +9,7 @@ use crate::restore::{self, Filter};
 use crate::{exit, repo, select};
 
 pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
-    let r = repo::open(cli).await?;
+    let (r, counts) = repo::open_counted(cli).await?;
     r.load_index().await.context("loading the repository index")?;
     let (id, snap) = select::find(&r, &a.snapshot, &a.filter).await?;
     let filter = Filter {
@@ -32,7 +32,7 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         print_json(&serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_string(), "target": a.target.display().to_string(),
             "files": out.files, "dirs": out.dirs, "other_entries": out.specials, "bytes_written": out.bytes_written,
-            "verified_files": out.verified, "errors": out.errors.len(), "duration_s": secs,
+            "verified_files": out.verified, "errors": out.errors.len(), "duration_s": secs, "requests": repo::counts_json(&counts),
         }));
     } else {
         for e in &out.errors {
