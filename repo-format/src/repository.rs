@@ -80,10 +80,15 @@ impl Repository {
         // Key first, config last: a repository exists only once it can be unlocked.
         storage.create(FileKind::Key, &key_id.0, Bytes::from(kf)).await?;
         let cfg = object::seal(&master.object_cipher(), ObjectType::Config, &config.encode(), 0);
-        storage.create(FileKind::Config, &Id::ZERO, Bytes::from(cfg)).await.map_err(|e| match e {
-            Error::AlreadyExists { .. } => Error::RepositoryExists { location: storage.location() },
-            other => other,
-        })?;
+        match storage.create(FileKind::Config, &Id::ZERO, Bytes::from(cfg)).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => {
+                // Lost a race with another init: our key wraps a master key nobody uses.
+                let _ = storage.remove(FileKind::Key, &key_id.0).await;
+                return Err(Error::RepositoryExists { location: storage.location() });
+            }
+            Err(e) => return Err(e),
+        }
         Ok(Repository { storage, master, config, key_id, cache: None, index: RwLock::default() })
     }
 
@@ -236,7 +241,8 @@ impl Repository {
 
     pub async fn read_tree(&self, id: &TreeId) -> Result<Tree> {
         let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
-        Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack: Id::ZERO }))
+        let pack = self.index().lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
+        Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack }))
     }
 
     /// Write a snapshot (after the writer holding its blobs has finished).
@@ -291,8 +297,10 @@ impl Repository {
         for (id, _) in self.storage.list(FileKind::Key).await? {
             let b = self.storage.read(FileKind::Key, &id).await?;
             let info = keyfile::info(&b).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
-            let (created_ns, label) =
-                keyfile::meta(&b, &self.master).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
+            // A key file of another master key (a lost init race, a stray copy) cannot unlock
+            // this repository: list it as such rather than failing the listing.
+            let (created_ns, label) = keyfile::meta(&b, &self.master)
+                .unwrap_or_else(|_| (0, "(foreign key: does not open this repository)".to_string()));
             out.push(KeyInfo { id: KeyId(id), created_ns, label, kdf: info.kdf, current: KeyId(id) == self.key_id });
         }
         out.sort_by_key(|k| k.id);

@@ -92,6 +92,10 @@ struct Shared {
     tree_pack: Mutex<Option<PackWriter>>,
     queue: Mutex<Option<mpsc::Sender<FinishedPack>>>,
     stats: WriterStats,
+    /// Set when writing a pack failed: the writer is then unusable (blobs already handed out
+    /// as saved may be lost), every later call fails and `finish` reports the failure, so no
+    /// snapshot can reference them.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// A session that adds blobs to a repository. Cheap to clone (all clones share one session).
@@ -132,6 +136,7 @@ impl BlobWriter {
             tree_pack: Mutex::default(),
             queue: Mutex::new(Some(tx)),
             stats: WriterStats::default(),
+            failed: Default::default(),
         };
         BlobWriter { shared: Arc::new(shared), uploader: Arc::new(Mutex::new(Some(uploader))) }
     }
@@ -177,11 +182,25 @@ impl BlobWriter {
         };
         let full = {
             let mut guard = slot.lock().expect("lock");
-            if guard.is_none() {
-                *guard = Some(PackWriter::new(&s.master, &s.tmp_dir)?);
+            if s.failed.load(Relaxed) {
+                return Err(Error::Invalid("the blob writer failed earlier".into()));
             }
+            let added = match guard.as_mut() {
+                Some(pw) => pw.add_payload(kind, id, &payload, data.len() as u32),
+                None => PackWriter::new(&s.master, &s.tmp_dir).and_then(|mut pw| {
+                    let r = pw.add_payload(kind, id, &payload, data.len() as u32);
+                    *guard = Some(pw);
+                    r
+                }),
+            };
+            let stored = match added {
+                Ok(n) => n,
+                Err(e) => {
+                    s.failed.store(true, Relaxed);
+                    return Err(e);
+                }
+            };
             let pw = guard.as_mut().expect("set above");
-            let stored = pw.add_payload(kind, id, &payload, data.len() as u32)?;
             s.stats.bytes_added.fetch_add(data.len() as u64, Relaxed);
             s.stats.bytes_stored.fetch_add(u64::from(stored), Relaxed);
             match kind {
@@ -191,7 +210,11 @@ impl BlobWriter {
             if pw.len() >= s.pack_size || pw.blob_count() >= PACK_MAX_BLOBS { guard.take() } else { None }
         };
         if let Some(pw) = full {
-            self.send(pw.finish()?)?;
+            let sent = pw.finish().and_then(|p| self.send(p));
+            if let Err(e) = sent {
+                s.failed.store(true, Relaxed);
+                return Err(e);
+            }
         }
         Ok(Saved { id, new: true })
     }
@@ -229,6 +252,9 @@ impl BlobWriter {
             return Ok(WriterResult::default());
         };
         let (index_ids, packs) = handle.await.expect("uploader task")?;
+        if s.failed.load(Relaxed) {
+            return Err(Error::Invalid("writing a pack failed: the blobs saved by this writer are incomplete".into()));
+        }
         Ok(WriterResult { index_file: IndexFile { packs, supersedes: Vec::new() }, index_ids })
     }
 }
