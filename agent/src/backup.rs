@@ -15,8 +15,8 @@
 //! 5 MiB + uploads (two 8 MiB parts each) ≈ 80 MiB at worst; typical is much less since most
 //! chunks are far below the maximum. `FERRY_CHUNK_QUEUE` overrides the queue length.
 
-mod build;
-mod scan;
+pub(crate) mod build;
+pub(crate) mod scan;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,7 +67,7 @@ pub(crate) struct Tally {
     pub bytes_read: std::sync::atomic::AtomicU64,
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -188,7 +188,7 @@ impl BackupConfig {
     }
 }
 
-fn username() -> String {
+pub(crate) fn username() -> String {
     let uid = nix::unistd::getuid();
     nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
 }

@@ -93,9 +93,23 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    #[arg(required = true)]
+    /// Files and directories to back up (a block device or a `*.img`/`*.raw` file alone is
+    /// backed up as a disk)
+    #[arg(required_unless_present = "pod_volume")]
     pub paths: Vec<PathBuf>,
+    /// Back up a pod's volume: PODS_DIR/POD_UID/VOLUME_OR_PV (kubelet layout)
+    #[arg(long, conflicts_with = "paths")]
+    pub pod_volume: Option<PathBuf>,
+    /// Treat the single file given as a disk image (fixed-size chunks)
+    #[arg(long)]
+    pub disk: bool,
+    /// Disk: read only these ranges and take the rest from the parent (CSI GetMetadataDelta
+    /// output as JSON, or `OFFSET LENGTH` lines)
+    #[arg(long, conflicts_with = "allocated_blocks")]
+    pub changed_blocks: Option<PathBuf>,
+    /// Disk: only these ranges hold data (CSI GetMetadataAllocated output)
+    #[arg(long)]
+    pub allocated_blocks: Option<PathBuf>,
     /// Label the snapshot (key=value); repeatable
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -142,6 +156,12 @@ pub struct RestoreArgs {
     /// Re-read the restored files and check them against the snapshot
     #[arg(long)]
     pub verify: bool,
+    /// Disk snapshots: the target device already reads as zeros (skip zeroing empty ranges)
+    #[arg(long)]
+    pub assume_zeroed: bool,
+    /// Disk snapshots: write to the device even if it is mounted
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -7,10 +7,12 @@
 mod backup;
 mod cli;
 mod cmd;
+mod disk;
 mod exit;
 mod filescache;
 mod fsmeta;
 mod output;
+mod podvolume;
 mod progress;
 mod repo;
 mod restore;

@@ -12,7 +12,7 @@
 //! 4. set metadata: files, special entries, then directories deepest first (so their mtimes
 //!    survive), and optionally re-read and verify every file (`verify`).
 
-mod content;
+pub(crate) mod content;
 mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -170,7 +170,7 @@ fn mark_parents(set: &mut HashSet<PathBuf>, dir: &Path) {
 }
 
 /// Replace indirect segments by the lists they point to.
-async fn expand(repo: &Repository, segs: &[Segment]) -> Result<Vec<Segment>> {
+pub(crate) async fn expand(repo: &Repository, segs: &[Segment]) -> Result<Vec<Segment>> {
     if !segs.iter().any(|s| matches!(s, Segment::Indirect { .. })) {
         return Ok(segs.to_vec());
     }
@@ -212,7 +212,8 @@ pub async fn execute(
     out.errors.extend(errs);
 
     // Phase 3: content.
-    let written = content::write_all(repo.clone(), root.clone(), plan.clone(), &failed_files, counters.clone()).await;
+    let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone() });
+    let written = content::write_all(repo.clone(), targets, &failed_files, counters.clone()).await;
     let (bytes, errs) = written;
     out.bytes_written = bytes;
     out.errors.extend(errs);
@@ -230,6 +231,27 @@ pub async fn execute(
         out.errors.extend(errs);
     }
     Ok(out)
+}
+
+/// The files of a plan as content targets, opened safely under the target root.
+struct PlanTargets {
+    root: Arc<SafeRoot>,
+    plan: Arc<RestorePlan>,
+}
+
+impl content::Targets for PlanTargets {
+    fn count(&self) -> usize {
+        self.plan.files.len()
+    }
+    fn segments(&self, i: usize) -> &[Segment] {
+        &self.plan.files[i].segments
+    }
+    fn open(&self, i: usize) -> std::io::Result<std::fs::File> {
+        self.root.open_file(&self.plan.files[i].rel, true)
+    }
+    fn name(&self, i: usize) -> String {
+        self.plan.files[i].rel.display().to_string()
+    }
 }
 
 /// Directories, empty files, hardlinks, FIFOs and devices. Returns files that failed.

@@ -111,7 +111,7 @@ pub(crate) fn run(
 }
 
 /// Wait for every chunk id; merge adjacent zero runs.
-fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>> {
+pub(crate) fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>> {
     let mut out: Vec<Segment> = Vec::with_capacity(segs.len());
     for s in segs {
         let seg = match s {
@@ -130,7 +130,7 @@ fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>> {
 }
 
 /// Move segment lists longer than `SEGMENTS_PER_BLOB` into indirect (tree-kind) blobs.
-fn indirect(writer: &BlobWriter, segs: Vec<Segment>) -> repo_format::Result<Vec<Segment>> {
+pub(crate) fn indirect(writer: &BlobWriter, segs: Vec<Segment>) -> repo_format::Result<Vec<Segment>> {
     if segs.len() <= SEGMENTS_PER_BLOB {
         return Ok(segs);
     }

@@ -29,6 +29,24 @@ pub(crate) struct ChunkJob {
     pub reply: Sender<repo_format::Result<Saved>>,
 }
 
+/// Start `n` blob workers: each saves the chunks it receives and answers with the id.
+pub(crate) fn spawn_workers<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    n: usize,
+    rx: &Receiver<ChunkJob>,
+    writer: &'scope BlobWriter,
+) {
+    for _ in 0..n {
+        let rx = rx.clone();
+        s.spawn(move || {
+            for job in rx {
+                let r = writer.save(BlobKind::Data, &job.data);
+                let _ = job.reply.send(r);
+            }
+        });
+    }
+}
+
 /// Everything the pipeline needs.
 pub(crate) struct Pipeline<'a> {
     pub sources: Vec<PathBuf>,
@@ -54,16 +72,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
         None => (None, None),
     };
     std::thread::scope(|s| {
-        for _ in 0..p.workers {
-            let rx: Receiver<ChunkJob> = chunk_rx.clone();
-            let w = p.writer;
-            s.spawn(move || {
-                for job in rx {
-                    let r = w.save(BlobKind::Data, &job.data);
-                    let _ = job.reply.send(r);
-                }
-            });
-        }
+        spawn_workers(s, p.workers, &chunk_rx, p.writer);
         drop(chunk_rx);
         let builder = {
             let w = p.writer;

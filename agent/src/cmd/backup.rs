@@ -5,7 +5,10 @@ use repo_format::Summary;
 
 use crate::backup::{self, BackupConfig};
 use crate::cli::{BackupArgs, Cli};
+use crate::disk::backup::{DiskConfig, Mode as DiskMode};
+use crate::disk::ranges::Ranges;
 use crate::output::{bytes, print_json};
+use crate::podvolume::{self, PodVolume};
 use crate::progress::{Mode, Progress};
 use crate::{exit, repo, select};
 
@@ -22,17 +25,61 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         Some(p) => Some(select::find(&r, p, &Default::default()).await?.0),
         None => None,
     };
-    let cfg = BackupConfig {
-        paths: a.paths.clone(),
-        excludes: super::patterns(&a.excludes, "exclude")?,
-        host,
-        tags,
-        parent,
-        force: a.force,
-        cache_dir: repo::cache_root(cli),
-    };
+    // What is being backed up: a pod volume, a disk, or files.
+    let mut tags = tags;
+    let mut paths = a.paths.clone();
+    let mut disk = a.disk || a.changed_blocks.is_some() || a.allocated_blocks.is_some();
+    if let Some(pv) = &a.pod_volume {
+        let (path, kind) = match podvolume::resolve(pv)? {
+            PodVolume::Filesystem(p) => (p, "filesystem"),
+            PodVolume::Image(p) => (p, "block"),
+            PodVolume::Block(p) => (p, "block"),
+        };
+        disk |= kind == "block";
+        if let Some(uid) = pv.parent().and_then(|p| p.file_name()) {
+            tags.push(("pod-uid".into(), uid.to_string_lossy().into_owned()));
+        }
+        if let Some(v) = pv.file_name() {
+            tags.push(("volume".into(), v.to_string_lossy().into_owned()));
+        }
+        if kind == "filesystem" {
+            tags.push(("volume-mode".into(), "filesystem".into()));
+        }
+        paths = vec![path];
+    }
+    if let [one] = paths.as_slice() {
+        disk |= crate::disk::looks_like_disk(one);
+    }
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "backup");
-    let out = backup::run(r.clone(), cfg, progress.counters.clone()).await;
+    let out = if disk {
+        let [path] = paths.as_slice() else { anyhow::bail!("a disk backup takes exactly one device or image") };
+        let mode = match (&a.changed_blocks, &a.allocated_blocks) {
+            (Some(f), _) => DiskMode::Changed(Ranges::read(f)?),
+            (_, Some(f)) => DiskMode::Allocated(Ranges::read(f)?),
+            _ => DiskMode::Full,
+        };
+        let name = a
+            .pod_volume
+            .as_ref()
+            .filter(|_| !path.ends_with("disk.img"))
+            .unwrap_or(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk".into());
+        let cfg = DiskConfig { path: path.clone(), name, host, tags, parent, mode, cache_dir: repo::cache_root(cli) };
+        crate::disk::backup::run(r.clone(), cfg, progress.counters.clone()).await
+    } else {
+        let cfg = BackupConfig {
+            paths,
+            excludes: super::patterns(&a.excludes, "exclude")?,
+            host,
+            tags,
+            parent,
+            force: a.force,
+            cache_dir: repo::cache_root(cli),
+        };
+        backup::run(r.clone(), cfg, progress.counters.clone()).await
+    };
     drop(progress);
     let out = out?;
     let s: &Summary = &out.snapshot.summary;

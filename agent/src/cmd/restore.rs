@@ -17,6 +17,9 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         excludes: super::patterns(&a.excludes, "exclude")?,
     };
     let started = std::time::Instant::now();
+    if snap.tag(crate::disk::MODE_TAG) == Some(crate::disk::MODE_BLOCK) {
+        return restore_disk(cli, a, r, counts, id, snap, started).await;
+    }
     let plan = restore::plan(&r, snap.tree, &filter)
         .await
         .with_context(|| format!("planning the restore of snapshot {}", id.0.short()))?;
@@ -51,6 +54,53 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
             if let Some(n) = out.verified {
                 println!("verified {n} files{}", if out.errors.is_empty() { ": all match the snapshot" } else { "" });
             }
+        }
+    }
+    Ok(if out.errors.is_empty() { exit::OK } else { exit::FAILURE })
+}
+
+async fn restore_disk(
+    cli: &Cli,
+    a: &RestoreArgs,
+    r: std::sync::Arc<repo_format::Repository>,
+    counts: std::sync::Arc<repo_format::RequestCounts>,
+    id: repo_format::SnapshotId,
+    snap: repo_format::Snapshot,
+    started: std::time::Instant,
+) -> Result<i32> {
+    use crate::disk::restore::{DiskRestoreOptions, run};
+    if !a.includes.is_empty() || !a.excludes.is_empty() {
+        anyhow::bail!("--include/--exclude do not apply to a disk snapshot");
+    }
+    let opts = DiskRestoreOptions { assume_zeroed: a.assume_zeroed, force: a.force, verify: a.verify };
+    let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
+    let out = run(r, &snap, &a.target, opts, progress.counters.clone()).await;
+    drop(progress);
+    let out = out.with_context(|| format!("restoring disk snapshot {} to {}", id.0.short(), a.target.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        for e in &out.errors {
+            print_json(&serde_json::json!({ "message_type": "error", "error": e }));
+        }
+        print_json(&serde_json::json!({
+            "message_type": "summary", "snapshot_id": id.to_string(), "target": out.target.display().to_string(),
+            "disk_size": out.size, "bytes_written": out.bytes_written, "bytes_zeroed": out.bytes_zeroed,
+            "verified": out.verified, "errors": out.errors.len(), "duration_s": secs, "requests": repo::counts_json(&counts),
+        }));
+    } else {
+        for e in &out.errors {
+            eprintln!("ferry: error: {e}");
+        }
+        if !cli.quiet {
+            println!(
+                "restored disk snapshot {} to {}: {} disk, {} written, {} zeroed in {secs:.2} s{}",
+                id.0.short(),
+                out.target.display(),
+                bytes(out.size),
+                bytes(out.bytes_written),
+                bytes(out.bytes_zeroed),
+                if out.verified { "; verified" } else { "" }
+            );
         }
     }
     Ok(if out.errors.is_empty() { exit::OK } else { exit::FAILURE })

@@ -14,13 +14,21 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures::StreamExt;
 use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, Segment};
 
-use super::RestorePlan;
 use crate::progress::Counters;
-use crate::safefs::SafeRoot;
 
 const MAX_GAP: u64 = 256 << 10;
 const MAX_RANGE: u64 = 4 << 20;
 const IN_FLIGHT: usize = 4;
+
+/// Where content goes: numbered targets (files of a plan, or one disk), each with its segments.
+pub(crate) trait Targets: Send + Sync {
+    fn count(&self) -> usize;
+    fn segments(&self, i: usize) -> &[Segment];
+    /// Open target `i` for positioned writes.
+    fn open(&self, i: usize) -> std::io::Result<File>;
+    /// A name for messages.
+    fn name(&self, i: usize) -> String;
+}
 
 /// One blob and where it goes: (file index, offset in the file).
 struct Want {
@@ -37,16 +45,16 @@ struct Range {
     blobs: Vec<Want>,
 }
 
-fn ranges(repo: &Repository, plan: &RestorePlan, skip: &HashSet<usize>) -> (Vec<Range>, Vec<String>) {
+fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Vec<String>) {
     let index = repo.index();
     let mut errors = Vec::new();
     let mut wants: HashMap<BlobId, Want> = HashMap::new();
-    for (fi, f) in plan.files.iter().enumerate() {
+    for fi in 0..targets.count() {
         if skip.contains(&fi) {
             continue;
         }
         let mut off = 0u64;
-        for s in &f.segments {
+        for s in targets.segments(fi) {
             if let Segment::Blob { id, .. } = s {
                 match wants.get_mut(id) {
                     Some(w) => w.targets.push((fi, off)),
@@ -54,7 +62,7 @@ fn ranges(repo: &Repository, plan: &RestorePlan, skip: &HashSet<usize>) -> (Vec<
                         Some(loc) => {
                             wants.insert(*id, Want { id: *id, loc, targets: vec![(fi, off)] });
                         }
-                        None => errors.push(format!("{}: blob {} is not in the index", f.rel.display(), id)),
+                        None => errors.push(format!("{}: blob {} is not in the index", targets.name(fi), id)),
                     },
                 }
             }
@@ -90,23 +98,22 @@ fn ranges(repo: &Repository, plan: &RestorePlan, skip: &HashSet<usize>) -> (Vec<
 }
 
 /// Write all content; returns bytes written and error lines.
-pub(super) async fn write_all(
+pub(crate) async fn write_all(
     repo: Arc<Repository>,
-    root: Arc<SafeRoot>,
-    plan: Arc<RestorePlan>,
+    targets: Arc<dyn Targets>,
     skip: &HashSet<usize>,
     counters: Arc<Counters>,
 ) -> (u64, Vec<String>) {
-    let (ranges, mut errors) = ranges(&repo, &plan, skip);
+    let (ranges, mut errors) = ranges(&repo, &*targets, skip);
     let results: Vec<Result<u64, String>> = futures::stream::iter(ranges.into_iter().map(|r| {
-        let (repo, root, plan, counters) = (repo.clone(), root.clone(), plan.clone(), counters.clone());
+        let (repo, targets, counters) = (repo.clone(), targets.clone(), counters.clone());
         async move {
             let bytes = repo
                 .storage()
                 .read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start)
                 .await
                 .map_err(|e| format!("pack {}: {e}", r.pack.0.short()))?;
-            tokio::task::spawn_blocking(move || write_range(&repo, &root, &plan, &r, &bytes, &counters))
+            tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters))
                 .await
                 .expect("write task")
         }
@@ -126,8 +133,7 @@ pub(super) async fn write_all(
 
 fn write_range(
     repo: &Repository,
-    root: &SafeRoot,
-    plan: &RestorePlan,
+    targets: &dyn Targets,
     r: &Range,
     bytes: &[u8],
     counters: &Counters,
@@ -145,19 +151,28 @@ fn write_range(
                 continue;
             }
         };
+        if plain.len() != w.loc.raw_len as usize {
+            errors.push(format!(
+                "blob {}: length {} differs from the index's {}",
+                w.id.0.short(),
+                plain.len(),
+                w.loc.raw_len
+            ));
+            continue;
+        }
         for &(fi, off) in &w.targets {
             let f = match files.entry(fi) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => match root.open_file(&plan.files[fi].rel, true) {
+                std::collections::hash_map::Entry::Vacant(v) => match targets.open(fi) {
                     Ok(f) => v.insert(f),
                     Err(e) => {
-                        errors.push(format!("{}: {e}", plan.files[fi].rel.display()));
+                        errors.push(format!("{}: {e}", targets.name(fi)));
                         continue;
                     }
                 },
             };
             if let Err(e) = f.write_all_at(&plain, off) {
-                errors.push(format!("{}: {e}", plan.files[fi].rel.display()));
+                errors.push(format!("{}: {e}", targets.name(fi)));
                 continue;
             }
             written += plain.len() as u64;

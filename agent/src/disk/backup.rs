@@ -1,0 +1,273 @@
+//! Backing up a disk: read only what may hold data, cut it into aligned fixed-size chunks.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::bounded;
+use repo_format::{
+    BlobKind, Content, Node, NodeType, Repository, Segment, Snapshot, SnapshotId, Summary, Tree, TreeId, WriterOptions,
+};
+
+use super::ranges::Ranges;
+use super::{Disk, MODE_BLOCK, MODE_TAG};
+use crate::backup::build::{PendingSeg, indirect, resolve};
+use crate::backup::scan::{ChunkJob, data_ranges, spawn_workers};
+use crate::backup::{Outcome, now_ns, username};
+use crate::progress::Counters;
+
+/// Which parts of the disk to read.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Everything (holes of an image file are skipped; zero chunks are not stored).
+    Full,
+    /// Only these ranges hold data (`GetMetadataAllocated`); the rest is zeros.
+    Allocated(Ranges),
+    /// Only these ranges changed since the parent snapshot (`GetMetadataDelta`).
+    Changed(Ranges),
+}
+
+/// A disk backup request.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// The node's name in the snapshot (image file name, or the volume name).
+    pub name: String,
+    pub host: String,
+    pub tags: Vec<(String, String)>,
+    pub parent: Option<SnapshotId>,
+    pub mode: Mode,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The parent's content, one entry per chunk: `Some(blob)` or `None` for zeros.
+async fn parent_chunks(
+    repo: &Repository,
+    parent: &Snapshot,
+    chunk: u64,
+    size: u64,
+) -> Result<Vec<Option<(repo_format::BlobId, u32)>>> {
+    let tree = repo.read_tree(&parent.tree).await?;
+    let [node] = tree.nodes.as_slice() else { bail!("the parent snapshot is not a disk snapshot") };
+    if node.size != size {
+        bail!(
+            "the disk is {size} bytes but was {} in the parent snapshot: back up without --changed-blocks",
+            node.size
+        );
+    }
+    let Content::Segments(segs) = &node.content else { bail!("the parent snapshot's disk has no content list") };
+    let segs = crate::restore::expand(repo, segs).await?;
+    let n = size.div_ceil(chunk) as usize;
+    let mut out = Vec::with_capacity(n);
+    for s in segs {
+        match s {
+            Segment::Blob { id, len } => {
+                if u64::from(len) != chunk && out.len() + 1 != n {
+                    bail!("the parent snapshot was cut with another chunk size: back up without --changed-blocks");
+                }
+                out.push(Some((id, len)));
+            }
+            Segment::Zero { len } => {
+                if len % chunk != 0 && out.len() as u64 + len.div_ceil(chunk) != n as u64 {
+                    bail!("the parent snapshot's zero runs are not chunk-aligned");
+                }
+                out.extend(std::iter::repeat_n(None, len.div_ceil(chunk) as usize));
+            }
+            Segment::Indirect { .. } => bail!("nested indirect segment lists"),
+        }
+    }
+    if out.len() != n {
+        bail!("the parent snapshot covers {} chunks, the disk has {n}", out.len());
+    }
+    Ok(out)
+}
+
+pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>) -> Result<Outcome> {
+    let started = Instant::now();
+    let start_ns = now_ns();
+    let disk = Disk::open_read(&cfg.path)?;
+    let md = disk.file.metadata()?;
+    repo.load_index().await.context("loading the repository index")?;
+    let chunk = u64::from(repo.config().fixed_chunk_size);
+    let paths = vec![std::path::absolute(&cfg.path).unwrap_or(cfg.path.clone()).into_os_string().into_encoded_bytes()];
+    let parent = match cfg.parent {
+        Some(p) => Some(p),
+        None => repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.hostname == cfg.host && s.paths == paths)
+            .map(|(id, _)| id),
+    };
+    let parent_map = match (&cfg.mode, parent) {
+        (Mode::Changed(_), Some(p)) => {
+            Some(parent_chunks(&repo, &repo.load_snapshot(&p).await?, chunk, disk.size).await?)
+        }
+        (Mode::Changed(_), None) => {
+            bail!("--changed-blocks needs a parent snapshot of this disk (none found): run a full backup first")
+        }
+        _ => None,
+    };
+    if let Mode::Changed(r) | Mode::Allocated(r) = &cfg.mode {
+        if r.max_end() > disk.size {
+            bail!("the block list reaches byte {}, beyond the disk's {} bytes", r.max_end(), disk.size);
+        }
+    }
+    let size = disk.size;
+    counters.files_total.store(1, Relaxed);
+    counters.bytes_total.store(disk.size, Relaxed);
+    let tmp_dir = match &cfg.cache_dir {
+        Some(c) => {
+            let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
+            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
+            t
+        }
+        None => std::env::temp_dir(),
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pipeline = {
+        let (writer, counters, bytes_read, mode) =
+            (writer.clone(), counters.clone(), bytes_read.clone(), cfg.mode.clone());
+        tokio::task::spawn_blocking(move || -> Result<Vec<Segment>> {
+            let (tx, rx) = bounded::<ChunkJob>(workers * 2);
+            let segs = std::thread::scope(|s| {
+                spawn_workers(s, workers, &rx, &writer);
+                drop(rx);
+                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), &tx, &counters, &bytes_read);
+                drop(tx);
+                r
+            })?;
+            let segs = resolve(segs)?;
+            Ok(indirect(&writer, segs)?)
+        })
+    };
+    let segs = match pipeline.await.expect("disk pipeline") {
+        Ok(s) => s,
+        Err(e) => {
+            // Index what was uploaded so the next backup reuses it, then report.
+            let _ = repo.finish_writer(writer).await;
+            return Err(e);
+        }
+    };
+    let mut node = Node::new(cfg.name.clone().into_bytes(), NodeType::File);
+    node.mode = if md.file_type().is_file() { md.mode() & 0o7777 } else { 0o600 };
+    node.uid = md.uid();
+    node.gid = md.gid();
+    node.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    node.atime_ns = node.mtime_ns;
+    node.ctime_ns = md.ctime() * 1_000_000_000 + md.ctime_nsec();
+    node.size = size;
+    node.content = Content::Segments(segs);
+    let tree = Tree { nodes: vec![node.clone()] }.encode()?;
+    let w = writer.clone();
+    let saved = tokio::task::spawn_blocking(move || w.save(BlobKind::Tree, &tree)).await.expect("tree save");
+    let finished = repo.finish_writer(writer.clone()).await;
+    let root = TreeId(saved?.id.0);
+    finished.context("uploading packs and index")?;
+    let st = writer.stats();
+    let summary = Summary {
+        files_new: 1,
+        bytes_read: bytes_read.load(Relaxed),
+        bytes_total: node.size,
+        bytes_added: st.bytes_added.load(Relaxed),
+        bytes_added_stored: st.bytes_stored.load(Relaxed),
+        data_blobs_added: st.data_blobs.load(Relaxed),
+        tree_blobs_added: st.tree_blobs.load(Relaxed),
+        duration_ns: started.elapsed().as_nanos() as u64,
+        ..Summary::default()
+    };
+    let mut tags = cfg.tags.clone();
+    for (k, v) in
+        [(MODE_TAG, MODE_BLOCK.to_string()), ("device-size", node.size.to_string()), ("chunk-size", chunk.to_string())]
+    {
+        if !tags.iter().any(|(tk, _)| tk == k) {
+            tags.push((k.to_string(), v));
+        }
+    }
+    if md.is_file() && !tags.iter().any(|(k, _)| k == "image") {
+        tags.push(("image".into(), cfg.name.clone()));
+    }
+    let snapshot = Snapshot {
+        time_ns: start_ns,
+        tree: root,
+        parent,
+        hostname: cfg.host.clone(),
+        username: username(),
+        program: format!("ferry {}", env!("CARGO_PKG_VERSION")),
+        paths,
+        tags,
+        summary,
+    };
+    let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
+    Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new() })
+}
+
+/// The reader: decides per chunk, reads, skips zeros, queues the rest.
+fn read_chunks(
+    disk: &Disk,
+    chunk: u64,
+    mode: &Mode,
+    parent: Option<&[Option<(repo_format::BlobId, u32)>]>,
+    tx: &crossbeam_channel::Sender<ChunkJob>,
+    counters: &Counters,
+    bytes_read: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<PendingSeg>> {
+    // Holes of an image file hold nothing: read only data extents.
+    let holes = if !disk.is_device && matches!(mode, Mode::Full) {
+        let data: Vec<(u64, u64)> =
+            data_ranges(&disk.file, disk.size)?.into_iter().filter(|r| r.2).map(|(o, l, _)| (o, l)).collect();
+        Some(Ranges::new(data))
+    } else {
+        None
+    };
+    let n = disk.size.div_ceil(chunk);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut buf = vec![0u8; chunk as usize];
+    let (mut c1, mut c2) = (0usize, 0usize);
+    for i in 0..n {
+        let off = i * chunk;
+        let len = chunk.min(disk.size - off);
+        let read = match (mode, &holes) {
+            (Mode::Changed(r), _) => {
+                if !r.overlaps(off, len, &mut c1) {
+                    match parent.and_then(|p| p[i as usize]) {
+                        Some((id, l)) => {
+                            let (tx1, rx1) = bounded(1);
+                            let _ = tx1.send(Ok(repo_format::Saved { id, new: false }));
+                            out.push(PendingSeg::Blob(rx1, l));
+                        }
+                        None => out.push(PendingSeg::Zero(len)),
+                    }
+                    counters.bytes_done.fetch_add(len, Relaxed);
+                    continue;
+                }
+                true
+            }
+            (Mode::Allocated(r), _) => r.overlaps(off, len, &mut c1),
+            (Mode::Full, Some(data)) => data.overlaps(off, len, &mut c2),
+            (Mode::Full, None) => true,
+        };
+        counters.bytes_done.fetch_add(len, Relaxed);
+        if !read {
+            out.push(PendingSeg::Zero(len));
+            continue;
+        }
+        let b = &mut buf[..len as usize];
+        disk.file.read_exact_at(b, off).with_context(|| format!("reading the disk at offset {off}"))?;
+        bytes_read.fetch_add(len, Relaxed);
+        if repo_format::is_zero(b) {
+            out.push(PendingSeg::Zero(len));
+            continue;
+        }
+        let (rtx, rrx) = bounded(1);
+        tx.send(ChunkJob { data: b.to_vec(), reply: rtx }).map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
+        out.push(PendingSeg::Blob(rrx, len as u32));
+    }
+    Ok(out)
+}

@@ -1,0 +1,94 @@
+//! Finding a pod's volume on the node, the way kubelet lays it out (see OADP.md):
+//! filesystem mode `<pods>/<pod uid>/volumes/kubernetes.io~csi/<pv>/mount` (other plugins:
+//! `<pods>/<pod uid>/volumes/<plugin>/<name>`), block mode
+//! `<pods>/<pod uid>/volumeDevices/<plugin>/<pv>` (a device node). Exactly one must match.
+//! A filesystem volume holding a KubeVirt `disk.img` is a disk.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+/// What a pod volume turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodVolume {
+    Filesystem(PathBuf),
+    /// A raw disk image on a filesystem volume (KubeVirt).
+    Image(PathBuf),
+    Block(PathBuf),
+}
+
+/// Resolve `PODS_DIR/POD_UID/VOLUME_OR_PV`.
+pub fn resolve(spec: &Path) -> Result<PodVolume> {
+    let (Some(pod), Some(name)) = (spec.parent(), spec.file_name()) else {
+        bail!("--pod-volume {}: expected PODS_DIR/POD_UID/VOLUME_OR_PV", spec.display());
+    };
+    if !pod.is_dir() {
+        bail!("--pod-volume {}: no pod directory {}", spec.display(), pod.display());
+    }
+    let mut found = Vec::new();
+    let plugins = |sub: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(pod.join(sub)).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    for plugin in plugins("volumes") {
+        let base = plugin.join(name);
+        let csi = plugin.file_name().is_some_and(|p| p == "kubernetes.io~csi");
+        let dir = if csi { base.join("mount") } else { base };
+        if dir.is_dir() {
+            found.push(PodVolume::Filesystem(dir));
+        }
+    }
+    for plugin in plugins("volumeDevices") {
+        let dev = plugin.join(name);
+        if std::fs::metadata(&dev).is_ok() {
+            found.push(PodVolume::Block(dev));
+        }
+    }
+    let pattern =
+        format!("{0}/volumes/*/{1}[/mount] or {0}/volumeDevices/*/{1}", pod.display(), name.to_string_lossy());
+    match found.len() {
+        0 => bail!("--pod-volume: nothing matches {pattern}"),
+        1 => {}
+        n => bail!("--pod-volume: {n} volumes match {pattern}: {found:?}"),
+    }
+    Ok(match found.remove(0) {
+        PodVolume::Filesystem(dir) => {
+            let img = dir.join("disk.img");
+            let entries: Vec<_> =
+                std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name()).filter(|n| n != "lost+found").collect();
+            if img.is_file() && entries.len() == 1 { PodVolume::Image(img) } else { PodVolume::Filesystem(dir) }
+        }
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_csi_mount_image_and_reports_ambiguity() {
+        let pods = tempfile::tempdir().unwrap();
+        let pod = pods.path().join("uid-1");
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~csi/pv-a/mount")).unwrap();
+        std::fs::write(pod.join("volumes/kubernetes.io~csi/pv-a/mount/file"), b"x").unwrap();
+        assert_eq!(
+            resolve(&pod.join("pv-a")).unwrap(),
+            PodVolume::Filesystem(pod.join("volumes/kubernetes.io~csi/pv-a/mount"))
+        );
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~csi/pv-vm/mount/lost+found")).unwrap();
+        std::fs::write(pod.join("volumes/kubernetes.io~csi/pv-vm/mount/disk.img"), b"").unwrap();
+        assert_eq!(
+            resolve(&pod.join("pv-vm")).unwrap(),
+            PodVolume::Image(pod.join("volumes/kubernetes.io~csi/pv-vm/mount/disk.img"))
+        );
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~empty-dir/pv-a")).unwrap();
+        assert!(resolve(&pod.join("pv-a")).unwrap_err().to_string().contains("2 volumes match"));
+        assert!(resolve(&pod.join("nope")).unwrap_err().to_string().contains("nothing matches"));
+        std::fs::create_dir_all(pod.join("volumeDevices/kubernetes.io~csi")).unwrap();
+        std::fs::write(pod.join("volumeDevices/kubernetes.io~csi/pv-b"), b"").unwrap();
+        assert_eq!(
+            resolve(&pod.join("pv-b")).unwrap(),
+            PodVolume::Block(pod.join("volumeDevices/kubernetes.io~csi/pv-b"))
+        );
+    }
+}
