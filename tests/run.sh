@@ -13,8 +13,14 @@ step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 step "toolchain"
 command -v cargo >/dev/null || { echo "run.sh: cargo (rustup) is needed" >&2; exit 1; }
 cargo --version
-if ! command -v cc >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq build-essential
+# C compiler (zstd, SQLite), and the tools the disk tests drive: losetup, mkfs.ext4, fsck, sfdisk.
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v losetup >/dev/null || need+=(util-linux)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v sfdisk >/dev/null || need+=(fdisk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
 step "cargo fmt --check"

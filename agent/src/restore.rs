@@ -13,7 +13,7 @@
 //!    survive), and optionally re-read and verify every file (`verify`).
 
 pub(crate) mod content;
-mod verify;
+pub(crate) mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

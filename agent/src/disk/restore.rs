@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,31 +190,22 @@ fn zero_range(f: &File, off: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Re-read the disk and check every chunk against the snapshot.
+/// Re-read the disk and check every chunk against the snapshot (holes are not read).
 fn verify(master: &repo_format::MasterKey, f: &File, segs: &[Segment]) -> Result<()> {
-    let mut r = std::io::BufReader::with_capacity(1 << 20, f.try_clone()?);
-    std::io::Seek::rewind(&mut r)?;
     let mut buf = Vec::new();
     let mut off = 0u64;
     for s in segs {
         match s {
             Segment::Blob { id, len } => {
                 buf.resize(*len as usize, 0);
-                r.read_exact(&mut buf)?;
+                f.read_exact_at(&mut buf, off)?;
                 if master.blob_id(&buf) != *id {
                     bail!("content differs at offset {off}");
                 }
             }
             _ => {
-                let mut left = s.len();
-                while left > 0 {
-                    let n = left.min(1 << 20) as usize;
-                    buf.resize(n, 0);
-                    r.read_exact(&mut buf)?;
-                    if !repo_format::is_zero(&buf) {
-                        bail!("non-zero bytes where the snapshot has zeros, near offset {off}");
-                    }
-                    left -= n as u64;
+                if !crate::restore::verify::zeros_at(f, off, s.len())? {
+                    bail!("non-zero bytes where the snapshot has zeros, near offset {off}");
                 }
             }
         }

@@ -1,0 +1,19 @@
+//! End-to-end tests of the `ferry` binary: each test gets its own repository, cache and
+//! temporary directories, and runs the real executable (as root: owners, devices, xattrs).
+
+mod common;
+
+#[path = "cli/concurrent.rs"]
+mod concurrent;
+#[path = "cli/errors.rs"]
+mod errors;
+#[path = "cli/fidelity.rs"]
+mod fidelity;
+#[path = "cli/filters.rs"]
+mod filters;
+#[path = "cli/hostile.rs"]
+mod hostile;
+#[path = "cli/incremental.rs"]
+mod incremental;
+#[path = "cli/keys.rs"]
+mod keys;

@@ -1,0 +1,70 @@
+//! The files cache: a second backup reads only what changed; `--force` reads everything.
+
+use std::time::Duration;
+
+use crate::common::{Env, compare_trees, num, random_bytes, write};
+
+/// Files whose mtime or ctime is within ~2 s of the backup's start are not cached.
+const SETTLE: Duration = Duration::from_millis(2500);
+
+#[test]
+fn incremental_reads_only_the_changed_file() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut total = 0u64;
+    for i in 0..50 {
+        let len = 1000 + i * 733;
+        let rel = if i % 5 == 0 { format!("sub-{}/file-{i:02}", i / 10) } else { format!("file-{i:02}") };
+        write(&src.join(rel), &random_bytes(&format!("inc-{i}"), len));
+        total += len as u64;
+    }
+    std::thread::sleep(SETTLE);
+
+    let s1 = env.backup(&src, &[]);
+    assert_eq!((num(&s1, "files_new"), num(&s1, "files_changed"), num(&s1, "files_unchanged")), (50, 0, 0), "{s1}");
+    assert_eq!(num(&s1, "bytes_read"), total, "{s1}");
+    assert_eq!(num(&s1, "bytes_total"), total, "{s1}");
+    assert!(s1["parent"].is_null(), "{s1}");
+
+    // Change one file's content and size.
+    let changed = src.join("file-17");
+    let new_content = random_bytes("changed", 4321);
+    total = total - std::fs::metadata(&changed).unwrap().len() + new_content.len() as u64;
+    std::fs::write(&changed, &new_content).unwrap();
+    std::thread::sleep(SETTLE);
+
+    let s2 = env.backup(&src, &[]);
+    assert_eq!((num(&s2, "files_new"), num(&s2, "files_changed"), num(&s2, "files_unchanged")), (0, 1, 49), "{s2}");
+    assert_eq!(num(&s2, "bytes_read"), new_content.len() as u64, "{s2}");
+    assert_eq!(num(&s2, "bytes_total"), total, "{s2}");
+    assert_eq!(s2["parent"], s1["snapshot_id"], "the first snapshot is the parent");
+    assert!(num(&s2, "data_blobs_added") >= 1, "{s2}");
+
+    // Same size, new content, and a backdated mtime: ctime still tells.
+    let same_size = src.join("sub-2/file-20");
+    let before = std::fs::metadata(&same_size).unwrap();
+    let mtime_before = crate::common::mtime_ns(&same_size);
+    let mut content = std::fs::read(&same_size).unwrap();
+    content[0] ^= 0xff;
+    std::fs::write(&same_size, &content).unwrap();
+    crate::common::set_mtime(&same_size, mtime_before);
+    assert_eq!(std::fs::metadata(&same_size).unwrap().len(), before.len());
+    std::thread::sleep(SETTLE);
+    let s3 = env.backup(&src, &[]);
+    assert_eq!((num(&s3, "files_new"), num(&s3, "files_changed"), num(&s3, "files_unchanged")), (0, 1, 49), "{s3}");
+    assert_eq!(num(&s3, "bytes_read"), content.len() as u64, "{s3}");
+
+    // --force reads every byte again (and adds no data: all deduplicated).
+    let s4 = env.backup(&src, &["--force"]);
+    assert_eq!(num(&s4, "bytes_read"), total, "{s4}");
+    assert_eq!(num(&s4, "files_unchanged"), 0, "{s4}");
+    assert_eq!(num(&s4, "files_new") + num(&s4, "files_changed"), 50, "{s4}");
+    assert_eq!(num(&s4, "data_blobs_added"), 0, "{s4}");
+
+    // The last snapshot restores to the current source.
+    let target = env.path("target");
+    let out = env.restore("latest", &target, &["--verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::common::stderr(&out));
+    let diffs = compare_trees(&src, &target);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+}
