@@ -181,11 +181,15 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
 impl BackupConfig {
     /// The source paths as recorded in the snapshot (absolute, raw bytes).
     pub fn paths_bytes(&self) -> Vec<Vec<u8>> {
-        self.paths
-            .iter()
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).into_os_string().into_encoded_bytes())
-            .collect()
+        self.paths.iter().map(|p| recorded_path(p)).collect()
     }
+}
+
+/// A source path as snapshots record it: absolute, and normalized by `components` (a trailing
+/// slash and `.` parts dropped), so `s/` and `s` find each other as parents.
+pub(crate) fn recorded_path(p: &std::path::Path) -> Vec<u8> {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    abs.components().collect::<std::path::PathBuf>().into_os_string().into_encoded_bytes()
 }
 
 pub(crate) fn username() -> String {

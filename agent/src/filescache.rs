@@ -75,8 +75,22 @@ fn connect(path: &Path) -> Result<Connection> {
     }
     let conn = Connection::open(path).with_context(|| format!("opening the files cache {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.execute_batch(SCHEMA).with_context(|| format!("preparing the files cache {}", path.display()))?;
-    Ok(conn)
+    // Switching to WAL while another process creates the database answers SQLITE_BUSY at once
+    // (the busy timeout does not apply there): retry for a while.
+    let mut tries = 0;
+    loop {
+        match conn.execute_batch(SCHEMA) {
+            Ok(()) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if tries < 300
+                    && matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10 + tries % 40));
+            }
+            Err(e) => return Err(e).with_context(|| format!("preparing the files cache {}", path.display())),
+        }
+    }
 }
 
 /// Open the cache for reading and writing (a new generation starts).

@@ -10,13 +10,14 @@ use repo_format::{Counting, ObjectStorage, Repository, RequestCounts, Storage};
 use crate::cli::Cli;
 
 /// The storage behind a location string (a local directory for now), counting requests.
-pub fn storage_for(location: &str) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
-    let s = Counting::new(backend_for(location)?);
+/// `create`: make a missing local directory (only `init` does).
+pub fn storage_for(location: &str, create: bool) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
+    let s = Counting::new(backend_for(location, create)?);
     let counts = s.counts();
     Ok((Arc::new(s), counts))
 }
 
-fn backend_for(location: &str) -> Result<ObjectStorage> {
+fn backend_for(location: &str, create: bool) -> Result<ObjectStorage> {
     if let Some((scheme, _)) = location.split_once(':') {
         if matches!(scheme, "s3" | "azure" | "gs" | "gcs" | "sftp" | "rest") {
             bail!(
@@ -27,6 +28,10 @@ fn backend_for(location: &str) -> Result<ObjectStorage> {
     let path = location.strip_prefix("local:").unwrap_or(location);
     if path.is_empty() {
         bail!("the repository location is empty: set --repo or FERRY_REPOSITORY");
+    }
+    // Only `init` creates the directory; anything else on a missing one is "no repository".
+    if !create && !std::path::Path::new(path).is_dir() {
+        return Err(repo_format::Error::NoRepository { location: path.to_string() }.into());
     }
     ObjectStorage::local(std::path::Path::new(path)).with_context(|| format!("repository {path}"))
 }
@@ -44,24 +49,33 @@ fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
 
 /// The password: FERRY_PASSWORD, then --password-file / FERRY_PASSWORD_FILE, then a prompt.
 pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
-    if let Some(p) = std::env::var_os("FERRY_PASSWORD") {
-        return Ok(p.into_encoded_bytes());
-    }
-    if let Some(f) = &cli.password_file {
-        return read_password_file(f);
-    }
-    prompt("enter repository password: ", confirm)
+    let pw = if let Some(p) = std::env::var_os("FERRY_PASSWORD") {
+        p.into_encoded_bytes()
+    } else if let Some(f) = &cli.password_file {
+        read_password_file(f)?
+    } else {
+        prompt("enter repository password: ", confirm)?
+    };
+    non_empty(pw, "FERRY_PASSWORD / the password file")
 }
 
 /// A new password (key add / passwd): FERRY_NEW_PASSWORD, a file, or a prompt.
 pub fn new_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    if let Some(p) = std::env::var_os("FERRY_NEW_PASSWORD") {
-        return Ok(p.into_encoded_bytes());
+    let pw = if let Some(p) = std::env::var_os("FERRY_NEW_PASSWORD") {
+        p.into_encoded_bytes()
+    } else if let Some(f) = file {
+        read_password_file(f)?
+    } else {
+        prompt("enter new password: ", true)?
+    };
+    non_empty(pw, "FERRY_NEW_PASSWORD / the new password file")
+}
+
+fn non_empty(pw: Vec<u8>, source: &str) -> Result<Vec<u8>> {
+    if pw.is_empty() {
+        bail!("the password from {source} is empty: an empty password is not allowed");
     }
-    if let Some(f) = file {
-        return read_password_file(f);
-    }
-    prompt("enter new password: ", true)
+    Ok(pw)
 }
 
 fn prompt(msg: &str, confirm: bool) -> Result<Vec<u8>> {
@@ -106,7 +120,7 @@ pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
 /// As `open`, with the request counters of the storage.
 pub async fn open_counted(cli: &Cli) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
     let loc = location(cli)?;
-    let (storage, counts) = storage_for(loc)?;
+    let (storage, counts) = storage_for(loc, false)?;
     let pw = password(cli, false)?;
     let repo =
         Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening repository {loc}"))?;

@@ -63,7 +63,10 @@ pub async fn run(cli: &Cli, a: &LsArgs) -> Result<i32> {
 }
 
 fn print_node(json: bool, long: bool, p: &Path, n: &Node) {
-    let path = format!("/{}", p.display());
+    let raw = format!("/{}", p.display());
+    // One line per entry for people: newlines and other control characters escaped (JSON
+    // output carries the name as it is).
+    let path = if !json && raw.chars().any(char::is_control) { raw.escape_debug().to_string() } else { raw };
     if json {
         print_json(&serde_json::json!({
             "message_type": "node", "path": path, "type": format!("{:?}", n.kind).to_lowercase(),

@@ -92,7 +92,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let md = disk.file.metadata()?;
     repo.load_index().await.context("loading the repository index")?;
     let chunk = u64::from(repo.config().fixed_chunk_size);
-    let paths = vec![std::path::absolute(&cfg.path).unwrap_or(cfg.path.clone()).into_os_string().into_encoded_bytes()];
+    let paths = vec![crate::backup::recorded_path(&cfg.path)];
     let parent = match cfg.parent {
         Some(p) => Some(p),
         None => repo

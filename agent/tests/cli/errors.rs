@@ -81,7 +81,7 @@ fn wrong_password_and_missing_repository() {
     }
     // No repository given at all: a usage failure (1), not 10.
     let mut c = assert_cmd::Command::cargo_bin("ferry").unwrap();
-    c.env_remove("FERRY_REPOSITORY").env("FERRY_PASSWORD", "x").arg("snapshots");
+    c.env_remove("FERRY_REPOSITORY").env("FERRY_PASSWORD", "x").env("FERRY_CACHE_DIR", &env.cache).arg("snapshots");
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no repository given"));
