@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh -- every test of the project, on a fresh machine of this kind (Debian, root):
 # installs what is missing, then runs formatting and lint checks, the whole workspace test suite
-# (unit, property, golden-fixture, storage-conformance and end-to-end tests of the real binary),
+# (unit, property, golden-fixture, storage-conformance against a local directory, moto (S3) and
+# Azurite (Azure Blob) on loopback, and end-to-end tests of the real binary),
 # and the s390x (big-endian) build and test under qemu when FERRY_CROSS is not "none".
 #   FERRY_CROSS  targets to cross-test (default "s390x"; e.g. "s390x arm64 ppc64le"; "none")
 set -euo pipefail
@@ -28,6 +29,14 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "object-storage servers on loopback (moto for S3, Azurite for Azure Blob)"
+bash tests/servers.sh install
+bash tests/servers.sh start
+trap 'bash tests/servers.sh stop >/dev/null 2>&1 || true' EXIT
+set -a
+. "${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/run/env"
+set +a
 
 step "cargo test (workspace)"
 cargo test --workspace 2>&1 | tee /tmp/ferry-test.log

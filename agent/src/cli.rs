@@ -14,6 +14,15 @@ pub struct Cli {
     /// Repository location (a directory)
     #[arg(long, short = 'r', env = "FERRY_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Repository from a DataProtectionApplication backup location: FILE[#NAME]
+    #[arg(long, env = "FERRY_LOCATION", global = true, conflicts_with = "repo")]
+    pub location: Option<String>,
+    /// Extra CA certificate(s) (PEM) to trust for the object store
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Do not verify the object store's TLS certificate (insecure)
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
     /// Read the repository password from this file (first line)
     #[arg(long, env = "FERRY_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,

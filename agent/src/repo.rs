@@ -7,38 +7,74 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use repo_format::{Counting, ObjectStorage, Repository, RequestCounts, Storage};
 
+use crate::location::{CloudOpts, Location, Tls};
+
 use crate::cli::Cli;
 
-/// The storage behind a location string (a local directory for now), counting requests.
-/// `create`: make a missing local directory (only `init` does).
-pub fn storage_for(location: &str, create: bool) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
-    let s = Counting::new(backend_for(location, create)?);
+/// The repository's storage, from `--repo` or `--location`, counting requests. `create`: make a
+/// missing local directory (only `init` does).
+pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
+    let mut tls = Tls { ca_pem: None, insecure: cli.insecure_skip_tls_verify };
+    if let Some(f) = &cli.ca_cert {
+        tls.ca_pem = Some(std::fs::read(f).with_context(|| format!("reading the CA certificate {}", f.display()))?);
+    }
+    let backend = match &cli.location {
+        Some(spec) => dpa_storage(spec, create, tls)?,
+        None => crate::location::storage(location(cli)?, create, &tls)?,
+    };
+    let s = Counting::new(backend);
     let counts = s.counts();
     Ok((Arc::new(s), counts))
 }
 
-fn backend_for(location: &str, create: bool) -> Result<ObjectStorage> {
-    if let Some((scheme, _)) = location.split_once(':') {
-        if matches!(scheme, "s3" | "azure" | "gs" | "gcs" | "sftp" | "rest") {
-            bail!(
-                "repository location {location:?}: {scheme} is not supported by this build yet; use a local directory"
-            );
+/// A DPA backup location (`FILE[#NAME]`) as storage.
+fn dpa_storage(spec: &str, create: bool, mut tls: Tls) -> Result<ObjectStorage> {
+    use crate::dpa::Provider;
+    let (file, name) = match spec.rsplit_once('#') {
+        Some((f, n)) => (f, Some(n)),
+        None => (spec, None),
+    };
+    let yaml =
+        std::fs::read_to_string(file).with_context(|| format!("reading the DataProtectionApplication {file}"))?;
+    let l = crate::dpa::select(&yaml, name).with_context(|| format!("DataProtectionApplication {file}"))?;
+    tls.insecure |= l.insecure_skip_tls_verify;
+    if tls.ca_pem.is_none() {
+        tls.ca_pem = l.ca_cert.clone();
+    }
+    let prefix = l.prefix.clone().unwrap_or_default();
+    let mut opts = CloudOpts { region: l.region.clone(), ..Default::default() };
+    let loc = match l.provider {
+        Provider::Aws => {
+            // Velero mounts the credentials file and names the profile in the location.
+            if let Some(f) = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+                let ini = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.to_string_lossy()))?;
+                let profile = l.profile.clone().unwrap_or_else(|| "default".into());
+                let c = crate::dpa::aws_credentials(&ini, &profile)
+                    .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
+                opts.aws = Some((c.access_key_id, c.secret_access_key, c.session_token));
+            }
+            Location::S3 {
+                endpoint: l.s3_url.clone().map(|u| u.trim_end_matches('/').to_string()),
+                bucket: l.bucket.clone(),
+                prefix,
+            }
         }
-    }
-    let path = location.strip_prefix("local:").unwrap_or(location);
-    if path.is_empty() {
-        bail!("the repository location is empty: set --repo or FERRY_REPOSITORY");
-    }
-    // Only `init` creates the directory; anything else on a missing one is "no repository".
-    if !create && !std::path::Path::new(path).is_dir() {
-        return Err(repo_format::Error::NoRepository { location: path.to_string() }.into());
-    }
-    ObjectStorage::local(std::path::Path::new(path)).with_context(|| format!("repository {path}"))
+        Provider::Azure => {
+            opts.azure_account = l.azure_storage_account.clone();
+            Location::Azure { container: l.bucket.clone(), prefix }
+        }
+        Provider::Gcp => Location::Gcs { bucket: l.bucket.clone(), prefix },
+    };
+    let desc = format!("{file}#{} ({:?} {})", l.name, l.provider, l.bucket);
+    crate::location::storage_of(&loc, &desc, create, &tls, &opts)
 }
 
-/// The location from `--repo` / `FERRY_REPOSITORY`.
+/// The location from `--repo` / `FERRY_REPOSITORY` (or a description of `--location`).
 pub fn location(cli: &Cli) -> Result<&str> {
-    cli.repo.as_deref().context("no repository given: set --repo or FERRY_REPOSITORY")
+    cli.repo
+        .as_deref()
+        .or(cli.location.as_deref())
+        .context("no repository given: set --repo or FERRY_REPOSITORY, or --location DPA_FILE[#NAME]")
 }
 
 fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
@@ -120,7 +156,7 @@ pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
 /// As `open`, with the request counters of the storage.
 pub async fn open_counted(cli: &Cli) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
     let loc = location(cli)?;
-    let (storage, counts) = storage_for(loc, false)?;
+    let (storage, counts) = storage_for(cli, false)?;
     let pw = password(cli, false)?;
     let repo =
         Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening repository {loc}"))?;

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "cli/cloud.rs"]
+mod cloud;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
 #[path = "cli/errors.rs"]

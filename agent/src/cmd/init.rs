@@ -19,7 +19,7 @@ pub fn key_label() -> String {
 
 pub async fn run(cli: &Cli, a: &InitArgs) -> Result<i32> {
     let loc = repo::location(cli)?;
-    let (storage, _) = repo::storage_for(loc, true)?;
+    let (storage, _) = repo::storage_for(cli, true)?;
     let mut config = RepoConfig::new(now_ns());
     config.compression_level = a.compression;
     config.pack_size = a.pack_size_mib.saturating_mul(1 << 20);

@@ -20,7 +20,7 @@ fn chown(p: &Path, uid: u32, gid: u32) {
 }
 
 /// Build the tree; returns nothing, everything is checked against the source itself.
-fn build(src: &Path) {
+pub(crate) fn build(src: &Path) {
     let long_name = vec![b'L'; 255];
     // Regular files.
     write(&src.join("small.txt"), b"a small text file\n");

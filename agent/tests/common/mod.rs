@@ -34,6 +34,15 @@ impl Env {
         env
     }
 
+    /// A repository at `location` (an object-store URL), with a fresh local cache.
+    pub fn at(location: &str) -> Env {
+        let mut env = Env::empty();
+        env.repo = PathBuf::from(location);
+        let out = env.ferry().args(["init", "--kdf-memory", "64", "--kdf-iterations", "1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "init at {location} failed: {}", String::from_utf8_lossy(&out.stderr));
+        env
+    }
+
     /// A fresh directory without a repository.
     pub fn empty() -> Env {
         let tmp = tempfile::Builder::new().prefix("ferry-e2e-").tempdir().unwrap();

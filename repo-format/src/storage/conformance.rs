@@ -54,3 +54,50 @@ async fn local_directory_conforms() {
     let s = super::ObjectStorage::local(dir.path()).unwrap();
     run(&s).await;
 }
+
+/// A unique prefix per test run, so runs against a shared server never see each other.
+fn unique_prefix(what: &str) -> String {
+    let mut r = [0u8; 8];
+    crate::crypto::random_bytes(&mut r);
+    format!("conformance-{what}-{}", hex::encode(r))
+}
+
+/// S3 (moto on loopback in CI): runs when FERRY_TEST_S3_ENDPOINT is set.
+#[tokio::test]
+async fn s3_conforms() {
+    let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
+    else {
+        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT/FERRY_TEST_S3_BUCKET not set (tests/servers.sh start)");
+        return;
+    };
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_bucket_name(&bucket)
+        .with_region("us-east-1")
+        .with_access_key_id(std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "test".into()))
+        .with_secret_access_key(std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "test".into()))
+        .with_metadata_endpoint("http://127.0.0.1:9")
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .unwrap();
+    run(&super::ObjectStorage::new(std::sync::Arc::new(store), &unique_prefix("s3"), endpoint)).await;
+}
+
+/// Azure Blob (Azurite on loopback in CI): runs when FERRY_TEST_AZURE_ENDPOINT is set.
+#[tokio::test]
+async fn azure_conforms() {
+    let (Ok(endpoint), Ok(container)) =
+        (std::env::var("FERRY_TEST_AZURE_ENDPOINT"), std::env::var("FERRY_TEST_AZURE_CONTAINER"))
+    else {
+        eprintln!("skipped: FERRY_TEST_AZURE_ENDPOINT/FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
+        return;
+    };
+    // Emulator mode reads AZURITE_BLOB_STORAGE_URL (set by tests/servers.sh) for the endpoint.
+    let store = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_use_emulator(true)
+        .with_container_name(&container)
+        .build()
+        .unwrap();
+    run(&super::ObjectStorage::new(std::sync::Arc::new(store), &unique_prefix("azure"), endpoint)).await;
+}
