@@ -68,10 +68,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Argon2id memory cost in KiB
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 32 * 1024)]
     pub kdf_memory: u32,
     /// Argon2id iterations
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub kdf_iterations: u32,
     /// zstd level for new data (0 = none)
     #[arg(long, default_value_t = 3)]
@@ -214,9 +214,9 @@ pub struct NewPasswordArgs {
     #[arg(long)]
     pub new_password_file: Option<PathBuf>,
     /// Argon2id memory cost in KiB
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 32 * 1024)]
     pub kdf_memory: u32,
     /// Argon2id iterations
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub kdf_iterations: u32,
 }
