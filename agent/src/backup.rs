@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use repo_format::{Repository, Snapshot, SnapshotId, Summary, WriterOptions};
+use repo_format::{BlobWriter, Repository, Snapshot, SnapshotId, Summary, TreeId, WriterOptions};
 
 use crate::filescache;
 use crate::progress::Counters;
@@ -71,6 +71,56 @@ pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// The newest snapshot of the same host and paths: the default parent.
+pub(crate) async fn latest_of(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<SnapshotId>> {
+    Ok(repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.hostname == host && s.paths == paths)
+        .map(|(id, _)| id))
+}
+
+/// A blob writer with one open pack per core, spooling packs under the repository's cache
+/// directory (a real disk, unlike a tmpfs /tmp) or the system temporary directory. Returns the
+/// writer and the number of cores.
+pub(crate) fn start_writer(repo: &Repository, cache_dir: Option<&std::path::Path>) -> Result<(BlobWriter, usize)> {
+    let tmp_dir = match cache_dir {
+        Some(c) => {
+            let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
+            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
+            t
+        }
+        None => std::env::temp_dir(),
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    Ok((repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir }), workers))
+}
+
+/// A snapshot of this program, user and time.
+pub(crate) fn snapshot(
+    start_ns: i64,
+    tree: TreeId,
+    parent: Option<SnapshotId>,
+    host: &str,
+    paths: Vec<Vec<u8>>,
+    tags: Vec<(String, String)>,
+    summary: Summary,
+) -> Snapshot {
+    Snapshot {
+        time_ns: start_ns,
+        tree,
+        parent,
+        hostname: host.to_string(),
+        username: username(),
+        program: format!("ferry {}", env!("CARGO_PKG_VERSION")),
+        paths,
+        tags,
+        summary,
+    }
+}
+
 /// Run a backup and write its snapshot.
 pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counters>) -> Result<Outcome> {
     let started = Instant::now();
@@ -90,16 +140,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
         Some(dir) => Some(filescache::open(&dir.join("files.sqlite"))?),
         None => None,
     };
-    let tmp_dir = match &repo_cache {
-        Some(dir) => {
-            let t = dir.join("tmp");
-            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
-            t
-        }
-        None => std::env::temp_dir(),
-    };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    let (writer, workers) = start_writer(&repo, cfg.cache_dir.as_deref())?;
     let tally = Arc::new(Tally::default());
 
     // Totals for the progress display, from a cheap concurrent stat-only walk.
@@ -131,15 +172,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
 
     let parent = match cfg.parent {
         Some(p) => Some(p),
-        None => {
-            let paths: Vec<Vec<u8>> = cfg.paths_bytes();
-            repo.snapshots()
-                .await?
-                .into_iter()
-                .rev()
-                .find(|(_, s)| s.hostname == cfg.host && s.paths == paths)
-                .map(|(id, _)| id)
-        }
+        None => latest_of(&repo, &cfg.host, &cfg.paths_bytes()).await?,
     };
     let st = writer.stats();
     use std::sync::atomic::Ordering::Relaxed;
@@ -158,17 +191,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
         errors: errors.len() as u64,
         duration_ns: started.elapsed().as_nanos() as u64,
     };
-    let snapshot = Snapshot {
-        time_ns: start_ns,
-        tree: root,
-        parent,
-        hostname: cfg.host.clone(),
-        username: username(),
-        program: format!("ferry {}", env!("CARGO_PKG_VERSION")),
-        paths: cfg.paths_bytes(),
-        tags: cfg.tags.clone(),
-        summary,
-    };
+    let snapshot = snapshot(start_ns, root, parent, &cfg.host, cfg.paths_bytes(), cfg.tags.clone(), summary);
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     if let Some(w) = cache_writer {
         if let Err(e) = w.commit() {

@@ -9,14 +9,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::bounded;
 use repo_format::{
-    BlobKind, Content, Node, NodeType, Repository, Segment, Snapshot, SnapshotId, Summary, Tree, TreeId, WriterOptions,
+    BlobKind, Content, Node, NodeType, Repository, Segment, Snapshot, SnapshotId, Summary, Tree, TreeId,
 };
 
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
 use crate::backup::build::{PendingSeg, indirect, resolve};
 use crate::backup::scan::{ChunkJob, data_ranges, spawn_workers};
-use crate::backup::{Outcome, now_ns, username};
+use crate::backup::{Outcome, latest_of, now_ns, snapshot, start_writer};
 use crate::progress::Counters;
 
 /// Which parts of the disk to read.
@@ -95,13 +95,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let paths = vec![crate::backup::recorded_path(&cfg.path)];
     let parent = match cfg.parent {
         Some(p) => Some(p),
-        None => repo
-            .snapshots()
-            .await?
-            .into_iter()
-            .rev()
-            .find(|(_, s)| s.hostname == cfg.host && s.paths == paths)
-            .map(|(id, _)| id),
+        None => latest_of(&repo, &cfg.host, &paths).await?,
     };
     let parent_map = match (&cfg.mode, parent) {
         (Mode::Changed(_), Some(p)) => {
@@ -120,16 +114,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let size = disk.size;
     counters.files_total.store(1, Relaxed);
     counters.bytes_total.store(disk.size, Relaxed);
-    let tmp_dir = match &cfg.cache_dir {
-        Some(c) => {
-            let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
-            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
-            t
-        }
-        None => std::env::temp_dir(),
-    };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    let (writer, workers) = start_writer(&repo, cfg.cache_dir.as_deref())?;
     let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = {
         let (writer, counters, bytes_read, mode) =
@@ -193,17 +178,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     if md.is_file() && !tags.iter().any(|(k, _)| k == "image") {
         tags.push(("image".into(), cfg.name.clone()));
     }
-    let snapshot = Snapshot {
-        time_ns: start_ns,
-        tree: root,
-        parent,
-        hostname: cfg.host.clone(),
-        username: username(),
-        program: format!("ferry {}", env!("CARGO_PKG_VERSION")),
-        paths,
-        tags,
-        summary,
-    };
+    let snapshot = snapshot(start_ns, root, parent, &cfg.host, paths, tags, summary);
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new() })
 }
