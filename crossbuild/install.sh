@@ -14,6 +14,7 @@
 #
 # Idempotent: every step checks first and is skipped when already done.
 # Override the pin with FERRY_RUST_VERSION=<debian version> (must be a 1.85 build).
+# FERRY_INSTALL_QEMU=0 skips qemu-user-static (image builds that only compile, see Dockerfile).
 set -euo pipefail
 
 PIN_DEFAULT="1.85.0+dfsg3-1~deb12u3"
@@ -58,12 +59,14 @@ fi
 PIN="$(installed_version rustc-web)"   # from here on: the version actually installed
 
 # ---- 2. cross gcc, libc headers, qemu --------------------------------------------------
-PKGS="qemu-user-static"
+QEMU="${FERRY_INSTALL_QEMU:-1}"
+PKGS="ca-certificates"   # cargo-web fetches crates.io over TLS (not pulled in with --no-install-recommends)
+[ "$QEMU" = 0 ] || PKGS="$PKGS qemu-user-static"
 for a in $FOREIGN_ARCHES; do PKGS="$PKGS gcc-${GNU[$a]} libc6-dev-$a-cross"; done
 MISSING=""
 for p in $PKGS; do [ -n "$(installed_version "$p")" ] || MISSING="$MISSING $p"; done
 if [ -z "$MISSING" ]; then
-  log "cross gcc / libc6-dev-*-cross / qemu-user-static already installed: skip"
+  log "cross gcc / libc6-dev-*-cross$([ "$QEMU" = 0 ] || echo " / qemu-user-static") already installed: skip"
 else
   apt_update_once
   log "installing:$MISSING"
@@ -93,11 +96,11 @@ if [ -n "$NEED" ]; then
   log "apt-get update (private lists for arm64/ppc64el/s390x in $STATE)"
   apt-get "${APTOPT[@]}" update -qq
   for a in $NEED; do
-    deb=$(ls "$STATE/debs/libstd-rust-web-dev_${PIN//:/%3a}_$a.deb" 2>/dev/null || true)
-    if [ -z "$deb" ]; then
+    deb="$STATE/debs/libstd-rust-web-dev_${PIN//:/%3a}_$a.deb"   # apt's file name (epoch ':' -> %3a)
+    if [ ! -f "$deb" ]; then
       log "apt-get download libstd-rust-web-dev:$a=$PIN"
       (cd "$STATE/debs" && apt-get "${APTOPT[@]}" download "libstd-rust-web-dev:$a=$PIN")
-      deb=$(ls "$STATE/debs/"libstd-rust-web-dev_*_"$a".deb | grep -F "${PIN//:/%3a}" | head -n1)
+      [ -f "$deb" ] || { echo "install.sh: download did not produce $deb" >&2; exit 1; }
     fi
     log "dpkg -x $(basename "$deb") /"
     dpkg -x "$deb" /
@@ -113,7 +116,9 @@ for a in $FOREIGN_ARCHES; do
   compgen -G "/usr/lib/rustlib/$t/lib/libstd-*.rlib" >/dev/null || { echo "install.sh: no std for $t" >&2; exit 1; }
   command -v "${GNU[$a]}-gcc" >/dev/null || { echo "install.sh: ${GNU[$a]}-gcc missing" >&2; exit 1; }
 done
-for q in qemu-aarch64-static qemu-ppc64le-static qemu-s390x-static; do
-  command -v "$q" >/dev/null || { echo "install.sh: $q missing" >&2; exit 1; }
-done
-log "ok: $RV, $(/usr/bin/cargo -V), std for aarch64/powerpc64le/s390x, cross gcc, qemu-user-static ($(( $(date +%s) - T0 ))s)"
+if [ "$QEMU" != 0 ]; then
+  for q in qemu-aarch64-static qemu-ppc64le-static qemu-s390x-static; do
+    command -v "$q" >/dev/null || { echo "install.sh: $q missing" >&2; exit 1; }
+  done
+fi
+log "ok: $RV, $(/usr/bin/cargo -V), std for aarch64/powerpc64le/s390x, cross gcc$([ "$QEMU" = 0 ] || echo ", qemu-user-static") ($(( $(date +%s) - T0 ))s)"
