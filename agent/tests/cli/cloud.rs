@@ -35,6 +35,9 @@ fn round_trip(location: &str) {
 
 #[test]
 fn filesystem_round_trip_on_s3() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
     else {
         eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
@@ -45,6 +48,9 @@ fn filesystem_round_trip_on_s3() {
 
 #[test]
 fn filesystem_round_trip_on_azure() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let Ok(container) = std::env::var("FERRY_TEST_AZURE_CONTAINER") else {
         eprintln!("skipped: FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
         return;
@@ -54,6 +60,9 @@ fn filesystem_round_trip_on_azure() {
 
 #[test]
 fn bad_credentials_and_missing_bucket_are_named_errors() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let Ok(endpoint) = std::env::var("FERRY_TEST_S3_ENDPOINT") else {
         eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
         return;

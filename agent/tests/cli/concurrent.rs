@@ -26,6 +26,9 @@ fn build(root: &Path, tag: &str) -> u64 {
 
 #[test]
 fn two_processes_back_up_concurrently() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let (src1, src2) = (env.path("src1"), env.path("src2"));
     let total1 = build(&src1, "one");
@@ -87,6 +90,9 @@ fn two_processes_back_up_concurrently() {
 /// process creates the database, and SQLite does not apply the busy timeout there.
 #[test]
 fn first_use_of_a_shared_files_cache() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let mut failures = Vec::new();
     for i in 0..50 {
         let env = Env::new();

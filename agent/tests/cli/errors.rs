@@ -4,6 +4,9 @@ use crate::common::{Env, json_lines, snapshot_dir, stderr, write};
 
 #[test]
 fn wrong_password_and_missing_repository() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let src = env.path("src");
     write(&src.join("a"), b"some data");

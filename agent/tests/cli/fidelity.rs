@@ -95,6 +95,9 @@ pub(crate) fn build(src: &Path) {
 
 #[test]
 fn fidelity_round_trip() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let src = env.path("src");
     std::fs::create_dir(&src).unwrap();

@@ -9,6 +9,9 @@ const FILES: [&str; 8] =
 
 #[test]
 fn restore_include_exclude() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let src = env.path("src");
     for f in FILES {

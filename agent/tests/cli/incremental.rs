@@ -9,6 +9,9 @@ const SETTLE: Duration = Duration::from_millis(2500);
 
 #[test]
 fn incremental_reads_only_the_changed_file() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let src = env.path("src");
     let mut total = 0u64;

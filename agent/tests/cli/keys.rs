@@ -23,6 +23,9 @@ fn current_id(list: &[serde_json::Value]) -> String {
 
 #[test]
 fn key_management() {
+    if crate::common::under_qemu() {
+        return;
+    }
     let env = Env::new();
     let src = env.path("src");
     crate::common::write(&src.join("f"), b"data under several keys");

@@ -17,6 +17,17 @@ pub use tree::compare_trees;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Under qemu-user (cross-architecture test runs) the test binary cannot start the `ferry`
+/// binary (no binfmt registration), so end-to-end tests return early there; the cross-endian
+/// end-to-end check is `crossbuild/cross-endian.sh`, which runs both binaries for real.
+pub fn under_qemu() -> bool {
+    let q = std::env::var_os("FERRY_UNDER_QEMU").is_some();
+    if q {
+        eprintln!("skipped under qemu-user: this test runs the ferry binary");
+    }
+    q
+}
+
 /// One test's world: a temporary directory holding a repository, a cache and anything else.
 #[derive(Debug)]
 pub struct Env {
