@@ -63,6 +63,15 @@ pub enum Command {
     Key(KeyArgs),
     /// Print version, architecture and the code paths in use
     Version,
+    /// Measure the primitives and the backup/restore pipeline here (JSON report)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// MiB of generated data (half incompressible, half text)
+    #[arg(long, default_value_t = 256)]
+    pub mb: usize,
 }
 
 #[derive(Debug, Args)]

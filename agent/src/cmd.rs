@@ -1,6 +1,7 @@
 //! The commands: each takes the parsed command line and returns an exit code.
 
 mod backup;
+mod bench;
 mod cat;
 mod init;
 mod key;
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Cat(a) => cat::run(&cli, a).await,
         Command::Key(a) => key::run(&cli, a).await,
         Command::Version => version::run(&cli),
+        Command::Bench(a) => bench::run(&cli, a).await,
     }
 }
 

@@ -55,9 +55,9 @@ fn aes_path() -> &'static str {
     }
 }
 
-pub fn run(cli: &Cli) -> Result<i32> {
-    let zstd_version = zstd::zstd_safe::version_string();
-    let v = serde_json::json!({
+/// What `version --json` prints (also part of the bench report).
+pub fn info() -> serde_json::Value {
+    serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "arch": std::env::consts::ARCH,
         "os": std::env::consts::OS,
@@ -65,8 +65,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
         "format_version": repo_format::FORMAT_VERSION,
         "blake3": blake3_simd(),
         "aes_gcm": aes_path(),
-        "zstd": zstd_version,
-    });
+        "zstd": zstd::zstd_safe::version_string(),
+    })
+}
+
+pub fn run(cli: &Cli) -> Result<i32> {
+    let zstd_version = zstd::zstd_safe::version_string();
+    let v = info();
     if cli.json {
         print_json(&v);
     } else {

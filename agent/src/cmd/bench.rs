@@ -1,0 +1,206 @@
+//! `ferry bench`: what Ferry's primitives and pipeline do on this machine, as one JSON report —
+//! the command a user on IBM Power or Z (or anywhere) runs to compare. Under qemu the figures
+//! mean nothing; there it only shows that the command works.
+
+use std::time::Instant;
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use anyhow::{Context, Result};
+use repo_format::{Chunker, ChunkerParams, MasterKey};
+
+use crate::cli::{BenchArgs, Cli};
+
+/// `len` bytes: the first half pseudo-random (incompressible), the second text-like.
+fn data(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let half = len / 2;
+    blake3::Hasher::new_keyed(&[7; 32]).finalize_xof().fill(&mut v[..half]);
+    let words = ["backup ", "volume ", "restore ", "pod ", "node ", "snapshot ", "chunk ", "the ", "of ", "data\n"];
+    let mut i = half;
+    let mut k = 0usize;
+    while i < len {
+        let w = words[(v[k % half] as usize) % words.len()].as_bytes();
+        let n = w.len().min(len - i);
+        v[i..i + n].copy_from_slice(&w[..n]);
+        i += n;
+        k += 1;
+    }
+    v
+}
+
+/// Best of `runs` timings of `f` over `bytes`, in MB/s (10^6 bytes per second).
+fn mbps(bytes: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e6
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    for key in ["model name", "cpu", "machine", "processor"] {
+        if let Some(l) = info.lines().find(|l| l.split(':').next().map(str::trim) == Some(key)) {
+            return l.split_once(':').map(|x| x.1.trim().to_string()).unwrap_or_default();
+        }
+    }
+    String::new()
+}
+
+fn cpu_features() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let line = info.lines().find(|l| {
+        let k = l.split(':').next().map(str::trim).unwrap_or("");
+        k == "flags" || k == "Features" || k == "features"
+    });
+    let all: Vec<String> = line
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    // The ones that matter to Ferry's primitives.
+    let wanted = [
+        "sse4_1",
+        "avx2",
+        "avx512f",
+        "aes",
+        "pclmulqdq",
+        "vaes",
+        "vpclmulqdq",
+        "sha_ni",
+        "asimd",
+        "pmull",
+        "sha3",
+        "altivec",
+        "vsx",
+        "vxe",
+        "vxe2",
+        "msa",
+    ];
+    all.into_iter().filter(|f| wanted.contains(&f.as_str())).collect()
+}
+
+pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<i32> {
+    let mb = a.mb.max(4);
+    let len = mb << 20;
+    let buf = data(len);
+    let (rand, text) = buf.split_at(len / 2);
+    let runs = 3;
+    let master = MasterKey::generate();
+    let mut report = serde_json::Map::new();
+    let mut prim = serde_json::Map::new();
+    let ch = Chunker::new(ChunkerParams::default(), master.chunker_seed());
+    prim.insert(
+        "fastcdc_2020_1MiB_avg".into(),
+        mbps(len, runs, || drop(std::hint::black_box(ch.lengths(&buf)))).into(),
+    );
+    prim.insert(
+        "blake3_keyed_1MiB".into(),
+        mbps(len, runs, || {
+            buf.chunks(1 << 20).for_each(|c| {
+                std::hint::black_box(master.blob_id(c));
+            })
+        })
+        .into(),
+    );
+    let mut out = Vec::with_capacity(1 << 21);
+    for level in [1, 3, 9] {
+        for (name, part) in [("random", rand), ("text", text)] {
+            let v = mbps(part.len(), runs, || {
+                part.chunks(1 << 20).for_each(|c| {
+                    out.clear();
+                    repo_format::compress_into(c, level, &mut out);
+                    std::hint::black_box(&out);
+                })
+            });
+            prim.insert(format!("zstd_{level}_compress_{name}"), v.into());
+        }
+    }
+    let compressed: Vec<Vec<u8>> = text
+        .chunks(1 << 20)
+        .map(|c| {
+            let mut o = Vec::new();
+            repo_format::compress_into(c, 3, &mut o);
+            o
+        })
+        .collect();
+    prim.insert(
+        "zstd_3_decompress_text".into(),
+        mbps(text.len(), runs, || {
+            compressed.iter().for_each(|c| drop(std::hint::black_box(repo_format::decompress(c))))
+        })
+        .into(),
+    );
+    let cipher = aes_gcm::Aes256Gcm::new(&aes_gcm::Key::<aes_gcm::Aes256Gcm>::from([9u8; 32]));
+    let mut work = buf[..len.min(64 << 20)].to_vec();
+    let n = work.len();
+    prim.insert(
+        "aes_256_gcm_1MiB".into(),
+        mbps(n, runs, || {
+            for c in work.chunks_mut(1 << 20) {
+                let _ = std::hint::black_box(cipher.encrypt_inout_detached(
+                    &aes_gcm::Nonce::from([1u8; 12]),
+                    b"",
+                    c.into(),
+                ));
+            }
+        })
+        .into(),
+    );
+    report.insert("primitives_mb_per_s_one_core".into(), prim.into());
+
+    // The whole pipeline: files -> backup -> restore, in a temporary local repository.
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src)?;
+    for (i, part) in buf.chunks(len / 8).enumerate() {
+        std::fs::write(src.join(format!("file-{i}")), part)?;
+    }
+    let exe = std::env::current_exe()?;
+    let repo = dir.path().join("repo");
+    let ferry = |args: &[&str]| -> Result<()> {
+        let st = std::process::Command::new(&exe)
+            .env("FERRY_PASSWORD", "bench")
+            .env("FERRY_CACHE_DIR", dir.path().join("cache"))
+            .arg("--repo")
+            .arg(&repo)
+            .arg("-q")
+            .args(args)
+            .status()?;
+        anyhow::ensure!(st.success(), "ferry {args:?} failed");
+        Ok(())
+    };
+    ferry(&["init", "--kdf-memory", "64", "--kdf-iterations", "1"])?;
+    let t = Instant::now();
+    ferry(&["backup", src.to_str().context("path")?])?;
+    let backup_s = t.elapsed().as_secs_f64();
+    let target = dir.path().join("restore");
+    let t = Instant::now();
+    ferry(&["restore", "latest", "--target", target.to_str().context("path")?])?;
+    let restore_s = t.elapsed().as_secs_f64();
+    report.insert(
+        "pipeline".into(),
+        serde_json::json!({
+            "bytes": len, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "backup_mb_per_s": len as f64 / backup_s / 1e6, "restore_mb_per_s": len as f64 / restore_s / 1e6,
+            "backup_s": backup_s, "restore_s": restore_s,
+        }),
+    );
+    report.insert(
+        "machine".into(),
+        serde_json::json!({
+            "arch": std::env::consts::ARCH, "cpu": cpu_model(), "features": cpu_features(),
+            "endian": if cfg!(target_endian = "big") { "big" } else { "little" },
+            "under_qemu": std::env::var_os("FERRY_UNDER_QEMU").is_some(),
+        }),
+    );
+    report.insert("ferry".into(), super::version::info());
+    let v = serde_json::Value::Object(report);
+    if cli.json {
+        crate::output::print_json(&v);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(crate::exit::OK)
+}
