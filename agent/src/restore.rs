@@ -258,11 +258,9 @@ impl content::Targets for PlanTargets {
 fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> (HashSet<usize>, Vec<String>) {
     let mut errors = Vec::new();
     let mut failed = HashSet::new();
-    let mut bad_dirs: HashSet<&Path> = HashSet::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
         if let Err(e) = root.mkdir(rel) {
             errors.push(format!("{}: {e}", rel.display()));
-            bad_dirs.insert(rel);
         }
     }
     for (i, f) in plan.files.iter().enumerate() {
@@ -287,7 +285,6 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> (HashSet<usize>, Vec<String>
             errors.push(format!("{}: {e}", rel.display()));
         }
     }
-    let _ = bad_dirs;
     (failed, errors)
 }
 

@@ -144,8 +144,6 @@ impl Scanner<'_> {
     fn scan_sources(&mut self, sources: &[PathBuf]) -> Result<()> {
         if let [only] = sources {
             if std::fs::metadata(only).map(|m| m.is_dir()).unwrap_or(false) {
-                let md = std::fs::metadata(only)?;
-                let _ = md;
                 self.scan_dir(only, PathBuf::new(), true)?;
                 return Ok(());
             }
