@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # servers.sh -- real object-storage servers on loopback for Ferry's tests (see
-# /work/shared/reference/TEST-SERVERS.md): moto (S3) and Azurite (Azure Blob).
+# /work/shared/reference/TEST-SERVERS.md): moto (S3) and Azurite (Azure Blob), plus the s3s-fs
+# binary (a disk-backed S3 server) for tests that start, kill and restart their own server.
 #
-#   tests/servers.sh install   idempotent install: moto[server] in a venv, Azurite via npm
+#   tests/servers.sh install   idempotent install: moto[server] in a venv, Azurite via npm,
+#                              s3s-fs with cargo install (the binary path goes in the env file)
 #   tests/servers.sh start     start both on 127.0.0.1 at free ports, create bucket/container
 #                              "ferry-test", write $FERRY_SERVERS_DIR/run/env (source it)
 #   tests/servers.sh stop      kill what start started (recorded PIDs), remove the env file
@@ -18,9 +20,13 @@ set -euo pipefail
 
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
+# 0.16+ needs rustc 1.96; this one builds with the rustup toolchain (a test server, not a
+# dependency of Ferry, so the 1.85 rule does not apply to it).
+S3S_VERSION=0.14.1
 DIR=${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}
 VENV=$DIR/venv
 NODE=$DIR/node
+S3S=$DIR/s3s
 RUN=$DIR/run
 ENVFILE=$RUN/env
 WAIT=${FERRY_SERVERS_WAIT:-60}
@@ -56,6 +62,10 @@ azurite_installed() {
     grep -q "\"version\": *\"$AZURITE_VERSION\"" "$NODE/node_modules/azurite/package.json"
 }
 
+s3s_installed() {
+  [ -x "$S3S/bin/s3s-fs" ] && [ "$(cat "$S3S/.ferry-version" 2>/dev/null)" = "$S3S_VERSION" ]
+}
+
 cmd_install() {
   local t0 t
   t0=$(now)
@@ -82,6 +92,15 @@ cmd_install() {
       "azurite@$AZURITE_VERSION" >/dev/null
     azurite_installed || die "azurite $AZURITE_VERSION not found after npm install"
     say "installed azurite $AZURITE_VERSION into $NODE ($(since "$t") s)"
+  fi
+  if s3s_installed; then
+    say "s3s-fs $S3S_VERSION already installed in $S3S"
+  else
+    t=$(now)
+    command -v cargo >/dev/null || die "cargo is needed to install s3s-fs"
+    cargo install --quiet --locked --version "$S3S_VERSION" --features binary --root "$S3S" s3s-fs
+    echo "$S3S_VERSION" >"$S3S/.ferry-version"
+    say "installed s3s-fs $S3S_VERSION into $S3S ($(since "$t") s)"
   fi
   say "install done in $(since "$t0") s"
 }
@@ -210,7 +229,7 @@ running() { # true if the env file's servers are alive and answering
 cmd_start() {
   local t0 s3port azport mpid apid
   t0=$(now)
-  moto_installed && azurite_installed || die "not installed: run tests/servers.sh install"
+  moto_installed && azurite_installed && s3s_installed || die "not installed: run tests/servers.sh install"
   if running; then
     say "already running ($ENVFILE):"; cat "$ENVFILE"; return 0
   fi
@@ -250,6 +269,7 @@ export FERRY_TEST_AZURE_CONTAINER=$CONTAINER
 export AZURE_STORAGE_ACCOUNT=$AZ_ACCOUNT
 export AZURE_STORAGE_KEY='$AZ_KEY'
 export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$azport
+export FERRY_TEST_S3S_FS=$S3S/bin/s3s-fs
 export FERRY_TEST_MOTO_PID=$mpid
 export FERRY_TEST_AZURITE_PID=$apid
 EOF

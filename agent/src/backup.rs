@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use repo_format::{BlobWriter, Repository, Snapshot, SnapshotId, Summary, TreeId, WriterOptions};
+use repo_format::{BlobWriter, Repository, Resumed, Snapshot, SnapshotId, Summary, TreeId, WriterOptions};
 
 use crate::filescache;
 use crate::progress::Counters;
@@ -53,6 +53,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Entries that changed while being read (kept, but worth knowing).
     pub warnings: Vec<String>,
+    /// Packs of an interrupted backup that this one indexed and reused.
+    pub resumed: Resumed,
 }
 
 /// Counters the stages share.
@@ -85,7 +87,10 @@ pub(crate) async fn latest_of(repo: &Repository, host: &str, paths: &[Vec<u8>]) 
 /// A blob writer with one open pack per core, spooling packs under the repository's cache
 /// directory (a real disk, unlike a tmpfs /tmp) or the system temporary directory. Returns the
 /// writer and the number of cores.
-pub(crate) fn start_writer(repo: &Repository, cache_dir: Option<&std::path::Path>) -> Result<(BlobWriter, usize)> {
+pub(crate) async fn start_writer(
+    repo: &Repository,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<(BlobWriter, usize, Resumed)> {
     let tmp_dir = match cache_dir {
         Some(c) => {
             let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
@@ -94,8 +99,19 @@ pub(crate) fn start_writer(repo: &Repository, cache_dir: Option<&std::path::Path
         }
         None => std::env::temp_dir(),
     };
+    // Packs an interrupted backup on this machine uploaded but never indexed: index them now,
+    // so this backup reuses them.
+    let resumed = repo.resume_interrupted().await.context("indexing the packs of an interrupted backup")?;
+    if resumed.packs > 0 {
+        tracing::info!(
+            "resuming: {} packs ({} bytes) uploaded by an interrupted backup are reused",
+            resumed.packs,
+            resumed.bytes
+        );
+    }
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    Ok((repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir }), workers))
+    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    Ok((writer, workers, resumed))
 }
 
 /// A snapshot of this program, user and time.
@@ -140,7 +156,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
         Some(dir) => Some(filescache::open(&dir.join("files.sqlite"))?),
         None => None,
     };
-    let (writer, workers) = start_writer(&repo, cfg.cache_dir.as_deref())?;
+    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref()).await?;
     let tally = Arc::new(Tally::default());
 
     // Totals for the progress display, from a cheap concurrent stat-only walk.
@@ -166,9 +182,14 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
     let result = pipeline.await.expect("backup pipeline thread");
     // Always finish the writer, even after a failure: what was uploaded gets indexed and is
     // reused by the next backup.
-    let finished = repo.finish_writer(writer.clone()).await;
-    let (root, mut errors, warnings, cache_writer) = result?;
-    finished.context("uploading packs and index")?;
+    let finished = repo.finish_writer(writer.clone()).await.context("uploading packs and index");
+    // When the writer failed (storage gone, disk full), that is the cause: the pipeline only
+    // saw its consumer stop.
+    let (root, mut errors, warnings, cache_writer) = match (result, finished) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(r), Ok(_)) => r,
+    };
 
     let parent = match cfg.parent {
         Some(p) => Some(p),
@@ -198,7 +219,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
             errors.push(format!("files cache not updated (the next backup re-reads files): {e:#}"));
         }
     }
-    Ok(Outcome { snapshot_id, snapshot, errors, warnings })
+    Ok(Outcome { snapshot_id, snapshot, errors, warnings, resumed })
 }
 
 impl BackupConfig {

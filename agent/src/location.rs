@@ -122,14 +122,18 @@ fn client_options(tls: &Tls, http: bool) -> Result<ClientOptions> {
     Ok(o)
 }
 
+/// Retries of transient failures: 10, with decorrelated jitter from 200 ms growing by up to 2×
+/// per retry, capped at 8 s. About 20 s in all on average: an object store that restarts (a
+/// MinIO pod rescheduled, a load balancer failing over) within that window costs a pause, not
+/// the backup; an endpoint that stays unreachable is an error within about half a minute.
 fn retry() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            init_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(8),
             base: 2.0,
         },
-        max_retries: 6,
+        max_retries: 10,
         retry_timeout: Duration::from_secs(120),
     }
 }

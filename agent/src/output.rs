@@ -13,9 +13,34 @@ pub fn init_logging(level: tracing::Level) {
         .try_init();
 }
 
+/// An error and its causes as one line, `a: b: c`. Errors that already print their source
+/// (object_store's do, at every level) would repeat it for every link of the chain: a cause
+/// whose text ends the line so far is not added again. A refusal by the object store gets a
+/// hint on what to check.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.ends_with(&text) || msg.contains(&format!("{text}: ")) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    if msg.contains("403 Forbidden") || msg.contains("lacked the necessary privileges") {
+        msg.push_str(
+            " (the object store refused the request: check the credentials for this location \
+             and that they may read and write this bucket or container)",
+        );
+    }
+    msg
+}
+
 /// Print a fatal error: `ferry: error: a: b: c` on stderr, and a JSON error line with `--json`.
 pub fn error_line(json: bool, e: &anyhow::Error) {
-    let msg = format!("{e:#}");
+    let msg = message(e);
     if json {
         print_json(
             &serde_json::json!({ "message_type": "error", "error": msg, "exit_code": crate::exit::code_for(e) }),

@@ -17,5 +17,7 @@ mod filters;
 mod hostile;
 #[path = "cli/incremental.rs"]
 mod incremental;
+#[path = "cli/interrupted.rs"]
+mod interrupted;
 #[path = "cli/keys.rs"]
 mod keys;

@@ -14,6 +14,7 @@ mod crypto;
 mod error;
 mod id;
 mod index;
+mod journal;
 mod keyfile;
 mod object;
 mod pack;
@@ -35,7 +36,7 @@ pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, Pa
 pub use keyfile::KdfParams;
 pub use object::FORMAT_VERSION;
 pub use pack::{PackEntry, TRAILER_LEN, open_blob, parse_header, parse_pack, parse_trailer};
-pub use repository::{KeyInfo, Repository};
+pub use repository::{KeyInfo, Repository, Resumed};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{Counting, FileKind, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of};
 pub use tree::{Content, Node, NodeType, Segment, Tree, decode_segment_list, encode_segment_list};

@@ -20,13 +20,30 @@ use crate::crypto::MasterKey;
 use crate::error::{Error, ObjectRef, Result};
 use crate::id::{BlobId, Id, IndexId, KeyId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
+use crate::journal::{self, Journal};
 use crate::keyfile::{self, KdfParams};
 use crate::object::{self, ObjectType};
 use crate::pack;
 use crate::snapshot::Snapshot;
 use crate::storage::{FileKind, Storage};
 use crate::tree::Tree;
-use crate::writer::{BlobWriter, WriterOptions, WriterResult};
+use crate::writer::{BlobWriter, WriterOptions, WriterResult, write_index};
+
+/// Under the repository's cache directory: journals of packs not yet indexed.
+const PENDING_DIR: &str = "pending";
+
+/// What `resume_interrupted` recovered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// Packs now indexed, their blobs and stored bytes.
+    pub packs: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    /// Recorded packs that were not on storage (or did not verify): not reused.
+    pub missing: u64,
+    /// The index object written for them.
+    pub index: Option<IndexId>,
+}
 
 /// Concurrent downloads when loading index or snapshot objects.
 const LOAD_CONCURRENCY: usize = 16;
@@ -208,8 +225,16 @@ impl Repository {
         self.index.read().expect("lock").clone()
     }
 
-    /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now.
+    /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now. With a cache,
+    /// the writer journals its uploaded packs (see `resume_interrupted`).
     pub fn writer(&self, opts: WriterOptions) -> BlobWriter {
+        let journal = self.cache.as_ref().and_then(|c| match Journal::create(&c.dir().join(PENDING_DIR)) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!("cannot create the pending-pack journal in {}: {e}", c.dir().display());
+                None
+            }
+        });
         BlobWriter::new(
             self.storage.clone(),
             self.master.clone(),
@@ -217,7 +242,60 @@ impl Repository {
             self.config.compression_level,
             self.config.pack_size,
             opts,
+            journal,
         )
+    }
+
+    /// Index the packs of interrupted writers on this machine (their journals in the cache) so
+    /// a new backup reuses them instead of uploading them again. Each recorded pack is checked
+    /// on storage first (its last blob is read and verified); a pack that is not there is
+    /// skipped. Call after `load_index`, before `writer`. Without a cache this does nothing.
+    pub async fn resume_interrupted(&self) -> Result<Resumed> {
+        let mut r = Resumed::default();
+        let Some(cache) = &self.cache else { return Ok(r) };
+        let orphans = journal::orphans(&cache.dir().join(PENDING_DIR), &self.master.object_cipher());
+        if orphans.is_empty() {
+            return Ok(r);
+        }
+        let index = self.index();
+        let mut packs = Vec::new();
+        let mut seen = HashSet::new();
+        for p in orphans.iter().flat_map(|o| &o.packs) {
+            if !seen.insert(p.id) || p.blobs.iter().all(|b| index.contains(b.kind, &b.id)) {
+                continue; // listed by an index object already (or twice in the journals)
+            }
+            // Uploads are atomic: one verified blob proves the pack is stored (the smallest is cheapest).
+            let Some(last) = p.blobs.iter().min_by_key(|b| b.stored_len) else { continue };
+            let stored = match self
+                .storage
+                .read_range(FileKind::Pack, &p.id.0, u64::from(last.offset), u64::from(last.stored_len))
+                .await
+            {
+                Ok(b) => b,
+                Err(Error::NotFound { .. }) => {
+                    r.missing += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = pack::open_blob(&self.master, &p.salt, last.kind, &last.id, &stored) {
+                tracing::warn!("interrupted backup's pack {}: {e}; not reused", p.id.0.short());
+                r.missing += 1;
+                continue;
+            }
+            r.packs += 1;
+            r.blobs += p.blobs.len() as u64;
+            r.bytes += p.blobs.iter().map(|b| u64::from(b.stored_len)).sum::<u64>();
+            packs.push(p.clone());
+        }
+        if !packs.is_empty() {
+            let file = IndexFile { packs, supersedes: Vec::new() };
+            r.index = Some(write_index(&*self.storage, &self.master.object_cipher(), file.packs.clone()).await?);
+            let idx = self.index().extended(&file)?;
+            *self.index.write().expect("lock") = Arc::new(idx);
+        }
+        orphans.into_iter().for_each(journal::Orphan::remove);
+        Ok(r)
     }
 
     /// Finish a writer and add what it wrote to the in-memory index.

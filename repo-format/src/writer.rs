@@ -9,6 +9,10 @@
 //! loses at most that many packs' worth of reuse. When the queue is full, `save` blocks:
 //! memory is bounded by the open packs' buffers and the queue, never by the data size.
 //!
+//! Every uploaded pack is also recorded in a local journal (`journal`, when the repository has
+//! a cache) until an index object lists it, so the packs of an interrupted backup are reused by
+//! the next one instead of being uploaded again.
+//!
 //! Write ordering: a blob is durable only after `finish` returns (its pack uploaded and listed in
 //! an index object). Snapshots must be written after `finish`.
 
@@ -29,6 +33,7 @@ use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, Id, IndexId};
 use crate::index::{Index, IndexFile, IndexPack};
+use crate::journal::Journal;
 use crate::object::{self, ObjectType};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::storage::{FileKind, Storage};
@@ -121,10 +126,11 @@ impl BlobWriter {
         level: i32,
         pack_size: u32,
         opts: WriterOptions,
+        journal: Option<Journal>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(1);
         let cipher = master.object_cipher();
-        let uploader = tokio::spawn(upload_loop(storage, cipher, rx, opts.max_uploads.max(1)));
+        let uploader = tokio::spawn(upload_loop(storage, cipher, rx, opts.max_uploads.max(1), journal));
         let shared = Shared {
             master,
             level,
@@ -266,7 +272,18 @@ async fn upload_loop(
     cipher: crate::crypto::Cipher,
     mut rx: mpsc::Receiver<FinishedPack>,
     max_uploads: usize,
+    mut journal: Option<Journal>,
 ) -> UploadResult {
+    // Record an uploaded pack in the journal; a journal that cannot be written is dropped
+    // (it only saves re-uploads after a crash).
+    let note = |journal: &mut Option<Journal>, p: &IndexPack| {
+        if let Some(j) = journal.as_mut() {
+            if let Err(e) = j.record(&cipher, p) {
+                tracing::warn!("pending-pack journal: {e}; an interrupted backup will upload its packs again");
+                *journal = None;
+            }
+        }
+    };
     let mut running = tokio::task::JoinSet::new();
     let mut done: Vec<IndexPack> = Vec::new();
     let mut all: Vec<IndexPack> = Vec::new();
@@ -276,12 +293,13 @@ async fn upload_loop(
         tokio::select! {
             Some(res) = running.join_next(), if !running.is_empty() => {
                 match res.expect("upload task") {
-                    Ok(p) => done.push(p),
+                    Ok(p) => { note(&mut journal, &p); done.push(p) }
                     Err(e) => { failed.get_or_insert(e); break; }
                 }
                 if done.len() >= INDEX_EVERY || done.iter().map(|p| p.blobs.len()).sum::<usize>() >= INDEX_MAX_BLOBS {
                     all.extend(done.iter().cloned());
                     written.push(write_index(&*storage, &cipher, std::mem::take(&mut done)).await?);
+                    cleared(&mut journal);
                 }
             }
             msg = rx.recv(), if running.len() < max_uploads => {
@@ -297,7 +315,10 @@ async fn upload_loop(
     }
     while let Some(res) = running.join_next().await {
         match res.expect("upload task") {
-            Ok(p) => done.push(p),
+            Ok(p) => {
+                note(&mut journal, &p);
+                done.push(p)
+            }
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -307,6 +328,10 @@ async fn upload_loop(
     if !done.is_empty() {
         all.extend(done.iter().cloned());
         written.push(write_index(&*storage, &cipher, done).await?);
+        cleared(&mut journal);
+    }
+    if let Some(j) = journal {
+        j.close();
     }
     match failed {
         Some(e) => Err(e),
@@ -314,7 +339,19 @@ async fn upload_loop(
     }
 }
 
-async fn write_index(storage: &dyn Storage, cipher: &crate::crypto::Cipher, packs: Vec<IndexPack>) -> Result<IndexId> {
+/// An index object now lists every journaled pack.
+fn cleared(journal: &mut Option<Journal>) {
+    if let Some(Err(e)) = journal.as_mut().map(Journal::clear) {
+        tracing::warn!("pending-pack journal: {e}");
+        *journal = None;
+    }
+}
+
+pub(crate) async fn write_index(
+    storage: &dyn Storage,
+    cipher: &crate::crypto::Cipher,
+    packs: Vec<IndexPack>,
+) -> Result<IndexId> {
     let file = IndexFile { packs, supersedes: Vec::new() };
     let bytes = object::seal(cipher, ObjectType::Index, &file.encode(), 3);
     let id = Id::of_stored(&bytes);

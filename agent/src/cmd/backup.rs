@@ -100,6 +100,8 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             "errors": out.errors.len(), "warnings": out.warnings,
             "duration_s": s.duration_ns as f64 / 1e9,
             "requests": repo::counts_json(&counts),
+            "resumed": { "packs": out.resumed.packs, "blobs": out.resumed.blobs, "bytes": out.resumed.bytes,
+                         "missing": out.resumed.missing },
         }));
     } else {
         for e in &out.errors {
@@ -109,6 +111,13 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             eprintln!("ferry: warning: {w}");
         }
         if !cli.quiet {
+            if out.resumed.packs > 0 {
+                println!(
+                    "Resumed: {} packs ({}) uploaded by an interrupted backup were indexed and reused",
+                    out.resumed.packs,
+                    bytes(out.resumed.bytes)
+                );
+            }
             println!("Files: {} new, {} changed, {} unchanged", s.files_new, s.files_changed, s.files_unchanged);
             println!("Dirs: {}, other entries: {}", s.dirs, s.other_entries);
             println!(

@@ -114,7 +114,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let size = disk.size;
     counters.files_total.store(1, Relaxed);
     counters.bytes_total.store(disk.size, Relaxed);
-    let (writer, workers) = start_writer(&repo, cfg.cache_dir.as_deref())?;
+    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref()).await?;
     let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = {
         let (writer, counters, bytes_read, mode) =
@@ -135,8 +135,11 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let segs = match pipeline.await.expect("disk pipeline") {
         Ok(s) => s,
         Err(e) => {
-            // Index what was uploaded so the next backup reuses it, then report.
-            let _ = repo.finish_writer(writer).await;
+            // Index what was uploaded so the next backup reuses it, then report. When the
+            // writer failed, its error (storage) is the cause; the pipeline only saw it stop.
+            if let Err(w) = repo.finish_writer(writer).await {
+                return Err(anyhow::Error::new(w).context("uploading packs and index"));
+            }
             return Err(e);
         }
     };
@@ -152,9 +155,13 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let tree = Tree { nodes: vec![node.clone()] }.encode()?;
     let w = writer.clone();
     let saved = tokio::task::spawn_blocking(move || w.save(BlobKind::Tree, &tree)).await.expect("tree save");
-    let finished = repo.finish_writer(writer.clone()).await;
-    let root = TreeId(saved?.id.0);
-    finished.context("uploading packs and index")?;
+    let finished = repo.finish_writer(writer.clone()).await.context("uploading packs and index");
+    let saved = match (saved, finished) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e.into()),
+        (Ok(s), Ok(_)) => s,
+    };
+    let root = TreeId(saved.id.0);
     let st = writer.stats();
     let summary = Summary {
         files_new: 1,
@@ -180,7 +187,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     }
     let snapshot = snapshot(start_ns, root, parent, &cfg.host, paths, tags, summary);
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
-    Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new() })
+    Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new(), resumed })
 }
 
 /// The reader: decides per chunk, reads, skips zeros, queues the rest.
