@@ -17,6 +17,11 @@ pub struct Cli {
     /// Repository from a DataProtectionApplication backup location: FILE[#NAME]
     #[arg(long, env = "FERRY_LOCATION", global = true, conflicts_with = "repo")]
     pub location: Option<String>,
+    /// With --location: the backup location's credentials file, in its provider's format
+    /// (aws: INI with profiles; azure: Velero's KEY=VALUE file; gcp: service-account JSON).
+    /// Default: AWS_SHARED_CREDENTIALS_FILE, AZURE_CREDENTIALS_FILE or GOOGLE_APPLICATION_CREDENTIALS
+    #[arg(long, env = "FERRY_CREDENTIALS_FILE", global = true, requires = "location")]
+    pub credentials_file: Option<PathBuf>,
     /// Extra CA certificate(s) (PEM) to trust for the object store
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,

@@ -2,7 +2,9 @@
 //! backup location, turned into a `Storage`.
 //!
 //! * `/path` or `local:/path` — a local directory;
-//! * `s3:https://host[:port]/bucket[/prefix]` — any S3-compatible endpoint, path-style requests;
+//! * `s3:https://host[:port]/bucket[/prefix]` — any S3-compatible endpoint, path-style requests
+//!   (a DPA location with `s3ForcePathStyle: "false"` uses virtual-hosted style instead:
+//!   `https://bucket.host[:port]/key`, the AWS SDK's behaviour that Velero inherits);
 //! * `s3:bucket[/prefix]` — AWS S3 (region from `AWS_REGION`/`AWS_DEFAULT_REGION`);
 //! * `azure:container[/prefix]` — Azure Blob (`AZURE_STORAGE_ACCOUNT`, `AZURE_STORAGE_KEY`;
 //!   `AZURE_STORAGE_ENDPOINT` overrides the endpoint; account `devstoreaccount1` means the Azurite
@@ -21,6 +23,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use repo_format::ObjectStorage;
+
+use crate::credentials::AzureAuth;
 
 /// A closed port on loopback: where metadata-credential lookups would go (and fail at once).
 const NO_METADATA: &str = "http://127.0.0.1:9";
@@ -41,15 +45,32 @@ pub struct CloudOpts {
     /// AWS access key, secret and session token.
     pub aws: Option<(String, String, Option<String>)>,
     pub azure_account: Option<String>,
+    /// Azure authentication from a Velero credentials file.
+    pub azure_auth: Option<crate::credentials::AzureAuth>,
+    /// A GCS service-account key file.
+    pub gcs_service_account: Option<String>,
 }
 
 /// A parsed location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Local(String),
-    S3 { endpoint: Option<String>, bucket: String, prefix: String },
-    Azure { container: String, prefix: String },
-    Gcs { bucket: String, prefix: String },
+    /// `path_style`: requests to a custom endpoint name the bucket in the path; otherwise in
+    /// the host name. Without an endpoint (AWS itself) object_store picks the addressing.
+    S3 {
+        endpoint: Option<String>,
+        bucket: String,
+        prefix: String,
+        path_style: bool,
+    },
+    Azure {
+        container: String,
+        prefix: String,
+    },
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 fn split_bucket(rest: &str, what: &str, full: &str) -> Result<(String, String)> {
@@ -75,10 +96,11 @@ impl Location {
                     bail!("repository location {s:?}: no host in the endpoint");
                 }
                 let (bucket, prefix) = split_bucket(path, "bucket", s)?;
-                return Ok(Location::S3 { endpoint: Some(format!("{scheme}://{host}")), bucket, prefix });
+                let endpoint = Some(format!("{scheme}://{host}"));
+                return Ok(Location::S3 { endpoint, bucket, prefix, path_style: true });
             }
             let (bucket, prefix) = split_bucket(rest, "bucket", s)?;
-            return Ok(Location::S3 { endpoint: None, bucket, prefix });
+            return Ok(Location::S3 { endpoint: None, bucket, prefix, path_style: false });
         }
         if let Some(rest) = s.strip_prefix("azure:") {
             let (container, prefix) = split_bucket(rest, "container", s)?;
@@ -158,7 +180,7 @@ pub fn aws_credentials_from_env() -> Result<(String, String, Option<String>)> {
 /// Build the object store for a cloud location; `desc` names it in messages.
 pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dyn ObjectStore>> {
     Ok(match loc {
-        Location::S3 { endpoint, bucket, .. } => {
+        Location::S3 { endpoint, bucket, path_style, .. } => {
             let (key, secret, token) = match &opts.aws {
                 Some(c) => c.clone(),
                 None => aws_credentials_from_env()?,
@@ -181,8 +203,12 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
             if let Some(t) = token {
                 b = b.with_token(t);
             }
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+            match endpoint {
+                Some(e) if *path_style => b = b.with_endpoint(e).with_virtual_hosted_style_request(false),
+                Some(e) => {
+                    b = b.with_endpoint(virtual_host_endpoint(e, bucket)?).with_virtual_hosted_style_request(true)
+                }
+                None => {}
             }
             Arc::new(b.build().with_context(|| format!("configuring S3 bucket {bucket}"))?)
         }
@@ -192,13 +218,23 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
                 .clone()
                 .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
                 .context("no Azure storage account: set AZURE_STORAGE_ACCOUNT (and AZURE_STORAGE_KEY)")?;
-            let key = env("AZURE_STORAGE_KEY").context("no Azure credentials: set AZURE_STORAGE_KEY")?;
+            let auth = match &opts.azure_auth {
+                Some(a) => a.clone(),
+                None => AzureAuth::AccessKey(env("AZURE_STORAGE_KEY").context(
+                    "no Azure credentials: set AZURE_STORAGE_KEY, or AZURE_CREDENTIALS_FILE for a DPA location",
+                )?),
+            };
             let mut b = object_store::azure::MicrosoftAzureBuilder::new()
                 .with_container_name(container)
                 .with_account(&account)
-                .with_access_key(key)
                 .with_msi_endpoint(NO_METADATA)
                 .with_retry(retry());
+            b = match auth {
+                AzureAuth::AccessKey(k) => b.with_access_key(k),
+                AzureAuth::ServicePrincipal { tenant_id, client_id, client_secret } => {
+                    b.with_client_secret_authorization(client_id, client_secret, tenant_id)
+                }
+            };
             let endpoint = env("AZURE_STORAGE_ENDPOINT");
             let http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
             b = b.with_client_options(client_options(tls, http)?);
@@ -210,7 +246,10 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
             Arc::new(b.build().with_context(|| format!("configuring Azure container {container}"))?)
         }
         Location::Gcs { bucket, .. } => {
-            let sa = env("GOOGLE_APPLICATION_CREDENTIALS")
+            let sa = opts
+                .gcs_service_account
+                .clone()
+                .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
                 .context("no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file")?;
             let b = object_store::gcp::GoogleCloudStorageBuilder::new()
                 .with_bucket_name(bucket)
@@ -221,6 +260,23 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
         }
         Location::Local(_) => bail!("internal: a local path is not a cloud location"),
     })
+}
+
+/// `scheme://host[:port]` → `scheme://bucket.host[:port]`, for virtual-hosted-style requests to
+/// a custom endpoint. An IP address has no subdomains: that needs path style.
+fn virtual_host_endpoint(endpoint: &str, bucket: &str) -> Result<String> {
+    let (scheme, host) = endpoint.split_once("://").context("the S3 endpoint has no scheme")?;
+    let name = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    if name.parse::<std::net::IpAddr>().is_ok() || name.starts_with('[') {
+        bail!(
+            "S3 endpoint {endpoint}: virtual-hosted-style requests (s3ForcePathStyle false) need a host name, \
+             not an IP address: set s3ForcePathStyle: \"true\""
+        );
+    }
+    if bucket.contains('.') && scheme == "https" {
+        tracing::warn!("bucket {bucket} has dots: the server's TLS certificate must cover {bucket}.{host}");
+    }
+    Ok(format!("{scheme}://{bucket}.{host}"))
 }
 
 /// The repository storage for a location string (`create`: make a missing local directory).
@@ -253,11 +309,16 @@ mod tests {
     fn parses_every_form() {
         assert_eq!(
             Location::parse("s3:http://127.0.0.1:9000/bkt/a/b/").unwrap(),
-            Location::S3 { endpoint: Some("http://127.0.0.1:9000".into()), bucket: "bkt".into(), prefix: "a/b".into() }
+            Location::S3 {
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                bucket: "bkt".into(),
+                prefix: "a/b".into(),
+                path_style: true
+            }
         );
         assert_eq!(
             Location::parse("s3:bkt").unwrap(),
-            Location::S3 { endpoint: None, bucket: "bkt".into(), prefix: "".into() }
+            Location::S3 { endpoint: None, bucket: "bkt".into(), prefix: "".into(), path_style: false }
         );
         assert_eq!(
             Location::parse("azure:c/p").unwrap(),
@@ -268,6 +329,16 @@ mod tests {
         assert_eq!(Location::parse("local:rel/repo").unwrap(), Location::Local("rel/repo".into()));
         for bad in ["s3:", "s3:https:///b", "azure:/", "gs:", "ftp:x", ""] {
             assert!(Location::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn virtual_hosted_endpoints() {
+        assert_eq!(virtual_host_endpoint("https://minio.example:9000", "b").unwrap(), "https://b.minio.example:9000");
+        assert_eq!(virtual_host_endpoint("http://localhost", "b").unwrap(), "http://b.localhost");
+        for ip in ["http://127.0.0.1:9000", "https://10.0.0.1", "http://[::1]:9000"] {
+            let e = virtual_host_endpoint(ip, "b").unwrap_err().to_string();
+            assert!(e.contains("s3ForcePathStyle") && e.contains(ip), "{e}");
         }
     }
 

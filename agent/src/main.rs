@@ -7,6 +7,7 @@
 mod backup;
 mod cli;
 mod cmd;
+mod credentials;
 mod disk;
 mod dpa;
 mod exit;

@@ -19,7 +19,7 @@ pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<Req
         tls.ca_pem = Some(std::fs::read(f).with_context(|| format!("reading the CA certificate {}", f.display()))?);
     }
     let backend = match &cli.location {
-        Some(spec) => dpa_storage(spec, create, tls)?,
+        Some(spec) => dpa_storage(spec, cli.credentials_file.as_deref(), create, tls)?,
         None => crate::location::storage(location(cli)?, create, &tls)?,
     };
     let s = Counting::new(backend);
@@ -27,8 +27,10 @@ pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<Req
     Ok((Arc::new(s), counts))
 }
 
-/// A DPA backup location (`FILE[#NAME]`) as storage.
-fn dpa_storage(spec: &str, create: bool, mut tls: Tls) -> Result<ObjectStorage> {
+/// A DPA backup location (`FILE[#NAME]`) as storage. Credentials come from `cred_file`, else
+/// from the file the provider's plugin reads in Velero (`AWS_SHARED_CREDENTIALS_FILE`,
+/// `AZURE_CREDENTIALS_FILE`, `GOOGLE_APPLICATION_CREDENTIALS`), else from the environment.
+fn dpa_storage(spec: &str, cred_file: Option<&std::path::Path>, create: bool, mut tls: Tls) -> Result<ObjectStorage> {
     use crate::dpa::Provider;
     let (file, name) = match spec.rsplit_once('#') {
         Some((f, n)) => (f, Some(n)),
@@ -43,13 +45,18 @@ fn dpa_storage(spec: &str, create: bool, mut tls: Tls) -> Result<ObjectStorage> 
     }
     let prefix = l.prefix.clone().unwrap_or_default();
     let mut opts = CloudOpts { region: l.region.clone(), ..Default::default() };
+    let file_of = |var: &str| {
+        cred_file.map(|p| p.as_os_str().to_owned()).or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()))
+    };
+    let read = |f: &std::ffi::OsStr| {
+        std::fs::read_to_string(f).with_context(|| format!("reading the credentials file {}", f.to_string_lossy()))
+    };
     let loc = match l.provider {
         Provider::Aws => {
             // Velero mounts the credentials file and names the profile in the location.
-            if let Some(f) = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
-                let ini = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.to_string_lossy()))?;
+            if let Some(f) = file_of("AWS_SHARED_CREDENTIALS_FILE") {
                 let profile = l.profile.clone().unwrap_or_else(|| "default".into());
-                let c = crate::dpa::aws_credentials(&ini, &profile)
+                let c = crate::dpa::aws_credentials(&read(&f)?, &profile)
                     .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
                 opts.aws = Some((c.access_key_id, c.secret_access_key, c.session_token));
             }
@@ -57,13 +64,22 @@ fn dpa_storage(spec: &str, create: bool, mut tls: Tls) -> Result<ObjectStorage> 
                 endpoint: l.s3_url.clone().map(|u| u.trim_end_matches('/').to_string()),
                 bucket: l.bucket.clone(),
                 prefix,
+                path_style: l.s3_force_path_style,
             }
         }
         Provider::Azure => {
             opts.azure_account = l.azure_storage_account.clone();
+            if let Some(f) = file_of("AZURE_CREDENTIALS_FILE") {
+                let auth = crate::credentials::azure_credentials(&read(&f)?)
+                    .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
+                opts.azure_auth = Some(auth);
+            }
             Location::Azure { container: l.bucket.clone(), prefix }
         }
-        Provider::Gcp => Location::Gcs { bucket: l.bucket.clone(), prefix },
+        Provider::Gcp => {
+            opts.gcs_service_account = file_of("GOOGLE_APPLICATION_CREDENTIALS").map(|f| f.to_string_lossy().into());
+            Location::Gcs { bucket: l.bucket.clone(), prefix }
+        }
     };
     let desc = format!("{file}#{} ({:?} {})", l.name, l.provider, l.bucket);
     crate::location::storage_of(&loc, &desc, create, &tls, &opts)

@@ -97,3 +97,166 @@ fn bad_credentials_and_missing_bucket_are_named_errors() {
     assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
     assert!(t.elapsed() < std::time::Duration::from_secs(180), "took {:?}", t.elapsed());
 }
+
+/// `cmd` run in a private mount namespace where /etc/hosts also maps `name` to 127.0.0.1: how a
+/// test reaches a virtual-hosted-style bucket (`bucket.localhost`) on a loopback server without
+/// touching the machine's name resolution.
+fn with_host_alias(env: &Env, name: &str, inner: &std::process::Command) -> std::process::Command {
+    let hosts = env.path("hosts");
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.push_str(&format!("\n127.0.0.1 {name}\n"));
+    std::fs::write(&hosts, text).unwrap();
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--mount", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""]).arg(&hosts);
+    c.arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// A DataProtectionApplication with two AWS locations on the same bucket and prefix: one with
+/// path-style requests to 127.0.0.1, one with virtual-hosted style to localhost (Velero's
+/// default, `s3ForcePathStyle: "false"`), and credentials from a Velero INI file with a profile.
+#[test]
+fn dpa_location_on_s3_path_and_virtual_hosted_style() {
+    if crate::common::under_qemu() {
+        return;
+    }
+    let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
+    else {
+        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
+        return;
+    };
+    let port = endpoint.rsplit(':').next().unwrap();
+    let env = Env::empty();
+    let prefix = unique("dpa");
+    let dpa = env.path("dpa.yaml");
+    std::fs::write(
+        &dpa,
+        format!(
+            "apiVersion: oadp.openshift.io/v1alpha1
+kind: DataProtectionApplication
+metadata: {{name: dpa, namespace: openshift-adp}}
+spec:
+  backupLocations:
+  - name: paths
+    velero:
+      provider: aws
+      objectStorage: {{bucket: {bucket}, prefix: {prefix}}}
+      config: {{region: us-east-1, s3Url: \"http://127.0.0.1:{port}\", s3ForcePathStyle: \"true\", profile: ferry}}
+      credential: {{name: cloud-credentials, key: cloud}}
+  - name: vhost
+    velero:
+      provider: aws
+      objectStorage: {{bucket: {bucket}, prefix: {prefix}}}
+      config: {{region: us-east-1, s3Url: \"http://localhost:{port}/\", profile: ferry}}
+      credential: {{name: cloud-credentials, key: cloud}}
+"
+        ),
+    )
+    .unwrap();
+    let creds = env.path("cloud");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = nope\n\n[ferry]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    // Credentials only from the file: none in the environment.
+    let ferry = |loc: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        for v in ["FERRY_REPOSITORY", "FERRY_PASSWORD_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            c.env_remove(v);
+        }
+        c.env_remove("AWS_SHARED_CREDENTIALS_FILE").env("FERRY_PASSWORD", "pw").env("FERRY_CACHE_DIR", &env.cache);
+        c.arg("--location").arg(format!("{}#{loc}", dpa.display())).arg("--credentials-file").arg(&creds);
+        c
+    };
+    let out = ferry("paths").args(["init", "--kdf-memory", "64", "--kdf-iterations", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "init: {}", stderr(&out));
+    let src = env.path("src");
+    std::fs::create_dir(&src).unwrap();
+    crate::fidelity::build(&src);
+    let out = ferry("paths").args(["backup", "--json"]).arg(&src).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "backup: {}", stderr(&out));
+
+    // Virtual-hosted style names the bucket in the host: without an alias it cannot resolve.
+    let out = ferry("vhost").arg("snapshots").output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains(&format!("{bucket}.localhost")), "{}", stderr(&out));
+    // With the alias it reaches the same repository the path-style location wrote.
+    let alias = format!("{bucket}.localhost");
+    let mut cmd = ferry("vhost");
+    cmd.args(["restore", "latest", "--verify", "--target"]).arg(env.path("target"));
+    let out = with_host_alias(&env, &alias, &cmd).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "virtual-hosted restore: {}", stderr(&out));
+    let diffs = compare_trees(&src, &env.path("target"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+/// An Azure location of a DPA with Velero's KEY=VALUE credentials file (AZURE_CREDENTIALS_FILE).
+#[test]
+fn dpa_location_on_azure_with_velero_credentials_file() {
+    if crate::common::under_qemu() {
+        return;
+    }
+    let (Ok(container), Ok(key)) = (std::env::var("FERRY_TEST_AZURE_CONTAINER"), std::env::var("AZURE_STORAGE_KEY"))
+    else {
+        eprintln!("skipped: FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
+        return;
+    };
+    let env = Env::empty();
+    let dpa = env.path("dpa.yaml");
+    std::fs::write(
+        &dpa,
+        format!(
+            "apiVersion: oadp.openshift.io/v1alpha1
+kind: DataProtectionApplication
+spec:
+  backupLocations:
+  - velero:
+      provider: azure
+      default: true
+      objectStorage: {{bucket: {container}, prefix: {}}}
+      config: {{storageAccount: devstoreaccount1, resourceGroup: rg}}
+      credential: {{name: cloud-credentials-azure, key: cloud}}
+",
+            unique("dpa")
+        ),
+    )
+    .unwrap();
+    let creds = env.path("cloud");
+    let run = |secret: &str, args: &[&str]| {
+        std::fs::write(
+            &creds,
+            format!("AZURE_SUBSCRIPTION_ID=sub\nAZURE_RESOURCE_GROUP=rg\nAZURE_STORAGE_ACCOUNT_ACCESS_KEY={secret}\n"),
+        )
+        .unwrap();
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.env_remove("AZURE_STORAGE_KEY").env_remove("FERRY_REPOSITORY").env("FERRY_PASSWORD", "pw");
+        c.env("AZURE_CREDENTIALS_FILE", &creds).env("FERRY_CACHE_DIR", &env.cache);
+        c.arg("--location").arg(&dpa).args(args);
+        c.output().unwrap()
+    };
+    let out = run(&key, &["init", "--kdf-memory", "64", "--kdf-iterations", "1"]);
+    assert_eq!(out.status.code(), Some(0), "init: {}", stderr(&out));
+    let src = env.path("src");
+    std::fs::create_dir(&src).unwrap();
+    crate::fidelity::build(&src);
+    let out = run(&key, &["backup", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "backup: {}", stderr(&out));
+    let target = env.path("target");
+    let out = run(&key, &["restore", "latest", "--verify", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "restore: {}", stderr(&out));
+    let diffs = compare_trees(&src, &target);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    // A wrong key in the file: refused by the server, named, with a hint.
+    let wrong = "d3JvbmcgYXp1cml0ZSBrZXkgd3JvbmcgYXp1cml0ZSBrZXkgd3JvbmcgYXp1cml0ZSBrZXk=";
+    let out = run(wrong, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("devstoreaccount1") || stderr(&out).contains("Azure"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("check the credentials"), "{}", stderr(&out));
+}
