@@ -216,6 +216,9 @@ impl Repository {
             .into_iter()
             .collect::<Result<_>>()?;
         let idx = Arc::new(Index::build(&files)?);
+        if let Some(c) = &self.cache {
+            c.retain(FileKind::Pack, &idx.packs().iter().map(|p| p.id.0).collect::<HashSet<_>>());
+        }
         *self.index.write().expect("lock") = idx.clone();
         Ok(idx)
     }
@@ -306,13 +309,20 @@ impl Repository {
         Ok(r)
     }
 
-    /// Read and verify one blob.
+    /// Read and verify one blob. Tree blobs come from the cached copy of their whole pack
+    /// when there is a cache (one download per tree pack instead of one GET per directory).
     pub async fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         let loc = self.index().lookup(kind, id).ok_or(Error::BlobNotInIndex(id.0))?;
-        let stored = self
-            .storage
-            .read_range(FileKind::Pack, &loc.pack.0, u64::from(loc.offset), u64::from(loc.stored_len))
-            .await?;
+        let (offset, len) = (u64::from(loc.offset), u64::from(loc.stored_len));
+        if let (BlobKind::Tree, Some(cache)) = (kind, &self.cache) {
+            if let Some(stored) = cache.pack_range(&*self.storage, &loc.pack.0, offset, len).await? {
+                match pack::open_blob(&self.master, &loc.salt, kind, id, &stored) {
+                    Ok(plain) => return Ok(plain),
+                    Err(_) => cache.drop_pack(&loc.pack.0), // read storage below, report from there
+                }
+            }
+        }
+        let stored = self.storage.read_range(FileKind::Pack, &loc.pack.0, offset, len).await?;
         pack::open_blob(&self.master, &loc.salt, kind, id, &stored)
             .map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack: loc.pack.0 }))
     }
