@@ -27,17 +27,25 @@ pub(crate) async fn run(s: &dyn Storage) {
     // list by kind only
     let l = s.list(FileKind::Snapshot).await.unwrap();
     assert_eq!(l, vec![(a, 5)]);
-    // a large upload from a file (multipart above the threshold), then a ranged read in it
-    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let pid = Id::of_stored(&big);
-    let mut f = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut f, &big).unwrap();
-    std::io::Seek::rewind(&mut f).unwrap();
-    s.upload_file(FileKind::Pack, &pid, f, big.len() as u64).await.unwrap();
-    assert_eq!(s.read(FileKind::Pack, &pid).await.unwrap().len(), big.len());
-    let r = s.read_range(FileKind::Pack, &pid, 17 << 20, 100).await.unwrap();
-    assert_eq!(&r[..], &big[17 << 20..(17 << 20) + 100]);
-    assert_eq!(s.list(FileKind::Pack).await.unwrap(), vec![(pid, big.len() as u64)]);
+    // uploads from a file: one PUT (mapped file) below the threshold, multipart above it;
+    // then ranged reads inside them
+    let mut packs = Vec::new();
+    for len in [20u32 << 20, (66 << 20) + 3] {
+        let big: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let pid = Id::of_stored(&big);
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &big).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        s.upload_file(FileKind::Pack, &pid, f, big.len() as u64).await.unwrap();
+        assert!(s.read(FileKind::Pack, &pid).await.unwrap() == big, "{len} bytes read back");
+        let r = s.read_range(FileKind::Pack, &pid, 17 << 20, 100).await.unwrap();
+        assert_eq!(&r[..], &big[17 << 20..(17 << 20) + 100]);
+        packs.push((pid, big.len() as u64));
+    }
+    packs.sort();
+    let mut listed = s.list(FileKind::Pack).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, packs);
     // removal
     s.remove(FileKind::Snapshot, &a).await.unwrap();
     assert!(matches!(s.read(FileKind::Snapshot, &a).await, Err(Error::NotFound { .. })));

@@ -1,9 +1,11 @@
 //! The adapter from `Storage` onto any `object_store` backend.
 //!
 //! Small objects are single create-only puts (`PutMode::Create`). Packs are content-named and
-//! uploaded from their temporary file: a single put up to `MULTIPART_THRESHOLD`, otherwise a
-//! multipart upload in `PART_SIZE` parts with at most two parts in flight, so memory per upload
-//! stays near two parts whatever the pack size.
+//! uploaded from their temporary file. Up to `MULTIPART_THRESHOLD` (every pack of the default
+//! 32 MiB target) that is one PUT of the memory-mapped file: one request per pack, where a
+//! multipart upload would cost one per part plus two, and no copy of the pack in the process's
+//! own memory (the mapped pages are the page cache the pack was just written to). Larger packs
+//! go as a multipart upload in `PART_SIZE` parts with at most two parts in flight.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use super::{FileKind, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-const MULTIPART_THRESHOLD: u64 = 8 << 20;
+const MULTIPART_THRESHOLD: u64 = 64 << 20;
 /// S3's minimum part size.
 const PART_SIZE: usize = 5 << 20;
 
@@ -69,6 +71,19 @@ impl ObjectStorage {
     }
 }
 
+/// The whole of a finished temporary pack file as `Bytes`, without copying it.
+fn map(file: &File, len: u64) -> std::io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the file is this writer's private, unlinked temporary pack file; it is complete
+    // and nothing writes to it after `PackWriter::finish`, so the mapping never changes under
+    // the readers of the returned bytes.
+    #[allow(unsafe_code)]
+    let m = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file)? };
+    Ok(Bytes::from_owner(m))
+}
+
 /// Copy a finished pack file to `dest` through a temporary name and rename it into place, so a
 /// reader never sees a partial pack. The kernel copies (copy_file_range): no user memory.
 fn copy_into_place(mut file: File, dest: &std::path::Path) -> std::io::Result<()> {
@@ -116,7 +131,7 @@ impl Storage for ObjectStorage {
             .map_err(|e| Error::io("reading a temporary pack file", e))
         };
         if len <= MULTIPART_THRESHOLD {
-            let data = read_at(file, 0, len as usize).await?;
+            let data = map(&file, len).map_err(|e| Error::io("mapping a temporary pack file", e))?;
             return self
                 .store
                 .put(&path, PutPayload::from_bytes(data))
