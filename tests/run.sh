@@ -3,8 +3,9 @@
 # installs what is missing, then runs formatting and lint checks, the whole workspace test suite
 # (unit, property, golden-fixture, storage-conformance against a local directory, moto (S3) and
 # Azurite (Azure Blob) on loopback, and end-to-end tests of the real binary),
-# and the s390x (big-endian) build and test under qemu when FERRY_CROSS is not "none".
-#   FERRY_CROSS  targets to cross-test (default "s390x"; e.g. "s390x arm64 ppc64le"; "none")
+# and the cross-architecture builds and tests under qemu with rustc 1.85: s390x (big-endian, plus
+# the cross-endian repository exchange), arm64 and ppc64le.
+#   FERRY_CROSS  targets to cross-test (default "s390x arm64 ppc64le"; e.g. "s390x"; "none")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -43,7 +44,7 @@ cargo test --workspace 2>&1 | tee /tmp/ferry-test.log
 passed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$6} END {print s+0}')
 
-for target in ${FERRY_CROSS-s390x}; do
+for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   [ "$target" = none ] && break
   if [ -x crossbuild/test.sh ]; then
     step "cross: $target (rustc 1.85 + qemu)"
@@ -55,9 +56,13 @@ for target in ${FERRY_CROSS-s390x}; do
     f=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$6} END {print s+0}')
     grep -q "finished with exit 0" "/tmp/ferry-cross-$target.log" || f=$((f + 1))
     passed=$((passed + p)); failed=$((failed + f))
-    # ... and the binaries themselves: repositories written by one architecture, read by the other.
-    step "cross-endian: x86_64 <-> $target"
-    if bash crossbuild/cross-endian.sh "$target"; then passed=$((passed + 2)); else failed=$((failed + 1)); fi
+    # ... and the binaries themselves: repositories written by one architecture, read by the
+    # other. Only where the byte order differs: the little-endian targets run the same format
+    # code paths as x86_64, and CI time is better spent on their test suites.
+    if [ "$target" = s390x ]; then
+      step "cross-endian: x86_64 <-> $target"
+      if bash crossbuild/cross-endian.sh "$target"; then passed=$((passed + 2)); else failed=$((failed + 1)); fi
+    fi
   fi
 done
 
