@@ -27,14 +27,16 @@ use repo_format::{Node, NodeType};
 /// The root of a restore target.
 #[derive(Debug)]
 pub struct SafeRoot {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     path: PathBuf,
     /// Recently opened directories (restores touch one directory many times in a row).
     dirs: std::sync::Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
 }
 
 /// Directory descriptors kept open at most (well below the usual limit of 1024 open files).
-const DIR_CACHE: usize = 128;
+/// A miss costs one `openat` (its parent is looked up the same way), so a restore opens each
+/// directory about once while the cache holds the directories it is working in.
+const DIR_CACHE: usize = 256;
 
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
@@ -55,16 +57,26 @@ impl SafeRoot {
     pub fn open(target: &Path) -> io::Result<SafeRoot> {
         std::fs::create_dir_all(target)?;
         let root = nix::fcntl::open(target, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        Ok(SafeRoot { root, path: target.to_path_buf(), dirs: Default::default() })
+        Ok(SafeRoot { root: Arc::new(root), path: target.to_path_buf(), dirs: Default::default() })
     }
 
     /// A descriptor of directory `rel` (relative, normal components only), from the cache when
-    /// it was opened recently.
+    /// it was opened recently; otherwise opened with one `openat(O_NOFOLLOW)` from its parent's
+    /// descriptor, found the same way.
     pub fn dir(&self, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(self.root.clone());
+        }
         if let Some(fd) = self.dirs.lock().expect("lock").get(rel) {
             return Ok(fd.clone());
         }
-        let fd = Arc::new(self.open_dir(rel)?);
+        let (Some(parent), Some(Component::Normal(name))) = (rel.parent(), rel.components().next_back()) else {
+            return Err(io::Error::other(format!("unsafe path component in {}", rel.display())));
+        };
+        let parent = self.dir(parent)?;
+        let fd = Arc::new(openat(&*parent, name, dir_flags(), Mode::empty()).map_err(|e| {
+            io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
+        })?);
         let mut cache = self.dirs.lock().expect("lock");
         if cache.len() >= DIR_CACHE {
             cache.clear();
@@ -76,19 +88,6 @@ impl SafeRoot {
     /// Forget cached directory descriptors (after a directory was replaced).
     fn forget(&self) {
         self.dirs.lock().expect("lock").clear();
-    }
-
-    fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
-        let mut fd = self.root.try_clone()?;
-        for c in rel.components() {
-            let Component::Normal(name) = c else {
-                return Err(io::Error::other(format!("unsafe path component in {}", rel.display())));
-            };
-            fd = openat(&fd, name, dir_flags(), Mode::empty()).map_err(|e| {
-                io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
-            })?;
-        }
-        Ok(fd)
     }
 
     /// Make directory `rel` (its parent exists). An existing directory is kept; anything else
@@ -125,17 +124,27 @@ impl SafeRoot {
     }
 
     /// Create an empty regular file of `size` bytes (a hole: content is written later).
+    /// `O_EXCL` never opens an existing entry (nor follows a symlink): only when something is
+    /// there already is it removed and the creation retried.
     pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<()> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
-        Self::clear(&parent, name)?;
-        let fd = openat(
-            &parent,
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )?;
-        File::from(fd).set_len(size)
+        let create = || {
+            openat(
+                &parent,
+                name,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                Self::clear(&parent, name)?;
+                create()?
+            }
+            r => r?,
+        };
+        if size > 0 { File::from(fd).set_len(size) } else { Ok(()) }
     }
 
     /// Open an existing regular file for writing (never a symlink, never created).
@@ -154,15 +163,24 @@ impl SafeRoot {
     pub fn create_special(&self, rel: &Path, node: &Node) -> io::Result<()> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
-        Self::clear(&parent, name)?;
         let perm = Mode::from_bits_truncate(node.mode & 0o7777);
-        match node.kind {
-            NodeType::Symlink => symlinkat(OsStr::from_bytes(&node.link_target), &parent, name)?,
-            NodeType::Fifo => mknodat(&parent, name, SFlag::S_IFIFO, perm, 0)?,
-            NodeType::CharDev => mknodat(&parent, name, SFlag::S_IFCHR, perm, node.rdev as libc::dev_t)?,
-            NodeType::BlockDev => mknodat(&parent, name, SFlag::S_IFBLK, perm, node.rdev as libc::dev_t)?,
-            NodeType::Socket => mknodat(&parent, name, SFlag::S_IFSOCK, perm, 0)?,
-            NodeType::File | NodeType::Dir => return Err(io::Error::other("not a special file")),
+        let make = || match node.kind {
+            NodeType::Symlink => symlinkat(OsStr::from_bytes(&node.link_target), &parent, name),
+            NodeType::Fifo => mknodat(&parent, name, SFlag::S_IFIFO, perm, 0),
+            NodeType::CharDev => mknodat(&parent, name, SFlag::S_IFCHR, perm, node.rdev as libc::dev_t),
+            NodeType::BlockDev => mknodat(&parent, name, SFlag::S_IFBLK, perm, node.rdev as libc::dev_t),
+            NodeType::Socket => mknodat(&parent, name, SFlag::S_IFSOCK, perm, 0),
+            NodeType::File | NodeType::Dir => Err(Errno::EINVAL),
+        };
+        if matches!(node.kind, NodeType::File | NodeType::Dir) {
+            return Err(io::Error::other("not a special file"));
+        }
+        match make() {
+            Err(Errno::EEXIST) => {
+                Self::clear(&parent, name)?;
+                make()?
+            }
+            r => r?,
         }
         Ok(())
     }
@@ -172,9 +190,14 @@ impl SafeRoot {
         let from_dir = self.dir(existing.parent().unwrap_or(Path::new("")))?;
         let to_dir = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
-        Self::clear(&to_dir, name)?;
-        linkat(&from_dir, name_of(existing)?, &to_dir, name, AtFlags::empty())?;
-        Ok(())
+        let link = || linkat(&from_dir, name_of(existing)?, &to_dir, name, AtFlags::empty()).map_err(io::Error::from);
+        match link() {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                Self::clear(&to_dir, name)?;
+                link()
+            }
+            r => r,
+        }
     }
 
     /// Owner, permissions, xattrs and times, in that order (chown clears setuid bits, so mode
@@ -187,7 +210,7 @@ impl SafeRoot {
                 apply_fd(&f, node)
             }
             (NodeType::Dir, _) => {
-                let f = File::from(self.open_dir(rel)?);
+                let f = File::from(self.dir(rel)?.try_clone()?);
                 apply_fd(&f, node)
             }
             (_, Some(r)) => {
