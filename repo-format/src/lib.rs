@@ -26,7 +26,7 @@ mod writer;
 
 pub use blob::BlobKind;
 pub use cache::Cache;
-pub use chunker::{Chunker, is_zero};
+pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress};
 pub use config::{ChunkerParams, RepoConfig};
 pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};

@@ -48,6 +48,15 @@ const INDEX_MAX_BLOBS: usize = 200_000;
 const PACK_MAX_BLOBS: usize = 50_000;
 const SHARDS: usize = 64;
 
+/// A thread's compression buffer is kept up to this size (twice the default average chunk);
+/// the rare larger one is freed after use.
+const PAYLOAD_KEEP: usize = 2 << 20;
+
+thread_local! {
+    /// The compressed payload of the blob this thread is saving (reused).
+    static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Tuning of a writer.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -180,8 +189,20 @@ impl BlobWriter {
         {
             return Ok(Saved { id, new: false });
         }
-        let mut payload = Vec::with_capacity(data.len() / 2 + 16);
+        // Each thread keeps its compression buffer: a fresh one per blob would be a fresh
+        // mapping (page faults and zeroing) for every chunk.
+        let mut payload = PAYLOAD.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        payload.clear();
         compress::compress_into(data, s.level, &mut payload);
+        let r = self.add(kind, id, data.len(), &payload);
+        if payload.capacity() <= PAYLOAD_KEEP {
+            PAYLOAD.with(|p| *p.borrow_mut() = payload);
+        }
+        r
+    }
+
+    fn add(&self, kind: BlobKind, id: BlobId, raw_len: usize, payload: &[u8]) -> Result<Saved> {
+        let s = &self.shared;
         let slot = match kind {
             BlobKind::Tree => &s.tree_pack,
             BlobKind::Data => &s.data_packs[rand::rng().random_range(0..s.data_packs.len())],
@@ -192,9 +213,9 @@ impl BlobWriter {
                 return Err(Error::Invalid("the blob writer failed earlier".into()));
             }
             let added = match guard.as_mut() {
-                Some(pw) => pw.add_payload(kind, id, &payload, data.len() as u32),
+                Some(pw) => pw.add_payload(kind, id, payload, raw_len as u32),
                 None => PackWriter::new(&s.master, &s.tmp_dir).and_then(|mut pw| {
-                    let r = pw.add_payload(kind, id, &payload, data.len() as u32);
+                    let r = pw.add_payload(kind, id, payload, raw_len as u32);
                     *guard = Some(pw);
                     r
                 }),
@@ -207,7 +228,7 @@ impl BlobWriter {
                 }
             };
             let pw = guard.as_mut().expect("set above");
-            s.stats.bytes_added.fetch_add(data.len() as u64, Relaxed);
+            s.stats.bytes_added.fetch_add(raw_len as u64, Relaxed);
             s.stats.bytes_stored.fetch_add(u64::from(stored), Relaxed);
             match kind {
                 BlobKind::Tree => s.stats.tree_blobs.fetch_add(1, Relaxed),

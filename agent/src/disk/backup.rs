@@ -15,7 +15,7 @@ use repo_format::{
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
 use crate::backup::build::{PendingSeg, indirect, resolve};
-use crate::backup::scan::{ChunkJob, data_ranges, spawn_workers};
+use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
 use crate::backup::{Outcome, latest_of, now_ns, snapshot, start_writer};
 use crate::progress::Counters;
 
@@ -121,10 +121,12 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
             (writer.clone(), counters.clone(), bytes_read.clone(), cfg.mode.clone());
         tokio::task::spawn_blocking(move || -> Result<Vec<Segment>> {
             let (tx, rx) = bounded::<ChunkJob>(workers * 2);
+            let pool = BufPool::new(workers * 3 + 1, chunk as usize);
             let segs = std::thread::scope(|s| {
-                spawn_workers(s, workers, &rx, &writer);
+                spawn_workers(s, workers, &rx, &writer, &pool);
                 drop(rx);
-                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), &tx, &counters, &bytes_read);
+                let io = Io { tx: &tx, pool: &pool, counters: &counters, bytes_read: &bytes_read };
+                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), io);
                 drop(tx);
                 r
             })?;
@@ -190,16 +192,23 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new(), resumed })
 }
 
+/// Where the reader's chunks and counts go.
+struct Io<'a> {
+    tx: &'a crossbeam_channel::Sender<ChunkJob>,
+    pool: &'a BufPool,
+    counters: &'a Counters,
+    bytes_read: &'a std::sync::atomic::AtomicU64,
+}
+
 /// The reader: decides per chunk, reads, skips zeros, queues the rest.
 fn read_chunks(
     disk: &Disk,
     chunk: u64,
     mode: &Mode,
     parent: Option<&[Option<(repo_format::BlobId, u32)>]>,
-    tx: &crossbeam_channel::Sender<ChunkJob>,
-    counters: &Counters,
-    bytes_read: &std::sync::atomic::AtomicU64,
+    io: Io<'_>,
 ) -> Result<Vec<PendingSeg>> {
+    let Io { tx, pool, counters, bytes_read } = io;
     // Holes of an image file hold nothing: read only data extents.
     let holes = if !disk.is_device && matches!(mode, Mode::Full) {
         let data: Vec<(u64, u64)> =
@@ -248,7 +257,7 @@ fn read_chunks(
             continue;
         }
         let (rtx, rrx) = bounded(1);
-        tx.send(ChunkJob { data: b.to_vec(), reply: rtx }).map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
+        tx.send(ChunkJob { data: pool.filled(b), reply: rtx }).map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rrx, len as u32));
     }
     Ok(out)
