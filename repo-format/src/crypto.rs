@@ -124,18 +124,25 @@ impl Cipher {
 
     /// Authenticate and decrypt; `Corrupt` (unlocated) when the tag does not verify.
     pub fn open(&self, aad: &[u8], sealed: &[u8], what: &'static str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open_into(aad, sealed, what, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// As `open`, decrypting into `buf` (cleared first; its capacity is reused).
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], what: &'static str, buf: &mut Vec<u8>) -> Result<()> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(Error::corrupt(what, format!("{} bytes is shorter than nonce and tag", sealed.len())));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
+        buf.clear();
+        buf.extend_from_slice(ct);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
         let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
         self.0
             .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[..]).into(), &Tag::from(tag))
-            .map_err(|_| Error::corrupt(what, "authentication failed (wrong key, or modified bytes)"))?;
-        Ok(buf)
+            .map_err(|_| Error::corrupt(what, "authentication failed (wrong key, or modified bytes)"))
     }
 }
 

@@ -202,6 +202,20 @@ pub fn open_blob(
     blob::open(master, &master.pack_cipher(salt), kind, id, stored)
 }
 
+/// As `open_blob`, into `plain`, with `scratch` for the decrypted payload: callers opening
+/// many blobs reuse both buffers instead of allocating two per blob.
+pub fn open_blob_into(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    kind: BlobKind,
+    id: &BlobId,
+    stored: &[u8],
+    scratch: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Result<()> {
+    blob::open_into(master, &master.pack_cipher(salt), kind, id, stored, scratch, plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,7 +257,8 @@ fn read_chunks(
             continue;
         }
         let (rtx, rrx) = bounded(1);
-        tx.send(ChunkJob { data: pool.filled(b), reply: rtx }).map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
+        tx.send(ChunkJob { data: pool.filled(b), reply: rtx })
+            .map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rrx, len as u32));
     }
     Ok(out)

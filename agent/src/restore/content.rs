@@ -141,11 +141,15 @@ fn write_range(
     let mut files: HashMap<usize, File> = HashMap::new();
     let mut written = 0u64;
     let mut errors = Vec::new();
+    // Decryption and decompression buffers, reused for every blob (one pair per range in
+    // flight, so their memory is bounded like the ranges').
+    let (mut scratch, mut plain) = BUFS.lock().expect("lock").pop().unwrap_or_default();
     for w in &r.blobs {
         let at = (u64::from(w.loc.offset) - r.start) as usize;
         let stored = &bytes[at..at + w.loc.stored_len as usize];
-        let plain = match repo_format::open_blob(repo.master_key(), &w.loc.salt, BlobKind::Data, &w.id, stored) {
-            Ok(p) => p,
+        let key = repo.master_key();
+        match repo_format::open_blob_into(key, &w.loc.salt, BlobKind::Data, &w.id, stored, &mut scratch, &mut plain) {
+            Ok(()) => {}
             Err(e) => {
                 errors.push(format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()));
                 continue;
@@ -179,5 +183,18 @@ fn write_range(
             counters.bytes_done.fetch_add(plain.len() as u64, Relaxed);
         }
     }
+    if scratch.capacity() <= BUF_KEEP && plain.capacity() <= BUF_KEEP {
+        let mut bufs = BUFS.lock().expect("lock");
+        if bufs.len() < IN_FLIGHT {
+            bufs.push((scratch, plain));
+        }
+    }
     if errors.is_empty() { Ok(written) } else { Err(errors.join("; ")) }
 }
+
+/// Buffers are kept up to this size (twice the default average chunk); a larger blob's are
+/// freed after use.
+const BUF_KEEP: usize = 2 << 20;
+
+/// Idle buffer pairs (at most `IN_FLIGHT`).
+static BUFS: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
