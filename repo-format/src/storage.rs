@@ -61,6 +61,11 @@ impl fmt::Display for FileKind {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Where this is, for messages (a path or URL without credentials).
     fn location(&self) -> String;
+    /// True for a local directory: a read costs a `pread`, not a request, so readers may use
+    /// small reads (less memory) instead of few large ones (fewer requests).
+    fn is_local(&self) -> bool {
+        false
+    }
     /// Create-only write of a whole object.
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()>;
     /// Upload a content-named object from a file positioned at its start (multipart when large).

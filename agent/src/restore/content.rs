@@ -1,9 +1,11 @@
 //! Restore phase 3: fetch every needed blob once per pack range and write it everywhere it goes.
 //!
 //! Blobs are grouped by pack and sorted by offset; neighbours closer than `MAX_GAP` are merged
-//! into one ranged read of at most `MAX_RANGE` bytes. `IN_FLIGHT` ranges are read at once;
+//! into one ranged read of at most `MAX_RANGE` bytes from an object store (each read is a
+//! request: fewer, larger ones), `LOCAL_RANGE` from a local directory (a read is a `pread`:
+//! smaller ones hold less memory at the same speed). `IN_FLIGHT` ranges are read at once;
 //! decryption, verification and the positioned writes run on blocking threads. Memory: about
-//! `IN_FLIGHT × MAX_RANGE` plus the decoded blobs of one range each.
+//! `IN_FLIGHT ×` the range size plus one pair of decoding buffers per range in flight.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -18,6 +20,9 @@ use crate::progress::Counters;
 
 const MAX_GAP: u64 = 256 << 10;
 const MAX_RANGE: u64 = 4 << 20;
+/// Measured on the peer corpus (local repository, median of 3): 1 MiB ranges restore as fast
+/// as 4 MiB ones (2.49 s vs 2.57 s) with 8 MiB less peak RSS (52 vs 60 MiB).
+const LOCAL_RANGE: u64 = 1 << 20;
 const IN_FLIGHT: usize = 4;
 
 /// Where content goes: numbered targets (files of a plan, or one disk), each with its segments.
@@ -46,6 +51,7 @@ struct Range {
 }
 
 fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Vec<String>) {
+    let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
     let index = repo.index();
     let mut errors = Vec::new();
     let mut wants: HashMap<BlobId, Want> = HashMap::new();
@@ -80,7 +86,7 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
         for w in ws {
             let (s, e) = (u64::from(w.loc.offset), u64::from(w.loc.offset) + u64::from(w.loc.stored_len));
             match &mut cur {
-                Some(r) if s <= r.end + MAX_GAP && e - r.start <= MAX_RANGE => {
+                Some(r) if s <= r.end + MAX_GAP && e - r.start <= max_range => {
                     r.end = r.end.max(e);
                     r.blobs.push(w);
                 }

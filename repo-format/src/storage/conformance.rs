@@ -60,6 +60,7 @@ pub(crate) async fn run(s: &dyn Storage) {
 async fn local_directory_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let s = super::ObjectStorage::local(dir.path()).unwrap();
+    assert!(s.is_local());
     run(&s).await;
 }
 
@@ -107,7 +108,9 @@ async fn azure_conforms() {
         .with_container_name(&container)
         .build()
         .unwrap();
-    run(&super::ObjectStorage::new(std::sync::Arc::new(store), &unique_prefix("azure"), endpoint)).await;
+    let s = super::ObjectStorage::new(std::sync::Arc::new(store), &unique_prefix("azure"), endpoint);
+    assert!(!s.is_local(), "requests are not local reads");
+    run(&s).await;
 }
 
 /// Google Cloud Storage: runs only when FERRY_TEST_GCS_BUCKET names a bucket and

@@ -50,6 +50,9 @@ impl<S: Storage> Storage for Counting<S> {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
         self.counts.put.fetch_add(1, Relaxed);
         self.counts.bytes_up.fetch_add(data.len() as u64, Relaxed);

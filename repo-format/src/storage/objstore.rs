@@ -101,6 +101,10 @@ impl Storage for ObjectStorage {
         self.location.clone()
     }
 
+    fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         self.store

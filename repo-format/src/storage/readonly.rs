@@ -22,6 +22,9 @@ impl<S: Storage> Storage for ReadOnly<S> {
     fn location(&self) -> String {
         self.0.location()
     }
+    fn is_local(&self) -> bool {
+        self.0.is_local()
+    }
     async fn create(&self, kind: FileKind, id: &Id, _: Bytes) -> Result<()> {
         Err(refuse("write of", kind, id))
     }
