@@ -14,6 +14,18 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The moto endpoint and bucket from `tests/servers.sh start`, or `None` (with a message) when
+/// the servers are not running.
+fn moto() -> Option<(String, String)> {
+    match (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET")) {
+        (Ok(e), Ok(b)) => Some((e, b)),
+        _ => {
+            eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
+            None
+        }
+    }
+}
+
 fn round_trip(location: &str) {
     let env = Env::at(location);
     let src = env.path("src");
@@ -38,11 +50,7 @@ fn filesystem_round_trip_on_s3() {
     if crate::common::under_qemu() {
         return;
     }
-    let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
-    else {
-        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
-        return;
-    };
+    let Some((endpoint, bucket)) = moto() else { return };
     round_trip(&format!("s3:{endpoint}/{bucket}/{}", unique("e2e")));
 }
 
@@ -126,11 +134,7 @@ fn dpa_location_on_s3_path_and_virtual_hosted_style() {
     if crate::common::under_qemu() {
         return;
     }
-    let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
-    else {
-        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
-        return;
-    };
+    let Some((endpoint, bucket)) = moto() else { return };
     let port = endpoint.rsplit(':').next().unwrap();
     let env = Env::empty();
     let prefix = unique("dpa");
