@@ -255,7 +255,7 @@ fn read_path(c: &mut Criterion) {
                     for id in &packs {
                         let (repo, id) = (repo.clone(), *id);
                         set.spawn(async move {
-                            let bytes = repo.storage().read(FileKind::Pack, &id.0).await.expect("read pack");
+                            let bytes = repo.storage().read(FileKind::Pack, &id.0, u64::MAX).await.expect("read pack");
                             tokio::task::spawn_blocking(move || {
                                 let (salt, entries) = parse_pack(repo.master_key(), &bytes).expect("parse");
                                 let mut n = 0u64;

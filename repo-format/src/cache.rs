@@ -10,6 +10,12 @@
 //! source tree, each 20–50 ms on a real object store). A cached pack is verified by hash when
 //! it is downloaded; later reads rely on each blob's own verification (AEAD tag and keyed
 //! hash), and a blob that fails it makes the caller drop the cached pack and read storage.
+//!
+//! The cache holds decrypted nothing, but its names and sizes say what a repository holds, and
+//! a root process writes it: directories are 0700, files 0600, written under unpredictable
+//! temporary names created with `O_EXCL` (never through a planted symlink) and renamed into
+//! place. Reads are capped like storage reads: a cached file larger than its kind may be is
+//! dropped unread.
 
 use std::path::{Path, PathBuf};
 
@@ -41,8 +47,16 @@ impl Cache {
         self.dir.join(kind.to_string()).join(id.to_hex())
     }
 
-    fn get(&self, kind: FileKind, id: &Id) -> Option<Bytes> {
-        let b = std::fs::read(self.path(kind, id)).ok()?;
+    fn get(&self, kind: FileKind, id: &Id, limit: u64) -> Option<Bytes> {
+        use std::io::Read;
+        let f = std::fs::File::open(self.path(kind, id)).ok()?;
+        let md = f.metadata().ok()?;
+        if !md.is_file() || md.len() > limit {
+            let _ = std::fs::remove_file(self.path(kind, id));
+            return None;
+        }
+        let mut b = Vec::with_capacity(md.len() as usize);
+        f.take(limit).read_to_end(&mut b).ok()?;
         if Id::of_stored(&b) == *id {
             Some(Bytes::from(b))
         } else {
@@ -53,23 +67,25 @@ impl Cache {
 
     pub(crate) fn put(&self, kind: FileKind, id: &Id, b: &[u8]) {
         // Best effort: a cache that cannot be written only costs downloads.
+        use std::io::Write;
         let p = self.path(kind, id);
         let Some(parent) = p.parent() else { return };
-        if std::fs::create_dir_all(parent).is_err() {
+        if private_dir(parent).is_err() {
             return;
         }
-        let tmp = parent.join(format!(".{}.tmp{}", id.short(), std::process::id()));
-        if std::fs::write(&tmp, b).is_ok() {
-            let _ = std::fs::rename(&tmp, &p);
+        let Ok(mut tmp) = tempfile::Builder::new().prefix(".tmp-").tempfile_in(parent) else { return };
+        if tmp.write_all(b).is_ok() {
+            let _ = tmp.persist(&p);
         }
     }
 
-    /// The object from the cache, or from storage (then cached). Content is verified by hash.
-    pub async fn read_through(&self, storage: &dyn Storage, kind: FileKind, id: &Id) -> Result<Bytes> {
-        if let Some(b) = self.get(kind, id) {
+    /// The object from the cache, or from storage (then cached), at most `limit` bytes.
+    /// Content is verified by hash.
+    pub async fn read_through(&self, storage: &dyn Storage, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
+        if let Some(b) = self.get(kind, id, limit) {
             return Ok(b);
         }
-        let b = storage.read(kind, id).await?;
+        let b = storage.read(kind, id, limit).await?;
         if Id::of_stored(&b) == *id {
             self.put(kind, id, &b);
         }
@@ -78,8 +94,15 @@ impl Cache {
 
     /// `len` bytes at `offset` of pack `id`, from the cached copy of the whole pack (downloaded,
     /// verified and cached on first use). `None` when the pack cannot be cached here (the
-    /// caller reads storage instead).
-    pub async fn pack_range(&self, storage: &dyn Storage, id: &Id, offset: u64, len: u64) -> Result<Option<Bytes>> {
+    /// caller reads storage instead), including a pack larger than `limit`.
+    pub async fn pack_range(
+        &self,
+        storage: &dyn Storage,
+        id: &Id,
+        offset: u64,
+        len: u64,
+        limit: u64,
+    ) -> Result<Option<Bytes>> {
         let path = self.path(FileKind::Pack, id);
         if let Some(b) = read_at(&path, offset, len) {
             return Ok(Some(b));
@@ -88,7 +111,11 @@ impl Cache {
         if let Some(b) = read_at(&path, offset, len) {
             return Ok(Some(b)); // another task fetched it meanwhile
         }
-        let whole = storage.read(FileKind::Pack, id).await?;
+        let whole = match storage.read(FileKind::Pack, id, limit).await {
+            Ok(b) => b,
+            Err(e) if e.is_corrupt() => return Ok(None), // too large to cache: read the range
+            Err(e) => return Err(e),
+        };
         if Id::of_stored(&whole) != *id {
             return Ok(None); // the caller's own read reports the corruption
         }
@@ -117,6 +144,21 @@ impl Cache {
             }
         }
     }
+}
+
+/// Create `dir` (and missing parents) private to this user, 0700; an existing one that others
+/// can read is made private.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let md = std::fs::symlink_metadata(dir)?;
+    if !md.is_dir() {
+        return Err(std::io::Error::other(format!("{} is not a directory", dir.display())));
+    }
+    if md.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// `len` bytes at `offset` of a local file, if it has them.

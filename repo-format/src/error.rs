@@ -24,6 +24,21 @@ pub enum Error {
     /// No key file could be opened with the password given.
     #[error("wrong password: no key file of this repository opens with it")]
     WrongPassword,
+    /// The key files worth trying did not open with the password, and others were not tried
+    /// because the work budget of one unlock was spent (many or costly key files).
+    #[error(
+        "wrong password, or too many key files: {tried} of the {listed} key files were tried within the \
+         unlock budget{}; remove key files nobody uses (`ferry key list`, `ferry key remove`) from a session \
+         that opens",
+        if *replayed > 0 { format!(", {replayed} removed key files that reappeared were refused") } else { String::new() }
+    )]
+    KeyBudget { tried: usize, listed: usize, replayed: usize },
+    /// Only a key file that had been removed (and is back) would open with this password.
+    #[error(
+        "this password only matches key files that were removed from the repository and reappeared ({count}): \
+         the storage may have been rolled back or a revoked key file put back; they are not used"
+    )]
+    ReplayedKey { count: usize },
     /// The repository uses a format version this code does not know.
     #[error("repository format version {found} is newer than this ferry supports (up to {supported}): upgrade ferry")]
     UnsupportedVersion { found: u32, supported: u32 },
@@ -31,7 +46,7 @@ pub enum Error {
     #[error("{kind} {id} not found in the repository")]
     NotFound { kind: FileKind, id: Id },
     /// A blob id is not in the index.
-    #[error("blob {0} is not in the index: the repository is incomplete (run `ferry check`)")]
+    #[error("blob {0} is not in the index: the repository is incomplete (a pack or index object is missing)")]
     BlobNotInIndex(Id),
     /// An object exists already (create-only write refused).
     #[error("{kind} {id} already exists")]

@@ -12,6 +12,7 @@
 
 use crate::blob::BlobKind;
 use crate::codec::{Dec, Enc};
+use crate::compress::MAX_BLOB_LEN;
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, Id, IndexId, PackId};
@@ -33,6 +34,10 @@ pub struct IndexFile {
 }
 
 const BLOB_LEN: usize = 45;
+
+/// Largest stored (compressed, sealed) blob: its plaintext cap plus the compression header and
+/// the seal.
+pub(crate) const MAX_STORED_LEN: usize = MAX_BLOB_LEN + 5 + crate::crypto::SEAL_OVERHEAD;
 
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
@@ -67,6 +72,14 @@ impl IndexFile {
                 let offset = d.u32()?;
                 let stored_len = d.u32()?;
                 let raw_len = d.u32()?;
+                // A blob is at most MAX_BLOB_LEN of plaintext, so what a reader buffers for one
+                // is bounded whatever an index says.
+                if raw_len as usize > MAX_BLOB_LEN || stored_len as usize > MAX_STORED_LEN {
+                    return Err(Error::corrupt(
+                        "index",
+                        format!("blob {} has lengths {stored_len}/{raw_len} over the blob size limit", id.0.short()),
+                    ));
+                }
                 blobs.push(PackEntry { kind, id, offset, stored_len, raw_len });
             }
             packs.push(IndexPack { id, salt, blobs });
@@ -235,14 +248,13 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = PackEntry> {
-        (any::<bool>(), any::<[u8; 32]>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(t, id, o, s, r)| {
-            PackEntry {
-                kind: if t { BlobKind::Tree } else { BlobKind::Data },
-                id: BlobId(Id(id)),
-                offset: o,
-                stored_len: s,
-                raw_len: r,
-            }
+        let len = 0..=MAX_BLOB_LEN as u32;
+        (any::<bool>(), any::<[u8; 32]>(), any::<u32>(), len.clone(), len).prop_map(|(t, id, o, s, r)| PackEntry {
+            kind: if t { BlobKind::Tree } else { BlobKind::Data },
+            id: BlobId(Id(id)),
+            offset: o,
+            stored_len: s,
+            raw_len: r,
         })
     }
 
@@ -279,6 +291,27 @@ mod tests {
                 prop_assert!(IndexFile::decode(&b[..cut]).is_err());
             }
         }
+    }
+
+    #[test]
+    fn blob_lengths_over_the_cap_are_corrupt() {
+        let f = |stored_len, raw_len| IndexFile {
+            packs: vec![IndexPack {
+                id: PackId(Id([9; 32])),
+                salt: [0; 32],
+                blobs: vec![PackEntry {
+                    kind: BlobKind::Data,
+                    id: BlobId(Id([1; 32])),
+                    offset: 0,
+                    stored_len,
+                    raw_len,
+                }],
+            }],
+            supersedes: vec![],
+        };
+        assert!(IndexFile::decode(&f(u32::MAX, 10).encode()).unwrap_err().is_corrupt(), "4 GiB stored length");
+        assert!(IndexFile::decode(&f(10, MAX_BLOB_LEN as u32 + 1).encode()).unwrap_err().is_corrupt());
+        assert!(IndexFile::decode(&f(MAX_STORED_LEN as u32, MAX_BLOB_LEN as u32).encode()).is_ok());
     }
 
     #[test]

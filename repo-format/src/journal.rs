@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -44,10 +44,10 @@ pub(crate) struct Journal {
 impl Journal {
     /// Create and lock a new journal in `dir`.
     pub(crate) fn create(dir: &Path) -> std::io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
+        crate::cache::private_dir(dir)?;
         let name = format!("{}-{:016x}{SUFFIX}", std::process::id(), rand::random::<u64>());
         let path = dir.join(name);
-        let f = OpenOptions::new().read(true).append(true).create_new(true).open(&path)?;
+        let f = OpenOptions::new().read(true).append(true).create_new(true).mode(0o600).open(&path)?;
         let file = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
         Ok(Journal { file, path, pending: 0 })
     }

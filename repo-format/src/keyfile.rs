@@ -46,6 +46,11 @@ impl KdfParams {
         KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }
     }
 
+    /// Argon2 work: memory (KiB) × passes.
+    pub fn work(&self) -> u64 {
+        u64::from(self.m_cost) * u64::from(self.t_cost)
+    }
+
     fn derive(&self, password: &[u8], salt: &[u8; 32]) -> Result<[u8; 32]> {
         let params = argon2::Params::new(self.m_cost, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| Error::Invalid(format!("argon2 parameters {self:?}: {e}")))?;
@@ -105,13 +110,15 @@ pub fn info(bytes: &[u8]) -> Result<KeyFileInfo> {
     }
     d.u16()?;
     let kdf = KdfParams { m_cost: d.u32()?, t_cost: d.u32()?, p_cost: d.u32()? };
-    // Refuse absurd costs before spending memory on them (a hostile key file could ask for TiBs).
-    if kdf.m_cost > 4 * 1024 * 1024
-        || kdf.m_cost < 8 * kdf.p_cost
+    // Refuse absurd costs before spending memory or time on them (a hostile key file could ask
+    // for TiBs, or minutes per try). Checked in an order that cannot overflow.
+    if kdf.p_cost == 0
+        || kdf.p_cost > MAX_P_COST
         || kdf.t_cost == 0
-        || kdf.t_cost > 64
-        || kdf.p_cost == 0
-        || kdf.p_cost > 64
+        || kdf.t_cost > MAX_T_COST
+        || kdf.m_cost > MAX_M_COST
+        || kdf.m_cost < 8 * kdf.p_cost
+        || kdf.work() > MAX_WORK
     {
         return Err(Error::corrupt("key file", format!("unreasonable argon2 parameters {kdf:?}")));
     }
@@ -119,6 +126,14 @@ pub fn info(bytes: &[u8]) -> Result<KeyFileInfo> {
 }
 
 const WRAPPED_LEN: usize = 12 + 64 + 16;
+
+/// Ceilings a reader enforces before running Argon2 (FORMAT.md §4.5): 1 GiB of memory, 16
+/// passes, 16 lanes, and 4 GiB-passes of work (memory × passes) in all: at most a few seconds
+/// and 1 GiB for any key file, where the format once allowed 4 GiB and minutes.
+pub(crate) const MAX_M_COST: u32 = 1 << 20;
+pub(crate) const MAX_T_COST: u32 = 16;
+pub(crate) const MAX_P_COST: u32 = 16;
+pub(crate) const MAX_WORK: u64 = 4 << 20;
 
 /// Unlock a key file. `Ok(None)` when the password does not open it.
 pub fn open(bytes: &[u8], password: &[u8]) -> Result<Option<KeyFileContent>> {
@@ -171,6 +186,26 @@ mod tests {
         let mut kf = create(&mk, b"pw", KdfParams { m_cost: 128, t_cost: 2, p_cost: 1 }, 0, "").unwrap();
         kf[16] = 1; // t_cost 2 -> 1: the derived key differs and the prefix is authenticated
         assert!(open(&kf, b"pw").unwrap().is_none());
+    }
+
+    #[test]
+    fn ceilings_are_checked_without_overflow() {
+        let mk = MasterKey::generate();
+        let kf = create(&mk, b"pw", KdfParams::insecure_for_tests(), 0, "").unwrap();
+        let with = |m: u32, t: u32, p: u32| {
+            let mut k = kf.clone();
+            k[12..16].copy_from_slice(&m.to_le_bytes());
+            k[16..20].copy_from_slice(&t.to_le_bytes());
+            k[20..24].copy_from_slice(&p.to_le_bytes());
+            info(&k)
+        };
+        // A lane count whose `8 * p` overflows u32 must be refused, not wrap or panic.
+        assert!(with(64, 1, u32::MAX).unwrap_err().is_corrupt());
+        assert!(with(64, 1, 0x2000_0001).unwrap_err().is_corrupt());
+        assert!(with(MAX_M_COST + 1, 1, 1).unwrap_err().is_corrupt());
+        assert!(with(MAX_M_COST, MAX_T_COST, 1).unwrap_err().is_corrupt(), "over the work ceiling");
+        assert!(with(MAX_M_COST, 4, 1).is_ok());
+        assert!(with(32 << 10, 4, 1).is_ok(), "the default cost");
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //!
 //! `Repository` is the library's front door. Opening reads `config` first (so a missing
 //! repository or a too-new format is reported before any password is tried), then tries the
-//! password on every key file. The index is loaded on demand (`load_index`), from the local
-//! cache where possible. Every object read is verified: stored-name hash where the name is a
-//! hash, AEAD tag, and for blobs the keyed hash of the plaintext.
+//! password on the key files (see `open` for the order and the work budget). The index is
+//! loaded on demand (`load_index`), from the local cache where possible. Every object read is
+//! verified: stored-name hash where the name is a hash, AEAD tag, and for blobs the keyed hash
+//! of the plaintext.
+//!
+//! Nothing a hostile storage sends can make a reader buffer without bound: every whole-object
+//! read is capped by its kind's maximum and by the size the listing reported, and objects are
+//! downloaded at most `LOAD_BYTES` at a time. What this machine saw before (`memory`) is used to
+//! notice a storage that goes back: a removed key file that reappears is refused, a newest
+//! snapshot that disappears is warned about.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -22,6 +29,7 @@ use crate::id::{BlobId, Id, IndexId, KeyId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::journal::{self, Journal};
 use crate::keyfile::{self, KdfParams};
+use crate::memory::{self, Memory};
 use crate::object::{self, ObjectType};
 use crate::pack;
 use crate::snapshot::Snapshot;
@@ -45,8 +53,23 @@ pub struct Resumed {
     pub index: Option<IndexId>,
 }
 
-/// Concurrent downloads when loading index or snapshot objects.
+/// Concurrent downloads when loading index or snapshot objects …
 const LOAD_CONCURRENCY: usize = 16;
+/// … and the most bytes they may hold at once (by the sizes the listing reported).
+const LOAD_BYTES: u64 = 128 << 20;
+
+/// Key files considered at most (the listing may hold thousands of planted ones).
+const MAX_KEY_FILES: usize = 256;
+/// Argon2 work one `open` may spend on key files, in KiB × passes (each try counts at least
+/// `KEY_TRY_FLOOR`): 8 GiB-passes, i.e. 64 key files of the default cost, a few seconds; a key
+/// file that would overrun it is not tried. The key that opened the last session here is
+/// tried first whatever it costs.
+const KDF_BUDGET: u64 = 8 << 20;
+const KEY_TRY_FLOOR: u64 = 32 << 10;
+
+/// Snapshots dated later than now plus this are not trusted to be the newest (clock skew
+/// between nodes is allowed for).
+pub const FUTURE_SKEW_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// A key file as `key list` shows it.
 #[derive(Debug, Clone)]
@@ -68,6 +91,13 @@ pub struct Repository {
     key_id: KeyId,
     cache: Option<Cache>,
     index: RwLock<Arc<Index>>,
+    /// This location's memory file (with a cache root).
+    memory_path: Option<PathBuf>,
+}
+
+/// Semaphore permits for `bytes` of download (KiB units, at least 1, at most the whole budget).
+fn permits(bytes: u64) -> u32 {
+    (bytes / 1024).clamp(1, LOAD_BYTES / 1024) as u32
 }
 
 fn now_ns() -> i64 {
@@ -84,7 +114,7 @@ impl Repository {
         key_label: &str,
     ) -> Result<Self> {
         config.validate()?;
-        match storage.read(FileKind::Config, &Id::ZERO).await {
+        match storage.read(FileKind::Config, &Id::ZERO, FileKind::Config.max_len()).await {
             Ok(_) => {
                 return Err(Error::RepositoryExists { location: storage.location() });
             }
@@ -106,12 +136,19 @@ impl Repository {
             }
             Err(e) => return Err(e),
         }
-        Ok(Repository { storage, master, config, key_id, cache: None, index: RwLock::default() })
+        Ok(Repository { storage, master, config, key_id, cache: None, index: RwLock::default(), memory_path: None })
     }
 
-    /// Open and unlock. `cache_root` enables the local cache of index and snapshot objects.
+    /// Open and unlock. `cache_root` enables the local cache of index and snapshot objects and
+    /// the memory of this location (`memory`).
+    ///
+    /// Key files are tried in this order: the one that opened the last session on this machine,
+    /// then the others from the cheapest Argon2 cost up, within `KDF_BUDGET` and at most
+    /// `MAX_KEY_FILES`, so planted key files with maximal costs cost bounded time and memory. A
+    /// key file that was seen here, then removed from storage, and is back (a replayed, revoked
+    /// password) is never used.
     pub async fn open(storage: Arc<dyn Storage>, password: &[u8], cache_root: Option<PathBuf>) -> Result<Self> {
-        let cfg_bytes = match storage.read(FileKind::Config, &Id::ZERO).await {
+        let cfg_bytes = match storage.read(FileKind::Config, &Id::ZERO, FileKind::Config.max_len()).await {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
                 return Err(Error::NoRepository { location: storage.location() });
@@ -125,13 +162,30 @@ impl Repository {
             return Err(Error::corrupt("repository", "it has a config but no key file")
                 .locate(ObjectRef::File(FileKind::Key, Id::ZERO)));
         }
-        // Try every key file: one that opens but whose master key does not decrypt the config
+        let memory_path = cache_root.as_deref().map(|r| memory::path(r, &storage.location()));
+        let mut mem = memory_path.as_deref().map(Memory::load).unwrap_or_default();
+        let replayed = mem.observe_keys(&keys.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        for k in &replayed {
+            tracing::warn!(
+                "key file {} was removed from this repository and is back: the storage may have been rolled \
+                 back or the key file replayed; it is not used",
+                k.short()
+            );
+        }
+        let candidates = Self::key_candidates(&*storage, &keys, &replayed, mem.key_used).await?;
+        // Try the candidates: one that opens but whose master key does not decrypt the config
         // (left by a lost `init` race, or planted) must not hide the right one.
         let mut config_error = None;
         let mut unlocked = None;
-        for (kid, _) in &keys {
-            let kf = storage.read(FileKind::Key, kid).await?;
-            let pw = password.to_vec();
+        let (mut spent, mut skipped) = (0u64, 0usize);
+        for (i, (kid, kf, cost)) in candidates.iter().enumerate() {
+            let cost = (*cost).max(KEY_TRY_FLOOR);
+            if i > 0 && spent + cost > KDF_BUDGET {
+                skipped += 1;
+                continue;
+            }
+            spent += cost;
+            let (kf, pw) = (kf.clone(), password.to_vec());
             let opened = tokio::task::spawn_blocking(move || keyfile::open(&kf, &pw)).await.expect("kdf task");
             let master = match opened {
                 Ok(Some(c)) => c.master,
@@ -155,10 +209,67 @@ impl Repository {
         let (key_id, master, config) = match (unlocked, config_error) {
             (Some(u), _) => u,
             (None, Some(e)) => return Err(e),
+            (None, None) if skipped > 0 || keys.len() > candidates.len() + replayed.len() => {
+                return Err(Error::KeyBudget {
+                    tried: candidates.len() - skipped,
+                    listed: keys.len(),
+                    replayed: replayed.len(),
+                });
+            }
+            (None, None) if !replayed.is_empty() => return Err(Error::ReplayedKey { count: replayed.len() }),
             (None, None) => return Err(Error::WrongPassword),
         };
+        if let Some(p) = &memory_path {
+            mem.key_used = Some(key_id.0);
+            mem.save(p);
+        }
         let cache = cache_root.map(|r| Cache::new(&r, &config.repo_id));
-        Ok(Repository { storage, master, config, key_id, cache, index: RwLock::default() })
+        Ok(Repository { storage, master, config, key_id, cache, index: RwLock::default(), memory_path })
+    }
+
+    /// The key files worth trying, in order: (id, bytes, Argon2 cost in KiB × passes).
+    async fn key_candidates(
+        storage: &dyn Storage,
+        keys: &[(Id, u64)],
+        replayed: &[Id],
+        used: Option<Id>,
+    ) -> Result<Vec<(Id, Bytes, u64)>> {
+        let mut ids: Vec<Id> = keys
+            .iter()
+            .filter(|(id, size)| *size <= FileKind::Key.max_len() && !replayed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        // The last-used key first, then the rest in a fixed order.
+        ids.sort_by_key(|id| (Some(*id) != used, *id));
+        ids.truncate(MAX_KEY_FILES);
+        let read: Vec<Result<(Id, Bytes)>> =
+            futures::stream::iter(ids.into_iter().map(|id| async move {
+                storage.read(FileKind::Key, &id, FileKind::Key.max_len()).await.map(|b| (id, b))
+            }))
+            .buffered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        for r in read {
+            let (id, b) = match r {
+                Ok(x) => x,
+                Err(Error::NotFound { .. }) => continue, // removed since the listing
+                Err(e) => return Err(e),
+            };
+            if Id::of_stored(&b) != id {
+                tracing::warn!("key file {}: its bytes do not hash to its name; not used", id.short());
+                continue;
+            }
+            match keyfile::info(&b) {
+                Ok(info) => out.push((id, b, info.kdf.work())),
+                Err(e) => tracing::warn!("key file {}: {e}; not used", id.short()),
+            }
+        }
+        // Stable sort: the last-used key (first) stays first among equals only if cheapest;
+        // keep it first regardless.
+        let first = out.first().map(|(id, ..)| *id).filter(|id| Some(*id) == used);
+        out.sort_by_key(|(id, _, cost)| (Some(*id) != first, *cost, *id));
+        Ok(out)
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -182,10 +293,12 @@ impl Repository {
         self.key_id
     }
 
-    async fn read_object(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
+    /// A whole object, at most `limit` bytes (the listed size, capped by the kind's maximum).
+    async fn read_object(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
+        let limit = limit.min(kind.max_len());
         let b = match &self.cache {
-            Some(c) => c.read_through(&*self.storage, kind, id).await?,
-            None => self.storage.read(kind, id).await?,
+            Some(c) => c.read_through(&*self.storage, kind, id, limit).await?,
+            None => self.storage.read(kind, id, limit).await?,
         };
         if Id::of_stored(&b) != *id {
             return Err(Error::corrupt("object", "stored bytes do not hash to the object's name")
@@ -196,7 +309,11 @@ impl Repository {
 
     /// Load one index object.
     pub async fn read_index_file(&self, id: &IndexId) -> Result<IndexFile> {
-        let b = self.read_object(FileKind::Index, &id.0).await?;
+        self.read_index_file_sized(id, FileKind::Index.max_len()).await
+    }
+
+    async fn read_index_file_sized(&self, id: &IndexId, limit: u64) -> Result<IndexFile> {
+        let b = self.read_object(FileKind::Index, &id.0, limit).await?;
         let plain = object::open(&self.master.object_cipher(), ObjectType::Index, &b, "index")
             .map_err(|e| e.locate(ObjectRef::File(FileKind::Index, id.0)))?;
         IndexFile::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Index, id.0)))
@@ -204,17 +321,23 @@ impl Repository {
 
     /// List and load every index object (one LIST; downloads only what the cache lacks).
     pub async fn load_index(&self) -> Result<Arc<Index>> {
-        let ids: Vec<IndexId> =
-            self.storage.list(FileKind::Index).await?.into_iter().map(|(id, _)| IndexId(id)).collect();
+        let listed = self.storage.list(FileKind::Index).await?;
         if let Some(c) = &self.cache {
-            c.retain(FileKind::Index, &ids.iter().map(|i| i.0).collect::<HashSet<_>>());
+            c.retain(FileKind::Index, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
-        let files: Vec<IndexFile> = futures::stream::iter(ids.iter().map(|id| self.read_index_file(id)))
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
+        let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
+        let files: Vec<IndexFile> = futures::stream::iter(listed.iter().map(|(id, size)| {
+            let budget = &budget;
+            async move {
+                let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
+                self.read_index_file_sized(&IndexId(*id), *size).await
+            }
+        }))
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
         let idx = Arc::new(Index::build(&files)?);
         if let Some(c) = &self.cache {
             c.retain(FileKind::Pack, &idx.packs().iter().map(|p| p.id.0).collect::<HashSet<_>>());
@@ -301,6 +424,12 @@ impl Repository {
         Ok(r)
     }
 
+    /// Write an index object listing `file`'s packs (for repair tools and tests that forge
+    /// repositories; backups write their index objects through the writer).
+    pub async fn save_index(&self, file: &IndexFile) -> Result<IndexId> {
+        write_index(&*self.storage, &self.master.object_cipher(), file.packs.clone()).await
+    }
+
     /// Finish a writer and add what it wrote to the in-memory index.
     pub async fn finish_writer(&self, w: BlobWriter) -> Result<WriterResult> {
         let r = w.finish().await?;
@@ -315,7 +444,8 @@ impl Repository {
         let loc = self.index().lookup(kind, id).ok_or(Error::BlobNotInIndex(id.0))?;
         let (offset, len) = (u64::from(loc.offset), u64::from(loc.stored_len));
         if let (BlobKind::Tree, Some(cache)) = (kind, &self.cache) {
-            if let Some(stored) = cache.pack_range(&*self.storage, &loc.pack.0, offset, len).await? {
+            let limit = 2 * u64::from(self.config.pack_size) + crate::storage::MAX_OBJECT_LEN;
+            if let Some(stored) = cache.pack_range(&*self.storage, &loc.pack.0, offset, len, limit).await? {
                 match pack::open_blob(&self.master, &loc.salt, kind, id, &stored) {
                     Ok(plain) => return Ok(plain),
                     Err(_) => cache.drop_pack(&loc.pack.0), // read storage below, report from there
@@ -342,29 +472,81 @@ impl Repository {
     }
 
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        let b = self.read_object(FileKind::Snapshot, &id.0).await?;
+        self.load_snapshot_sized(id, FileKind::Snapshot.max_len()).await
+    }
+
+    async fn load_snapshot_sized(&self, id: &SnapshotId, limit: u64) -> Result<Snapshot> {
+        let b = self.read_object(FileKind::Snapshot, &id.0, limit).await?;
         let plain = object::open(&self.master.object_cipher(), ObjectType::Snapshot, &b, "snapshot")
             .map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))?;
         Snapshot::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Snapshot, id.0)))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot, oldest first. A snapshot object that does not open (damaged, or junk
+    /// under a valid name) is left out with a warning naming it, so one bad object does not hide
+    /// the others. With a memory file, a newest snapshot that
+    /// disappeared with nothing newer in its place is warned about (see `memory`).
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let ids: Vec<SnapshotId> =
-            self.storage.list(FileKind::Snapshot).await?.into_iter().map(|(id, _)| SnapshotId(id)).collect();
+        let listed = self.storage.list(FileKind::Snapshot).await?;
         if let Some(c) = &self.cache {
-            c.retain(FileKind::Snapshot, &ids.iter().map(|i| i.0).collect::<HashSet<_>>());
+            c.retain(FileKind::Snapshot, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
-        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
-            ids.into_iter().map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) }),
-        )
+        let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(listed.iter().map(|(id, size)| {
+            let budget = &budget;
+            async move {
+                let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
+                (SnapshotId(*id), self.load_snapshot_sized(&SnapshotId(*id), *size).await)
+            }
+        }))
         .buffer_unordered(LOAD_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+        .collect()
+        .await;
+        let mut out = Vec::with_capacity(loaded.len());
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(e) if e.is_corrupt() => tracing::warn!("snapshot {} is left out: {e}", id.0.short()),
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
+        self.remember_newest(&out);
         Ok(out)
+    }
+
+    /// Compare the newest snapshot (not from the future) with the one remembered, warn if the
+    /// remembered one is gone and nothing replaced it, and remember the newest.
+    fn remember_newest(&self, all: &[(SnapshotId, Snapshot)]) {
+        let Some(path) = &self.memory_path else { return };
+        let mut mem = Memory::load(path);
+        let limit = now_ns().saturating_add(FUTURE_SKEW_NS);
+        let newest = all.iter().rev().find(|(_, s)| s.time_ns <= limit).map(|(id, s)| (id.0, s.time_ns));
+        if let Some((old_id, old_ns)) = mem.newest {
+            let present = all.iter().any(|(id, _)| id.0 == old_id);
+            if !present && newest.is_none_or(|(_, ns)| ns < old_ns) {
+                tracing::warn!(
+                    "snapshot {} (the newest seen here before) is no longer in the repository and nothing \
+                     newer is: if nobody removed it, the storage may have been rolled back",
+                    old_id.short()
+                );
+            }
+            if present || newest.is_some_and(|(_, ns)| ns >= old_ns) {
+                mem.newest = newest;
+            }
+        } else {
+            mem.newest = newest;
+        }
+        mem.save(path);
+    }
+
+    /// Forget the remembered newest snapshot (after snapshots were removed on purpose).
+    pub fn forget_newest(&self) {
+        if let Some(path) = &self.memory_path {
+            let mut mem = Memory::load(path);
+            mem.newest = None;
+            mem.save(path);
+        }
     }
 
     /// Add a key file for `password`.
@@ -382,8 +564,12 @@ impl Repository {
     /// Every key file (its label and date need the master key: each is opened with it).
     pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
-        for (id, _) in self.storage.list(FileKind::Key).await? {
-            let b = self.storage.read(FileKind::Key, &id).await?;
+        for (id, size) in self.storage.list(FileKind::Key).await? {
+            if size > FileKind::Key.max_len() {
+                return Err(Error::corrupt("key file", format!("{size} bytes, more than a key file may have"))
+                    .locate(ObjectRef::File(FileKind::Key, id)));
+            }
+            let b = self.storage.read(FileKind::Key, &id, FileKind::Key.max_len()).await?;
             let info = keyfile::info(&b).map_err(|e| e.locate(ObjectRef::File(FileKind::Key, id)))?;
             // A key file of another master key (a lost init race, a stray copy) cannot unlock
             // this repository: list it as such rather than failing the listing.

@@ -7,6 +7,8 @@
 //!   leaves the first content; a reader sees a whole object or none.
 //! * `upload_file` stores a content-named object (a pack): writing it twice is harmless.
 //! * `read` and `read_range` of a missing object fail with `NotFound`.
+//! * `read` never buffers more than the caller's `limit`: an object larger than that fails with
+//!   `Corrupt` (naming it) before or while it is downloaded, whatever size a listing claimed.
 //! * `list` returns every object of a kind with its size, in no particular order.
 
 mod counting;
@@ -44,6 +46,24 @@ impl FileKind {
         [FileKind::Config, FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack];
 }
 
+/// Largest sealed object (config, index, snapshot) a reader accepts: a 64 MiB payload
+/// (`MAX_BLOB_LEN`, the decompression cap) plus its header, compression header and seal.
+pub const MAX_OBJECT_LEN: u64 = crate::compress::MAX_BLOB_LEN as u64 + 1024;
+/// Largest key file a reader accepts (the fixed part plus a label of at most 65,535 bytes).
+pub const MAX_KEY_FILE_LEN: u64 = 80 << 10;
+
+impl FileKind {
+    /// The most a whole-object read of this kind may buffer. Packs are read whole only to cache
+    /// tree packs; their cap depends on the repository's pack size (`pack_read_limit`).
+    pub fn max_len(self) -> u64 {
+        match self {
+            FileKind::Key => MAX_KEY_FILE_LEN,
+            FileKind::Config | FileKind::Snapshot | FileKind::Index => MAX_OBJECT_LEN,
+            FileKind::Pack => 2 * (1 << 30) + MAX_OBJECT_LEN,
+        }
+    }
+}
+
 impl fmt::Display for FileKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -70,7 +90,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()>;
     /// Upload a content-named object from a file positioned at its start (multipart when large).
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()>;
-    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes>;
+    /// A whole object of at most `limit` bytes (see `FileKind::max_len`); a larger one is
+    /// `Corrupt` and is not buffered.
+    async fn read(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes>;
     async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes>;
     async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>>;
     async fn remove(&self, kind: FileKind, id: &Id) -> Result<()>;

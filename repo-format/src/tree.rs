@@ -17,6 +17,10 @@ use crate::codec::{Dec, Enc};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, TreeId};
 
+/// The smallest encoded entry: its length prefix and every fixed field, with an empty name,
+/// no symlink target, no xattrs and no content (4 + 2 + 1 + 3·4 + 3·8 + 3·8 + 4 + 8 + 4 + 2 + 1).
+const MIN_ENTRY: usize = 86;
+
 /// Type of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -150,7 +154,7 @@ fn encode_segments(e: &mut Enc, segs: &[Segment]) {
 
 fn decode_segments(d: &mut Dec<'_>) -> Result<Vec<Segment>> {
     let n = d.count(9)?;
-    let mut v = Vec::with_capacity(n);
+    let mut v = Vec::with_capacity(n.min(4096));
     for _ in 0..n {
         v.push(match d.u8()? {
             0 => Segment::Zero { len: d.u64()? },
@@ -222,8 +226,10 @@ impl Tree {
 
     pub fn decode(b: &[u8]) -> Result<Self> {
         let mut d = Dec::new(b, "tree");
-        let n = d.count(4)?;
-        let mut nodes = Vec::with_capacity(n);
+        let n = d.count(MIN_ENTRY)?;
+        // A `Node` in memory is several times its smallest encoding: grow as entries arrive
+        // rather than trusting the count with memory up front.
+        let mut nodes = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             let mut r = d.record()?;
             let name = r.bytes16()?.to_vec();
@@ -341,6 +347,17 @@ mod tests {
             let _ = Tree::decode(&b);
             let _ = decode_segment_list(&b);
         }
+    }
+
+    #[test]
+    fn a_hostile_entry_count_reserves_no_memory() {
+        // A count that fits the bytes left at 4 bytes per entry but not at the real minimum
+        // entry size is refused before anything is reserved.
+        let mut b = vec![0u8; 4 + 4 * 1000];
+        b[..4].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(Tree::decode(&b).unwrap_err().is_corrupt());
+        let t = Tree { nodes: vec![Node::new(Vec::new(), NodeType::Fifo)] };
+        assert_eq!(t.encode().unwrap().len(), 4 + MIN_ENTRY, "MIN_ENTRY is the real minimum");
     }
 
     #[test]

@@ -573,7 +573,7 @@ async fn verify(dir: &Path) {
     let packs = st.list(FileKind::Pack).await.unwrap();
     assert_eq!(packs.len(), idx.packs().len());
     for (pid, size) in packs {
-        let b = st.read(FileKind::Pack, &pid).await.unwrap();
+        let b = st.read(FileKind::Pack, &pid, u64::MAX).await.unwrap();
         assert_eq!(b.len() as u64, size);
         assert_eq!(Id::of_stored(&b), pid, "pack name");
         let (salt, entries) = parse_pack(repo.master_key(), &b).unwrap();

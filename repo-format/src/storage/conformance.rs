@@ -7,11 +7,23 @@ use super::{FileKind, Storage};
 use crate::error::Error;
 use crate::id::Id;
 
+/// Record a skip on stderr and in `FERRY_TEST_SKIPS` (counted by tests/run.sh).
+fn skip(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("skipped: {test}: {reason}");
+    if let Some(path) = std::env::var_os("FERRY_TEST_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
 pub(crate) async fn run(s: &dyn Storage) {
     let a = Id::of_stored(b"a");
     let b = Id::of_stored(b"b");
     // missing objects
-    assert!(matches!(s.read(FileKind::Snapshot, &a).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.read(FileKind::Snapshot, &a, 1 << 20).await, Err(Error::NotFound { .. })));
     assert!(matches!(s.read_range(FileKind::Pack, &a, 0, 1).await, Err(Error::NotFound { .. })));
     assert!(s.list(FileKind::Snapshot).await.unwrap().is_empty());
     // create-only
@@ -20,7 +32,10 @@ pub(crate) async fn run(s: &dyn Storage) {
         s.create(FileKind::Snapshot, &a, Bytes::from_static(b"second")).await,
         Err(Error::AlreadyExists { .. })
     ));
-    assert_eq!(&s.read(FileKind::Snapshot, &a).await.unwrap()[..], b"first");
+    assert_eq!(&s.read(FileKind::Snapshot, &a, 1 << 20).await.unwrap()[..], b"first");
+    // a read never buffers more than its limit
+    assert!(s.read(FileKind::Snapshot, &a, 4).await.unwrap_err().is_corrupt(), "5 bytes read with a limit of 4");
+    assert_eq!(&s.read(FileKind::Snapshot, &a, 5).await.unwrap()[..], b"first");
     // ranges
     s.create(FileKind::Index, &b, Bytes::from_static(b"0123456789")).await.unwrap();
     assert_eq!(&s.read_range(FileKind::Index, &b, 3, 4).await.unwrap()[..], b"3456");
@@ -37,7 +52,7 @@ pub(crate) async fn run(s: &dyn Storage) {
         std::io::Write::write_all(&mut f, &big).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         s.upload_file(FileKind::Pack, &pid, f, big.len() as u64).await.unwrap();
-        assert!(s.read(FileKind::Pack, &pid).await.unwrap() == big, "{len} bytes read back");
+        assert!(s.read(FileKind::Pack, &pid, 1 << 30).await.unwrap() == big, "{len} bytes read back");
         let r = s.read_range(FileKind::Pack, &pid, 17 << 20, 100).await.unwrap();
         assert_eq!(&r[..], &big[17 << 20..(17 << 20) + 100]);
         packs.push((pid, big.len() as u64));
@@ -48,7 +63,7 @@ pub(crate) async fn run(s: &dyn Storage) {
     assert_eq!(listed, packs);
     // removal
     s.remove(FileKind::Snapshot, &a).await.unwrap();
-    assert!(matches!(s.read(FileKind::Snapshot, &a).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.read(FileKind::Snapshot, &a, 1 << 20).await, Err(Error::NotFound { .. })));
     // concurrent create-only puts of one name: exactly one wins
     let c = Id::of_stored(b"race");
     let results =
@@ -76,7 +91,7 @@ fn unique_prefix(what: &str) -> String {
 async fn s3_conforms() {
     let (Ok(endpoint), Ok(bucket)) = (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
     else {
-        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT/FERRY_TEST_S3_BUCKET not set (tests/servers.sh start)");
+        skip("FERRY_TEST_S3_ENDPOINT/FERRY_TEST_S3_BUCKET not set (tests/servers.sh start)");
         return;
     };
     let store = object_store::aws::AmazonS3Builder::new()
@@ -99,7 +114,7 @@ async fn azure_conforms() {
     let (Ok(endpoint), Ok(container)) =
         (std::env::var("FERRY_TEST_AZURE_ENDPOINT"), std::env::var("FERRY_TEST_AZURE_CONTAINER"))
     else {
-        eprintln!("skipped: FERRY_TEST_AZURE_ENDPOINT/FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
+        skip("FERRY_TEST_AZURE_ENDPOINT/FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
         return;
     };
     // Emulator mode reads AZURITE_BLOB_STORAGE_URL (set by tests/servers.sh) for the endpoint.
@@ -121,7 +136,7 @@ async fn gcs_conforms() {
     let (Ok(bucket), Ok(key)) =
         (std::env::var("FERRY_TEST_GCS_BUCKET"), std::env::var("GOOGLE_APPLICATION_CREDENTIALS"))
     else {
-        eprintln!("skipped: FERRY_TEST_GCS_BUCKET/GOOGLE_APPLICATION_CREDENTIALS not set (no GCS server here)");
+        skip("FERRY_TEST_GCS_BUCKET/GOOGLE_APPLICATION_CREDENTIALS not set (no GCS server here)");
         return;
     };
     let store = object_store::gcp::GoogleCloudStorageBuilder::new()

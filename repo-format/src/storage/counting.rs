@@ -63,9 +63,9 @@ impl<S: Storage> Storage for Counting<S> {
         self.counts.bytes_up.fetch_add(len, Relaxed);
         self.inner.upload_file(kind, id, file, len).await
     }
-    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
+    async fn read(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
         self.counts.get.fetch_add(1, Relaxed);
-        let b = self.inner.read(kind, id).await?;
+        let b = self.inner.read(kind, id, limit).await?;
         self.counts.bytes_down.fetch_add(b.len() as u64, Relaxed);
         Ok(b)
     }

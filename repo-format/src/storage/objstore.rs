@@ -164,9 +164,26 @@ impl Storage for ObjectStorage {
         w.finish().await.map(|_| ()).map_err(|e| self.err(kind, id, e))
     }
 
-    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
+    async fn read(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
         let r = self.store.get(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))?;
-        r.bytes().await.map_err(|e| self.err(kind, id, e))
+        let too_large = |n: u64| {
+            Error::corrupt("object", format!("it is {n} bytes or more, over the {limit} bytes a {kind} may have"))
+                .locate(crate::error::ObjectRef::File(kind, *id))
+        };
+        // Refuse by the declared size first, then count what actually arrives (a server may
+        // send more than it declared): never buffer more than `limit`.
+        if r.meta.size > limit {
+            return Err(too_large(r.meta.size));
+        }
+        let mut buf = bytes::BytesMut::with_capacity(r.meta.size as usize);
+        let mut stream = r.into_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(kind, id, e))? {
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(too_large((buf.len() + chunk.len()) as u64));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
     }
 
     async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes> {
@@ -191,7 +208,17 @@ impl Storage for ObjectStorage {
             what: format!("listing {kind} at {}", self.location),
             source: Box::new(e),
         })?;
-        Ok(metas.into_iter().filter_map(|m| id_of(m.location.as_ref()).map(|id| (id, m.size))).collect())
+        // Only names this layout would write count: junk, temporary and nested names (which a
+        // read by id would never find) are ignored instead of breaking every listing.
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let full: &str = m.location.as_ref();
+                let id = id_of(full)?;
+                (full.strip_prefix(strip.as_str()) == Some(path_of(kind, &id).as_str())).then_some((id, m.size))
+            })
+            .collect())
     }
 
     async fn remove(&self, kind: FileKind, id: &Id) -> Result<()> {

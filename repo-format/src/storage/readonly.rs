@@ -31,8 +31,8 @@ impl<S: Storage> Storage for ReadOnly<S> {
     async fn upload_file(&self, kind: FileKind, id: &Id, _: File, _: u64) -> Result<()> {
         Err(refuse("upload of", kind, id))
     }
-    async fn read(&self, kind: FileKind, id: &Id) -> Result<Bytes> {
-        self.0.read(kind, id).await
+    async fn read(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
+        self.0.read(kind, id, limit).await
     }
     async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes> {
         self.0.read_range(kind, id, offset, len).await
