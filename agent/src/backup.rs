@@ -94,7 +94,9 @@ pub(crate) async fn start_writer(
     let tmp_dir = match cache_dir {
         Some(c) => {
             let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
-            std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(&t)
+                .with_context(|| format!("creating {}", t.display()))?;
             t
         }
         None => std::env::temp_dir(),

@@ -182,9 +182,20 @@ pub struct RestoreArgs {
     /// Disk snapshots: the target device already reads as zeros (skip zeroing empty ranges)
     #[arg(long)]
     pub assume_zeroed: bool,
-    /// Disk snapshots: write to the device even if it is mounted
+    /// Disk snapshots: write to the device even if it is mounted or held (it is opened
+    /// exclusively otherwise)
     #[arg(long)]
     pub force: bool,
+    /// Create character and block device nodes found in the snapshot (refused by default)
+    #[arg(long)]
+    pub allow_devices: bool,
+    /// Keep setuid and setgid bits on restored files (dropped by default)
+    #[arg(long)]
+    pub keep_setuid: bool,
+    /// Memory the restore plan may take, in MiB (about 350 bytes per file; in use it can reach
+    /// twice this)
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub max_plan_memory: u64,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -32,14 +32,16 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Open for reading (no atime update where permitted).
-    pub fn open_read(path: &Path) -> Result<Disk> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOATIME)
-            .open(path)
-            .or_else(|_| File::open(path))
-            .with_context(|| format!("opening the disk {}", path.display()))?;
+    /// Open for reading (no atime update where permitted). With `no_follow`, a symlink at
+    /// `path` is refused (an image inside a volume its workload writes, such as a KubeVirt
+    /// `disk.img`, must not lead the backup to any other file of the node).
+    pub fn open_read(path: &Path, no_follow: bool) -> Result<Disk> {
+        let nofollow = if no_follow { libc::O_NOFOLLOW } else { 0 };
+        let open = |flags: i32| std::fs::OpenOptions::new().read(true).custom_flags(flags | nofollow).open(path);
+        let file = open(libc::O_NOATIME).or_else(|_| open(0)).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!("{} is a symlink: refused (name the disk itself)", path.display()),
+            _ => anyhow::Error::new(e).context(format!("opening the disk {}", path.display())),
+        })?;
         Disk::from_file(file, path)
     }
 

@@ -5,10 +5,10 @@
 //! | 0 | success |
 //! | 1 | failure (anything not listed below) |
 //! | 2 | bad command line (clap) |
-//! | 3 | partial: the snapshot was written but some source entries could not be read |
+//! | 3 | partial: the snapshot was written but some source entries could not be read; or a restore refused or could not complete some entries |
 //! | 10 | no repository at the location |
 //! | 11 | repository format newer than this ferry |
-//! | 12 | wrong password |
+//! | 12 | wrong password (or no key file opened within the unlock budget, or only a replayed one) |
 //! | 13 | corrupt repository data (authentication or hash failure) |
 
 use repo_format::Error;
@@ -27,7 +27,7 @@ pub fn code_for(e: &anyhow::Error) -> i32 {
         if let Some(re) = cause.downcast_ref::<Error>() {
             return match re {
                 Error::NoRepository { .. } => NO_REPOSITORY,
-                Error::WrongPassword => WRONG_PASSWORD,
+                Error::WrongPassword | Error::KeyBudget { .. } | Error::ReplayedKey { .. } => WRONG_PASSWORD,
                 Error::UnsupportedVersion { .. } => UNSUPPORTED,
                 Error::Corrupt { .. } => CORRUPT,
                 _ => FAILURE,

@@ -7,6 +7,11 @@
 //! Updates are written in short batched transactions (so two backups sharing a cache never wait
 //! long for each other); an entry written by a backup that later failed is harmless, since a hit
 //! is only used when all its blobs are in the index.
+//!
+//! The database names every file backed up: it is created 0600 in a 0700 directory (SQLite
+//! gives its journal files the database's mode). A hit also needs the recorded segments to
+//! cover exactly the file's size, so a damaged or planted row can cost a read, never a wrong
+//! snapshot.
 
 use std::path::Path;
 
@@ -70,9 +75,29 @@ const BATCH: usize = 4096;
 type Entry = (FileKey, Vec<u8>);
 
 fn connect(path: &Path) -> Result<Connection> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the cache directory {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the cache directory {}", dir.display()))?;
     }
+    // Create it private before SQLite opens it (SQLite would use 0644), and make an older,
+    // readable one private.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening the files cache {}", path.display()))?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    drop(f);
     let conn = Connection::open(path).with_context(|| format!("opening the files cache {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     // Switching to WAL while another process creates the database answers SQLITE_BUSY at once
@@ -122,8 +147,10 @@ impl Reader {
             return Ok(Lookup::Changed);
         }
         match decode_segment_list(&content) {
-            Ok(segs) => Ok(Lookup::Hit(segs)),
-            Err(_) => Ok(Lookup::Changed),
+            Ok(segs) if segs.iter().try_fold(0u64, |a, s| a.checked_add(s.len())) == Some(key.size) => {
+                Ok(Lookup::Hit(segs))
+            }
+            _ => Ok(Lookup::Changed),
         }
     }
 }
@@ -210,13 +237,29 @@ mod tests {
     }
 
     #[test]
+    fn a_row_whose_segments_do_not_cover_the_size_is_no_hit_and_the_cache_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sub/files.sqlite");
+        let key = FileKey { dev: 1, ino: 2, size: 10, mtime_ns: 4, ctime_ns: 5 };
+        let (r, mut w) = open(&db).unwrap();
+        // Stat fields all match, but the content recorded is 3 bytes for a 10-byte file.
+        w.put(b"/a", &key, &[Segment::Zero { len: 3 }]).unwrap();
+        w.commit().unwrap();
+        assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Changed));
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
     fn entries_unseen_for_several_backups_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("files.sqlite");
         let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
+        let segs = [Segment::Zero { len: 3 }];
         let (_, mut w) = open(&db).unwrap();
-        w.put(b"/old", &key, &[]).unwrap();
-        w.put(b"/kept", &key, &[]).unwrap();
+        w.put(b"/old", &key, &segs).unwrap();
+        w.put(b"/kept", &key, &segs).unwrap();
         w.commit().unwrap();
         for _ in 0..KEEP_GENERATIONS + 1 {
             let (_, mut w) = open(&db).unwrap();

@@ -3,10 +3,33 @@
 
 use std::io::Write;
 
+/// Stderr for log lines, with control characters other than the line end escaped (a warning
+/// may quote repository text).
+struct EscapedStderr;
+
+impl Write for EscapedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut out = String::with_capacity(text.len());
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&escape(line));
+        }
+        std::io::stderr().lock().write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Route `tracing` to stderr at `level`, as `ferry: LEVEL: message`.
 pub fn init_logging(level: tracing::Level) {
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| EscapedStderr)
+        .with_ansi(false)
         .with_max_level(level)
         .without_time()
         .with_target(false)
@@ -38,9 +61,27 @@ pub fn message(e: &anyhow::Error) -> String {
     msg
 }
 
+/// `s` with control characters (C0, DEL, C1, and so terminal escape sequences) shown as
+/// Rust escapes (`\n`, `\u{1b}`): text that came from a repository (hostnames, tags, paths, names, link
+/// targets) can never drive the terminal it is printed on.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Print a fatal error: `ferry: error: a: b: c` on stderr, and a JSON error line with `--json`.
 pub fn error_line(json: bool, e: &anyhow::Error) {
-    let msg = message(e);
+    let msg = escape(&message(e)).into_owned();
     if json {
         print_json(
             &serde_json::json!({ "message_type": "error", "error": msg, "exit_code": crate::exit::code_for(e) }),
@@ -67,4 +108,18 @@ pub fn bytes(n: u64) -> String {
         i += 1;
     }
     if i == 0 { format!("{n} B") } else { format!("{v:.2} {}", U[i]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let hostile = "host\u{1b}]0;owned\u{7}\u{9b}31m\r\nx";
+        let shown = escape(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\u{1b}") && shown.contains("\\u{9b}"), "{shown}");
+        assert_eq!(escape("plain ü"), "plain ü");
+    }
 }

@@ -3,6 +3,11 @@
 //! `<pods>/<pod uid>/volumes/<plugin>/<name>`), block mode
 //! `<pods>/<pod uid>/volumeDevices/<plugin>/<pv>` (a device node). Exactly one must match.
 //! A filesystem volume holding a KubeVirt `disk.img` is a disk.
+//!
+//! The volume's contents belong to its workload: `disk.img` counts only as a regular file
+//! (never through a symlink, which could name any file of the node), and the image is then
+//! opened with `O_NOFOLLOW`. The kubelet's own directories (`volumes/…`, `volumeDevices/…`) are
+//! trusted, and a block volume must be a block device.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +44,11 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
     }
     for plugin in plugins("volumeDevices") {
         let dev = plugin.join(name);
-        if std::fs::metadata(&dev).is_ok() {
+        if let Ok(md) = std::fs::metadata(&dev) {
+            use std::os::unix::fs::FileTypeExt;
+            if !md.file_type().is_block_device() {
+                bail!("--pod-volume: {} is not a block device", dev.display());
+            }
             found.push(PodVolume::Block(dev));
         }
     }
@@ -55,7 +64,14 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
             let img = dir.join("disk.img");
             let entries: Vec<_> =
                 std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name()).filter(|n| n != "lost+found").collect();
-            if img.is_file() && entries.len() == 1 { PodVolume::Image(img) } else { PodVolume::Filesystem(dir) }
+            match std::fs::symlink_metadata(&img) {
+                Ok(m) if m.file_type().is_symlink() && entries.len() == 1 => bail!(
+                    "--pod-volume: {} is a symlink, not a disk image: refused (the volume's workload may have put it there)",
+                    img.display()
+                ),
+                Ok(m) if m.is_file() && entries.len() == 1 => PodVolume::Image(img),
+                _ => PodVolume::Filesystem(dir),
+            }
         }
         other => other,
     })
@@ -86,9 +102,29 @@ mod tests {
         assert!(resolve(&pod.join("nope")).unwrap_err().to_string().contains("nothing matches"));
         std::fs::create_dir_all(pod.join("volumeDevices/kubernetes.io~csi")).unwrap();
         std::fs::write(pod.join("volumeDevices/kubernetes.io~csi/pv-b"), b"").unwrap();
+        assert!(resolve(&pod.join("pv-b")).unwrap_err().to_string().contains("not a block device"));
+        std::fs::remove_file(pod.join("volumeDevices/kubernetes.io~csi/pv-b")).unwrap();
+        nix::sys::stat::mknod(
+            &pod.join("volumeDevices/kubernetes.io~csi/pv-b"),
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(7, 200),
+        )
+        .unwrap();
         assert_eq!(
             resolve(&pod.join("pv-b")).unwrap(),
             PodVolume::Block(pod.join("volumeDevices/kubernetes.io~csi/pv-b"))
         );
+    }
+
+    #[test]
+    fn a_disk_img_symlink_planted_by_the_workload_is_refused() {
+        let pods = tempfile::tempdir().unwrap();
+        let pod = pods.path().join("uid-2");
+        let mount = pod.join("volumes/kubernetes.io~csi/pv-vm/mount");
+        std::fs::create_dir_all(&mount).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", mount.join("disk.img")).unwrap();
+        let e = resolve(&pod.join("pv-vm")).unwrap_err().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
     }
 }

@@ -11,6 +11,14 @@
 //!    several ranges in flight (`content`);
 //! 4. set metadata: files, special entries, then directories deepest first (so their mtimes
 //!    survive), and optionally re-read and verify every file (`verify`).
+//!
+//! A snapshot may be hostile (a bucket someone else controls) and the target may be written by
+//! others while the restore runs. So: planning has a memory budget (`Budget`: a tree that repeats
+//! its subtrees, or indirect segment lists expanded per file, cannot exhaust memory) and a depth
+//! limit; a file's segments must add up to its size; device nodes are refused and setuid/setgid
+//! dropped unless asked (`RestoreOptions`); every entry is written through `SafeRoot`, which
+//! never follows a link and re-checks identity before each step; and a file whose content
+//! failed is emptied (never left looking complete with its original size and time) and listed.
 
 pub(crate) mod content;
 pub(crate) mod verify;
@@ -21,11 +29,103 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
-use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, TreeId, decode_segment_list};
+use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, Tree, TreeId, decode_segment_list};
 
 use crate::fsmeta::path_of;
 use crate::progress::Counters;
-use crate::safefs::SafeRoot;
+use crate::safefs::{FileId, SafeRoot};
+
+/// How a restore treats what it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Re-read every file afterwards and check it against the snapshot.
+    pub verify: bool,
+    /// Create character and block device nodes (refused by default: a forged snapshot could
+    /// otherwise give the target's users a raw device of the node).
+    pub allow_devices: bool,
+    /// Keep setuid/setgid bits on files (dropped by default).
+    pub keep_setuid: bool,
+    /// Memory the plan may take (`Budget`).
+    pub max_plan_bytes: u64,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions { verify: false, allow_devices: false, keep_setuid: false, max_plan_bytes: DEFAULT_PLAN_BYTES }
+    }
+}
+
+/// Default plan budget: 1 GiB, about three million files.
+pub const DEFAULT_PLAN_BYTES: u64 = 1 << 30;
+
+/// Deepest directory nesting restored (Linux paths stop at 4096 bytes; 2048 levels of one-byte
+/// names fill that).
+const MAX_DEPTH: usize = 2048;
+
+/// Refusals listed one by one; more are counted.
+const MAX_REJECTED_LINES: usize = 1000;
+
+/// The plan would take more memory than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the restore plan needs more than {limit} bytes of memory (--max-plan-memory): the snapshot is very large, \
+     or forged so that its directories or segment lists repeat"
+)]
+pub struct PlanTooLarge {
+    pub limit: u64,
+}
+
+/// The memory a plan may still take, in estimated bytes.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Budget {
+        Budget { left: limit, limit }
+    }
+    /// Take `bytes` from the budget, or fail with `PlanTooLarge`.
+    pub fn take(&mut self, bytes: u64) -> Result<(), PlanTooLarge> {
+        self.left = self.left.checked_sub(bytes).ok_or(PlanTooLarge { limit: self.limit })?;
+        Ok(())
+    }
+    /// What a node costs in a plan: its struct, name, path (kept twice for directories: in the
+    /// plan and in the set of wanted directories), link target and xattrs. Vectors grow by
+    /// doubling, so the memory in use may reach about twice what was taken.
+    fn node(&mut self, n: &Node, rel: &Path) -> Result<(), PlanTooLarge> {
+        let xattrs: usize = n.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        let path = rel.as_os_str().len() * if n.kind == NodeType::Dir { 2 } else { 1 };
+        let bytes = std::mem::size_of::<FilePlan>() + 64 + n.name.len() + path + n.link_target.len() + xattrs;
+        self.take(bytes as u64)
+    }
+    fn segments(&mut self, n: usize) -> Result<(), PlanTooLarge> {
+        self.take((n * std::mem::size_of::<Segment>()) as u64)
+    }
+}
+
+/// Decoded small trees by id, so a subtree that appears many times is read and decoded once.
+#[derive(Default)]
+struct TreeMemo(HashMap<TreeId, Arc<Tree>>);
+
+impl TreeMemo {
+    const MAX_TREES: usize = 4096;
+    const MAX_NODES: usize = 32;
+    async fn get(&mut self, repo: &Repository, id: TreeId) -> repo_format::Result<Arc<Tree>> {
+        if let Some(t) = self.0.get(&id) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(repo.read_tree(&id).await?);
+        if t.nodes.len() <= Self::MAX_NODES {
+            if self.0.len() >= Self::MAX_TREES {
+                self.0.clear();
+            }
+            self.0.insert(id, t.clone());
+        }
+        Ok(t)
+    }
+}
 
 /// Which entries to restore.
 #[derive(Debug, Clone, Default)]
@@ -83,36 +183,51 @@ pub struct Outcome {
     pub specials: u64,
     pub bytes_written: u64,
     pub errors: Vec<String>,
+    /// Files whose content could not be restored: emptied, listed in `errors`.
+    pub incomplete: u64,
     pub verified: Option<u64>,
 }
 
-/// Walk the snapshot's trees into a plan.
-pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter) -> Result<RestorePlan> {
+/// Walk the snapshot's trees into a plan, within `opts.max_plan_bytes`.
+pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &RestoreOptions) -> Result<RestorePlan> {
     let mut p = RestorePlan::default();
+    let mut budget = Budget::new(opts.max_plan_bytes);
+    let mut memo = TreeMemo::default();
+    let mut rejected_more = 0usize;
+    let mut reject = |p: &mut RestorePlan, line: String| {
+        if p.rejected.len() < MAX_REJECTED_LINES {
+            p.rejected.push(line);
+        } else {
+            rejected_more += 1;
+        }
+    };
     let mut root_node = Node::new(Vec::new(), NodeType::Dir);
     root_node.mode = 0o755;
     p.dirs.push((PathBuf::new(), root_node));
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
-    // (tree, path, parent selected by an include)
-    let mut stack = vec![(root, PathBuf::new(), false)];
+    // (tree, path, depth, parent selected by an include)
+    let mut stack = vec![(root, PathBuf::new(), 0usize, false)];
     let mut wanted_dirs: HashSet<PathBuf> = HashSet::new();
     wanted_dirs.insert(PathBuf::new());
     let mut dir_index: Vec<(PathBuf, Node)> = Vec::new();
-    while let Some((tree_id, rel, inherited)) = stack.pop() {
-        let tree = repo.read_tree(&tree_id).await.with_context(|| format!("reading the tree of {:?}", rel))?;
+    while let Some((tree_id, rel, depth, inherited)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            reject(&mut p, format!("{}: nested deeper than {MAX_DEPTH} directories; refused", rel.display()));
+            continue;
+        }
+        let tree = memo.get(repo, tree_id).await.with_context(|| format!("reading the tree of {:?}", rel))?;
         let mut seen = HashSet::new();
-        for node in tree.nodes {
+        for node in tree.nodes.iter() {
             let shown = rel.join(path_of(&node.name));
             if !node.has_safe_name() {
-                p.rejected.push(format!(
-                    "{}: unsafe name {:?} refused",
-                    rel.display(),
-                    String::from_utf8_lossy(&node.name)
-                ));
+                reject(
+                    &mut p,
+                    format!("{}: unsafe name {:?} refused", rel.display(), String::from_utf8_lossy(&node.name)),
+                );
                 continue;
             }
-            if !seen.insert(node.name.clone()) {
-                p.rejected.push(format!("{}: duplicate entry refused", shown.display()));
+            if !seen.insert(&node.name) {
+                reject(&mut p, format!("{}: duplicate entry refused", shown.display()));
                 continue;
             }
             if filter.excluded(&shown) {
@@ -121,37 +236,72 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter) -> Result<Re
             let selected = inherited || filter.included(&shown);
             match (&node.kind, &node.content) {
                 (NodeType::Dir, Content::Tree(sub)) => {
-                    stack.push((*sub, shown.clone(), selected));
+                    budget.node(node, &shown)?;
+                    stack.push((*sub, shown.clone(), depth + 1, selected));
                     if selected {
                         mark_parents(&mut wanted_dirs, &shown);
                     }
-                    dir_index.push((shown, node));
+                    dir_index.push((shown, node.clone()));
                 }
-                (NodeType::Dir, _) => p.rejected.push(format!("{}: directory without a tree refused", shown.display())),
+                (NodeType::Dir, _) => {
+                    reject(&mut p, format!("{}: directory without a tree refused", shown.display()));
+                }
                 _ if !selected => {}
                 (NodeType::File, Content::Segments(segs)) => {
+                    budget.node(node, &shown)?;
+                    let segments =
+                        expand(repo, segs, &mut budget).await.with_context(|| format!("{}", shown.display()))?;
+                    let covered = segments.iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
+                    if covered != Some(node.size) {
+                        reject(
+                            &mut p,
+                            format!(
+                                "{}: its content covers {} bytes but its size is {}: the snapshot is damaged; refused",
+                                shown.display(),
+                                covered.map_or("more than 2^64".to_string(), |c| c.to_string()),
+                                node.size
+                            ),
+                        );
+                        continue;
+                    }
                     mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    let segments = expand(repo, segs).await.with_context(|| format!("{}", shown.display()))?;
                     if node.nlink > 1 {
                         if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
-                            p.hardlinks.push((shown, first, node));
+                            p.hardlinks.push((shown, first, node.clone()));
                             continue;
                         }
                         inodes.insert((node.dev, node.ino), p.files.len());
                     }
                     p.bytes += node.size;
-                    p.files.push(FilePlan { rel: shown, node, segments });
+                    p.files.push(FilePlan { rel: shown, node: node.clone(), segments });
+                }
+                (NodeType::File, _) if node.size != 0 => {
+                    reject(
+                        &mut p,
+                        format!("{}: a file of {} bytes without content refused", shown.display(), node.size),
+                    );
                 }
                 (NodeType::File, _) => {
+                    budget.node(node, &shown)?;
                     mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    p.files.push(FilePlan { rel: shown, node, segments: Vec::new() });
+                    p.files.push(FilePlan { rel: shown, node: node.clone(), segments: Vec::new() });
+                }
+                (NodeType::CharDev | NodeType::BlockDev, _) if !opts.allow_devices => {
+                    reject(
+                        &mut p,
+                        format!("{}: device node refused (restore with --allow-devices to create it)", shown.display()),
+                    );
                 }
                 _ => {
+                    budget.node(node, &shown)?;
                     mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    p.specials.push((shown, node));
+                    p.specials.push((shown, node.clone()));
                 }
             }
         }
+    }
+    if rejected_more > 0 {
+        p.rejected.push(format!("… and {rejected_more} more entries refused"));
     }
     dir_index.retain(|(rel, _)| wanted_dirs.contains(rel));
     dir_index.sort_by(|a, b| a.0.cmp(&b.0));
@@ -169,19 +319,25 @@ fn mark_parents(set: &mut HashSet<PathBuf>, dir: &Path) {
     }
 }
 
-/// Replace indirect segments by the lists they point to.
-pub(crate) async fn expand(repo: &Repository, segs: &[Segment]) -> Result<Vec<Segment>> {
+/// Replace indirect segments by the lists they point to, taking their memory from `budget`.
+pub(crate) async fn expand(repo: &Repository, segs: &[Segment], budget: &mut Budget) -> Result<Vec<Segment>> {
+    budget.segments(segs.len())?;
     if !segs.iter().any(|s| matches!(s, Segment::Indirect { .. })) {
         return Ok(segs.to_vec());
     }
     let mut out = Vec::new();
     for s in segs {
         match s {
-            Segment::Indirect { id, .. } => {
+            Segment::Indirect { id, len } => {
                 let b = repo.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
                 let inner = decode_segment_list(&b)?;
+                budget.segments(inner.len())?;
                 if inner.iter().any(|s| matches!(s, Segment::Indirect { .. })) {
                     anyhow::bail!("nested indirect segment lists are not allowed");
+                }
+                let covered = inner.iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
+                if covered != Some(*len) {
+                    anyhow::bail!("an indirect segment list covers {covered:?} bytes where {len} were announced");
                 }
                 out.extend(inner);
             }
@@ -197,46 +353,56 @@ pub async fn execute(
     plan: RestorePlan,
     target: &Path,
     counters: Arc<Counters>,
-    verify: bool,
+    opts: &RestoreOptions,
 ) -> Result<Outcome> {
     counters.files_total.store(plan.files.len() as u64, Relaxed);
     counters.bytes_total.store(plan.bytes, Relaxed);
-    let root = Arc::new(SafeRoot::open(target).with_context(|| format!("opening the target {}", target.display()))?);
+    let root = Arc::new(
+        SafeRoot::open(target, opts.keep_setuid).with_context(|| format!("opening the target {}", target.display()))?,
+    );
     let plan = Arc::new(plan);
     let mut out = Outcome { errors: plan.rejected.clone(), ..Default::default() };
 
     // Phase 2: the skeleton.
     let (root2, plan2) = (root.clone(), plan.clone());
-    let skeleton = tokio::task::spawn_blocking(move || skeleton(&root2, &plan2)).await.expect("skeleton task");
-    let (failed_files, errs) = skeleton;
-    out.errors.extend(errs);
+    let made = tokio::task::spawn_blocking(move || skeleton(&root2, &plan2)).await.expect("skeleton task");
+    out.errors.extend(made.errors);
+    let ids = Arc::new(made.files);
 
     // Phase 3: content.
-    let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone() });
-    let written = content::write_all(repo.clone(), targets, &failed_files, counters.clone()).await;
-    let (bytes, errs) = written;
-    out.bytes_written = bytes;
-    out.errors.extend(errs);
+    let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone(), ids: ids.clone() });
+    let skip: HashSet<usize> = ids.iter().enumerate().filter(|(_, id)| id.is_none()).map(|(i, _)| i).collect();
+    let written = content::write_all(repo.clone(), targets, &skip, counters.clone()).await;
+    out.bytes_written = written.bytes;
+    out.errors.extend(written.errors);
 
-    // Phase 4: metadata, then verification.
-    let (root2, plan2) = (root.clone(), plan.clone());
-    let errs = tokio::task::spawn_blocking(move || metadata(&root2, &plan2)).await.expect("metadata task");
+    // Phase 4: files whose content failed are emptied and keep no metadata; then metadata.
+    let failed = Arc::new(written.failed);
+    let (root2, plan2, ids2, failed2) = (root.clone(), plan.clone(), ids.clone(), failed.clone());
+    let errs = tokio::task::spawn_blocking(move || metadata(&root2, &plan2, &ids2, &made.specials, &failed2))
+        .await
+        .expect("metadata task");
     out.errors.extend(errs);
-    out.files = (plan.files.len() - failed_files.len() + plan.hardlinks.len()) as u64;
+    out.incomplete = failed.len() as u64;
+    let missing = skip.len() + failed.iter().filter(|i| !skip.contains(i)).count();
+    out.files = (plan.files.len() - missing + plan.hardlinks.len()) as u64;
     out.dirs = plan.dirs.len().saturating_sub(1) as u64;
     out.specials = plan.specials.len() as u64;
-    if verify {
-        let (n, errs) = verify::verify(repo.master_key().clone(), root.clone(), plan.clone()).await;
+    if opts.verify {
+        let (n, errs) =
+            verify::verify(repo.master_key().clone(), root.clone(), plan.clone(), ids.clone(), failed).await;
         out.verified = Some(n);
         out.errors.extend(errs);
     }
     Ok(out)
 }
 
-/// The files of a plan as content targets, opened safely under the target root.
+/// The files of a plan as content targets, opened safely under the target root (each must
+/// still be the file the skeleton created).
 struct PlanTargets {
     root: Arc<SafeRoot>,
     plan: Arc<RestorePlan>,
+    ids: Arc<Vec<Option<FileId>>>,
 }
 
 impl content::Targets for PlanTargets {
@@ -247,68 +413,109 @@ impl content::Targets for PlanTargets {
         &self.plan.files[i].segments
     }
     fn open(&self, i: usize) -> std::io::Result<std::fs::File> {
-        self.root.open_file(&self.plan.files[i].rel, true)
+        self.root.open_file(&self.plan.files[i].rel, true, self.ids[i])
     }
     fn name(&self, i: usize) -> String {
         self.plan.files[i].rel.display().to_string()
     }
 }
 
-/// Directories, empty files, hardlinks, FIFOs and devices. Returns files that failed.
-fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> (HashSet<usize>, Vec<String>) {
+/// What the skeleton made: the identity of each file (`None`: not created) and special entry.
+struct Made {
+    files: Vec<Option<FileId>>,
+    specials: Vec<Option<FileId>>,
+    errors: Vec<String>,
+}
+
+/// Directories, empty files, hardlinks, FIFOs and devices.
+fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut errors = Vec::new();
-    let mut failed = HashSet::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
         if let Err(e) = root.mkdir(rel) {
             errors.push(format!("{}: {e}", rel.display()));
         }
     }
-    for (i, f) in plan.files.iter().enumerate() {
-        if let Err(e) = root.create_file(&f.rel, f.node.size) {
-            errors.push(format!("{}: {e}", f.rel.display()));
-            failed.insert(i);
+    let mut files = Vec::with_capacity(plan.files.len());
+    for f in &plan.files {
+        match root.create_file(&f.rel, f.node.size) {
+            Ok((_, id)) => files.push(Some(id)),
+            Err(e) => {
+                errors.push(format!("{}: {e}", f.rel.display()));
+                files.push(None);
+            }
         }
     }
     for (rel, first, _) in &plan.hardlinks {
-        if failed.contains(first) {
+        if files[*first].is_none() {
             continue;
         }
         if let Err(e) = root.hardlink(&plan.files[*first].rel, rel) {
             errors.push(format!("{}: {e}", rel.display()));
         }
     }
+    let mut specials = Vec::with_capacity(plan.specials.len());
     for (rel, node) in &plan.specials {
         if node.kind == NodeType::Symlink {
-            continue; // after all content
+            specials.push(None); // after all content
+            continue;
         }
-        if let Err(e) = root.create_special(rel, node) {
-            errors.push(format!("{}: {e}", rel.display()));
+        match root.create_special(rel, node) {
+            Ok(id) => specials.push(Some(id)),
+            Err(e) => {
+                errors.push(format!("{}: {e}", rel.display()));
+                specials.push(None);
+            }
         }
     }
-    (failed, errors)
+    Made { files, specials, errors }
 }
 
-/// Symlinks, then metadata: files, special entries, directories deepest first.
-fn metadata(root: &SafeRoot, plan: &RestorePlan) -> Vec<String> {
+/// Symlinks, then metadata: files, special entries, directories deepest first. Files whose
+/// content failed are emptied instead, so nothing incomplete looks restored.
+fn metadata(
+    root: &SafeRoot,
+    plan: &RestorePlan,
+    files: &[Option<FileId>],
+    specials: &[Option<FileId>],
+    failed: &HashSet<usize>,
+) -> Vec<String> {
     let mut errors = Vec::new();
     let mut note = |rel: &Path, r: std::io::Result<()>| {
         if let Err(e) = r {
             errors.push(format!("{}: {e}", rel.display()));
         }
     };
-    for (rel, node) in &plan.specials {
+    let mut specials = specials.to_vec();
+    for (i, (rel, node)) in plan.specials.iter().enumerate() {
         if node.kind == NodeType::Symlink {
-            note(rel, root.create_special(rel, node));
+            match root.create_special(rel, node) {
+                Ok(id) => specials[i] = Some(id),
+                Err(e) => note(rel, Err(e)),
+            }
         }
     }
-    for f in &plan.files {
-        note(&f.rel, root.set_metadata(&f.rel, &f.node));
+    for (i, f) in plan.files.iter().enumerate() {
+        let Some(id) = files[i] else { continue };
+        if failed.contains(&i) {
+            let emptied = root.open_file(&f.rel, true, Some(id)).and_then(|file| file.set_len(0));
+            note(
+                &f.rel,
+                Err(std::io::Error::other(match emptied {
+                    Ok(()) => "content incomplete: the file was emptied (see the errors above)".to_string(),
+                    Err(e) => format!("content incomplete, and emptying it failed: {e}"),
+                })),
+            );
+            continue;
+        }
+        note(&f.rel, root.set_metadata(&f.rel, &f.node, Some(id)));
     }
-    for (rel, node) in &plan.specials {
-        note(rel, root.set_metadata(rel, node));
+    for (i, (rel, node)) in plan.specials.iter().enumerate() {
+        if let Some(id) = specials[i] {
+            note(rel, root.set_metadata(rel, node, Some(id)));
+        }
     }
     for (rel, node) in plan.dirs.iter().skip(1).rev() {
-        note(rel, root.set_metadata(rel, node));
+        note(rel, root.set_metadata(rel, node, None));
     }
     errors
 }

@@ -6,31 +6,81 @@
 //! components checked by the caller (`Node::has_safe_name`). An existing non-directory entry
 //! in the way is unlinked before a new file is created (never opened and truncated), so a
 //! pre-existing hardlink to a file outside the target cannot be written through.
+//!
+//! The target may be written by others while a restore runs (the workload owning a volume).
+//! Everything this module creates is identified by (device, inode) (`FileId`) when it is
+//! created, and every later access — content, then metadata — opens the entry without
+//! following it and checks that identity before acting, and then acts on the descriptor it
+//! opened (`fchown`, `fchmod`, `fsetxattr`, `futimens`). An entry swapped for a symlink, a
+//! hardlink or another file meanwhile is reported and left alone: a racer can never have a
+//! file outside the target changed, nor its own file made root-owned or setuid. Special files
+//! are reached through an `O_PATH` descriptor (opening a FIFO or device could block or have
+//! effects) and changed through its `/proc/self/fd` link, which names that exact inode.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, mknodat, utimensat};
+use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags, fstat, fstatat, mkdirat, mknodat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 use repo_format::{Node, NodeType};
 
+/// What an entry was when this restore made it: (device, inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are not u64 on every target
+    fn of(st: &FileStat) -> FileId {
+        FileId { dev: st.st_dev as u64, ino: st.st_ino as u64 }
+    }
+    pub fn of_file(f: &File) -> io::Result<FileId> {
+        let md = f.metadata()?;
+        Ok(FileId { dev: md.dev(), ino: md.ino() })
+    }
+}
+
+fn kind_of(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)
+}
+
+fn swapped(rel: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} was replaced by something else during the restore (another process writes the target); left alone",
+        rel.display()
+    ))
+}
+
+/// The permission bits to give an entry: setuid and setgid are dropped from everything but
+/// directories unless `keep_setuid` (a forged snapshot must not plant setuid-root programs).
+pub fn restored_mode(node: &Node, keep_setuid: bool) -> u32 {
+    let m = node.mode & 0o7777;
+    if keep_setuid || node.kind == NodeType::Dir { m } else { m & !(libc::S_ISUID | libc::S_ISGID) }
+}
+
 /// The root of a restore target.
 #[derive(Debug)]
 pub struct SafeRoot {
     root: Arc<OwnedFd>,
-    path: PathBuf,
     /// Recently opened directories (restores touch one directory many times in a row).
     dirs: std::sync::Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// Directories as this restore made or found them: reopening one checks it is still that.
+    dir_ids: std::sync::Mutex<HashMap<PathBuf, FileId>>,
+    /// Keep setuid/setgid bits on files (`--keep-setuid`).
+    keep_setuid: bool,
 }
 
 /// Directory descriptors kept open at most (well below the usual limit of 1024 open files).
@@ -54,10 +104,10 @@ fn ts(ns: i64) -> TimeSpec {
 impl SafeRoot {
     /// Create (if needed) and open the target directory. The target itself may be reached
     /// through symlinks (the user named it); nothing below it is.
-    pub fn open(target: &Path) -> io::Result<SafeRoot> {
+    pub fn open(target: &Path, keep_setuid: bool) -> io::Result<SafeRoot> {
         std::fs::create_dir_all(target)?;
         let root = nix::fcntl::open(target, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        Ok(SafeRoot { root: Arc::new(root), path: target.to_path_buf(), dirs: Default::default() })
+        Ok(SafeRoot { root: Arc::new(root), dirs: Default::default(), dir_ids: Default::default(), keep_setuid })
     }
 
     /// A descriptor of directory `rel` (relative, normal components only), from the cache when
@@ -77,6 +127,11 @@ impl SafeRoot {
         let fd = Arc::new(openat(&*parent, name, dir_flags(), Mode::empty()).map_err(|e| {
             io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
         })?);
+        if let Some(want) = self.dir_ids.lock().expect("lock").get(rel) {
+            if FileId::of(&fstat(&*fd)?) != *want {
+                return Err(swapped(rel));
+            }
+        }
         let mut cache = self.dirs.lock().expect("lock");
         if cache.len() >= DIR_CACHE {
             cache.clear();
@@ -96,20 +151,20 @@ impl SafeRoot {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
         match mkdirat(&parent, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(Errno::EEXIST) => {
                 let st = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-                if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFDIR {
-                    Ok(())
-                } else {
+                if kind_of(&st) != SFlag::S_IFDIR {
                     unlinkat(&*parent, name, UnlinkatFlags::NoRemoveDir)?;
                     mkdirat(&*parent, name, Mode::from_bits_truncate(0o700))?;
                     self.forget();
-                    Ok(())
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        let fd = openat(&*parent, name, dir_flags(), Mode::empty())?;
+        self.dir_ids.lock().expect("lock").insert(rel.to_path_buf(), FileId::of(&fstat(&fd)?));
+        Ok(())
     }
 
     /// Remove a non-directory entry at `name` in `parent` if there is one.
@@ -123,17 +178,18 @@ impl SafeRoot {
         }
     }
 
-    /// Create an empty regular file of `size` bytes (a hole: content is written later).
-    /// `O_EXCL` never opens an existing entry (nor follows a symlink): only when something is
-    /// there already is it removed and the creation retried.
-    pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<()> {
+    /// Create an empty regular file of `size` bytes (a hole: content is written later), open
+    /// for reading and writing, and its identity. `O_EXCL` never opens an existing entry (nor
+    /// follows a symlink): only when something is there already is it removed and the creation
+    /// retried.
+    pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<(File, FileId)> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
         let create = || {
             openat(
                 &parent,
                 name,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o600),
             )
         };
@@ -144,26 +200,41 @@ impl SafeRoot {
             }
             r => r?,
         };
-        if size > 0 { File::from(fd).set_len(size) } else { Ok(()) }
+        let f = File::from(fd);
+        if size > 0 {
+            f.set_len(size)?;
+        }
+        let id = FileId::of_file(&f)?;
+        Ok((f, id))
     }
 
-    /// Open an existing regular file for writing (never a symlink, never created).
-    pub fn open_file(&self, rel: &Path, write: bool) -> io::Result<File> {
+    /// Open an existing regular file (never a symlink, never created; `O_NONBLOCK` so a FIFO
+    /// put in its place cannot block). With `expect`, it must still be the file this restore
+    /// created.
+    pub fn open_file(&self, rel: &Path, write: bool, expect: Option<FileId>) -> io::Result<File> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let flags = if write { OFlag::O_WRONLY } else { OFlag::O_RDONLY };
-        let fd = openat(&parent, name_of(rel)?, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let fd = openat(&parent, name_of(rel)?, flags, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENXIO if expect.is_some() => swapped(rel),
+            e => e.into(),
+        })?;
         let f = File::from(fd);
-        if !f.metadata()?.is_file() {
+        let md = f.metadata()?;
+        if expect.is_some_and(|want| FileId { dev: md.dev(), ino: md.ino() } != want) {
+            return Err(swapped(rel));
+        }
+        if !md.is_file() {
             return Err(io::Error::other(format!("{}: not a regular file", rel.display())));
         }
         Ok(f)
     }
 
-    /// Create a symlink, FIFO or device node.
-    pub fn create_special(&self, rel: &Path, node: &Node) -> io::Result<()> {
+    /// Create a symlink, FIFO or device node; returns its identity.
+    pub fn create_special(&self, rel: &Path, node: &Node) -> io::Result<FileId> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
-        let perm = Mode::from_bits_truncate(node.mode & 0o7777);
+        let perm = Mode::from_bits_truncate(restored_mode(node, false) & 0o777);
         let make = || match node.kind {
             NodeType::Symlink => symlinkat(OsStr::from_bytes(&node.link_target), &parent, name),
             NodeType::Fifo => mknodat(&parent, name, SFlag::S_IFIFO, perm, 0),
@@ -182,7 +253,7 @@ impl SafeRoot {
             }
             r => r?,
         }
-        Ok(())
+        Ok(FileId::of(&fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)?))
     }
 
     /// Make `rel` a hard link to the already restored `existing`.
@@ -201,44 +272,76 @@ impl SafeRoot {
     }
 
     /// Owner, permissions, xattrs and times, in that order (chown clears setuid bits, so mode
-    /// comes after it; times come last because the others change ctime only).
-    pub fn set_metadata(&self, rel: &Path, node: &Node) -> io::Result<()> {
+    /// comes after it; times come last because the others change ctime only), applied to the
+    /// entry only if it is still `expect` (what this restore created; directories are checked
+    /// against what `mkdir` recorded).
+    pub fn set_metadata(&self, rel: &Path, node: &Node, expect: Option<FileId>) -> io::Result<()> {
         let name_rel = if rel.as_os_str().is_empty() { None } else { Some(rel) };
+        let mode = restored_mode(node, self.keep_setuid);
         match (node.kind, name_rel) {
             (NodeType::File, Some(r)) => {
-                let f = self.open_file(r, false)?;
-                apply_fd(&f, node)
+                let f = self.open_file(r, false, expect)?;
+                apply_fd(&f, node, mode)
             }
             (NodeType::Dir, _) => {
                 let f = File::from(self.dir(rel)?.try_clone()?);
-                apply_fd(&f, node)
+                apply_fd(&f, node, mode)
             }
             (_, Some(r)) => {
                 let parent = self.dir(r.parent().unwrap_or(Path::new("")))?;
                 let name = name_of(r)?;
+                let fd = openat(&parent, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+                let st = fstat(&fd)?;
+                // A special file cannot be created and opened in one step, so the identity
+                // recorded at creation may already be a racer's: also require the entry to be
+                // of the snapshot's kind and to have no other link. Whatever a racer put there
+                // instead is then at worst its own FIFO or link, never a program of its own nor
+                // a file elsewhere (a hardlink has a second link).
+                let want_kind = match node.kind {
+                    NodeType::Symlink => SFlag::S_IFLNK,
+                    NodeType::Fifo => SFlag::S_IFIFO,
+                    NodeType::CharDev => SFlag::S_IFCHR,
+                    NodeType::BlockDev => SFlag::S_IFBLK,
+                    NodeType::Socket => SFlag::S_IFSOCK,
+                    NodeType::File | NodeType::Dir => return Err(io::Error::other("not a special file")),
+                };
+                if expect.is_some_and(|want| FileId::of(&st) != want) || kind_of(&st) != want_kind || st.st_nlink != 1 {
+                    return Err(swapped(r));
+                }
+                // chown of the O_PATH descriptor itself (a symlink is not followed).
                 fchownat(
-                    &parent,
-                    name,
+                    &fd,
+                    "",
                     Some(Uid::from_raw(node.uid)),
                     Some(Gid::from_raw(node.gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                    AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
                 )?;
-                if node.kind != NodeType::Symlink {
-                    fchmodat(
-                        &parent,
-                        name,
-                        Mode::from_bits_truncate(node.mode & 0o7777),
-                        FchmodatFlags::FollowSymlink,
+                if kind_of(&st) == SFlag::S_IFLNK {
+                    // Symlinks have no mode, and their xattrs could only be set by name (no
+                    // descriptor reaches a symlink's xattrs), which a racer could redirect to a
+                    // file of its own: they are not restored. Times by name, not followed (at
+                    // worst a racer's file gets a time).
+                    if !node.xattrs.is_empty() {
+                        tracing::debug!("{}: the xattrs of a symlink are not restored", r.display());
+                    }
+                    utimensat(&parent, name, &ts(node.atime_ns), &ts(node.mtime_ns), UtimensatFlags::NoFollowSymlink)?;
+                } else {
+                    // The descriptor's /proc link names exactly the inode checked above.
+                    let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                    std::fs::set_permissions(&link, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+                    for (k, v) in &node.xattrs {
+                        if let Err(e) = xattr::set_deref(&link, OsStr::from_bytes(k), v) {
+                            tracing::debug!("{}: xattr {}: {e}", r.display(), String::from_utf8_lossy(k));
+                        }
+                    }
+                    utimensat(
+                        nix::fcntl::AT_FDCWD,
+                        &link,
+                        &ts(node.atime_ns),
+                        &ts(node.mtime_ns),
+                        UtimensatFlags::FollowSymlink,
                     )?;
                 }
-                for (k, v) in &node.xattrs {
-                    // Only possible by path; the parent is ours and the name is not followed.
-                    let p = self.path.join(r);
-                    if let Err(e) = xattr::set(&p, OsStr::from_bytes(k), v) {
-                        tracing::debug!("{}: xattr {}: {e}", r.display(), String::from_utf8_lossy(k));
-                    }
-                }
-                utimensat(&parent, name, &ts(node.atime_ns), &ts(node.mtime_ns), UtimensatFlags::NoFollowSymlink)?;
                 Ok(())
             }
             (_, None) => Ok(()),
@@ -252,10 +355,10 @@ fn is_dir_at(parent: &OwnedFd, name: &OsStr) -> bool {
         .unwrap_or(false)
 }
 
-fn apply_fd(f: &File, node: &Node) -> io::Result<()> {
+fn apply_fd(f: &File, node: &Node, mode: u32) -> io::Result<()> {
     use xattr::FileExt;
     nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(node.uid)), Some(Gid::from_raw(node.gid)))?;
-    nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(node.mode & 0o7777))?;
+    nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode))?;
     // Remove xattrs the snapshot does not have (restoring over an existing directory).
     if let Ok(existing) = f.list_xattr() {
         for k in existing {
@@ -280,7 +383,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), target.path().join("link")).unwrap();
-        let root = SafeRoot::open(target.path()).unwrap();
+        let root = SafeRoot::open(target.path(), false).unwrap();
         assert!(root.create_file(Path::new("link/evil"), 10).is_err());
         assert!(root.mkdir(Path::new("link/sub")).is_err());
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
@@ -291,10 +394,45 @@ mod tests {
         assert!(std::fs::symlink_metadata(target.path().join("f")).unwrap().is_file());
     }
 
+    /// Deterministic form of the race the e2e racer plays: an entry swapped between creation
+    /// and metadata is left alone, whatever was put there.
+    #[test]
+    fn metadata_goes_only_to_what_this_restore_created() {
+        use std::os::unix::fs::PermissionsExt;
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let own = outside.path().join("racer-program");
+        std::fs::write(&own, b"x").unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = SafeRoot::open(target.path(), true).unwrap();
+        let mut file = Node::new(b"f".to_vec(), NodeType::File);
+        file.mode = 0o4755;
+        let (_, id) = root.create_file(Path::new("f"), 0).unwrap();
+        let mut fifo = Node::new(b"p".to_vec(), NodeType::Fifo);
+        fifo.mode = 0o666;
+        let fid = root.create_special(Path::new("p"), &fifo).unwrap();
+        // Swap both for a hardlink to the racer's program (same file system: the temp dir).
+        for name in ["f", "p"] {
+            let tmp = target.path().join(".swap");
+            std::fs::hard_link(&own, &tmp).unwrap();
+            std::fs::rename(&tmp, target.path().join(name)).unwrap();
+        }
+        assert!(root.set_metadata(Path::new("f"), &file, Some(id)).unwrap_err().to_string().contains("replaced"));
+        assert!(root.set_metadata(Path::new("p"), &fifo, Some(fid)).unwrap_err().to_string().contains("replaced"));
+        assert!(root.open_file(Path::new("f"), true, Some(id)).is_err(), "content goes nowhere else either");
+        assert_eq!(std::fs::metadata(&own).unwrap().permissions().mode() & 0o7777, 0o755);
+        // A symlink swapped in is not followed by the special-file path either.
+        let fid2 = root.create_special(Path::new("q"), &fifo).unwrap();
+        std::fs::remove_file(target.path().join("q")).unwrap();
+        std::os::unix::fs::symlink(&own, target.path().join("q")).unwrap();
+        assert!(root.set_metadata(Path::new("q"), &fifo, Some(fid2)).is_err());
+        assert_eq!(std::fs::metadata(&own).unwrap().permissions().mode() & 0o7777, 0o755);
+    }
+
     #[test]
     fn rejects_dot_dot() {
         let target = tempfile::tempdir().unwrap();
-        let root = SafeRoot::open(target.path()).unwrap();
+        let root = SafeRoot::open(target.path(), false).unwrap();
         assert!(root.dir(Path::new("../x")).is_err());
     }
 }

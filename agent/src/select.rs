@@ -35,15 +35,43 @@ pub fn matches(s: &Snapshot, f: &FilterArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// The latest snapshot, if any, and the snapshots passed over because they are dated in the
+/// future.
+pub type Latest = (Option<(SnapshotId, Snapshot)>, Vec<SnapshotId>);
+
+/// The newest of `all` (oldest first) that passes the filters and is not dated in the future
+/// (beyond `FUTURE_SKEW_NS`): a snapshot forged with a far-future date must not become
+/// `latest` for ever. Skipped future snapshots are returned for a warning.
+pub fn latest(all: Vec<(SnapshotId, Snapshot)>, f: &FilterArgs, now_ns: i64) -> Result<Latest> {
+    let limit = now_ns.saturating_add(repo_format::FUTURE_SKEW_NS);
+    let (mut found, mut future) = (None, Vec::new());
+    for (id, s) in all {
+        if !matches(&s, f)? {
+            continue;
+        }
+        if s.time_ns > limit {
+            future.push(id);
+        } else {
+            found = Some((id, s));
+        }
+    }
+    Ok((found, future))
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
 /// Resolve `latest` or an id prefix to one snapshot.
 pub async fn find(repo: &Repository, spec: &str, f: &FilterArgs) -> Result<(SnapshotId, Snapshot)> {
     let all = repo.snapshots().await?;
     if spec == "latest" {
-        let mut found = None;
-        for (id, s) in all {
-            if matches(&s, f)? {
-                found = Some((id, s));
-            }
+        let (found, future) = latest(all, f, now_ns())?;
+        for id in &future {
+            tracing::warn!(
+                "snapshot {} is dated in the future and is not taken as latest: name it by id to use it",
+                id.0.short()
+            );
         }
         return match found {
             Some(x) => Ok(x),

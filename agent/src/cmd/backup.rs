@@ -29,10 +29,14 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     let mut tags = tags;
     let mut paths = a.paths.clone();
     let mut disk = a.disk || a.changed_blocks.is_some() || a.allocated_blocks.is_some();
+    let mut no_follow = false;
     if let Some(pv) = &a.pod_volume {
         let (path, kind) = match podvolume::resolve(pv)? {
             PodVolume::Filesystem(p) => (p, "filesystem"),
-            PodVolume::Image(p) => (p, "block"),
+            PodVolume::Image(p) => {
+                no_follow = true;
+                (p, "block")
+            }
             PodVolume::Block(p) => (p, "block"),
         };
         disk |= kind == "block";
@@ -66,7 +70,16 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "disk".into());
-        let cfg = DiskConfig { path: path.clone(), name, host, tags, parent, mode, cache_dir: repo::cache_root(cli) };
+        let cfg = DiskConfig {
+            path: path.clone(),
+            name,
+            host,
+            tags,
+            parent,
+            mode,
+            cache_dir: repo::cache_root(cli),
+            no_follow,
+        };
         crate::disk::backup::run(r.clone(), cfg, progress.counters.clone()).await
     } else {
         let cfg = BackupConfig {
@@ -105,10 +118,10 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         }));
     } else {
         for e in &out.errors {
-            eprintln!("ferry: error: {e}");
+            eprintln!("ferry: error: {}", crate::output::escape(e));
         }
         for w in &out.warnings {
-            eprintln!("ferry: warning: {w}");
+            eprintln!("ferry: warning: {}", crate::output::escape(w));
         }
         if !cli.quiet {
             if out.resumed.packs > 0 {

@@ -67,7 +67,7 @@ async fn list(cli: &Cli, r: &Repository) -> Result<()> {
             "{}{:<10} {:<24} {:<21} argon2id m={}KiB t={} p={}",
             if k.current { '*' } else { ' ' },
             k.id.0.short(),
-            k.label,
+            crate::output::escape(&k.label),
             super::time_str(k.created_ns),
             k.kdf.m_cost,
             k.kdf.t_cost,

@@ -66,7 +66,7 @@ fn print_node(json: bool, long: bool, p: &Path, n: &Node) {
     let raw = format!("/{}", p.display());
     // One line per entry for people: newlines and other control characters escaped (JSON
     // output carries the name as it is).
-    let path = if !json && raw.chars().any(char::is_control) { raw.escape_debug().to_string() } else { raw };
+    let path = if json { raw } else { crate::output::escape(&raw).into_owned() };
     if json {
         print_json(&serde_json::json!({
             "message_type": "node", "path": path, "type": format!("{:?}", n.kind).to_lowercase(),
@@ -75,7 +75,7 @@ fn print_node(json: bool, long: bool, p: &Path, n: &Node) {
         }));
     } else if long {
         let target = if n.kind == NodeType::Symlink {
-            format!(" -> {}", String::from_utf8_lossy(&n.link_target))
+            format!(" -> {}", crate::output::escape(&String::from_utf8_lossy(&n.link_target)))
         } else {
             String::new()
         };

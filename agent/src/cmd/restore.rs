@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{Cli, RestoreArgs};
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, escape, print_json};
 use crate::progress::{Mode, Progress};
-use crate::restore::{self, Filter};
+use crate::restore::{self, Filter, RestoreOptions};
 use crate::{exit, repo, select};
 
 pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
@@ -20,26 +20,33 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     if snap.tag(crate::disk::MODE_TAG) == Some(crate::disk::MODE_BLOCK) {
         return restore_disk(cli, a, r, counts, id, snap, started).await;
     }
-    let plan = restore::plan(&r, snap.tree, &filter)
+    let opts = RestoreOptions {
+        verify: a.verify,
+        allow_devices: a.allow_devices,
+        keep_setuid: a.keep_setuid,
+        max_plan_bytes: a.max_plan_memory.saturating_mul(1 << 20),
+    };
+    let plan = restore::plan(&r, snap.tree, &filter, &opts)
         .await
         .with_context(|| format!("planning the restore of snapshot {}", id.0.short()))?;
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
-    let out = restore::execute(r.clone(), plan, &a.target, progress.counters.clone(), a.verify).await;
+    let out = restore::execute(r.clone(), plan, &a.target, progress.counters.clone(), &opts).await;
     drop(progress);
     let out = out?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
         for e in &out.errors {
-            print_json(&serde_json::json!({ "message_type": "error", "error": e }));
+            print_json(&serde_json::json!({ "message_type": "error", "error": escape(e) }));
         }
         print_json(&serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_string(), "target": a.target.display().to_string(),
             "files": out.files, "dirs": out.dirs, "other_entries": out.specials, "bytes_written": out.bytes_written,
-            "verified_files": out.verified, "errors": out.errors.len(), "duration_s": secs, "requests": repo::counts_json(&counts),
+            "incomplete_files": out.incomplete, "verified_files": out.verified, "errors": out.errors.len(),
+            "duration_s": secs, "requests": repo::counts_json(&counts),
         }));
     } else {
         for e in &out.errors {
-            eprintln!("ferry: error: {e}");
+            eprintln!("ferry: error: {}", escape(e));
         }
         if !cli.quiet {
             println!(
@@ -56,7 +63,8 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
             }
         }
     }
-    Ok(if out.errors.is_empty() { exit::OK } else { exit::FAILURE })
+    // Entries refused or not fully restored: the restore is partial.
+    Ok(if out.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }
 
 async fn restore_disk(
@@ -72,7 +80,12 @@ async fn restore_disk(
     if !a.includes.is_empty() || !a.excludes.is_empty() {
         anyhow::bail!("--include/--exclude do not apply to a disk snapshot");
     }
-    let opts = DiskRestoreOptions { assume_zeroed: a.assume_zeroed, force: a.force, verify: a.verify };
+    let opts = DiskRestoreOptions {
+        assume_zeroed: a.assume_zeroed,
+        force: a.force,
+        verify: a.verify,
+        keep_setuid: a.keep_setuid,
+    };
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
     let out = run(r, &snap, &a.target, opts, progress.counters.clone()).await;
     drop(progress);
@@ -80,7 +93,7 @@ async fn restore_disk(
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
         for e in &out.errors {
-            print_json(&serde_json::json!({ "message_type": "error", "error": e }));
+            print_json(&serde_json::json!({ "message_type": "error", "error": escape(e) }));
         }
         print_json(&serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_string(), "target": out.target.display().to_string(),
@@ -89,7 +102,7 @@ async fn restore_disk(
         }));
     } else {
         for e in &out.errors {
-            eprintln!("ferry: error: {e}");
+            eprintln!("ferry: error: {}", escape(e));
         }
         if !cli.quiet {
             println!(
@@ -103,5 +116,5 @@ async fn restore_disk(
             );
         }
     }
-    Ok(if out.errors.is_empty() { exit::OK } else { exit::FAILURE })
+    Ok(if out.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::{Cli, FilterArgs};
-use crate::output::print_json;
+use crate::output::{escape, print_json};
 use crate::{repo, select};
 
 pub async fn run(cli: &Cli, f: &FilterArgs) -> Result<i32> {
@@ -39,13 +39,15 @@ pub async fn run(cli: &Cli, f: &FilterArgs) -> Result<i32> {
     for (id, s) in &rows {
         let tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let paths: Vec<String> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        // Hostnames, tags and paths come from the repository: no control character reaches
+        // the terminal.
         println!(
             "{:<10} {:<21} {:<16} {:<30} {}",
             id.0.short(),
             super::time_str(s.time_ns),
-            s.hostname,
-            tags.join(","),
-            paths.join(" ")
+            escape(&s.hostname),
+            escape(&tags.join(",")),
+            escape(&paths.join(" "))
         );
     }
     println!("{} snapshots", rows.len());

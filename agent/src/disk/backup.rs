@@ -41,6 +41,8 @@ pub struct DiskConfig {
     pub parent: Option<SnapshotId>,
     pub mode: Mode,
     pub cache_dir: Option<PathBuf>,
+    /// Refuse a symlink at `path` (an image found inside a workload's volume).
+    pub no_follow: bool,
 }
 
 /// The parent's content, one entry per chunk: `Some(blob)` or `None` for zeros.
@@ -59,7 +61,8 @@ async fn parent_chunks(
         );
     }
     let Content::Segments(segs) = &node.content else { bail!("the parent snapshot's disk has no content list") };
-    let segs = crate::restore::expand(repo, segs).await?;
+    let mut budget = crate::restore::Budget::new(crate::disk::restore::disk_plan_bytes(size));
+    let segs = crate::restore::expand(repo, segs, &mut budget).await?;
     let n = size.div_ceil(chunk) as usize;
     let mut out = Vec::with_capacity(n);
     for s in segs {
@@ -88,7 +91,7 @@ async fn parent_chunks(
 pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>) -> Result<Outcome> {
     let started = Instant::now();
     let start_ns = now_ns();
-    let disk = Disk::open_read(&cfg.path)?;
+    let disk = Disk::open_read(&cfg.path, cfg.no_follow)?;
     let md = disk.file.metadata()?;
     repo.load_index().await.context("loading the repository index")?;
     let chunk = u64::from(repo.config().fixed_chunk_size);

@@ -3,11 +3,20 @@
 //! Only chunks holding data are written. Zero ranges stay holes in a (new) image file; on a
 //! device they are zeroed with `fallocate(ZERO_RANGE)` (BLKZEROOUT's file-level form, which
 //! thin devices turn into discards) unless `--assume-zeroed` says the device is fresh. A device
-//! smaller than the snapshot or mounted somewhere is refused before anything is written.
+//! smaller than the snapshot is refused before anything is written.
+//!
+//! Where it goes is decided without trusting anything inside a directory: a block device is
+//! written only when it is `--target` itself (named by the user; a symlink the user names, such
+//! as `/dev/disk/by-id/…`, is followed), and it is opened with `O_EXCL`, which the kernel refuses
+//! for a device that is mounted or held (a mounted partition, LVM, device-mapper) — `--force`
+//! drops that. A directory target gets a new image file created inside it with
+//! `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` from the directory's descriptor (`SafeRoot`), so a
+//! symlink planted there — by an earlier restore or by the volume's workload — is replaced,
+//! never followed to a device or file elsewhere.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,15 +27,24 @@ use repo_format::{Content, Repository, Segment, Snapshot};
 use super::Disk;
 use crate::progress::Counters;
 use crate::restore::content::{self, Targets};
+use crate::safefs::SafeRoot;
+
+/// The segment list of a disk may take what its size justifies: one 48-byte segment per 4 KiB
+/// (a fixed chunk is far larger), and at least 64 MiB.
+pub(crate) fn disk_plan_bytes(size: u64) -> u64 {
+    (size / 4096 * 48).max(64 << 20)
+}
 
 /// Options of a disk restore.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiskRestoreOptions {
     /// The device reads as zeros already: do not zero the ranges that hold no data.
     pub assume_zeroed: bool,
-    /// Write to a device even if it is mounted.
+    /// Write to a device even if it is mounted or held (no `O_EXCL`).
     pub force: bool,
     pub verify: bool,
+    /// Keep setuid/setgid bits of an image file.
+    pub keep_setuid: bool,
 }
 
 /// What was done.
@@ -61,11 +79,68 @@ impl Targets for DiskTarget {
     }
 }
 
-/// Is the block device `rdev` mounted (per /proc/self/mountinfo)?
-fn mounted(rdev: u64) -> Result<bool> {
-    let want = format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(info.lines().any(|l| l.split_whitespace().nth(2) == Some(want.as_str())))
+/// Open the device `path` (the user's `--target`) for writing: exclusively unless `force`.
+fn open_device(path: &Path, force: bool) -> Result<File> {
+    let flags = if force { libc::O_CLOEXEC } else { libc::O_EXCL | libc::O_CLOEXEC };
+    let f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            anyhow::anyhow!(
+                "{} is in use (mounted, or held by a mounted partition, LVM or device-mapper): unmount or release \
+                 it first, or pass --force to overwrite it anyway",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("opening {}", path.display()))
+        }
+    })?;
+    if !f.metadata()?.file_type().is_block_device() {
+        bail!("{} is not a block device", path.display());
+    }
+    Ok(f)
+}
+
+/// Where the disk goes: (file, is a device, path for messages).
+fn open_target(target: &Path, node: &repo_format::Node, size: u64, force: bool) -> Result<(File, bool, PathBuf)> {
+    let new_file_in = |dir: &Path, name: &Path| -> Result<(File, bool, PathBuf)> {
+        let root = SafeRoot::open(dir, false).with_context(|| format!("opening {}", dir.display()))?;
+        let (f, _) = root.create_file(name, size).with_context(|| format!("creating {}", dir.join(name).display()))?;
+        Ok((f, false, dir.join(name)))
+    };
+    let in_dir = |dir: &Path| {
+        if !node.has_safe_name() {
+            bail!("the snapshot's disk name is unsafe; give a file or device path as --target");
+        }
+        new_file_in(dir, crate::fsmeta::path_of(&node.name))
+    };
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_block_device() => Ok((open_device(target, force)?, true, target.to_path_buf())),
+        Ok(m) if m.is_dir() => in_dir(target),
+        Ok(m) if m.file_type().is_symlink() => {
+            // The user named this link: follow it, but only to a device or a directory.
+            let real = std::fs::metadata(target).with_context(|| format!("following {}", target.display()))?;
+            if real.file_type().is_block_device() {
+                Ok((open_device(target, force)?, true, target.to_path_buf()))
+            } else if real.is_dir() {
+                in_dir(target)
+            } else {
+                bail!(
+                    "{} is a symlink to something that is neither a block device nor a directory: name the image file itself",
+                    target.display()
+                )
+            }
+        }
+        Ok(m) if !m.is_file() => {
+            bail!("{} is neither a block device, a directory nor a regular file", target.display())
+        }
+        Ok(_) | Err(_) => {
+            // A new image file (what is there is replaced, never written through).
+            let (Some(name), parent) = (target.file_name(), target.parent().filter(|p| !p.as_os_str().is_empty()))
+            else {
+                bail!("{} names no file", target.display())
+            };
+            new_file_in(parent.unwrap_or(Path::new(".")), Path::new(name))
+        }
+    }
 }
 
 pub async fn run(
@@ -80,7 +155,8 @@ pub async fn run(
         bail!("this snapshot is not a disk snapshot (its root has {} entries)", tree.nodes.len())
     };
     let Content::Segments(segs) = &node.content else { bail!("the disk in this snapshot has no content") };
-    let segments = crate::restore::expand(&repo, segs).await?;
+    let mut budget = crate::restore::Budget::new(disk_plan_bytes(node.size));
+    let segments = crate::restore::expand(&repo, segs, &mut budget).await?;
     let size: u64 = segments.iter().map(Segment::len).sum();
     if size != node.size {
         bail!(
@@ -88,58 +164,22 @@ pub async fn run(
             node.size
         );
     }
-    let mut path = target.to_path_buf();
-    if path.is_dir() {
-        if !node.has_safe_name() {
-            bail!("the snapshot's disk name is unsafe; give a file or device path as --target");
-        }
-        path = path.join(crate::fsmeta::path_of(&node.name));
-    }
-    let is_device = std::fs::metadata(&path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
-    let file = if is_device {
-        let md = std::fs::metadata(&path)?;
-        if !opts.force && mounted(md.rdev())? {
-            bail!("{} is mounted: unmount it first, or pass --force to overwrite it anyway", path.display());
-        }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .read(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let dev = Disk::from_file(f, &path)?;
-        if dev.size < size {
+    let (file, is_device, path) = open_target(target, node, size, opts.force)?;
+    if is_device {
+        let dev_size = Disk::from_file(file.try_clone()?, &path)?.size;
+        if dev_size < size {
             bail!(
-                "{} holds {} bytes but the snapshot's disk is {size} bytes: use a device at least that large",
-                path.display(),
-                dev.size
+                "{} holds {dev_size} bytes but the snapshot's disk is {size} bytes: use a device at least that large",
+                path.display()
             );
         }
-        dev.file
-    } else {
-        // A new file: unlink what is there (never write through an existing link), size it,
-        // and let every zero range stay a hole.
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => bail!("{} is a directory", path.display()),
-            Ok(_) => std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?,
-            Err(_) => {}
-        }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.set_len(size).with_context(|| format!("sizing {}", path.display()))?;
-        f
-    };
+    }
     counters.files_total.store(1, std::sync::atomic::Ordering::Relaxed);
     counters.bytes_total.store(size, std::sync::atomic::Ordering::Relaxed);
     let name = path.display().to_string();
     let target_set = Arc::new(DiskTarget { file: file.try_clone()?, segments, name: name.clone() });
-    let (written, mut errors) = content::write_all(repo.clone(), target_set.clone(), &HashSet::new(), counters).await;
+    let written = content::write_all(repo.clone(), target_set.clone(), &HashSet::new(), counters).await;
+    let (written, mut errors) = (written.bytes, written.errors);
     let mut zeroed = 0;
     if is_device && !opts.assume_zeroed {
         let mut off = 0u64;
@@ -152,13 +192,22 @@ pub async fn run(
         }
     }
     file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
-    if !is_device {
+    if !is_device && !errors.is_empty() {
+        // Nothing incomplete may look restored.
+        match file.set_len(0) {
+            Ok(()) => errors.push(format!("{name}: content incomplete: the image was emptied")),
+            Err(e) => errors.push(format!("{name}: content incomplete, and emptying it failed: {e}")),
+        }
+    }
+    if !is_device && errors.is_empty() {
+        // On the descriptor created above, never by path.
+        let mode = crate::safefs::restored_mode(node, opts.keep_setuid);
+        let _ = nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_truncate(mode));
         let _ = nix::sys::stat::futimens(
             &file,
             &nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_nanos(node.atime_ns.max(0) as u64)),
             &nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_nanos(node.mtime_ns.max(0) as u64)),
         );
-        let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(node.mode));
     }
     let verified = if opts.verify {
         match verify(repo.master_key(), &file, &target_set.segments) {

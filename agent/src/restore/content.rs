@@ -39,6 +39,8 @@ pub(crate) trait Targets: Send + Sync {
 struct Want {
     id: BlobId,
     loc: BlobLocation,
+    /// The length every segment using it gives (a blob must fill its segment exactly).
+    len: u32,
     targets: Vec<(usize, u64)>,
 }
 
@@ -50,10 +52,19 @@ struct Range {
     blobs: Vec<Want>,
 }
 
-fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Vec<String>) {
+/// What `write_all` did.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub bytes: u64,
+    pub errors: Vec<String>,
+    /// Targets that did not get all their content.
+    pub failed: HashSet<usize>,
+}
+
+fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Written) {
     let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
     let index = repo.index();
-    let mut errors = Vec::new();
+    let mut done = Written::default();
     let mut wants: HashMap<BlobId, Want> = HashMap::new();
     for fi in 0..targets.count() {
         if skip.contains(&fi) {
@@ -61,14 +72,25 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
         }
         let mut off = 0u64;
         for s in targets.segments(fi) {
-            if let Segment::Blob { id, .. } = s {
+            if let Segment::Blob { id, len } = s {
                 match wants.get_mut(id) {
-                    Some(w) => w.targets.push((fi, off)),
+                    Some(w) if w.len == *len => w.targets.push((fi, off)),
+                    Some(_) => {
+                        done.errors.push(format!(
+                            "{}: blob {} is used with two different lengths",
+                            targets.name(fi),
+                            id
+                        ));
+                        done.failed.insert(fi);
+                    }
                     None => match index.lookup(BlobKind::Data, id) {
                         Some(loc) => {
-                            wants.insert(*id, Want { id: *id, loc, targets: vec![(fi, off)] });
+                            wants.insert(*id, Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
                         }
-                        None => errors.push(format!("{}: blob {} is not in the index", targets.name(fi), id)),
+                        None => {
+                            done.errors.push(format!("{}: blob {} is not in the index", targets.name(fi), id));
+                            done.failed.insert(fi);
+                        }
                     },
                 }
             }
@@ -100,53 +122,56 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
     }
     // Pack order, then offset: reads of one pack go out together.
     out.sort_by_key(|r| (r.pack, r.start));
-    (out, errors)
+    (out, done)
 }
 
-/// Write all content; returns bytes written and error lines.
+/// Write all content (targets in `skip` are left out): bytes written, error lines, and the
+/// targets that did not get all their content.
 pub(crate) async fn write_all(
     repo: Arc<Repository>,
     targets: Arc<dyn Targets>,
     skip: &HashSet<usize>,
     counters: Arc<Counters>,
-) -> (u64, Vec<String>) {
-    let (ranges, mut errors) = ranges(&repo, &*targets, skip);
-    let results: Vec<Result<u64, String>> = futures::stream::iter(ranges.into_iter().map(|r| {
+) -> Written {
+    let (ranges, mut done) = ranges(&repo, &*targets, skip);
+    let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
         let (repo, targets, counters) = (repo.clone(), targets.clone(), counters.clone());
         async move {
-            let bytes = repo
-                .storage()
-                .read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start)
-                .await
-                .map_err(|e| format!("pack {}: {e}", r.pack.0.short()))?;
-            tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters))
-                .await
-                .expect("write task")
+            match repo.storage().read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start).await {
+                Ok(bytes) => tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters))
+                    .await
+                    .expect("write task"),
+                Err(e) => RangeResult {
+                    bytes: 0,
+                    errors: vec![format!("pack {}: {e}", r.pack.0.short())],
+                    failed: r.blobs.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect(),
+                },
+            }
         }
     }))
     .buffer_unordered(IN_FLIGHT)
     .collect()
     .await;
-    let mut total = 0;
     for r in results {
-        match r {
-            Ok(n) => total += n,
-            Err(e) => errors.push(e),
-        }
+        done.bytes += r.bytes;
+        done.errors.extend(r.errors);
+        done.failed.extend(r.failed);
     }
-    (total, errors)
+    done
 }
 
-fn write_range(
-    repo: &Repository,
-    targets: &dyn Targets,
-    r: &Range,
-    bytes: &[u8],
-    counters: &Counters,
-) -> Result<u64, String> {
+/// What one range did.
+struct RangeResult {
+    bytes: u64,
+    errors: Vec<String>,
+    failed: Vec<usize>,
+}
+
+fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8], counters: &Counters) -> RangeResult {
     let mut files: HashMap<usize, File> = HashMap::new();
     let mut written = 0u64;
     let mut errors = Vec::new();
+    let mut failed = Vec::new();
     // Decryption and decompression buffers, reused for every blob (one pair per range in
     // flight, so their memory is bounded like the ranges').
     let (mut scratch, mut plain) = BUFS.lock().expect("lock").pop().unwrap_or_default();
@@ -158,16 +183,18 @@ fn write_range(
             Ok(()) => {}
             Err(e) => {
                 errors.push(format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()));
+                failed.extend(w.targets.iter().map(|t| t.0));
                 continue;
             }
         };
-        if plain.len() != w.loc.raw_len as usize {
+        if plain.len() != w.loc.raw_len as usize || plain.len() != w.len as usize {
             errors.push(format!(
-                "blob {}: length {} differs from the index's {}",
+                "blob {}: length {} differs from the index's {} or the file's segment",
                 w.id.0.short(),
                 plain.len(),
                 w.loc.raw_len
             ));
+            failed.extend(w.targets.iter().map(|t| t.0));
             continue;
         }
         for &(fi, off) in &w.targets {
@@ -177,12 +204,14 @@ fn write_range(
                     Ok(f) => v.insert(f),
                     Err(e) => {
                         errors.push(format!("{}: {e}", targets.name(fi)));
+                        failed.push(fi);
                         continue;
                     }
                 },
             };
             if let Err(e) = f.write_all_at(&plain, off) {
                 errors.push(format!("{}: {e}", targets.name(fi)));
+                failed.push(fi);
                 continue;
             }
             written += plain.len() as u64;
@@ -195,7 +224,7 @@ fn write_range(
             bufs.push((scratch, plain));
         }
     }
-    if errors.is_empty() { Ok(written) } else { Err(errors.join("; ")) }
+    RangeResult { bytes: written, errors, failed }
 }
 
 /// Buffers are kept up to this size (twice the default average chunk); a larger blob's are

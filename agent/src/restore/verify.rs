@@ -8,13 +8,23 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use repo_format::{MasterKey, Segment};
 
-use super::RestorePlan;
-use crate::safefs::SafeRoot;
+use std::collections::HashSet;
 
-/// Returns the number of files checked and one line per mismatch.
-pub(super) async fn verify(master: MasterKey, root: Arc<SafeRoot>, plan: Arc<RestorePlan>) -> (u64, Vec<String>) {
+use super::RestorePlan;
+use crate::safefs::{FileId, SafeRoot};
+
+/// Returns the number of files checked and one line per mismatch. Files that were not created
+/// or whose content already failed (`failed`) are not checked again.
+pub(super) async fn verify(
+    master: MasterKey,
+    root: Arc<SafeRoot>,
+    plan: Arc<RestorePlan>,
+    ids: Arc<Vec<Option<FileId>>>,
+    failed: Arc<HashSet<usize>>,
+) -> (u64, Vec<String>) {
     tokio::task::spawn_blocking(move || {
         let next = AtomicUsize::new(0);
+        let checked = AtomicUsize::new(0);
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let errors = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -23,14 +33,16 @@ pub(super) async fn verify(master: MasterKey, root: Arc<SafeRoot>, plan: Arc<Res
                     loop {
                         let i = next.fetch_add(1, Relaxed);
                         let Some(f) = plan.files.get(i) else { break };
-                        if let Err(e) = check(&master, &root, f) {
+                        let Some(id) = ids[i].filter(|_| !failed.contains(&i)) else { continue };
+                        checked.fetch_add(1, Relaxed);
+                        if let Err(e) = check(&master, &root, f, id) {
                             errors.lock().expect("lock").push(format!("{}: verify failed: {e}", f.rel.display()));
                         }
                     }
                 });
             }
         });
-        (plan.files.len() as u64, errors.into_inner().expect("lock"))
+        (checked.into_inner() as u64, errors.into_inner().expect("lock"))
     })
     .await
     .expect("verify task")
@@ -68,8 +80,8 @@ pub(crate) fn zeros_at(f: &std::fs::File, off: u64, len: u64) -> std::io::Result
     Ok(true)
 }
 
-fn check(master: &MasterKey, root: &SafeRoot, f: &super::FilePlan) -> Result<(), String> {
-    let file = root.open_file(&f.rel, false).map_err(|e| e.to_string())?;
+fn check(master: &MasterKey, root: &SafeRoot, f: &super::FilePlan, id: FileId) -> Result<(), String> {
+    let file = root.open_file(&f.rel, false, Some(id)).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len != f.node.size {
         return Err(format!("length {len}, snapshot says {}", f.node.size));
