@@ -15,6 +15,10 @@ mod fidelity;
 mod filters;
 #[path = "cli/hostile.rs"]
 mod hostile;
+#[path = "cli/hostile_repo.rs"]
+mod hostile_repo;
+#[path = "cli/hostile_target.rs"]
+mod hostile_target;
 #[path = "cli/incremental.rs"]
 mod incremental;
 #[path = "cli/interrupted.rs"]

@@ -7,13 +7,17 @@ use std::process::Command as Proc;
 
 use assert_cmd::Command;
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 fn can_run() -> bool {
     if std::env::var_os("FERRY_UNDER_QEMU").is_some() {
-        eprintln!("skipped: loop devices are not available under qemu-user");
+        skip("loop devices are not available under qemu-user");
         return false;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root for loop devices");
+        skip("needs root for loop devices");
         return false;
     }
     true
@@ -271,5 +275,84 @@ fn small_or_mounted_targets_are_refused_before_writing() {
     let out = e.ferry(&["restore", "latest", "--target", &dev2.0]).output().unwrap();
     run("umount", &[mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is mounted"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is in use (mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Regression: a disk snapshot restored into a directory opened `<target>/<name>` by path, so a
+/// symlink there (restored earlier, or planted by the volume's workload) sent the image onto a
+/// block device of the node, and ferry exited 0. Now the image is created with O_EXCL and
+/// O_NOFOLLOW from the directory's descriptor: the link is replaced, the device untouched.
+#[test]
+fn a_symlink_in_a_directory_target_is_replaced_never_followed_to_a_device() {
+    if !can_run() {
+        return;
+    }
+    let e = Env::new();
+    let img = e.p("vm.img");
+    std::fs::write(&img, pseudo_random(1, 4 << 20)).unwrap();
+    e.summary(&["backup", "--disk", img.to_str().unwrap()]);
+    let victim_file = e.p("victim.raw");
+    std::fs::write(&victim_file, pseudo_random(2, 8 << 20)).unwrap();
+    let victim = Loop::new(&victim_file);
+    let target = e.p("target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&victim.0, target.join("vm.img")).unwrap();
+    let r = e.summary(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    assert_eq!(r["target"], target.join("vm.img").to_str().unwrap());
+    drop(victim);
+    assert_eq!(
+        std::fs::read(&victim_file).unwrap(),
+        pseudo_random(2, 8 << 20),
+        "the device behind the link was written"
+    );
+    let md = std::fs::symlink_metadata(target.join("vm.img")).unwrap();
+    assert!(md.is_file(), "the link is replaced by the image");
+    assert!(same_bytes(&img, &target.join("vm.img")));
+}
+
+/// Regression: the "is it mounted" check looked at the device itself only, so a whole disk
+/// whose partition is mounted was overwritten. The device is now opened with O_EXCL, which the
+/// kernel refuses for a device that is mounted or held through a partition.
+#[test]
+fn a_disk_whose_partition_is_mounted_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let e = Env::new();
+    let img = e.p("src.img");
+    std::fs::write(&img, pseudo_random(3, 4 << 20)).unwrap();
+    e.summary(&["backup", "--disk", img.to_str().unwrap()]);
+    let disk_file = e.p("disk.raw");
+    sparse(&disk_file, 64 << 20);
+    let out = Proc::new("losetup").args(["-f", "--show", "-P"]).arg(&disk_file).output().unwrap();
+    assert!(out.status.success());
+    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let mut sf = Proc::new("sfdisk").args(["-q", &dev.0]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(sf.stdin.as_mut().unwrap(), b"label: dos\n,,L\n").unwrap();
+    assert!(sf.wait().unwrap().success());
+    let _ = Proc::new("partx").args(["-u", &dev.0]).status();
+    let part = format!("{}p1", dev.0);
+    for _ in 0..50 {
+        if Path::new(&part).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    run("mkfs.ext4", &["-q", "-F", &part]);
+    let mnt = e.p("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &[&part, mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("precious"), b"keep me").unwrap();
+    let out = e.ferry(&["restore", "latest", "--target", &dev.0]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let still = std::fs::read(mnt.join("precious"));
+    run("umount", &[mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    assert_eq!(still.unwrap(), b"keep me");
+    run("fsck.ext4", &["-n", &part]);
 }

@@ -20,7 +20,7 @@ fn moto() -> Option<(String, String)> {
     match (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET")) {
         (Ok(e), Ok(b)) => Some((e, b)),
         _ => {
-            eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
+            crate::common::skip("FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
             None
         }
     }
@@ -36,7 +36,7 @@ fn round_trip(location: &str) {
     let requests = &s["requests"];
     assert!(requests["put"].as_u64().unwrap() >= 3, "packs, index and snapshot were PUT: {requests}");
     let target = env.path("target");
-    let out = env.restore("latest", &target, &["--verify"]);
+    let out = env.restore("latest", &target, &["--verify", "--allow-devices", "--keep-setuid"]);
     assert_eq!(out.status.code(), Some(0), "restore from {location}: {}", stderr(&out));
     let diffs = compare_trees(&src, &target);
     assert!(diffs.is_empty(), "restored tree from {location} differs:\n{}", diffs.join("\n"));
@@ -60,7 +60,7 @@ fn filesystem_round_trip_on_azure() {
         return;
     }
     let Ok(container) = std::env::var("FERRY_TEST_AZURE_CONTAINER") else {
-        eprintln!("skipped: FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
+        crate::common::skip("FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
         return;
     };
     round_trip(&format!("azure:{container}/{}", unique("e2e")));
@@ -72,7 +72,7 @@ fn bad_credentials_and_missing_bucket_are_named_errors() {
         return;
     }
     let Ok(endpoint) = std::env::var("FERRY_TEST_S3_ENDPOINT") else {
-        eprintln!("skipped: FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
+        crate::common::skip("FERRY_TEST_S3_ENDPOINT not set (tests/servers.sh start)");
         return;
     };
     let at = |loc: String| {
@@ -194,7 +194,7 @@ spec:
     // With the alias it reaches the same repository the path-style location wrote.
     let alias = format!("{bucket}.localhost");
     let mut cmd = ferry("vhost");
-    cmd.args(["restore", "latest", "--verify", "--target"]).arg(env.path("target"));
+    cmd.args(["restore", "latest", "--verify", "--allow-devices", "--keep-setuid", "--target"]).arg(env.path("target"));
     let out = with_host_alias(&env, &alias, &cmd).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "virtual-hosted restore: {}", stderr(&out));
     let diffs = compare_trees(&src, &env.path("target"));
@@ -209,7 +209,7 @@ fn dpa_location_on_azure_with_velero_credentials_file() {
     }
     let (Ok(container), Ok(key)) = (std::env::var("FERRY_TEST_AZURE_CONTAINER"), std::env::var("AZURE_STORAGE_KEY"))
     else {
-        eprintln!("skipped: FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
+        crate::common::skip("FERRY_TEST_AZURE_CONTAINER not set (tests/servers.sh start)");
         return;
     };
     let env = Env::empty();
@@ -253,7 +253,10 @@ spec:
     let out = run(&key, &["backup", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "backup: {}", stderr(&out));
     let target = env.path("target");
-    let out = run(&key, &["restore", "latest", "--verify", "--target", target.to_str().unwrap()]);
+    let out = run(
+        &key,
+        &["restore", "latest", "--verify", "--allow-devices", "--keep-setuid", "--target", target.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(0), "restore: {}", stderr(&out));
     let diffs = compare_trees(&src, &target);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));

@@ -114,21 +114,21 @@ fn fidelity_round_trip() {
     assert_eq!(crate::common::num(&summary, "other_entries"), 6, "{summary}");
 
     let target = env.path("target");
-    let out = env.restore("latest", &target, &["--verify"]);
+    let out = env.restore("latest", &target, &["--verify", "--allow-devices", "--keep-setuid"]);
     assert_eq!(out.status.code(), Some(0), "restore failed: {}", crate::common::stderr(&out));
     let diffs = compare_trees(&src, &target);
     assert!(diffs.is_empty(), "restored tree differs:\n{}", diffs.join("\n"));
     assert!(crate::common::list_tree(&target).len() > 60, "the comparison saw the whole tree");
 
     // Restoring again over the restored tree changes nothing.
-    let out = env.restore("latest", &target, &["--verify"]);
+    let out = env.restore("latest", &target, &["--verify", "--allow-devices", "--keep-setuid"]);
     assert_eq!(out.status.code(), Some(0), "second restore failed: {}", crate::common::stderr(&out));
     let diffs = compare_trees(&src, &target);
     assert!(diffs.is_empty(), "tree differs after a second restore:\n{}", diffs.join("\n"));
 
     // The restore --json summary counts what it did.
     let target2 = env.path("target2");
-    let out = env.restore("latest", &target2, &["--json", "--verify"]);
+    let out = env.restore("latest", &target2, &["--json", "--verify", "--allow-devices", "--keep-setuid"]);
     assert_eq!(out.status.code(), Some(0), "restore failed: {}", crate::common::stderr(&out));
     let s = crate::common::summary_of(&out.stdout);
     assert_eq!(crate::common::num(&s, "errors"), 0);

@@ -209,7 +209,7 @@ fn s3_server_killed_mid_backup_then_restarted() {
         return;
     }
     let Ok(bin) = std::env::var("FERRY_TEST_S3S_FS") else {
-        eprintln!("skipped: FERRY_TEST_S3S_FS not set (tests/servers.sh install && start)");
+        crate::common::skip("FERRY_TEST_S3S_FS not set (tests/servers.sh install && start)");
         return;
     };
     let mut env = Env::empty();

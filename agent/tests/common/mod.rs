@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod forge;
+pub mod skip;
 pub mod tree;
+
+pub use skip::skip;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -23,7 +27,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub fn under_qemu() -> bool {
     let q = std::env::var_os("FERRY_UNDER_QEMU").is_some();
     if q {
-        eprintln!("skipped under qemu-user: this test runs the ferry binary");
+        skip("under qemu-user: this test runs the ferry binary");
     }
     q
 }
