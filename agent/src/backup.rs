@@ -73,14 +73,16 @@ pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-/// The newest snapshot of the same host and paths: the default parent.
+/// The newest snapshot of the same host and paths, not dated in the future: the default parent
+/// (a forged far-future snapshot must not become every later backup's parent).
 pub(crate) async fn latest_of(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<SnapshotId>> {
+    let limit = now_ns().saturating_add(repo_format::FUTURE_SKEW_NS);
     Ok(repo
         .snapshots()
         .await?
         .into_iter()
         .rev()
-        .find(|(_, s)| s.hostname == host && s.paths == paths)
+        .find(|(_, s)| s.hostname == host && s.paths == paths && s.time_ns <= limit)
         .map(|(id, _)| id))
 }
 

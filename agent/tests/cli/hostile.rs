@@ -3,115 +3,50 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
-use repo_format::{
-    BlobKind, BlobWriter, Content, KdfParams, Node, NodeType, ObjectStorage, RepoConfig, Repository, Segment, Snapshot,
-    Storage, Tree, TreeId, WriterOptions,
-};
+use repo_format::{Node, NodeType};
 
-use crate::common::{Env, PASSWORD, list_tree, stderr};
-
-const T0: i64 = 1_650_000_000_000_000_000;
-
-fn file(w: &BlobWriter, name: &[u8], data: &[u8]) -> Node {
-    let saved = w.save(BlobKind::Data, data).unwrap();
-    let mut n = Node::new(name.to_vec(), NodeType::File);
-    n.mode = 0o644;
-    n.size = data.len() as u64;
-    n.mtime_ns = T0;
-    n.atime_ns = T0;
-    n.nlink = 1;
-    n.content = Content::Segments(vec![Segment::Blob { id: saved.id, len: data.len() as u32 }]);
-    n
-}
-
-fn dir(w: &BlobWriter, name: &[u8], nodes: Vec<Node>) -> Node {
-    let saved = w.save(BlobKind::Tree, &Tree { nodes }.encode().unwrap()).unwrap();
-    let mut n = Node::new(name.to_vec(), NodeType::Dir);
-    n.mode = 0o755;
-    n.mtime_ns = T0;
-    n.atime_ns = T0;
-    n.content = Content::Tree(TreeId(saved.id.0));
-    n
-}
+use crate::common::forge::{Forge, T0, special};
+use crate::common::{Env, list_tree, stderr};
 
 fn symlink(name: &[u8], target: &Path) -> Node {
-    let mut n = Node::new(name.to_vec(), NodeType::Symlink);
-    n.mode = 0o777;
-    n.mtime_ns = T0;
-    n.atime_ns = T0;
+    let mut n = special(name, NodeType::Symlink, 0o777, 0);
     n.link_target = target.as_os_str().as_encoded_bytes().to_vec();
     n
 }
 
 /// Create the repository with the library and write the hostile snapshot into it.
 fn craft(env: &Env, outside: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let tmp = env.path("writer-tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let (repo_dir, outside) = (env.repo.clone(), outside.to_path_buf());
-    rt.block_on(async move {
-        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&repo_dir).unwrap());
-        Repository::init(
-            storage.clone(),
-            PASSWORD.as_bytes(),
-            KdfParams::insecure_for_tests(),
-            RepoConfig::new(T0),
-            "t",
-        )
-        .await
-        .unwrap();
-        let repo = Repository::open(storage, PASSWORD.as_bytes(), None).await.unwrap();
-        repo.load_index().await.unwrap();
-        let writer = repo.writer(WriterOptions { tmp_dir: tmp, ..Default::default() });
-        let w = writer.clone();
-        let root = tokio::task::spawn_blocking(move || {
-            let nodes = vec![
-                dir(&w, b"..", vec![file(&w, b"escaped-dotdot", b"evil")]),
-                file(&w, b"a/b", b"evil"),
-                file(&w, b"nul\0byte", b"evil"),
-                file(&w, b"", b"evil"),
-                file(&w, b".", b"evil"),
-                // A symlink out of the target, then a directory of the same name through which
-                // a file would land outside.
-                symlink(b"x", &outside),
-                dir(&w, b"x", vec![file(&w, b"pwned", b"evil")]),
-                symlink(b"y", &outside),
-                file(&w, b"y/pwned2", b"evil"),
-                // The same trick one level down, and a relative symlink upwards.
-                dir(
-                    &w,
-                    b"deep",
-                    vec![
-                        symlink(b"up", Path::new("../..")),
-                        dir(&w, b"up", vec![file(&w, b"pwned3", b"evil")]),
-                        file(&w, b"ok", b"deep ok"),
-                    ],
-                ),
-                // A directory where the target has a symlink to the outside.
-                dir(&w, b"d", vec![file(&w, b"f", b"d/f content")]),
-                // Good entries.
-                file(&w, b"good1", b"good one"),
-                dir(&w, b"sub", vec![file(&w, b"good2", b"good two")]),
-            ];
-            let saved = w.save(BlobKind::Tree, &Tree { nodes }.encode().unwrap()).unwrap();
-            TreeId(saved.id.0)
-        })
-        .await
-        .unwrap();
-        repo.finish_writer(writer).await.unwrap();
-        let snap = Snapshot {
-            time_ns: T0,
-            tree: root,
-            hostname: "evil".into(),
-            username: "mallory".into(),
-            program: "crafted".into(),
-            paths: vec![b"/evil".to_vec()],
-            ..Default::default()
-        };
-        repo.save_snapshot(&snap).await.unwrap();
-    });
+    let f = Forge::init(env);
+    let nodes = vec![
+        f.dir(b"..", vec![f.file(b"escaped-dotdot", b"evil")]),
+        f.file(b"a/b", b"evil"),
+        f.file(b"nul\0byte", b"evil"),
+        f.file(b"", b"evil"),
+        f.file(b".", b"evil"),
+        // A symlink out of the target, then a directory of the same name through which
+        // a file would land outside.
+        symlink(b"x", outside),
+        f.dir(b"x", vec![f.file(b"pwned", b"evil")]),
+        symlink(b"y", outside),
+        f.file(b"y/pwned2", b"evil"),
+        // The same trick one level down, and a relative symlink upwards.
+        f.dir(
+            b"deep",
+            vec![
+                symlink(b"up", Path::new("../..")),
+                f.dir(b"up", vec![f.file(b"pwned3", b"evil")]),
+                f.file(b"ok", b"deep ok"),
+            ],
+        ),
+        // A directory where the target has a symlink to the outside.
+        f.dir(b"d", vec![f.file(b"f", b"d/f content")]),
+        // Good entries.
+        f.file(b"good1", b"good one"),
+        f.dir(b"sub", vec![f.file(b"good2", b"good two")]),
+    ];
+    let root = f.tree(nodes);
+    f.snapshot(root, T0, "evil");
 }
 
 #[test]
@@ -145,7 +80,7 @@ fn hostile_snapshot_writes_nothing_outside_target() {
     assert!(work.is_empty(), "written next to the target: {work:?}");
     let mut top: Vec<_> = std::fs::read_dir(env.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     top.sort();
-    assert_eq!(top, ["cache", "outside", "repo", "victim", "work", "writer-tmp"], "written above the target");
+    assert_eq!(top, ["cache", "forge-tmp", "outside", "repo", "victim", "work"], "written above the target");
 
     // The good entries are restored.
     assert_eq!(std::fs::read(target.join("good1")).unwrap(), b"good one");
