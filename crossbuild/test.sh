@@ -16,6 +16,7 @@
 #                        under qemu-user (loop devices, FIFREEZE/BLK* ioctls, spawning another
 #                        target binary, which needs binfmt) must check it and return early:
 #                            if std::env::var_os("FERRY_UNDER_QEMU").is_some() { return; }
+#   PROPTEST_CASES       48 under qemu unless set (256, proptest's default, natively).
 #   FERRY_QEMU_RUNNER    exported too: the qemu command line ("qemu-s390x-static -L ...") so a
 #                        test that must exec a target binary can prefix it.
 # Run crossbuild/install.sh once first (as root).
@@ -46,6 +47,9 @@ unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}"
 # CARGO_HOME stays ~/.cargo: the registry cache is shared with rustup's cargo.
 if [ -n "$QEMU" ]; then
+  # Property tests look for byte-order and width mistakes, which any case shows; under emulation
+  # each case costs 10-50x, so fewer cases than natively (PROPTEST_CASES overrides).
+  export PROPTEST_CASES="${PROPTEST_CASES:-48}"
   export FERRY_UNDER_QEMU=1
   export FERRY_QEMU_RUNNER="$QEMU"
   export QEMU_LD_PREFIX="${QEMU#* -L }"
