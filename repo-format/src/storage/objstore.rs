@@ -106,12 +106,22 @@ impl Storage for ObjectStorage {
     }
 
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
+        let path = self.path(&path_of(kind, id));
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.store
-            .put_opts(&self.path(&path_of(kind, id)), PutPayload::from_bytes(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(kind, id, e))
+        match self.store.put_opts(&path, PutPayload::from_bytes(data.clone()), opts).await {
+            Ok(_) => Ok(()),
+            // A retried PUT whose first attempt was applied but not answered (a 500 or a lost
+            // connection after the server stored it) finds its own object: that is success.
+            // The bytes decide: another writer's object differs (random keys and nonces).
+            Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
+                let stored = match self.store.get(&path).await {
+                    Ok(r) => r.bytes().await.ok(),
+                    Err(_) => None,
+                };
+                if stored.as_ref() == Some(&data) { Ok(()) } else { Err(self.err(kind, id, e)) }
+            }
+            Err(e) => Err(self.err(kind, id, e)),
+        }
     }
 
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
