@@ -109,12 +109,15 @@ impl Class {
     }
 
     fn of<B>(req: &Request<B>) -> Class {
-        let listing = || req.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")));
+        let query =
+            |name: &str| req.uri().query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some(name)));
         match *req.method() {
             Method::PUT => Class::Put,
-            Method::GET if listing() => Class::List,
+            Method::GET if query("list-type") => Class::List,
             Method::GET => Class::Get,
             Method::DELETE => Class::Delete,
+            // object_store deletes with DeleteObjects (POST ?delete), one key at a time.
+            Method::POST if query("delete") => Class::Delete,
             Method::HEAD => Class::Head,
             Method::POST => Class::Post,
             _ => Class::Other,
@@ -133,6 +136,8 @@ impl Class {
 pub struct Plan {
     pub seed: u64,
     pub rates: Vec<(Fault, f64)>,
+    /// Faults for given requests, `(class, rank, fault)`, before the rates apply.
+    pub script: Vec<(Class, u64, Fault)>,
     /// The pause between the 32 KiB chunks of a slow body.
     pub slow_pause: Duration,
 }
@@ -140,12 +145,39 @@ pub struct Plan {
 impl Plan {
     /// Every fault kind at `rate` each.
     pub fn uniform(seed: u64, rate: f64) -> Plan {
-        Plan { seed, rates: Fault::ALL.iter().map(|f| (*f, rate)).collect(), slow_pause: Duration::from_millis(5) }
+        let rates = Fault::ALL.iter().map(|f| (*f, rate)).collect();
+        Plan { seed, rates, script: Vec::new(), slow_pause: Duration::from_millis(5) }
     }
 
     /// One fault kind for every request.
     pub fn always(fault: Fault) -> Plan {
-        Plan { seed: 0, rates: vec![(fault, 1.0)], slow_pause: Duration::from_millis(5) }
+        Plan { seed: 0, rates: vec![(fault, 1.0)], script: Vec::new(), slow_pause: Duration::from_millis(5) }
+    }
+
+    /// These faults only: `(class, rank, fault)`, rank 0 being the first request of its class.
+    pub fn scripted(script: &[(Class, u64, Fault)]) -> Plan {
+        Plan { seed: 0, rates: Vec::new(), script: script.to_vec(), slow_pause: Duration::from_millis(5) }
+    }
+}
+
+impl Plan {
+    /// The fault of the request of class `c` with rank `rank` (0 for the first of its class).
+    pub fn fault_for(&self, c: Class, rank: u64) -> Option<Fault> {
+        if let Some((_, _, f)) = self.script.iter().find(|(sc, sr, _)| *sc == c && *sr == rank) {
+            return Some(*f);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed.to_le_bytes()).update(c.name().as_bytes()).update(&rank.to_le_bytes());
+        let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap());
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let mut acc = 0.0;
+        for (f, rate) in &self.rates {
+            acc += rate;
+            if u < acc {
+                return Some(*f);
+            }
+        }
+        None
     }
 }
 
@@ -161,6 +193,8 @@ pub struct Stats {
     pub forwarded: [u64; 7],
     /// Answers of the server passed back whole (slow ones included), whatever their status.
     pub delivered: [u64; 7],
+    /// Of those, 412 Precondition Failed (a create-only PUT that found the object there).
+    pub precondition_failed: [u64; 7],
     /// Faults injected, per fault kind (`Fault::ALL` order) and class.
     pub injected: [[u64; 7]; 7],
     /// Requests the proxy could not forward (the server refused the connection, ...).
@@ -176,6 +210,9 @@ impl Stats {
     }
     pub fn delivered(&self, c: Class) -> u64 {
         self.delivered[c.index()]
+    }
+    pub fn precondition_failed(&self, c: Class) -> u64 {
+        self.precondition_failed[c.index()]
     }
     /// Faults of kind `f`, all classes.
     pub fn injected(&self, f: Fault) -> u64 {
@@ -200,6 +237,7 @@ impl Stats {
             received: sub(self.received, earlier.received),
             forwarded: sub(self.forwarded, earlier.forwarded),
             delivered: sub(self.delivered, earlier.delivered),
+            precondition_failed: sub(self.precondition_failed, earlier.precondition_failed),
             injected: std::array::from_fn(|f| sub(self.injected[f], earlier.injected[f])),
             upstream_errors: self.upstream_errors - earlier.upstream_errors,
         }
@@ -218,10 +256,11 @@ impl std::fmt::Display for Stats {
         };
         write!(
             f,
-            "received [{}], forwarded [{}], delivered [{}], injected [{}]",
+            "received [{}], forwarded [{}], delivered [{}] (412: [{}]), injected [{}]",
             per_class(&self.received),
             per_class(&self.forwarded),
             per_class(&self.delivered),
+            per_class(&self.precondition_failed),
             Fault::ALL.iter().map(|k| format!("{} {}", k.name(), self.injected(*k))).collect::<Vec<_>>().join(", ")
         )?;
         if self.upstream_errors > 0 {
@@ -236,6 +275,7 @@ struct Counters {
     received: [AtomicU64; 7],
     forwarded: [AtomicU64; 7],
     delivered: [AtomicU64; 7],
+    precondition_failed: [AtomicU64; 7],
     injected: [[AtomicU64; 7]; 7],
     upstream_errors: AtomicU64,
 }
@@ -252,18 +292,7 @@ impl State {
     /// The fault (if any) of a request of class `c`; counts it as received.
     fn decide(&self, c: Class) -> Option<Fault> {
         let rank = self.counters.received[c.index()].fetch_add(1, Relaxed);
-        let mut h = blake3::Hasher::new();
-        h.update(&self.plan.seed.to_le_bytes()).update(c.name().as_bytes()).update(&rank.to_le_bytes());
-        let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap());
-        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-        let mut acc = 0.0;
-        for (f, rate) in &self.plan.rates {
-            acc += rate;
-            if u < acc {
-                return Some(*f);
-            }
-        }
-        None
+        self.plan.fault_for(c, rank)
     }
 
     fn count(&self, which: &[AtomicU64; 7], c: Class) {
@@ -317,6 +346,7 @@ impl FaultProxy {
             received: load(&c.received),
             forwarded: load(&c.forwarded),
             delivered: load(&c.delivered),
+            precondition_failed: load(&c.precondition_failed),
             injected: std::array::from_fn(|f| load(&c.injected[f])),
             upstream_errors: c.upstream_errors.load(Relaxed),
         }
@@ -476,6 +506,9 @@ async fn handle(
         _ => {}
     }
     state.count(&state.counters.delivered, class);
+    if parts.status == StatusCode::PRECONDITION_FAILED {
+        state.count(&state.counters.precondition_failed, class);
+    }
     Ok(Response::from_parts(parts, full(body)))
 }
 
