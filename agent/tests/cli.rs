@@ -9,6 +9,8 @@ mod cloud;
 mod concurrent;
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/faults.rs"]
+mod faults;
 #[path = "cli/fidelity.rs"]
 mod fidelity;
 #[path = "cli/filters.rs"]

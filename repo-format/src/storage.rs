@@ -4,7 +4,8 @@
 //! directory now; S3, Azure and GCS later); `ReadOnly` and `Counting` are decorators. The
 //! contract every backend must meet (checked by the conformance tests in this module):
 //! * `create` is create-only: a second create of the same name fails with `AlreadyExists` and
-//!   leaves the first content; a reader sees a whole object or none.
+//!   leaves the first content (one with the same bytes succeeds: it is a retry whose first
+//!   attempt was stored but not answered); a reader sees a whole object or none.
 //! * `upload_file` stores a content-named object (a pack): writing it twice is harmless.
 //! * `read` and `read_range` of a missing object fail with `NotFound`.
 //! * `read` never buffers more than the caller's `limit`: an object larger than that fails with

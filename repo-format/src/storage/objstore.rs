@@ -71,6 +71,47 @@ impl ObjectStorage {
     }
 }
 
+/// Attempts after the first of what object_store does not retry itself when the connection
+/// breaks: a create-only PUT (not idempotent for it: the server may have applied it; `create`
+/// recognizes its own object) and a LIST whose answer breaks off mid-body (its retries end with
+/// the answer's head). Both are safe to repeat.
+const REPEATS: u32 = 3;
+
+/// `op`, repeated up to `REPEATS` times after a pause while it fails with a broken connection.
+async fn again<T, F, Fut>(mut op: F) -> object_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut repeats = 0;
+    loop {
+        match op().await {
+            Err(e) if repeats < REPEATS && broken_connection(&e) => {
+                repeats += 1;
+                tracing::info!("connection broken ({e}): attempt {} of {}", repeats + 1, REPEATS + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(250 << repeats)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A connection reset, aborted or closed in the middle of an answer, somewhere in the causes of
+/// `e` (they end in the `std::io::Error` the HTTP client saw).
+fn broken_connection(e: &object_store::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The whole of a finished temporary pack file as `Bytes`, without copying it.
 fn map(file: &File, len: u64) -> std::io::Result<Bytes> {
     if len == 0 {
@@ -106,12 +147,23 @@ impl Storage for ObjectStorage {
     }
 
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.store
-            .put_opts(&self.path(&path_of(kind, id)), PutPayload::from_bytes(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(kind, id, e))
+        let path = self.path(&path_of(kind, id));
+        let put = || {
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            self.store.put_opts(&path, PutPayload::from_bytes(data.clone()), opts)
+        };
+        match again(put).await {
+            Ok(_) => Ok(()),
+            // A retried PUT whose first attempt was applied but not answered (a 500 or a lost
+            // connection after the server stored it) finds its own object: that is success.
+            // The bytes decide: another writer's object differs (random keys and nonces).
+            Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
+                // Read back at most our own length: whatever is there may be anyone's.
+                let stored = self.read(kind, id, data.len() as u64).await.ok();
+                if stored.as_ref() == Some(&data) { Ok(()) } else { Err(self.err(kind, id, e)) }
+            }
+            Err(e) => Err(self.err(kind, id, e)),
+        }
     }
 
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
@@ -204,9 +256,8 @@ impl Storage for ObjectStorage {
             return Err(Error::Invalid("the config is a single object; read it instead of listing".into()));
         }
         let prefix = self.path(dir_of(kind));
-        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(|e| Error::Storage {
-            what: format!("listing {kind} at {}", self.location),
-            source: Box::new(e),
+        let metas: Vec<_> = again(|| self.store.list(Some(&prefix)).try_collect()).await.map_err(|e| {
+            Error::Storage { what: format!("listing {kind} at {}", self.location), source: Box::new(e) }
         })?;
         // Only names this layout would write count: junk, temporary and nested names (which a
         // read by id would never find) are ignored instead of breaking every listing.
