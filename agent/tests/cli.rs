@@ -13,6 +13,8 @@ mod errors;
 mod fidelity;
 #[path = "cli/filters.rs"]
 mod filters;
+#[path = "cli/gaps_exit.rs"]
+mod gaps_exit;
 #[path = "cli/hostile.rs"]
 mod hostile;
 #[path = "cli/incremental.rs"]
