@@ -15,6 +15,8 @@ mod fidelity;
 mod filters;
 #[path = "cli/gaps_exit.rs"]
 mod gaps_exit;
+#[path = "cli/gaps_passwords.rs"]
+mod gaps_passwords;
 #[path = "cli/hostile.rs"]
 mod hostile;
 #[path = "cli/incremental.rs"]
