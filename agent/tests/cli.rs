@@ -15,8 +15,12 @@ mod fidelity;
 mod filters;
 #[path = "cli/gaps_exit.rs"]
 mod gaps_exit;
+#[path = "cli/gaps_filescache.rs"]
+mod gaps_filescache;
 #[path = "cli/gaps_passwords.rs"]
 mod gaps_passwords;
+#[path = "cli/gaps_util.rs"]
+mod gaps_util;
 #[path = "cli/hostile.rs"]
 mod hostile;
 #[path = "cli/incremental.rs"]
