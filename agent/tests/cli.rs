@@ -23,6 +23,8 @@ mod gaps_passwords;
 mod gaps_tls;
 #[path = "cli/gaps_util.rs"]
 mod gaps_util;
+#[path = "cli/gaps_xattrs.rs"]
+mod gaps_xattrs;
 #[path = "cli/hostile.rs"]
 mod hostile;
 #[path = "cli/incremental.rs"]
