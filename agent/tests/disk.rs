@@ -7,6 +7,9 @@ use std::process::Command as Proc;
 
 use assert_cmd::Command;
 
+#[path = "disk/gaps.rs"]
+mod gaps;
+
 fn can_run() -> bool {
     if std::env::var_os("FERRY_UNDER_QEMU").is_some() {
         eprintln!("skipped: loop devices are not available under qemu-user");
