@@ -19,6 +19,8 @@ mod gaps_exit;
 mod gaps_filescache;
 #[path = "cli/gaps_passwords.rs"]
 mod gaps_passwords;
+#[path = "cli/gaps_podvolume.rs"]
+mod gaps_podvolume;
 #[path = "cli/gaps_tls.rs"]
 mod gaps_tls;
 #[path = "cli/gaps_util.rs"]
