@@ -2,8 +2,13 @@
 # cross-endian.sh [TARGET] -- the format is independent of byte order and architecture, for
 # real: a repository written by the native (x86_64, little-endian) ferry is restored by the
 # TARGET build (default s390x, big-endian) under qemu, and one written by the TARGET build is
-# restored natively; both restores are verified (--verify) and compared with the source (diff -r).
-# Needs crossbuild/install.sh (toolchain, qemu) and a native `cargo build -p ferry-agent`.
+# restored natively; both restores are verified (--verify) and compared with the source by the
+# end-to-end tests' comparator (agent/tests/common/tree.rs): names, types, modes, owners, mtimes
+# in ns, symlink targets, xattrs of every namespace (user, trusted, security, ACLs), content,
+# hardlinks and sparseness. The source is the fidelity test's tree plus an xattr subtree, built
+# natively by the cli test binary (`fidelity::cross_endian_build_tree`). Run as root (owners,
+# devices, trusted.* xattrs). Needs crossbuild/install.sh (toolchain, qemu). TARGET `native`
+# exchanges between two runs of the native build: a check of this script without the toolchain.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WS="$(dirname "$HERE")"
@@ -11,30 +16,41 @@ case "${1:-s390x}" in
   s390x) T=s390x-unknown-linux-gnu; Q="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
   arm64|aarch64) T=aarch64-unknown-linux-gnu; Q="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
   ppc64le) T=powerpc64le-unknown-linux-gnu; Q="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
+  native) T=native; Q="" ;;
   *) echo "cross-endian.sh: unknown target $1" >&2; exit 2 ;;
 esac
 cd "$WS"
 cargo build -q -p ferry-agent
-( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$WS/target/cross"
-  /usr/bin/cargo build -q --target "$T" --config "$HERE/cargo-config.toml" -p ferry-agent )
+cargo test -q -p ferry-agent --test cli --no-run
+# The native cli test binary's tools: build the source tree, compare two trees. Exactly one
+# test must have run and passed (a renamed tool must not pass by matching nothing).
+cli_tool() { # NAME (environment passed through)
+  if cargo test -q -p ferry-agent --test cli -- --ignored --exact --nocapture "fidelity::$1" >"$W/tool.log" 2>&1 &&
+     grep -q '^test result: ok\. 1 passed' "$W/tool.log"; then
+    return 0
+  fi
+  echo "cross-endian: fidelity::$1 failed:" >&2; cat "$W/tool.log" >&2; return 1
+}
 NATIVE="$WS/target/debug/ferry"
-CROSS="$Q $WS/target/cross/$T/debug/ferry"
+if [ "$T" = native ]; then
+  CROSS="$NATIVE"
+else
+  ( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$WS/target/cross"
+    /usr/bin/cargo build -q --target "$T" --config "$HERE/cargo-config.toml" -p ferry-agent )
+  CROSS="$Q $WS/target/cross/$T/debug/ferry"
+fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 export FERRY_PASSWORD=cross-endian FERRY_CACHE_DIR="$W/cache"
 unset FERRY_REPOSITORY FERRY_PASSWORD_FILE
-mkdir -p "$W/src/dir"
-head -c 3000000 /dev/urandom > "$W/src/dir/random.bin"
-for i in $(seq 1 50); do printf 'line %s\n' $(seq 1 $i) > "$W/src/dir/text-$i.txt"; done
-truncate -s 20M "$W/src/sparse.img"; printf 'data' | dd of="$W/src/sparse.img" bs=1 seek=10000000 conv=notrunc 2>/dev/null
-ln -s dir/text-1.txt "$W/src/link"
+FERRY_TREE="$W/src" cli_tool cross_endian_build_tree
 passed=0 failed=0
 check() { # NAME WRITER READER
   local name=$1 writer=$2 reader=$3 repo="$W/repo-$1" out="$W/out-$1"
   if $writer -q -r "$repo" init --kdf-memory 64 --kdf-iterations 1 \
      && $writer -q -r "$repo" backup "$W/src" \
      && $reader -q -r "$repo" restore latest --target "$out" --verify \
-     && diff -r --no-dereference "$W/src" "$out"; then
+     && FERRY_TREE_A="$W/src" FERRY_TREE_B="$out" cli_tool cross_endian_compare_trees; then
     echo "cross-endian: $name ok"; passed=$((passed + 1))
   else
     echo "cross-endian: $name FAILED"; failed=$((failed + 1))

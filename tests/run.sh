@@ -15,12 +15,16 @@ step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 step "toolchain"
 command -v cargo >/dev/null || { echo "run.sh: cargo (rustup) is needed" >&2; exit 1; }
 cargo --version
-# C compiler (zstd, SQLite), and the tools the disk tests drive: losetup, mkfs.ext4, fsck, sfdisk.
+# C compiler (zstd, SQLite), and the tools the disk tests drive: losetup, mkfs.ext4, fsck, sfdisk;
+# prlimit caps the memory of the hostile-repository tests.
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
+command -v prlimit >/dev/null || need+=(util-linux)
+# The TLS end-to-end test makes its throwaway CA and server certificate with openssl.
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi

@@ -106,7 +106,11 @@ pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
     } else if let Some(f) = &cli.password_file {
         read_password_file(f)?
     } else {
-        prompt("enter repository password: ", confirm)?
+        prompt(
+            "enter repository password: ",
+            confirm,
+            "set FERRY_PASSWORD or FERRY_PASSWORD_FILE, or pass --password-file",
+        )?
     };
     non_empty(pw, "FERRY_PASSWORD / the password file")
 }
@@ -118,7 +122,7 @@ pub fn new_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
     } else if let Some(f) = file {
         read_password_file(f)?
     } else {
-        prompt("enter new password: ", true)?
+        prompt("enter new password: ", true, "set FERRY_NEW_PASSWORD, or pass --new-password-file")?
     };
     non_empty(pw, "FERRY_NEW_PASSWORD / the new password file")
 }
@@ -130,9 +134,10 @@ fn non_empty(pw: Vec<u8>, source: &str) -> Result<Vec<u8>> {
     Ok(pw)
 }
 
-fn prompt(msg: &str, confirm: bool) -> Result<Vec<u8>> {
+/// Ask on the terminal; without one, an error saying what to set (`hint`).
+fn prompt(msg: &str, confirm: bool, hint: &str) -> Result<Vec<u8>> {
     if !std::io::stdin().is_terminal() {
-        bail!("no password given: set FERRY_PASSWORD or FERRY_PASSWORD_FILE, or pass --password-file");
+        bail!("no password given: {hint}");
     }
     let p = rpassword::prompt_password(msg).context("reading the password")?;
     if confirm && rpassword::prompt_password("enter the password again: ").context("reading the password")? != p {

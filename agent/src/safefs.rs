@@ -15,7 +15,9 @@
 //! hardlink or another file meanwhile is reported and left alone: a racer can never have a
 //! file outside the target changed, nor its own file made root-owned or setuid. Special files
 //! are reached through an `O_PATH` descriptor (opening a FIFO or device could block or have
-//! effects) and changed through its `/proc/self/fd` link, which names that exact inode.
+//! effects) and changed through its `/proc/self/fd` link, which names that exact inode (for a
+//! symlink, the link itself: the kernel does not follow a symlink reached through such a link,
+//! which is what lets a symlink's xattrs be set without a race).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -316,24 +318,30 @@ impl SafeRoot {
                     Some(Gid::from_raw(node.gid)),
                     AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
                 )?;
-                if kind_of(&st) == SFlag::S_IFLNK {
-                    // Symlinks have no mode, and their xattrs could only be set by name (no
-                    // descriptor reaches a symlink's xattrs), which a racer could redirect to a
-                    // file of its own: they are not restored. Times by name, not followed (at
-                    // worst a racer's file gets a time).
-                    if !node.xattrs.is_empty() {
-                        tracing::debug!("{}: the xattrs of a symlink are not restored", r.display());
-                    }
-                    utimensat(&parent, name, &ts(node.atime_ns), &ts(node.mtime_ns), UtimensatFlags::NoFollowSymlink)?;
-                } else {
-                    // The descriptor's /proc link names exactly the inode checked above.
-                    let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                // The descriptor's /proc link names exactly the inode checked above (for a
+                // symlink: the link itself, which the kernel does not follow further).
+                let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                if kind_of(&st) != SFlag::S_IFLNK {
                     std::fs::set_permissions(&link, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-                    for (k, v) in &node.xattrs {
-                        if let Err(e) = xattr::set_deref(&link, OsStr::from_bytes(k), v) {
-                            tracing::debug!("{}: xattr {}: {e}", r.display(), String::from_utf8_lossy(k));
+                }
+                // Remove xattrs the snapshot does not have (an ACL inherited from the directory's
+                // default ACL), then set the snapshot's.
+                if let Ok(existing) = xattr::list_deref(&link) {
+                    for k in existing {
+                        if !node.xattrs.iter().any(|(n, _)| n[..] == *k.as_bytes()) {
+                            let _ = xattr::remove_deref(&link, &k);
                         }
                     }
+                }
+                for (k, v) in &node.xattrs {
+                    if let Err(e) = xattr::set_deref(&link, OsStr::from_bytes(k), v) {
+                        tracing::debug!("{}: xattr {}: {e}", r.display(), String::from_utf8_lossy(k));
+                    }
+                }
+                if kind_of(&st) == SFlag::S_IFLNK {
+                    // By name, not followed: at worst a racer's own entry gets a time.
+                    utimensat(&parent, name, &ts(node.atime_ns), &ts(node.mtime_ns), UtimensatFlags::NoFollowSymlink)?;
+                } else {
                     utimensat(
                         nix::fcntl::AT_FDCWD,
                         &link,

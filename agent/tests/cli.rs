@@ -15,6 +15,20 @@ mod faults;
 mod fidelity;
 #[path = "cli/filters.rs"]
 mod filters;
+#[path = "cli/gaps_exit.rs"]
+mod gaps_exit;
+#[path = "cli/gaps_filescache.rs"]
+mod gaps_filescache;
+#[path = "cli/gaps_passwords.rs"]
+mod gaps_passwords;
+#[path = "cli/gaps_podvolume.rs"]
+mod gaps_podvolume;
+#[path = "cli/gaps_tls.rs"]
+mod gaps_tls;
+#[path = "cli/gaps_util.rs"]
+mod gaps_util;
+#[path = "cli/gaps_xattrs.rs"]
+mod gaps_xattrs;
 #[path = "cli/hostile.rs"]
 mod hostile;
 #[path = "cli/hostile_repo.rs"]

@@ -10,6 +10,8 @@ use assert_cmd::Command;
 #[path = "common/skip.rs"]
 mod skip;
 use skip::skip;
+#[path = "disk/gaps.rs"]
+mod gaps;
 
 fn can_run() -> bool {
     if std::env::var_os("FERRY_UNDER_QEMU").is_some() {

@@ -101,6 +101,9 @@ pub fn info(bytes: &[u8]) -> Result<KeyFileInfo> {
         return Err(Error::corrupt("key file", "bad magic"));
     }
     let version = d.u8()?;
+    if version > 1 {
+        return Err(Error::UnsupportedVersion { found: version.into(), supported: 1 });
+    }
     if version != 1 {
         return Err(Error::corrupt("key file", format!("key file version {version} is unknown to this ferry")));
     }

@@ -172,7 +172,7 @@ impl Repository {
                 k.short()
             );
         }
-        let candidates = Self::key_candidates(&*storage, &keys, &replayed, mem.key_used).await?;
+        let (candidates, newer) = Self::key_candidates(&*storage, &keys, &replayed, mem.key_used).await?;
         // Try the candidates: one that opens but whose master key does not decrypt the config
         // (left by a lost `init` race, or planted) must not hide the right one.
         let mut config_error = None;
@@ -209,6 +209,8 @@ impl Repository {
         let (key_id, master, config) = match (unlocked, config_error) {
             (Some(u), _) => u,
             (None, Some(e)) => return Err(e),
+            // A key file of a newer format may be the one this password opens: say so.
+            (None, None) if newer.is_some() => return Err(newer.expect("checked")),
             (None, None) if skipped > 0 || keys.len() > candidates.len() + replayed.len() => {
                 return Err(Error::KeyBudget {
                     tried: candidates.len() - skipped,
@@ -233,7 +235,7 @@ impl Repository {
         keys: &[(Id, u64)],
         replayed: &[Id],
         used: Option<Id>,
-    ) -> Result<Vec<(Id, Bytes, u64)>> {
+    ) -> Result<(Vec<(Id, Bytes, u64)>, Option<Error>)> {
         let mut ids: Vec<Id> = keys
             .iter()
             .filter(|(id, size)| *size <= FileKind::Key.max_len() && !replayed.contains(id))
@@ -250,6 +252,7 @@ impl Repository {
             .collect()
             .await;
         let mut out = Vec::new();
+        let mut newer = None;
         for r in read {
             let (id, b) = match r {
                 Ok(x) => x,
@@ -262,6 +265,7 @@ impl Repository {
             }
             match keyfile::info(&b) {
                 Ok(info) => out.push((id, b, info.kdf.work())),
+                Err(e @ Error::UnsupportedVersion { .. }) => newer = Some(e),
                 Err(e) => tracing::warn!("key file {}: {e}; not used", id.short()),
             }
         }
@@ -269,7 +273,7 @@ impl Repository {
         // keep it first regardless.
         let first = out.first().map(|(id, ..)| *id).filter(|id| Some(*id) == used);
         out.sort_by_key(|(id, _, cost)| (Some(*id) != first, *cost, *id));
-        Ok(out)
+        Ok((out, newer))
     }
 
     pub fn config(&self) -> &RepoConfig {

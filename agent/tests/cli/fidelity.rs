@@ -175,3 +175,30 @@ fn fidelity_round_trip() {
     assert_eq!(arr[0]["summary"]["files_new"], summary["files_new"]);
     assert_eq!(arr[0]["summary"]["errors"], 0);
 }
+
+/// The tree `crossbuild/cross-endian.sh` exchanges between architectures: this file's tree plus
+/// `security.*`, `trusted.*` and ACL xattrs (in `xattrs/`), built at `$FERRY_TREE`. A tool of
+/// that script (run natively, as root), not a test by itself.
+#[test]
+#[ignore = "tool of crossbuild/cross-endian.sh: builds the tree at $FERRY_TREE"]
+fn cross_endian_build_tree() {
+    let root = std::path::PathBuf::from(std::env::var_os("FERRY_TREE").expect("FERRY_TREE names the directory"));
+    std::fs::create_dir(&root).unwrap();
+    build(&root);
+    let x = root.join("xattrs");
+    std::fs::create_dir(&x).unwrap();
+    crate::gaps_xattrs::build(&x);
+}
+
+/// `compare_trees($FERRY_TREE_A, $FERRY_TREE_B)`: every difference of names, types, modes,
+/// owners, ns mtimes, symlink targets, xattrs, content, hardlinks and sparseness. A tool of
+/// `crossbuild/cross-endian.sh`.
+#[test]
+#[ignore = "tool of crossbuild/cross-endian.sh: compares $FERRY_TREE_A with $FERRY_TREE_B"]
+fn cross_endian_compare_trees() {
+    let var = |v: &str| std::path::PathBuf::from(std::env::var_os(v).unwrap_or_else(|| panic!("{v} is not set")));
+    let (a, b) = (var("FERRY_TREE_A"), var("FERRY_TREE_B"));
+    assert!(crate::common::list_tree(&a).len() > 60, "{} is not the exchanged tree", a.display());
+    let diffs = compare_trees(&a, &b);
+    assert!(diffs.is_empty(), "{} differs from {}:\n{}", b.display(), a.display(), diffs.join("\n"));
+}

@@ -4,7 +4,8 @@
 //! Both trees are walked with `lstat` (symlinks are never followed). For every entry below the
 //! roots it compares: the set of names (raw bytes), type, permission bits including
 //! setuid/setgid/sticky, uid, gid, size (regular files), content bytes (regular files), symlink
-//! targets, mtime in ns (every type), rdev (devices), `user.*` xattrs (names and values),
+//! targets, mtime in ns (every type), rdev (devices), xattrs of every namespace the caller may
+//! list (`user.*`, `trusted.*`, `security.*`, and `system.posix_acl_*` ACLs; names and values),
 //! hardlink structure (paths sharing an inode in A share one in B and vice versa) and
 //! sparseness (a sparse file of A uses at most `SPARSE_SLACK_BLOCKS` more 512-byte blocks in B).
 //!
@@ -78,10 +79,9 @@ fn collect(root: &Path) -> Result<BTreeMap<Vec<u8>, Entry>, String> {
             let mut xattrs = BTreeMap::new();
             if let Ok(names) = xattr::list(&path) {
                 for n in names {
-                    if n.as_bytes().starts_with(b"user.") {
-                        let v = xattr::get(&path, &n).ok().flatten().unwrap_or_default();
-                        xattrs.insert(n.as_bytes().to_vec(), v);
-                    }
+                    let v =
+                        xattr::get(&path, &n).map_err(|e| format!("reading xattr {n:?} of {}: {e}", path.display()))?;
+                    xattrs.insert(n.as_bytes().to_vec(), v.unwrap_or_default());
                 }
             }
             if md.is_dir() {
@@ -187,7 +187,11 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
         check("gid", ma.gid().to_string(), mb.gid().to_string());
         check("mtime_ns", mtime(ma).to_string(), mtime(mb).to_string());
         check("symlink target", format!("{:?}", ea.link_target), format!("{:?}", eb.link_target));
-        check("xattrs", format!("{:?}", ea.xattrs), format!("{:?}", eb.xattrs));
+        let xattrs = |x: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            let list: Vec<String> = x.iter().map(|(k, v)| format!("{}=\"{}\"", show(k), show(v))).collect();
+            format!("{{{}}}", list.join(", "))
+        };
+        check("xattrs", xattrs(&ea.xattrs), xattrs(&eb.xattrs));
         let t = ma.file_type();
         if t.is_char_device() || t.is_block_device() {
             check("rdev", ma.rdev().to_string(), mb.rdev().to_string());
@@ -277,6 +281,13 @@ mod tests {
         let d = compare_trees(&a, &b);
         assert!(d.len() == 1 && d[0].starts_with("f: xattrs"), "{d:?}");
         xattr::set(b.join("f"), "user.a", b"1").unwrap();
+        assert!(compare_trees(&a, &b).is_empty());
+
+        // An xattr outside user.* (the tests run as root): trusted.*, on a directory.
+        xattr::set(b.join("sub"), "trusted.t", b"x").unwrap();
+        let d = compare_trees(&a, &b);
+        assert!(d.len() == 1 && d[0].starts_with("sub: xattrs"), "{d:?}");
+        xattr::remove(b.join("sub"), "trusted.t").unwrap();
         assert!(compare_trees(&a, &b).is_empty());
 
         // A broken hardlink: g2 becomes an identical copy with the same metadata.
