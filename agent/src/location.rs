@@ -49,6 +49,8 @@ pub struct CloudOpts {
     pub azure_auth: Option<crate::credentials::AzureAuth>,
     /// A GCS service-account key file.
     pub gcs_service_account: Option<String>,
+    /// Where the HTTP client counts its attempts (retries included).
+    pub counts: Option<Arc<repo_format::RequestCounts>>,
 }
 
 /// A parsed location.
@@ -200,6 +202,9 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
                 .with_metadata_endpoint(NO_METADATA)
                 .with_retry(retry())
                 .with_client_options(client_options(tls, http)?);
+            if let Some(c) = &opts.counts {
+                b = b.with_http_connector(crate::attempts::CountingConnector(c.clone()));
+            }
             if let Some(t) = token {
                 b = b.with_token(t);
             }
@@ -238,6 +243,9 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
             let endpoint = env("AZURE_STORAGE_ENDPOINT");
             let http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
             b = b.with_client_options(client_options(tls, http)?);
+            if let Some(c) = &opts.counts {
+                b = b.with_http_connector(crate::attempts::CountingConnector(c.clone()));
+            }
             if account == "devstoreaccount1" {
                 b = b.with_use_emulator(true);
             } else if let Some(e) = endpoint {
@@ -251,11 +259,14 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
                 .clone()
                 .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
                 .context("no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file")?;
-            let b = object_store::gcp::GoogleCloudStorageBuilder::new()
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
                 .with_bucket_name(bucket)
                 .with_service_account_path(sa)
                 .with_retry(retry())
                 .with_client_options(client_options(tls, false)?);
+            if let Some(c) = &opts.counts {
+                b = b.with_http_connector(crate::attempts::CountingConnector(c.clone()));
+            }
             Arc::new(b.build().with_context(|| format!("configuring GCS bucket {bucket}"))?)
         }
         Location::Local(_) => bail!("internal: a local path is not a cloud location"),
@@ -280,8 +291,8 @@ fn virtual_host_endpoint(endpoint: &str, bucket: &str) -> Result<String> {
 }
 
 /// The repository storage for a location string (`create`: make a missing local directory).
-pub fn storage(location: &str, create: bool, tls: &Tls) -> Result<ObjectStorage> {
-    storage_of(&Location::parse(location)?, location, create, tls, &CloudOpts::default())
+pub fn storage(location: &str, create: bool, tls: &Tls, opts: &CloudOpts) -> Result<ObjectStorage> {
+    storage_of(&Location::parse(location)?, location, create, tls, opts)
 }
 
 /// The repository storage for a parsed location; `desc` names it in messages.

@@ -4,6 +4,7 @@
 //! documented exit codes (see `exit`). Commands live in `cmd/`, engines in `backup/` and
 //! `restore/`; the repository format is the `repo_format` crate.
 
+mod attempts;
 mod backup;
 mod cli;
 mod cmd;

@@ -18,19 +18,29 @@ pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<Req
     if let Some(f) = &cli.ca_cert {
         tls.ca_pem = Some(std::fs::read(f).with_context(|| format!("reading the CA certificate {}", f.display()))?);
     }
+    // One set of counters: storage calls counted by `Counting`, HTTP attempts (retries
+    // included) by the object store's client.
+    let counts = Arc::new(RequestCounts::default());
     let backend = match &cli.location {
-        Some(spec) => dpa_storage(spec, cli.credentials_file.as_deref(), create, tls)?,
-        None => crate::location::storage(location(cli)?, create, &tls)?,
+        Some(spec) => dpa_storage(spec, cli.credentials_file.as_deref(), create, tls, counts.clone())?,
+        None => {
+            let opts = CloudOpts { counts: Some(counts.clone()), ..Default::default() };
+            crate::location::storage(location(cli)?, create, &tls, &opts)?
+        }
     };
-    let s = Counting::new(backend);
-    let counts = s.counts();
-    Ok((Arc::new(s), counts))
+    Ok((Arc::new(Counting::with_counts(backend, counts.clone())), counts))
 }
 
 /// A DPA backup location (`FILE[#NAME]`) as storage. Credentials come from `cred_file`, else
 /// from the file the provider's plugin reads in Velero (`AWS_SHARED_CREDENTIALS_FILE`,
 /// `AZURE_CREDENTIALS_FILE`, `GOOGLE_APPLICATION_CREDENTIALS`), else from the environment.
-fn dpa_storage(spec: &str, cred_file: Option<&std::path::Path>, create: bool, mut tls: Tls) -> Result<ObjectStorage> {
+fn dpa_storage(
+    spec: &str,
+    cred_file: Option<&std::path::Path>,
+    create: bool,
+    mut tls: Tls,
+    counts: Arc<RequestCounts>,
+) -> Result<ObjectStorage> {
     use crate::dpa::Provider;
     let (file, name) = match spec.rsplit_once('#') {
         Some((f, n)) => (f, Some(n)),
@@ -44,7 +54,7 @@ fn dpa_storage(spec: &str, cred_file: Option<&std::path::Path>, create: bool, mu
         tls.ca_pem = l.ca_cert.clone();
     }
     let prefix = l.prefix.clone().unwrap_or_default();
-    let mut opts = CloudOpts { region: l.region.clone(), ..Default::default() };
+    let mut opts = CloudOpts { region: l.region.clone(), counts: Some(counts), ..Default::default() };
     let file_of = |var: &str| {
         cred_file.map(|p| p.as_os_str().to_owned()).or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()))
     };
@@ -166,7 +176,14 @@ pub fn cache_root(cli: &Cli) -> Option<PathBuf> {
 /// Requests made so far, as JSON (for summaries).
 pub fn counts_json(c: &RequestCounts) -> serde_json::Value {
     let [put, get, list, delete, up, down] = c.snapshot();
-    serde_json::json!({ "put": put, "get": get, "list": list, "delete": delete, "bytes_up": up, "bytes_down": down })
+    use std::sync::atomic::Ordering::Relaxed;
+    let (attempts, failed) = (c.attempts.load(Relaxed), c.failed_attempts.load(Relaxed));
+    serde_json::json!({
+        "put": put, "get": get, "list": list, "delete": delete, "bytes_up": up, "bytes_down": down,
+        // HTTP requests sent (0 for a local directory) and how many failed: attempts above the
+        // calls counted before are retries.
+        "http_attempts": attempts, "http_failed": failed,
+    })
 }
 
 /// Open and unlock the repository of the command line.

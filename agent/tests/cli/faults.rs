@@ -177,6 +177,21 @@ fn check_accounting(what: &str, requests: &serde_json::Value, seen: &Stats) {
         assert_eq!(seen.received(c), 0, "{what}: unexpected {} requests: {seen}", c.name());
     }
     assert_eq!(seen.upstream_errors, 0, "{what}: {seen}");
+    // Retries are visible in Ferry's own figures: its HTTP client counted every request the
+    // proxy received, and so more attempts than storage calls whenever a fault was retried.
+    assert_eq!(
+        num(requests, "http_attempts"),
+        seen.total_received(),
+        "{what}: Ferry's http_attempts differ from the requests the proxy received: {requests} / {seen}"
+    );
+    let calls: u64 = ["put", "get", "list", "delete"].iter().map(|k| num(requests, k)).sum();
+    let retried: u64 =
+        [Class::Put, Class::Get, Class::List, Class::Delete].iter().map(|c| seen.retried_faults(*c)).sum();
+    assert_eq!(
+        num(requests, "http_attempts") - calls,
+        retried + seen.precondition_failed(Class::Put),
+        "{what}: attempts beyond the storage calls are the retries (and 412 read-backs): {requests} / {seen}"
+    );
 }
 
 /// Run `ferry ARGS --json` through the proxy; asserts exit 0 and checks the accounting.

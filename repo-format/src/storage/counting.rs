@@ -1,4 +1,6 @@
-//! A decorator that counts requests by kind (what an object store bills) and bytes moved.
+//! A decorator that counts requests by kind and bytes moved, and the counters an HTTP client
+//! below it may add its attempts to (every attempt is billed; retries are attempts that a
+//! storage call's single count does not show).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -20,6 +22,10 @@ pub struct RequestCounts {
     pub delete: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// HTTP requests actually sent, retries included (0 for a local directory) …
+    pub attempts: AtomicU64,
+    /// … and those that failed (an error, 5xx or 429) and were retried or reported.
+    pub failed_attempts: AtomicU64,
 }
 
 impl RequestCounts {
@@ -39,6 +45,10 @@ pub struct Counting<S> {
 impl<S> Counting<S> {
     pub fn new(inner: S) -> Self {
         Counting { inner, counts: Arc::default() }
+    }
+    /// Count into `counts` (shared with an HTTP client that adds its attempts).
+    pub fn with_counts(inner: S, counts: Arc<RequestCounts>) -> Self {
+        Counting { inner, counts }
     }
     pub fn counts(&self) -> Arc<RequestCounts> {
         self.counts.clone()
