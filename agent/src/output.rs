@@ -52,6 +52,14 @@ pub fn message(e: &anyhow::Error) -> String {
         }
         msg.push_str(&text);
     }
+    if msg.contains("certificate")
+        && (msg.contains("invalid peer") || msg.contains("UnknownIssuer") || msg.contains("verify"))
+    {
+        msg.push_str(
+            " (the server's TLS certificate is not trusted: pass its CA with --ca-cert FILE, or \
+             --insecure-skip-tls-verify to not check it)",
+        );
+    }
     if msg.contains("403 Forbidden") || msg.contains("lacked the necessary privileges") {
         msg.push_str(
             " (the object store refused the request: check the credentials for this location \

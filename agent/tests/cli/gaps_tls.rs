@@ -201,6 +201,7 @@ fn tls_ca_cert_and_insecure_skip_verify_against_a_real_tls_endpoint() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{}", proxy.port)), "the error names the endpoint: {err}");
     assert!(err.to_lowercase().contains("certificate"), "the error says the certificate is the problem: {err}");
+    assert!(err.contains("--ca-cert FILE"), "the error says what to do: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(proxy.tls.load(SeqCst) >= 1, "the client spoke TLS");
     assert_eq!(proxy.established.load(SeqCst), 0, "no handshake may complete with an unknown CA");
