@@ -14,6 +14,13 @@ pub const MAX_BLOB_LEN: usize = 64 << 20;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 
+/// Most plaintext bytes one byte of a zstd frame can produce: RFC 8878 blocks regenerate at most
+/// 128 KiB each and take at least 4 bytes (an RLE block: 3-byte header and the byte). A declared
+/// length above `frame length × ZSTD_MAX_RATIO` cannot be right, and must not be reserved. (libzstd's
+/// one-shot decoder does not itself check that an RLE block stays within 128 KiB; such a frame is
+/// not RFC 8878 and no zstd writer makes one.)
+const ZSTD_MAX_RATIO: usize = (128 << 10) / 4;
+
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
@@ -73,6 +80,13 @@ pub fn decompress_into(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
             let raw_len = u32::from_le_bytes(payload[1..5].try_into().expect("4 bytes")) as usize;
             if raw_len > MAX_BLOB_LEN {
                 return Err(Error::corrupt("blob", format!("declared length {raw_len} exceeds the limit")));
+            }
+            let frame = payload.len() - 5;
+            if raw_len > frame.saturating_mul(ZSTD_MAX_RATIO) {
+                return Err(Error::corrupt(
+                    "blob",
+                    format!("declared length {raw_len} is more than a zstd frame of {frame} bytes can hold"),
+                ));
             }
             out.reserve(raw_len);
             let n = DECOMPRESSOR.with(|d| {
@@ -143,6 +157,22 @@ mod tests {
         let mut out = Vec::new();
         compress_into(&random, 3, &mut out);
         assert_eq!(out[0], RAW);
+    }
+
+    /// A payload of a few bytes declaring a length of up to 64 MiB made the reader reserve the
+    /// whole declared length before zstd looked at the frame: 64 MiB for 6 bytes.
+    #[test]
+    fn declared_length_beyond_what_the_frame_can_hold_is_refused_before_reserving() {
+        let mut out = Vec::new();
+        let e = decompress_into(&[ZSTD, 0, 0, 0, 4, 0x28], &mut out).unwrap_err();
+        assert!(e.is_corrupt() && e.to_string().contains("can hold"), "{e}");
+        assert!(out.capacity() < 1 << 20, "reserved {} bytes", out.capacity());
+        // The densest frames zstd writes (RLE blocks of zeros, within 5 % of the bound) still open.
+        let zeros = vec![0u8; 16 << 20];
+        let mut payload = Vec::new();
+        compress_into(&zeros, 19, &mut payload);
+        assert!((payload.len() - 5) * ZSTD_MAX_RATIO >= zeros.len());
+        assert_eq!(decompress(&payload).unwrap(), zeros);
     }
 
     #[test]

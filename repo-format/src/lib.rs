@@ -2,7 +2,8 @@
 //!
 //! The byte-level specification is `docs/FORMAT.md`; each module's doc names the part it owns.
 //! This crate never prints, never parses command lines, and holds no policy about sources or
-//! targets (that is the agent's). Its public surface is the `pub use` list below.
+//! targets (that is the agent's). Its public surface is the `pub use` list below (`fuzzing` is
+//! hidden: thin wrappers over crate-private decoders for the targets in `fuzz/`, nothing else).
 
 mod blob;
 mod cache;
@@ -12,6 +13,8 @@ mod compress;
 mod config;
 mod crypto;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod index;
 mod journal;

@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::id::Id;
 
 pub use counting::{Counting, RequestCounts};
+pub(crate) use layout::id_of;
 pub use layout::path_of;
 pub use objstore::ObjectStorage;
 pub use readonly::ReadOnly;
