@@ -3,9 +3,11 @@
 # installs what is missing, then runs formatting and lint checks, the whole workspace test suite
 # (unit, property, golden-fixture, storage-conformance against a local directory, moto (S3) and
 # Azurite (Azure Blob) on loopback, and end-to-end tests of the real binary),
-# and the cross-architecture builds and tests under qemu with rustc 1.85: s390x (big-endian, plus
+# the libFuzzer targets of every decoder for a few seconds each (tests/fuzz.sh), and the
+# cross-architecture builds and tests under qemu with rustc 1.85: s390x (big-endian, plus
 # the cross-endian repository exchange), arm64 and ppc64le.
 #   FERRY_CROSS  targets to cross-test (default "s390x arm64 ppc64le"; e.g. "s390x"; "none")
+#   FUZZ_SECONDS seconds per fuzz target (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -51,6 +53,15 @@ step "cargo test (workspace)"
 cargo test --workspace 2>&1 | tee /tmp/ferry-test.log
 passed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$6} END {print s+0}')
+
+# Every decoder of stored bytes under libFuzzer for a short, bounded time (repo-format/fuzz;
+# long campaigns: FUZZ_SECONDS=900 FUZZ_RUNS=10000000 bash tests/fuzz.sh).
+step "fuzz: each decoder target for ${FUZZ_SECONDS:-10} s"
+if FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash tests/fuzz.sh 2>&1 | tee /tmp/ferry-fuzz.log; then :; fi
+fp=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\1/p' /tmp/ferry-fuzz.log | tail -1)
+ff=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\2/p' /tmp/ferry-fuzz.log | tail -1)
+[ -n "$fp" ] || { fp=0; ff=1; echo "fuzz: no result line (build or install failed)"; }
+passed=$((passed + fp)); failed=$((failed + ff))
 
 for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   [ "$target" = none ] && break
