@@ -17,18 +17,28 @@ use crate::filescache::{self, FileKey};
 /// Segments per indirect blob (37 bytes each: about 2.4 MiB).
 const SEGMENTS_PER_BLOB: usize = 65536;
 
-/// A chunk being stored, or a hole.
+/// A chunk being stored, a chunk already known (a parent's), or a hole.
 pub(crate) enum PendingSeg {
     Blob(Receiver<repo_format::Result<Saved>>, u32),
+    Known(repo_format::BlobId, u32),
     Zero(u64),
 }
 
 impl PendingSeg {
     pub fn len(&self) -> u64 {
         match self {
-            PendingSeg::Blob(_, n) => u64::from(*n),
+            PendingSeg::Blob(_, n) | PendingSeg::Known(_, n) => u64::from(*n),
             PendingSeg::Zero(n) => *n,
         }
+    }
+}
+
+/// Append `len` zero bytes, extending a zero run that ends the list: a sparse disk's pending
+/// list then grows with its data, not with its size.
+pub(crate) fn push_zero(out: &mut Vec<PendingSeg>, len: u64) {
+    match out.last_mut() {
+        Some(PendingSeg::Zero(n)) => *n += len,
+        _ => out.push(PendingSeg::Zero(len)),
     }
 }
 
@@ -116,6 +126,7 @@ pub(crate) fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>
     for s in segs {
         let seg = match s {
             PendingSeg::Zero(len) => Segment::Zero { len },
+            PendingSeg::Known(id, len) => Segment::Blob { id, len },
             PendingSeg::Blob(rx, len) => {
                 let saved = rx.recv().map_err(|_| repo_format::Error::Invalid("a blob worker stopped".into()))??;
                 Segment::Blob { id: saved.id, len }

@@ -14,7 +14,7 @@ use repo_format::{
 
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
-use crate::backup::build::{PendingSeg, indirect, resolve};
+use crate::backup::build::{PendingSeg, indirect, push_zero, resolve};
 use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
 use crate::backup::{Outcome, latest_of, now_ns, snapshot, start_writer};
 use crate::progress::Counters;
@@ -221,7 +221,8 @@ fn read_chunks(
         None
     };
     let n = disk.size.div_ceil(chunk);
-    let mut out = Vec::with_capacity(n as usize);
+    // Grows with the data chunks and zero runs, not with the disk's size.
+    let mut out = Vec::new();
     let mut buf = vec![0u8; chunk as usize];
     let (mut c1, mut c2) = (0usize, 0usize);
     for i in 0..n {
@@ -231,12 +232,8 @@ fn read_chunks(
             (Mode::Changed(r), _) => {
                 if !r.overlaps(off, len, &mut c1) {
                     match parent.and_then(|p| p[i as usize]) {
-                        Some((id, l)) => {
-                            let (tx1, rx1) = bounded(1);
-                            let _ = tx1.send(Ok(repo_format::Saved { id, new: false }));
-                            out.push(PendingSeg::Blob(rx1, l));
-                        }
-                        None => out.push(PendingSeg::Zero(len)),
+                        Some((id, l)) => out.push(PendingSeg::Known(id, l)),
+                        None => push_zero(&mut out, len),
                     }
                     counters.bytes_done.fetch_add(len, Relaxed);
                     continue;
@@ -249,14 +246,14 @@ fn read_chunks(
         };
         counters.bytes_done.fetch_add(len, Relaxed);
         if !read {
-            out.push(PendingSeg::Zero(len));
+            push_zero(&mut out, len);
             continue;
         }
         let b = &mut buf[..len as usize];
         disk.file.read_exact_at(b, off).with_context(|| format!("reading the disk at offset {off}"))?;
         bytes_read.fetch_add(len, Relaxed);
         if repo_format::is_zero(b) {
-            out.push(PendingSeg::Zero(len));
+            push_zero(&mut out, len);
             continue;
         }
         let (rtx, rrx) = bounded(1);
