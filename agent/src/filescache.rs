@@ -1,6 +1,10 @@
 //! The files cache: an unchanged file costs a stat, not a read.
 //!
-//! One SQLite database per repository (`<cache>/<repo id>/files.sqlite`), keyed by absolute
+//! One SQLite database per backed-up source set of a repository
+//! (`<cache>/<repo id>/files/<hash of host and source paths>.sqlite`): entries age with the
+//! backups of their own sources only, so many volumes backing up in turn into one repository
+//! never evict each other's entries (one shared database with one generation counter did, from
+//! the fourth volume on). Each database is keyed by absolute
 //! path, holding device, inode, size, mtime and ctime (ns) and the file's content as an encoded
 //! segment list. A hit requires all five to match and every blob to be in the repository's
 //! index (checked by the caller), so a stale or foreign cache can cost reads, never data.
@@ -116,6 +120,19 @@ fn connect(path: &Path) -> Result<Connection> {
             Err(e) => return Err(e).with_context(|| format!("preparing the files cache {}", path.display())),
         }
     }
+}
+
+/// The database of the source set `sources` backed up as `host`, under the repository's cache
+/// directory `repo_dir`.
+pub fn path_for(repo_dir: &Path, host: &str, sources: &[std::path::PathBuf]) -> std::path::PathBuf {
+    let mut sorted: Vec<&std::path::PathBuf> = sources.iter().collect();
+    sorted.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(host.as_bytes()).update(&[0]);
+    for p in sorted {
+        h.update(p.as_os_str().as_encoded_bytes()).update(&[0]);
+    }
+    repo_dir.join("files").join(format!("{}.sqlite", &h.finalize().to_hex()[..32]))
 }
 
 /// Open the cache for reading and writing (a new generation starts).

@@ -71,3 +71,34 @@ fn incremental_reads_only_the_changed_file() {
     let diffs = compare_trees(&src, &target);
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
+
+/// Regression: the files cache was one database per repository with one generation counter, so
+/// with four or more volumes backing up in turn into one repository, each volume's entries were
+/// evicted before its next backup and every file was read again. Now each source set has its own.
+#[test]
+fn eight_volumes_in_turn_each_reread_only_their_changed_file() {
+    if crate::common::under_qemu() {
+        return;
+    }
+    let env = Env::new();
+    let vols: Vec<_> = (0..8).map(|v| env.path(&format!("vol-{v}"))).collect();
+    for (v, dir) in vols.iter().enumerate() {
+        for i in 0..10 {
+            write(&dir.join(format!("f{i}")), &random_bytes(&format!("vol-{v}-{i}"), 3000 + i));
+        }
+    }
+    std::thread::sleep(SETTLE);
+    for dir in &vols {
+        let s = env.backup(dir, &[]);
+        assert_eq!(num(&s, "files_new"), 10, "{s}");
+    }
+    for (v, dir) in vols.iter().enumerate() {
+        std::fs::write(dir.join("f3"), random_bytes(&format!("changed-{v}"), 777)).unwrap();
+    }
+    std::thread::sleep(SETTLE);
+    for dir in &vols {
+        let s = env.backup(dir, &[]);
+        assert_eq!((num(&s, "files_changed"), num(&s, "files_unchanged")), (1, 9), "{}: {s}", dir.display());
+        assert_eq!(num(&s, "bytes_read"), 777, "{}: {s}", dir.display());
+    }
+}
