@@ -157,7 +157,13 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
     repo.load_index().await.context("loading the repository index")?;
     let repo_cache = cfg.cache_dir.as_ref().map(|c| c.join(repo.config().repo_id.to_hex()));
     let files_cache = match &repo_cache {
-        Some(dir) => Some(filescache::open(&filescache::path_for(dir, &cfg.host, &sources))?),
+        Some(dir) => {
+            // The single database of earlier versions is replaced by one per source set.
+            for old in ["files.sqlite", "files.sqlite-wal", "files.sqlite-shm"] {
+                let _ = std::fs::remove_file(dir.join(old));
+            }
+            Some(filescache::open(&filescache::path_for(dir, &cfg.host, &sources))?)
+        }
         None => None,
     };
     let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref()).await?;
