@@ -11,7 +11,7 @@ Password: FERRY_PASSWORD, FERRY_PASSWORD_FILE, --password-file, or a prompt on a
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Ferry: deduplicating, encrypted backup data mover", after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Repository location (a directory)
+    /// Repository location: a directory, or s3:, azure:, gs: (see the README)
     #[arg(long, short = 'r', env = "FERRY_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Repository from a DataProtectionApplication backup location: FILE[#NAME]

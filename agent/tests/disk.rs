@@ -1,4 +1,4 @@
-//! End-to-end tests of disk backup and restore with real loop devices, ext4 and fsck (issue 5).
+//! End-to-end tests of disk backup and restore with real loop devices, ext4 and fsck.
 //! They need root and loop devices; under qemu user emulation (FERRY_UNDER_QEMU=1) they are
 //! skipped because qemu-user cannot pass the loop ioctls through.
 

@@ -1,13 +1,15 @@
 //! Where repository files live: a small async trait keyed by (kind, id).
 //!
 //! `layout` maps (kind, id) to a path; `objstore` adapts any `object_store` backend (a local
-//! directory now; S3, Azure and GCS later); `ReadOnly` and `Counting` are decorators. The
+//! directory, S3, Azure Blob, GCS); `ReadOnly` and `Counting` are decorators. The
 //! contract every backend must meet (checked by the conformance tests in this module):
 //! * `create` is create-only: a second create of the same name fails with `AlreadyExists` and
 //!   leaves the first content (one with the same bytes succeeds: it is a retry whose first
 //!   attempt was stored but not answered); a reader sees a whole object or none.
 //! * `upload_file` stores a content-named object (a pack): writing it twice is harmless.
 //! * `read` and `read_range` of a missing object fail with `NotFound`.
+//! * `read_range` returns exactly the bytes asked for, or an error (`Corrupt` for a short or
+//!   long answer): no caller ever gets fewer bytes than it asked for.
 //! * `read` never buffers more than the caller's `limit`: an object larger than that fails with
 //!   `Corrupt` (naming it) before or while it is downloaded, whatever size a listing claimed.
 //! * `list` returns every object of a kind with its size, in no particular order.

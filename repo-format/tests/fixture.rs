@@ -601,7 +601,7 @@ async fn fixture_reads_back_exactly() {
 }
 
 /// The same source tree written by the s390x (big-endian) build under qemu: every architecture
-/// must read what every other one wrote (issue 6).
+/// must read what every other one wrote.
 #[tokio::test]
 async fn s390x_fixture_reads_back_exactly() {
     let dir = fixtures_dir().join("repo-v1-s390x");

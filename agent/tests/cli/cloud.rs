@@ -1,4 +1,4 @@
-//! The filesystem round trip against real object-storage servers on loopback (issue 4): moto
+//! The filesystem round trip against real object-storage servers on loopback: moto
 //! for S3 and Azurite for Azure Blob, started by `tests/servers.sh`. Skipped (with a message)
 //! when their endpoints are not in the environment. No GCS server that object_store can talk to
 //! exists in the registries this project can use, so GCS is covered by unit tests only.

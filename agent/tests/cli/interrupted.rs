@@ -1,4 +1,4 @@
-//! Interrupted backups (issue 4): a `ferry backup` killed with SIGKILL, and an S3 server (s3s-fs,
+//! Interrupted backups: a `ferry backup` killed with SIGKILL, and an S3 server (s3s-fs,
 //! disk-backed, so its data survives) killed under a running backup and started again. Each time
 //! the interrupted backup must fail cleanly, every earlier snapshot must still restore exactly,
 //! and the next backup must reuse what was already uploaded: the pending-pack journal lets it

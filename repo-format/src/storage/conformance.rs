@@ -41,6 +41,8 @@ pub(crate) async fn run(s: &dyn Storage) {
     // ranges
     s.create(FileKind::Index, &b, Bytes::from_static(b"0123456789")).await.unwrap();
     assert_eq!(&s.read_range(FileKind::Index, &b, 3, 4).await.unwrap()[..], b"3456");
+    // a range running past the end is an error, never a short answer
+    assert!(s.read_range(FileKind::Index, &b, 8, 4).await.is_err(), "a short range read must fail");
     // list by kind only
     let l = s.list(FileKind::Snapshot).await.unwrap();
     assert_eq!(l, vec![(a, 5)]);
