@@ -68,8 +68,8 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   if [ -x crossbuild/test.sh ]; then
     step "cross: $target (rustc 1.85 + qemu)"
     bash crossbuild/install.sh
-    # The whole workspace suite under qemu (tests that must start the ferry binary or need
-    # loop devices return early there: no binfmt, no loop ioctls in qemu-user) ...
+    # The library's whole suite and the agent's unit tests under qemu (the end-to-end tests need
+    # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
     bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
     p=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$4} END {print s+0}')
     f=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$6} END {print s+0}')
