@@ -168,7 +168,11 @@ pub fn parse_header(
         let id = BlobId(d.id()?);
         let stored_len = d.u32()?;
         let raw_len = d.u32()?;
-        out.push(PackEntry { kind, id, offset: offset as u32, stored_len, raw_len });
+        // Blob offsets are u32 (a pack is at most 4 GiB): a blob starting beyond that would be
+        // recorded at a wrapped offset.
+        let start = u32::try_from(offset)
+            .map_err(|_| Error::corrupt("pack header", format!("a blob starts at {offset}, beyond 4 GiB")))?;
+        out.push(PackEntry { kind, id, offset: start, stored_len, raw_len });
         offset += u64::from(stored_len);
     }
     d.finish()?;
