@@ -70,7 +70,11 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
     bash crossbuild/install.sh
     # The library's whole suite and the agent's unit tests under qemu (the end-to-end tests need
     # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
-    bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
+    # s390x (big-endian) runs the agent's unit tests too; the little-endian targets run the
+    # library's suite only (the format's code paths): building the whole agent from scratch
+    # under the 1.85 cross toolchain costs over 20 minutes per target on 2 cores.
+    if [ "$target" = s390x ]; then scope=all; else scope=lib; fi
+    FERRY_CROSS_SCOPE=$scope bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
     p=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$4} END {print s+0}')
     f=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$6} END {print s+0}')
     grep -q "finished with exit 0" "/tmp/ferry-cross-$target.log" || f=$((f + 1))
