@@ -62,13 +62,13 @@ start=$(date +%s)
 rc=0
 if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   # Under emulation: the whole library (units, properties, golden fixtures, concurrency) and the
-  # agent's unit tests. The agent's end-to-end test binaries are not built: they start the
+  # engine's unit tests. The agent's end-to-end test binaries are not built: they start the
   # ferry binary (no binfmt here) or loop devices, so they could only skip, at the cost of
   # compiling the largest test binaries three times. The cross-endian exchange runs the binaries.
   /usr/bin/cargo test --target "$T" --config "$CONFIG" -p ferry-repo-format || rc=$?
-  # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the agent's units.
+  # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the engine's units.
   if [ "${FERRY_CROSS_SCOPE:-all}" != lib ]; then
-    /usr/bin/cargo test --target "$T" --config "$CONFIG" -p ferry-agent --bins || rc=$?
+    /usr/bin/cargo test --target "$T" --config "$CONFIG" -p ferry-engine --lib || rc=$?
   fi
 else
   /usr/bin/cargo test --workspace --target "$T" --config "$CONFIG" "$@" || rc=$?

@@ -114,6 +114,13 @@ pub struct FilterArgs {
     pub paths: Vec<String>,
 }
 
+impl FilterArgs {
+    /// The engine's filter.
+    pub fn filter(&self) -> ferry_engine::select::Filter {
+        ferry_engine::select::Filter { host: self.host.clone(), tags: self.tags.clone(), paths: self.paths.clone() }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Files and directories to back up (a block device or a `*.img`/`*.raw` file alone is

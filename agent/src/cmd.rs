@@ -28,6 +28,32 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The engine job of a command: its progress counters, the limits from the environment, and
+/// a cancellation token that Ctrl-C (SIGINT) or SIGTERM trips. A second signal exits at once.
+pub(crate) fn job(progress: &crate::progress::Progress) -> ferry_engine::Job {
+    let job = ferry_engine::Job::new().with_progress(progress.counters.clone()).with_limits(crate::env::limits());
+    let token = job.cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::warn!("interrupted: finishing what was uploaded (interrupt again to stop at once)");
+                token.cancel();
+            } else {
+                std::process::exit(crate::exit::CANCELLED);
+            }
+        }
+    });
+    job
+}
+
 /// Compile glob patterns, naming the bad one.
 pub(crate) fn patterns(list: &[String], what: &str) -> Result<Vec<glob::Pattern>> {
     list.iter().map(|p| glob::Pattern::new(p).map_err(|e| anyhow::anyhow!("{what} pattern {p:?}: {e}"))).collect()

@@ -1,49 +1,23 @@
-//! `ferry`: the Ferry command-line tool (and, later, the node agent).
+//! `ferry`: the Ferry command-line tool.
 //!
 //! `main` parses the command line, runs the command on a tokio runtime and maps errors to the
-//! documented exit codes (see `exit`). Commands live in `cmd/`, engines in `backup/` and
-//! `restore/`; the repository format is the `repo_format` crate.
+//! documented exit codes (see `exit`). Commands live in `cmd/`: each gathers its settings from
+//! flags, environment and files (this crate's edge), calls the engines of the `ferry_engine`
+//! crate, and renders their typed reports as text or JSON lines. The repository format is the
+//! `repo_format` crate.
 
-mod attempts;
-mod backup;
 mod cli;
 mod cmd;
-mod credentials;
-mod disk;
-mod dpa;
+mod env;
 mod exit;
-mod filescache;
-mod fsmeta;
-mod location;
 mod output;
-mod podvolume;
 mod progress;
 mod repo;
-mod restore;
-mod safefs;
-mod select;
 
 use clap::Parser;
 
-/// Keep glibc from hoarding freed buffers: large blocks (chunks, pack ranges) are always mapped
-/// and unmapped instead of the threshold drifting up to 32 MiB, and the number of malloc arenas
-/// is capped, so resident memory follows what is in use (measured: see the README).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn tune_malloc() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
-    // exists and takes no pointers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
-
 fn main() {
-    tune_malloc();
+    ferry_engine::tune_malloc();
     let cli = cli::Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => tracing::Level::ERROR,

@@ -1,22 +1,11 @@
-//! Progress of a long command: shared counters, shown as a bar on a terminal (files, bytes,
-//! rate, ETA) or as JSON status lines with `--json`. The engines only bump counters; they never
-//! print.
+//! The CLI's progress sinks: a bar on a terminal (files, bytes, rate, ETA) or JSON status lines
+//! with `--json`. The engine's counters feed them through `ferry_engine::progress::watch`.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Counters an engine updates.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub files_done: AtomicU64,
-    pub bytes_done: AtomicU64,
-    /// Totals, when known (a concurrent scan fills them in).
-    pub files_total: AtomicU64,
-    pub bytes_total: AtomicU64,
-    pub errors: AtomicU64,
-}
+use ferry_engine::progress::{Counters, ProgressSink, ProgressSnapshot, Watch, watch};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,34 +31,26 @@ impl Mode {
 #[derive(Debug)]
 pub struct Progress {
     pub counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _watch: Option<Watch>,
 }
 
 impl Progress {
     pub fn start(mode: Mode, what: &'static str) -> Progress {
         let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = (mode != Mode::Silent).then(|| {
-            let (c, s) = (counters.clone(), stop.clone());
-            std::thread::spawn(move || run(mode, what, &c, &s))
-        });
-        Progress { counters, stop, thread }
+        let watch = match mode {
+            Mode::Silent => None,
+            Mode::Bar => Some(watch(counters.clone(), Arc::new(Bar::new(what)), Duration::from_millis(200))),
+            Mode::Json => Some(watch(counters.clone(), Arc::new(JsonLines { what }), Duration::from_secs(1))),
+        };
+        Progress { counters, _watch: watch }
     }
 }
 
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// A terminal bar.
+struct Bar(indicatif::ProgressBar);
 
-fn run(mode: Mode, what: &'static str, c: &Counters, stop: &AtomicBool) {
-    let start = Instant::now();
-    let bar = (mode == Mode::Bar).then(|| {
+impl Bar {
+    fn new(what: &'static str) -> Bar {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -78,47 +59,39 @@ fn run(mode: Mode, what: &'static str, c: &Counters, stop: &AtomicBool) {
             .expect("valid template"),
         );
         b.set_prefix(what);
-        b
-    });
-    let tick = if mode == Mode::Bar { Duration::from_millis(200) } else { Duration::from_secs(1) };
-    let mut last = Instant::now();
-    loop {
-        let stopping = stop.load(Relaxed);
-        if stopping || last.elapsed() >= tick {
-            last = Instant::now();
-            let (fd, bd, ft, bt, er) = (
-                c.files_done.load(Relaxed),
-                c.bytes_done.load(Relaxed),
-                c.files_total.load(Relaxed),
-                c.bytes_total.load(Relaxed),
-                c.errors.load(Relaxed),
-            );
-            match &bar {
-                Some(b) => {
-                    b.set_length(bt.max(bd));
-                    b.set_position(bd);
-                    b.set_message(format!(
-                        "{fd}/{ft} files{}",
-                        if er > 0 { format!(", {er} errors") } else { String::new() }
-                    ));
-                }
-                None => crate::output::print_json(&serde_json::json!({
-                    "message_type": "status",
-                    "action": what,
-                    "seconds_elapsed": start.elapsed().as_secs(),
-                    "files_done": fd, "total_files": ft,
-                    "bytes_done": bd, "total_bytes": bt,
-                    "percent_done": if bt > 0 { (bd as f64 / bt as f64).min(1.0) } else { 0.0 },
-                    "error_count": er,
-                })),
-            }
-        }
-        if stopping {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        Bar(b)
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
+}
+
+impl ProgressSink for Bar {
+    fn update(&self, p: &ProgressSnapshot) {
+        self.0.set_length(p.bytes_total.max(p.bytes_done));
+        self.0.set_position(p.bytes_done);
+        let errors = if p.errors > 0 { format!(", {} errors", p.errors) } else { String::new() };
+        self.0.set_message(format!("{}/{} files{errors}", p.files_done, p.files_total));
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// `status` lines on stdout (documented in docs/JSON.md).
+struct JsonLines {
+    what: &'static str,
+}
+
+impl ProgressSink for JsonLines {
+    fn update(&self, p: &ProgressSnapshot) {
+        let (bd, bt) = (p.bytes_done, p.bytes_total);
+        crate::output::print_json(&serde_json::json!({
+            "message_type": "status",
+            "action": self.what,
+            "seconds_elapsed": p.elapsed.as_secs(),
+            "files_done": p.files_done, "total_files": p.files_total,
+            "bytes_done": bd, "total_bytes": bt,
+            "percent_done": if bt > 0 { (bd as f64 / bt as f64).min(1.0) } else { 0.0 },
+            "error_count": p.errors,
+        }));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use repo_format::{Counting, ObjectStorage, Repository, RequestCounts, Storage};
 
-use crate::location::{CloudOpts, Location, Tls};
+use ferry_engine::location::{CloudOpts, Location, Tls};
 
 use crate::cli::Cli;
 
@@ -24,8 +24,11 @@ pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<Req
     let backend = match &cli.location {
         Some(spec) => dpa_storage(spec, cli.credentials_file.as_deref(), create, tls, counts.clone())?,
         None => {
-            let opts = CloudOpts { counts: Some(counts.clone()), ..Default::default() };
-            crate::location::storage(location(cli)?, create, &tls, &opts)?
+            let spec = location(cli)?;
+            let loc = Location::parse(spec)?;
+            let mut opts = CloudOpts { counts: Some(counts.clone()), ..Default::default() };
+            crate::env::fill_cloud_opts(&loc, &mut opts)?;
+            ferry_engine::location::storage_of(&loc, spec, create, &tls, &opts)?
         }
     };
     Ok((Arc::new(Counting::with_counts(backend, counts.clone())), counts))
@@ -41,14 +44,14 @@ fn dpa_storage(
     mut tls: Tls,
     counts: Arc<RequestCounts>,
 ) -> Result<ObjectStorage> {
-    use crate::dpa::Provider;
+    use ferry_engine::dpa::Provider;
     let (file, name) = match spec.rsplit_once('#') {
         Some((f, n)) => (f, Some(n)),
         None => (spec, None),
     };
     let yaml =
         std::fs::read_to_string(file).with_context(|| format!("reading the DataProtectionApplication {file}"))?;
-    let l = crate::dpa::select(&yaml, name).with_context(|| format!("DataProtectionApplication {file}"))?;
+    let l = ferry_engine::dpa::select(&yaml, name).with_context(|| format!("DataProtectionApplication {file}"))?;
     tls.insecure |= l.insecure_skip_tls_verify;
     if tls.ca_pem.is_none() {
         tls.ca_pem = l.ca_cert.clone();
@@ -66,7 +69,7 @@ fn dpa_storage(
             // Velero mounts the credentials file and names the profile in the location.
             if let Some(f) = file_of("AWS_SHARED_CREDENTIALS_FILE") {
                 let profile = l.profile.clone().unwrap_or_else(|| "default".into());
-                let c = crate::dpa::aws_credentials(&read(&f)?, &profile)
+                let c = ferry_engine::dpa::aws_credentials(&read(&f)?, &profile)
                     .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
                 opts.aws = Some((c.access_key_id, c.secret_access_key, c.session_token));
             }
@@ -80,7 +83,7 @@ fn dpa_storage(
         Provider::Azure => {
             opts.azure_account = l.azure_storage_account.clone();
             if let Some(f) = file_of("AZURE_CREDENTIALS_FILE") {
-                let auth = crate::credentials::azure_credentials(&read(&f)?)
+                let auth = ferry_engine::credentials::azure_credentials(&read(&f)?)
                     .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
                 opts.azure_auth = Some(auth);
             }
@@ -92,7 +95,8 @@ fn dpa_storage(
         }
     };
     let desc = format!("{file}#{} ({:?} {})", l.name, l.provider, l.bucket);
-    crate::location::storage_of(&loc, &desc, create, &tls, &opts)
+    crate::env::fill_cloud_opts(&loc, &mut opts)?;
+    ferry_engine::location::storage_of(&loc, &desc, create, &tls, &opts)
 }
 
 /// The location from `--repo` / `FERRY_REPOSITORY` (or a description of `--location`).

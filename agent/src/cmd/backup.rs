@@ -3,14 +3,15 @@
 use anyhow::Result;
 use repo_format::Summary;
 
-use crate::backup::{self, BackupConfig};
 use crate::cli::{BackupArgs, Cli};
-use crate::disk::backup::{DiskConfig, Mode as DiskMode};
-use crate::disk::ranges::Ranges;
 use crate::output::{bytes, print_json};
-use crate::podvolume::{self, PodVolume};
 use crate::progress::{Mode, Progress};
-use crate::{exit, repo, select};
+use crate::{exit, repo};
+use ferry_engine::backup::{self, BackupConfig};
+use ferry_engine::disk::backup::{DiskConfig, Mode as DiskMode};
+use ferry_engine::disk::ranges::Ranges;
+use ferry_engine::podvolume::{self, PodVolume};
+use ferry_engine::select;
 
 pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     let (r, counts) = repo::open_counted(cli).await?;
@@ -52,9 +53,10 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
         paths = vec![path];
     }
     if let [one] = paths.as_slice() {
-        disk |= crate::disk::looks_like_disk(one);
+        disk |= ferry_engine::disk::looks_like_disk(one);
     }
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "backup");
+    let job = super::job(&progress);
     let out = if disk {
         let [path] = paths.as_slice() else { anyhow::bail!("a disk backup takes exactly one device or image") };
         let mode = match (&a.changed_blocks, &a.allocated_blocks) {
@@ -80,7 +82,7 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             cache_dir: repo::cache_root(cli),
             no_follow,
         };
-        crate::disk::backup::run(r.clone(), cfg, progress.counters.clone()).await
+        ferry_engine::disk::backup::run(r.clone(), cfg, &job).await
     } else {
         let cfg = BackupConfig {
             paths,
@@ -91,7 +93,7 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             force: a.force,
             cache_dir: repo::cache_root(cli),
         };
-        backup::run(r.clone(), cfg, progress.counters.clone()).await
+        backup::run(r.clone(), cfg, &job).await
     };
     drop(progress);
     let out = out?;

@@ -5,7 +5,8 @@ use repo_format::{Content, IndexId, Segment, TreeId};
 
 use crate::cli::{CatArgs, CatKind, Cli};
 use crate::output::print_json;
-use crate::{repo, select};
+use crate::repo;
+use ferry_engine::select;
 
 pub async fn run(cli: &Cli, a: &CatArgs) -> Result<i32> {
     let r = repo::open(cli).await?;

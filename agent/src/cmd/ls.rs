@@ -6,9 +6,10 @@ use anyhow::{Result, bail};
 use repo_format::{Content, Node, NodeType, Repository, TreeId};
 
 use crate::cli::{Cli, LsArgs};
-use crate::fsmeta::path_of;
 use crate::output::print_json;
-use crate::{repo, select};
+use crate::repo;
+use ferry_engine::fsmeta::path_of;
+use ferry_engine::select;
 
 /// Find the tree id of `path` inside the snapshot's root tree.
 pub async fn subtree(r: &Repository, root: TreeId, path: &str) -> Result<TreeId> {
@@ -39,7 +40,7 @@ fn type_char(k: NodeType) -> char {
 pub async fn run(cli: &Cli, a: &LsArgs) -> Result<i32> {
     let r = repo::open(cli).await?;
     r.load_index().await?;
-    let (id, snap) = select::find(&r, &a.snapshot, &a.filter).await?;
+    let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
     let base = PathBuf::from(a.path.as_deref().unwrap_or("").trim_matches('/'));
     let start = subtree(&r, snap.tree, &base.to_string_lossy()).await?;
     if cli.json {

@@ -5,19 +5,20 @@ use anyhow::{Context, Result};
 use crate::cli::{Cli, RestoreArgs};
 use crate::output::{bytes, escape, print_json};
 use crate::progress::{Mode, Progress};
-use crate::restore::{self, Filter, RestoreOptions};
-use crate::{exit, repo, select};
+use crate::{exit, repo};
+use ferry_engine::restore::{self, Filter, RestoreOptions};
+use ferry_engine::select;
 
 pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     let (r, counts) = repo::open_counted(cli).await?;
     r.load_index().await.context("loading the repository index")?;
-    let (id, snap) = select::find(&r, &a.snapshot, &a.filter).await?;
+    let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
     let filter = Filter {
         includes: super::patterns(&a.includes, "include")?,
         excludes: super::patterns(&a.excludes, "exclude")?,
     };
     let started = std::time::Instant::now();
-    if snap.tag(crate::disk::MODE_TAG) == Some(crate::disk::MODE_BLOCK) {
+    if snap.tag(ferry_engine::disk::MODE_TAG) == Some(ferry_engine::disk::MODE_BLOCK) {
         return restore_disk(cli, a, r, counts, id, snap, started).await;
     }
     let opts = RestoreOptions {
@@ -30,7 +31,8 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
         .await
         .with_context(|| format!("planning the restore of snapshot {}", id.0.short()))?;
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
-    let out = restore::execute(r.clone(), plan, &a.target, progress.counters.clone(), &opts).await;
+    let job = super::job(&progress);
+    let out = restore::execute(r.clone(), plan, &a.target, &job, &opts).await;
     drop(progress);
     let out = out?;
     let secs = started.elapsed().as_secs_f64();
@@ -76,7 +78,7 @@ async fn restore_disk(
     snap: repo_format::Snapshot,
     started: std::time::Instant,
 ) -> Result<i32> {
-    use crate::disk::restore::{DiskRestoreOptions, run};
+    use ferry_engine::disk::restore::{DiskRestoreOptions, run};
     if !a.includes.is_empty() || !a.excludes.is_empty() {
         anyhow::bail!("--include/--exclude do not apply to a disk snapshot");
     }
@@ -87,7 +89,8 @@ async fn restore_disk(
         keep_setuid: a.keep_setuid,
     };
     let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "restore");
-    let out = run(r, &snap, &a.target, opts, progress.counters.clone()).await;
+    let job = super::job(&progress);
+    let out = run(r, &snap, &a.target, opts, &job).await;
     drop(progress);
     let out = out.with_context(|| format!("restoring disk snapshot {} to {}", id.0.short(), a.target.display()))?;
     let secs = started.elapsed().as_secs_f64();

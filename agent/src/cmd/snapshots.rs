@@ -4,9 +4,11 @@ use anyhow::Result;
 
 use crate::cli::{Cli, FilterArgs};
 use crate::output::{escape, print_json};
-use crate::{repo, select};
+use crate::repo;
+use ferry_engine::select;
 
 pub async fn run(cli: &Cli, f: &FilterArgs) -> Result<i32> {
+    let f = &f.filter();
     let r = repo::open(cli).await?;
     let mut rows = Vec::new();
     for (id, s) in r.snapshots().await? {

@@ -25,7 +25,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use repo_format::{Content, Repository, Segment, Snapshot};
 
 use super::Disk;
-use crate::progress::Counters;
+use crate::job::Job;
 use crate::restore::content::{self, Targets};
 use crate::safefs::SafeRoot;
 
@@ -148,8 +148,9 @@ pub async fn run(
     snap: &Snapshot,
     target: &Path,
     opts: DiskRestoreOptions,
-    counters: Arc<Counters>,
+    job: &Job,
 ) -> Result<DiskOutcome> {
+    let counters = &job.progress;
     let tree = repo.read_tree(&snap.tree).await?;
     let [node] = tree.nodes.as_slice() else {
         bail!("this snapshot is not a disk snapshot (its root has {} entries)", tree.nodes.len())
@@ -178,8 +179,15 @@ pub async fn run(
     counters.bytes_total.store(size, std::sync::atomic::Ordering::Relaxed);
     let name = path.display().to_string();
     let target_set = Arc::new(DiskTarget { file: file.try_clone()?, segments, name: name.clone() });
-    let written = content::write_all(repo.clone(), target_set.clone(), &HashSet::new(), counters).await;
+    let written = content::write_all(repo.clone(), target_set.clone(), &HashSet::new(), job).await;
     let (written, mut errors) = (written.bytes, written.errors);
+    if job.cancel.is_cancelled() {
+        // Nothing incomplete may look restored: an image is emptied; a device is left as is.
+        if !is_device {
+            let _ = file.set_len(0);
+        }
+        return Err(crate::job::Cancelled.into());
+    }
     let mut zeroed = 0;
     if is_device && !opts.assume_zeroed {
         let mut off = 0u64;

@@ -17,6 +17,7 @@
 
 pub(crate) mod build;
 pub(crate) mod scan;
+pub(crate) mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use repo_format::{BlobWriter, Repository, Resumed, Snapshot, SnapshotId, Summary, TreeId, WriterOptions};
 
 use crate::filescache;
-use crate::progress::Counters;
+use crate::job::{CancelToken, Job, Limits};
 
 /// Directory records waiting for the tree builder.
 const DIR_QUEUE: usize = 256;
@@ -92,6 +93,7 @@ pub(crate) async fn latest_of(repo: &Repository, host: &str, paths: &[Vec<u8>]) 
 pub(crate) async fn start_writer(
     repo: &Repository,
     cache_dir: Option<&std::path::Path>,
+    limits: &Limits,
 ) -> Result<(BlobWriter, usize, Resumed)> {
     let tmp_dir = match cache_dir {
         Some(c) => {
@@ -113,7 +115,7 @@ pub(crate) async fn start_writer(
             resumed.bytes
         );
     }
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let workers = limits.threads.max(1);
     let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
     Ok((writer, workers, resumed))
 }
@@ -141,8 +143,10 @@ pub(crate) fn snapshot(
     }
 }
 
-/// Run a backup and write its snapshot.
-pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counters>) -> Result<Outcome> {
+/// Run a backup and write its snapshot. Cancelled (`job.cancel`): what was uploaded is still
+/// indexed, no snapshot is written and the error is `Cancelled`.
+pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<Outcome> {
+    let counters = job.progress.clone();
     let started = Instant::now();
     let start_ns = now_ns();
     let mut sources = Vec::new();
@@ -166,14 +170,18 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
         }
         None => None,
     };
-    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref()).await?;
+    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref(), &job.limits).await?;
     let tally = Arc::new(Tally::default());
 
     // Totals for the progress display, from a cheap concurrent stat-only walk.
-    scan::count_in_background(sources.clone(), cfg.excludes.clone(), counters.clone());
+    // It stops with the backup (or its cancellation).
+    let walk_stop = CancelToken::new();
+    let _stop_walk = StopOnDrop(walk_stop.clone());
+    scan::count_in_background(sources.clone(), cfg.excludes.clone(), counters.clone(), walk_stop, job.cancel.clone());
 
     let pipeline = {
         let (writer, cfg, counters, tally) = (writer.clone(), cfg.clone(), counters.clone(), tally.clone());
+        let job = job.clone();
         let chunker = repo_format::Chunker::new(repo.config().chunker, repo.master_key().chunker_seed());
         tokio::task::spawn_blocking(move || {
             scan::pipeline(scan::Pipeline {
@@ -186,6 +194,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
                 files_cache,
                 workers,
                 start_ns,
+                job: &job,
             })
         })
     };
@@ -230,6 +239,15 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, counters: Arc<Counter
         }
     }
     Ok(Outcome { snapshot_id, snapshot, errors, warnings, resumed })
+}
+
+/// Cancels a token when dropped.
+struct StopOnDrop(CancelToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl BackupConfig {

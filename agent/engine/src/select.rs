@@ -3,7 +3,14 @@
 use anyhow::{Result, bail};
 use repo_format::{Repository, Snapshot, SnapshotId};
 
-use crate::cli::FilterArgs;
+/// Which snapshots a command considers (all given filters must match).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    pub host: Option<String>,
+    /// `key=value`, or a bare `key` for any value.
+    pub tags: Vec<String>,
+    pub paths: Vec<String>,
+}
 
 /// Parse `key=value` (a bare `key` means an empty value).
 pub fn parse_tag(s: &str) -> Result<(String, String)> {
@@ -15,7 +22,7 @@ pub fn parse_tag(s: &str) -> Result<(String, String)> {
 }
 
 /// Does a snapshot pass the filters?
-pub fn matches(s: &Snapshot, f: &FilterArgs) -> Result<bool> {
+pub fn matches(s: &Snapshot, f: &Filter) -> Result<bool> {
     if let Some(h) = &f.host {
         if &s.hostname != h {
             return Ok(false);
@@ -42,7 +49,7 @@ pub type Latest = (Option<(SnapshotId, Snapshot)>, Vec<SnapshotId>);
 /// The newest of `all` (oldest first) that passes the filters and is not dated in the future
 /// (beyond `FUTURE_SKEW_NS`): a snapshot forged with a far-future date must not become
 /// `latest` for ever. Skipped future snapshots are returned for a warning.
-pub fn latest(all: Vec<(SnapshotId, Snapshot)>, f: &FilterArgs, now_ns: i64) -> Result<Latest> {
+pub fn latest(all: Vec<(SnapshotId, Snapshot)>, f: &Filter, now_ns: i64) -> Result<Latest> {
     let limit = now_ns.saturating_add(repo_format::FUTURE_SKEW_NS);
     let (mut found, mut future) = (None, Vec::new());
     for (id, s) in all {
@@ -63,7 +70,7 @@ fn now_ns() -> i64 {
 }
 
 /// Resolve `latest` or an id prefix to one snapshot.
-pub async fn find(repo: &Repository, spec: &str, f: &FilterArgs) -> Result<(SnapshotId, Snapshot)> {
+pub async fn find(repo: &Repository, spec: &str, f: &Filter) -> Result<(SnapshotId, Snapshot)> {
     let all = repo.snapshots().await?;
     if spec == "latest" {
         let (found, future) = latest(all, f, now_ns())?;

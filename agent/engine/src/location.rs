@@ -5,14 +5,13 @@
 //! * `s3:https://host[:port]/bucket[/prefix]` — any S3-compatible endpoint, path-style requests
 //!   (a DPA location with `s3ForcePathStyle: "false"` uses virtual-hosted style instead:
 //!   `https://bucket.host[:port]/key`, the AWS SDK's behaviour that Velero inherits);
-//! * `s3:bucket[/prefix]` — AWS S3 (region from `AWS_REGION`/`AWS_DEFAULT_REGION`);
-//! * `azure:container[/prefix]` — Azure Blob (`AZURE_STORAGE_ACCOUNT`, `AZURE_STORAGE_KEY`;
-//!   `AZURE_STORAGE_ENDPOINT` overrides the endpoint; account `devstoreaccount1` means the Azurite
-//!   emulator at `AZURITE_BLOB_STORAGE_URL`);
-//! * `gs:bucket[/prefix]` — Google Cloud Storage (`GOOGLE_APPLICATION_CREDENTIALS`).
+//! * `s3:bucket[/prefix]` — AWS S3 (a region is then required);
+//! * `azure:container[/prefix]` — Azure Blob (account `devstoreaccount1` means the Azurite
+//!   emulator);
+//! * `gs:bucket[/prefix]` — Google Cloud Storage (a service-account key file).
 //!
-//! Credentials are always explicit: when none are configured this is an error naming the
-//! missing setting, and the clients' instance-metadata endpoints are pointed at a closed
+//! Credentials arrive as values in `CloudOpts` (this crate reads no environment). They are
+//! always explicit: when none are given this is an error naming the missing setting, and the clients' instance-metadata endpoints are pointed at a closed
 //! loopback port, so nothing ever falls back to a cloud metadata address. Transient errors
 //! (5xx, 429, timeouts, resets) are retried with exponential backoff and jitter by
 //! object_store's retry layer; permanent ones (403, 404) are not.
@@ -38,7 +37,9 @@ pub struct Tls {
     pub insecure: bool,
 }
 
-/// Settings that come from a DPA backup location rather than the environment.
+/// Everything a cloud backend needs besides the location, as values: the engine reads no
+/// environment (the CLI fills these from its flags, environment and files; the agent from a
+/// backup location and its secret).
 #[derive(Debug, Clone, Default)]
 pub struct CloudOpts {
     pub region: Option<String>,
@@ -47,6 +48,8 @@ pub struct CloudOpts {
     pub azure_account: Option<String>,
     /// Azure authentication from a Velero credentials file.
     pub azure_auth: Option<crate::credentials::AzureAuth>,
+    /// A custom Azure Blob endpoint (account `devstoreaccount1` means the Azurite emulator).
+    pub azure_endpoint: Option<String>,
     /// A GCS service-account key file.
     pub gcs_service_account: Option<String>,
     /// Where the HTTP client counts its attempts (retries included).
@@ -125,10 +128,6 @@ impl Location {
     }
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 fn client_options(tls: &Tls, http: bool) -> Result<ClientOptions> {
     let mut o = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
@@ -162,36 +161,18 @@ fn retry() -> RetryConfig {
     }
 }
 
-/// Explicit AWS credentials from the environment: keys, or a shared credentials file + profile.
-pub fn aws_credentials_from_env() -> Result<(String, String, Option<String>)> {
-    if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        return Ok((k, s, env("AWS_SESSION_TOKEN")));
-    }
-    if let Some(file) = env("AWS_SHARED_CREDENTIALS_FILE") {
-        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-        let ini =
-            std::fs::read_to_string(&file).with_context(|| format!("reading AWS_SHARED_CREDENTIALS_FILE {file}"))?;
-        let c = crate::dpa::aws_credentials(&ini, &profile).with_context(|| format!("credentials file {file}"))?;
-        return Ok((c.access_key_id, c.secret_access_key, c.session_token));
-    }
-    bail!(
-        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_SHARED_CREDENTIALS_FILE (and AWS_PROFILE)"
-    )
-}
-
 /// Build the object store for a cloud location; `desc` names it in messages.
 pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dyn ObjectStore>> {
     Ok(match loc {
         Location::S3 { endpoint, bucket, path_style, .. } => {
             let (key, secret, token) = match &opts.aws {
                 Some(c) => c.clone(),
-                None => aws_credentials_from_env()?,
+                None => bail!("no S3 credentials given (an access key id and secret)"),
             };
-            let region = opts.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
-            let region = match (endpoint, region) {
+            let region = match (endpoint, opts.region.clone()) {
                 (_, Some(r)) => r,
                 (Some(_), None) => "us-east-1".to_string(),
-                (None, None) => bail!("s3:{bucket}: no region: set AWS_REGION (AWS needs it)"),
+                (None, None) => bail!("s3:{bucket}: no region given (AWS needs one)"),
             };
             let http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
             let mut b = object_store::aws::AmazonS3Builder::new()
@@ -218,17 +199,9 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
             Arc::new(b.build().with_context(|| format!("configuring S3 bucket {bucket}"))?)
         }
         Location::Azure { container, .. } => {
-            let account = opts
-                .azure_account
-                .clone()
-                .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
-                .context("no Azure storage account: set AZURE_STORAGE_ACCOUNT (and AZURE_STORAGE_KEY)")?;
-            let auth = match &opts.azure_auth {
-                Some(a) => a.clone(),
-                None => AzureAuth::AccessKey(env("AZURE_STORAGE_KEY").context(
-                    "no Azure credentials: set AZURE_STORAGE_KEY, or AZURE_CREDENTIALS_FILE for a DPA location",
-                )?),
-            };
+            let account = opts.azure_account.clone().context("no Azure storage account given")?;
+            let auth =
+                opts.azure_auth.clone().context("no Azure credentials given (an access key or a service principal)")?;
             let mut b = object_store::azure::MicrosoftAzureBuilder::new()
                 .with_container_name(container)
                 .with_account(&account)
@@ -240,7 +213,7 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
                     b.with_client_secret_authorization(client_id, client_secret, tenant_id)
                 }
             };
-            let endpoint = env("AZURE_STORAGE_ENDPOINT");
+            let endpoint = opts.azure_endpoint.clone();
             let http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
             b = b.with_client_options(client_options(tls, http)?);
             if let Some(c) = &opts.counts {
@@ -254,11 +227,8 @@ pub fn cloud_store(loc: &Location, tls: &Tls, opts: &CloudOpts) -> Result<Arc<dy
             Arc::new(b.build().with_context(|| format!("configuring Azure container {container}"))?)
         }
         Location::Gcs { bucket, .. } => {
-            let sa = opts
-                .gcs_service_account
-                .clone()
-                .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
-                .context("no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file")?;
+            let sa =
+                opts.gcs_service_account.clone().context("no GCS credentials given (a service-account key file)")?;
             let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
                 .with_bucket_name(bucket)
                 .with_service_account_path(sa)
@@ -354,12 +324,10 @@ mod tests {
     }
 
     #[test]
-    fn gcs_needs_explicit_credentials() {
-        // Without GOOGLE_APPLICATION_CREDENTIALS this must fail naming the setting, never try
-        // the metadata server. (The variable is not set in the test environment.)
-        if std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_none() {
-            let e = cloud_store(&Location::parse("gs:b").unwrap(), &Tls::default(), &CloudOpts::default()).unwrap_err();
-            assert!(format!("{e:#}").contains("GOOGLE_APPLICATION_CREDENTIALS"), "{e:#}");
+    fn missing_credentials_are_errors_never_a_metadata_lookup() {
+        for loc in ["gs:b", "s3:http://127.0.0.1:1/b", "azure:c"] {
+            let e = cloud_store(&Location::parse(loc).unwrap(), &Tls::default(), &CloudOpts::default()).unwrap_err();
+            assert!(format!("{e:#}").contains("given"), "{loc}: {e:#}");
         }
     }
 

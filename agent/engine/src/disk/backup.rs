@@ -14,9 +14,11 @@ use repo_format::{
 
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
-use crate::backup::build::{PendingSeg, indirect, push_zero, resolve};
+use crate::backup::build::PendingSeg;
 use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
+use crate::backup::stream::StreamResolver;
 use crate::backup::{Outcome, latest_of, now_ns, snapshot, start_writer};
+use crate::job::Job;
 use crate::progress::Counters;
 
 /// Which parts of the disk to read.
@@ -88,7 +90,11 @@ async fn parent_chunks(
     Ok(out)
 }
 
-pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>) -> Result<Outcome> {
+/// Back up a disk (device or image) into a snapshot. Memory does not grow with the disk: chunk
+/// ids are resolved as they come and long lists go into indirect blobs as they fill. Cancelled:
+/// what was uploaded is indexed, no snapshot is written and the error is `Cancelled`.
+pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Outcome> {
+    let counters = job.progress.clone();
     let started = Instant::now();
     let start_ns = now_ns();
     let disk = Disk::open_read(&cfg.path, cfg.no_follow)?;
@@ -117,24 +123,25 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, counters: Arc<Counters>
     let size = disk.size;
     counters.files_total.store(1, Relaxed);
     counters.bytes_total.store(disk.size, Relaxed);
-    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref()).await?;
+    let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref(), &job.limits).await?;
     let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = {
         let (writer, counters, bytes_read, mode) =
             (writer.clone(), counters.clone(), bytes_read.clone(), cfg.mode.clone());
+        let job = job.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<Segment>> {
-            let (tx, rx) = bounded::<ChunkJob>(workers * 2);
-            let pool = BufPool::new(workers * 3 + 1, chunk as usize);
-            let segs = std::thread::scope(|s| {
+            let queue = job.limits.chunk_queue.max(1);
+            let (tx, rx) = bounded::<ChunkJob>(queue);
+            let pool = BufPool::new(crate::backup::scan::idle_buffers(&job.limits), chunk as usize);
+            std::thread::scope(|s| {
                 spawn_workers(s, workers, &rx, &writer, &pool);
                 drop(rx);
-                let io = Io { tx: &tx, pool: &pool, counters: &counters, bytes_read: &bytes_read };
-                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), io);
+                let io = Io { tx: &tx, pool: &pool, counters: &counters, bytes_read: &bytes_read, job: &job };
+                let out = StreamResolver::new(&writer, 2 * (queue + workers));
+                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), io, out);
                 drop(tx);
                 r
-            })?;
-            let segs = resolve(segs)?;
-            Ok(indirect(&writer, segs)?)
+            })
         })
     };
     let segs = match pipeline.await.expect("disk pipeline") {
@@ -201,6 +208,7 @@ struct Io<'a> {
     pool: &'a BufPool,
     counters: &'a Counters,
     bytes_read: &'a std::sync::atomic::AtomicU64,
+    job: &'a Job,
 }
 
 /// The reader: decides per chunk, reads, skips zeros, queues the rest.
@@ -210,8 +218,9 @@ fn read_chunks(
     mode: &Mode,
     parent: Option<&[Option<(repo_format::BlobId, u32)>]>,
     io: Io<'_>,
-) -> Result<Vec<PendingSeg>> {
-    let Io { tx, pool, counters, bytes_read } = io;
+    mut out: StreamResolver<'_>,
+) -> Result<Vec<Segment>> {
+    let Io { tx, pool, counters, bytes_read, job } = io;
     // Holes of an image file hold nothing: read only data extents.
     let holes = if !disk.is_device && matches!(mode, Mode::Full) {
         let data: Vec<(u64, u64)> =
@@ -221,19 +230,18 @@ fn read_chunks(
         None
     };
     let n = disk.size.div_ceil(chunk);
-    // Grows with the data chunks and zero runs, not with the disk's size.
-    let mut out = Vec::new();
     let mut buf = vec![0u8; chunk as usize];
     let (mut c1, mut c2) = (0usize, 0usize);
     for i in 0..n {
+        job.cancel.check()?;
         let off = i * chunk;
         let len = chunk.min(disk.size - off);
         let read = match (mode, &holes) {
             (Mode::Changed(r), _) => {
                 if !r.overlaps(off, len, &mut c1) {
                     match parent.and_then(|p| p[i as usize]) {
-                        Some((id, l)) => out.push(PendingSeg::Known(id, l)),
-                        None => push_zero(&mut out, len),
+                        Some((id, l)) => out.push(PendingSeg::Known(id, l))?,
+                        None => out.push(PendingSeg::Zero(len))?,
                     }
                     counters.bytes_done.fetch_add(len, Relaxed);
                     continue;
@@ -246,20 +254,21 @@ fn read_chunks(
         };
         counters.bytes_done.fetch_add(len, Relaxed);
         if !read {
-            push_zero(&mut out, len);
+            out.push(PendingSeg::Zero(len))?;
             continue;
         }
         let b = &mut buf[..len as usize];
         disk.file.read_exact_at(b, off).with_context(|| format!("reading the disk at offset {off}"))?;
         bytes_read.fetch_add(len, Relaxed);
         if repo_format::is_zero(b) {
-            push_zero(&mut out, len);
+            out.push(PendingSeg::Zero(len))?;
             continue;
         }
         let (rtx, rrx) = bounded(1);
-        tx.send(ChunkJob { data: pool.filled(b), reply: rtx })
+        let permit = job.limits.memory.as_ref().map(|m| m.acquire(len));
+        tx.send(ChunkJob { data: pool.filled(b), reply: rtx, permit })
             .map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
-        out.push(PendingSeg::Blob(rrx, len as u32));
+        out.push(PendingSeg::Blob(rrx, len as u32))?;
     }
-    Ok(out)
+    Ok(out.finish()?)
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures::StreamExt;
 use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, Segment};
 
+use crate::job::Job;
 use crate::progress::Counters;
 
 const MAX_GAP: u64 = 256 << 10;
@@ -131,12 +132,21 @@ pub(crate) async fn write_all(
     repo: Arc<Repository>,
     targets: Arc<dyn Targets>,
     skip: &HashSet<usize>,
-    counters: Arc<Counters>,
+    job: &Job,
 ) -> Written {
+    let counters = job.progress.clone();
     let (ranges, mut done) = ranges(&repo, &*targets, skip);
     let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
-        let (repo, targets, counters) = (repo.clone(), targets.clone(), counters.clone());
+        let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
         async move {
+            if cancel.is_cancelled() {
+                // Not read: its files are incomplete (the caller reports the cancellation).
+                return RangeResult {
+                    bytes: 0,
+                    errors: Vec::new(),
+                    failed: r.blobs.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect(),
+                };
+            }
             match repo.storage().read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start).await {
                 Ok(bytes) => tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters))
                     .await

@@ -21,12 +21,15 @@ use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::{BackupConfig, DIR_QUEUE, Tally};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
+use crate::job::{CancelToken, Cancelled, Job, Permit};
 use crate::progress::Counters;
 
 /// One chunk for the blob workers, with the channel its id goes back on.
 pub(crate) struct ChunkJob {
     pub data: Vec<u8>,
     pub reply: Sender<repo_format::Result<Saved>>,
+    /// The chunk's bytes held from the job's memory budget, given back once it is saved.
+    pub permit: Option<Permit>,
 }
 
 /// Chunk buffers the blob workers hand back for the reader to fill again. A fresh buffer per
@@ -71,6 +74,13 @@ impl BufPool {
     }
 }
 
+/// Idle buffers a job's pool keeps. Under a shared memory budget, idle buffers are outside it:
+/// keep only what the workers cycle through (a job that waits for budget must not sit on a
+/// queue's worth of idle buffers while another job fills the budget).
+pub(crate) fn idle_buffers(l: &crate::job::Limits) -> usize {
+    if l.memory.is_some() { l.threads + 2 } else { l.chunk_queue + l.threads + 1 }
+}
+
 /// Start `n` blob workers: each saves the chunks it receives, answers with the id and hands
 /// the buffer back to `pool`.
 pub(crate) fn spawn_workers<'scope>(
@@ -87,6 +97,7 @@ pub(crate) fn spawn_workers<'scope>(
                 let r = writer.save(BlobKind::Data, &job.data);
                 let _ = job.reply.send(r);
                 pool.give(job.data);
+                drop(job.permit);
             }
         });
     }
@@ -103,20 +114,21 @@ pub(crate) struct Pipeline<'a> {
     pub files_cache: Option<(filescache::Reader, filescache::Writer)>,
     pub workers: usize,
     pub start_ns: i64,
+    pub job: &'a Job,
 }
 
 type PipelineResult = (TreeId, Vec<String>, Vec<String>, Option<filescache::Writer>);
 
 /// Run the three stages to completion; returns the root tree and the error and warning lines.
 pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
-    let queue: usize = std::env::var("FERRY_CHUNK_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(p.workers * 2);
+    let queue = p.job.limits.chunk_queue.max(1);
     let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(queue.max(1));
     let (dir_tx, dir_rx) = bounded::<DirRecord>(DIR_QUEUE);
     let (cache_reader, cache_writer) = match p.files_cache {
         Some((r, w)) => (Some(r), Some(w)),
         None => (None, None),
     };
-    let pool = BufPool::new(queue + p.workers + 1, 2 * p.chunker.params().avg as usize);
+    let pool = BufPool::new(idle_buffers(&p.job.limits), 2 * p.chunker.params().avg as usize);
     std::thread::scope(|s| {
         spawn_workers(s, p.workers, &chunk_rx, p.writer, &pool);
         drop(chunk_rx);
@@ -139,6 +151,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             warnings: Vec::new(),
             recent_ns: p.start_ns - 1_000_000_000,
             force: p.cfg.force,
+            job: p.job,
         };
         let scanned = sc.scan_sources(&p.sources);
         let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
@@ -171,6 +184,7 @@ struct Scanner<'a> {
     /// Files modified after this are not trusted to the files cache (same-second edits).
     recent_ns: i64,
     force: bool,
+    job: &'a Job,
 }
 
 fn is_excluded(excludes: &[glob::Pattern], abs: &Path, name: &[u8]) -> bool {
@@ -250,6 +264,7 @@ impl Scanner<'_> {
 
     /// One entry: its node and how its content will be known. `None` when skipped.
     fn entry(&mut self, abs: &Path, name: &[u8], parent_rel: &Path) -> Result<Option<(Node, Pending)>> {
+        self.job.cancel.check()?;
         if is_excluded(&self.cfg.excludes, abs, name) {
             return Ok(None);
         }
@@ -276,6 +291,7 @@ impl Scanner<'_> {
             }
             NodeType::File => match self.file(abs, &md, &mut node) {
                 Ok(p) => p,
+                Err(_) if self.job.cancel.is_cancelled() => return Err(Cancelled.into()),
                 Err(e) => {
                     self.error(abs, e);
                     return Ok(None);
@@ -327,11 +343,15 @@ impl Scanner<'_> {
 
     fn queue_chunk(&mut self, data: Vec<u8>, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
         let len = data.len() as u32;
+        if self.job.cancel.is_cancelled() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, Cancelled));
+        }
         self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
         self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
         let (tx, rx) = bounded(1);
+        let permit = self.job.limits.memory.as_ref().map(|b| b.acquire(u64::from(len)));
         self.chunks
-            .send(ChunkJob { data, reply: tx })
+            .send(ChunkJob { data, reply: tx, permit })
             .map_err(|_| std::io::Error::other("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rx, len));
         Ok(())
@@ -431,10 +451,21 @@ fn merge_small_holes(ranges: Vec<(u64, u64, bool)>, min: u64) -> Vec<(u64, u64, 
     out
 }
 
-/// Walk the sources with stat only and publish totals for the progress display.
-pub(crate) fn count_in_background(sources: Vec<PathBuf>, excludes: Vec<glob::Pattern>, counters: Arc<Counters>) {
+/// Walk the sources with stat only and publish totals for the progress display, until `stop`
+/// or `cancel`.
+pub(crate) fn count_in_background(
+    sources: Vec<PathBuf>,
+    excludes: Vec<glob::Pattern>,
+    counters: Arc<Counters>,
+    stop: CancelToken,
+    cancel: CancelToken,
+) {
     std::thread::spawn(move || {
-        fn walk(p: &Path, ex: &[glob::Pattern], c: &Counters) {
+        let halt = || stop.is_cancelled() || cancel.is_cancelled();
+        fn walk(p: &Path, ex: &[glob::Pattern], c: &Counters, halt: &dyn Fn() -> bool) {
+            if halt() {
+                return;
+            }
             let Ok(md) = std::fs::symlink_metadata(p) else { return };
             if md.is_dir() {
                 let Ok(rd) = std::fs::read_dir(p) else { return };
@@ -442,7 +473,7 @@ pub(crate) fn count_in_background(sources: Vec<PathBuf>, excludes: Vec<glob::Pat
                     let name = e.file_name();
                     let child = e.path();
                     if !is_excluded(ex, &child, name.as_bytes()) {
-                        walk(&child, ex, c);
+                        walk(&child, ex, c, halt);
                     }
                 }
             } else if md.is_file() {
@@ -451,7 +482,7 @@ pub(crate) fn count_in_background(sources: Vec<PathBuf>, excludes: Vec<glob::Pat
             }
         }
         for s in &sources {
-            walk(s, &excludes, &counters);
+            walk(s, &excludes, &counters, &halt);
         }
     });
 }

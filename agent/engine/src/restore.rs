@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, Tree, TreeId, decode_segment_list};
 
 use crate::fsmeta::path_of;
-use crate::progress::Counters;
+use crate::job::Job;
 use crate::safefs::{FileId, SafeRoot};
 
 /// How a restore treats what it writes.
@@ -352,9 +352,10 @@ pub async fn execute(
     repo: Arc<Repository>,
     plan: RestorePlan,
     target: &Path,
-    counters: Arc<Counters>,
+    job: &Job,
     opts: &RestoreOptions,
 ) -> Result<Outcome> {
+    let counters = job.progress.clone();
     counters.files_total.store(plan.files.len() as u64, Relaxed);
     counters.bytes_total.store(plan.bytes, Relaxed);
     let root = Arc::new(
@@ -372,7 +373,7 @@ pub async fn execute(
     // Phase 3: content.
     let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone(), ids: ids.clone() });
     let skip: HashSet<usize> = ids.iter().enumerate().filter(|(_, id)| id.is_none()).map(|(i, _)| i).collect();
-    let written = content::write_all(repo.clone(), targets, &skip, counters.clone()).await;
+    let written = content::write_all(repo.clone(), targets, &skip, job).await;
     out.bytes_written = written.bytes;
     out.errors.extend(written.errors);
 
@@ -388,6 +389,8 @@ pub async fn execute(
     out.files = (plan.files.len() - missing + plan.hardlinks.len()) as u64;
     out.dirs = plan.dirs.len().saturating_sub(1) as u64;
     out.specials = plan.specials.len() as u64;
+    // Cancelled: files whose content was not written were emptied above; nothing is verified.
+    job.cancel.check()?;
     if opts.verify {
         let (n, errs) =
             verify::verify(repo.master_key().clone(), root.clone(), plan.clone(), ids.clone(), failed).await;

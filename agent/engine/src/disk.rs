@@ -8,9 +8,9 @@
 //! it are zeros without being read. Snapshots are tagged `volume-mode=block`, `device-size`,
 //! `chunk-size` and, for images, `image`.
 
-pub(crate) mod backup;
-pub(crate) mod ranges;
-pub(crate) mod restore;
+pub mod backup;
+pub mod ranges;
+pub mod restore;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};

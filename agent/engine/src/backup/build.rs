@@ -15,7 +15,7 @@ use repo_format::{BlobKind, BlobWriter, Content, Node, Saved, Segment, Tree, Tre
 use crate::filescache::{self, FileKey};
 
 /// Segments per indirect blob (37 bytes each: about 2.4 MiB).
-const SEGMENTS_PER_BLOB: usize = 65536;
+pub(crate) const SEGMENTS_PER_BLOB: usize = 65536;
 
 /// A chunk being stored, a chunk already known (a parent's), or a hole.
 pub(crate) enum PendingSeg {
@@ -30,15 +30,6 @@ impl PendingSeg {
             PendingSeg::Blob(_, n) | PendingSeg::Known(_, n) => u64::from(*n),
             PendingSeg::Zero(n) => *n,
         }
-    }
-}
-
-/// Append `len` zero bytes, extending a zero run that ends the list: a sparse disk's pending
-/// list then grows with its data, not with its size.
-pub(crate) fn push_zero(out: &mut Vec<PendingSeg>, len: u64) {
-    match out.last_mut() {
-        Some(PendingSeg::Zero(n)) => *n += len,
-        _ => out.push(PendingSeg::Zero(len)),
     }
 }
 

@@ -1,0 +1,69 @@
+//! Shared fixtures of the engine's tests: a repository in a local directory and source trees
+//! of incompressible data. Everything is real (files, a local-directory repository); these
+//! tests call the engine in-process, without the CLI.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_engine::backup::BackupConfig;
+use repo_format::{KdfParams, ObjectStorage, RepoConfig, Repository, Storage};
+
+pub const PASSWORD: &[u8] = b"engine-test";
+
+/// A new repository in `dir` with 1 MiB packs (many packs, so a cancellation lands mid-way).
+pub async fn new_repo(dir: &Path) -> Arc<Repository> {
+    let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(dir).unwrap());
+    let mut config = RepoConfig::new(1);
+    config.pack_size = 1 << 20;
+    Arc::new(Repository::init(storage, PASSWORD, KdfParams::insecure_for_tests(), config, "test").await.unwrap())
+}
+
+/// The repository in `dir`, opened afresh (what another process would see).
+pub async fn reopen(dir: &Path) -> Arc<Repository> {
+    let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(dir).unwrap());
+    Arc::new(Repository::open(storage, PASSWORD, None).await.unwrap())
+}
+
+/// `files` files of `size` random bytes each under `dir` (created).
+pub fn random_tree(dir: &Path, files: usize, size: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        let mut data = vec![0u8; size];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+        std::fs::write(dir.join(format!("f{i:04}")), &data).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// A backup of `path` with no files cache.
+pub fn config(path: &Path, host: &str) -> BackupConfig {
+    BackupConfig {
+        paths: vec![path.to_path_buf()],
+        excludes: Vec::new(),
+        host: host.into(),
+        tags: Vec::new(),
+        parent: None,
+        force: false,
+        cache_dir: None,
+    }
+}
+
+/// Pack files present in the repository directory.
+pub fn packs_on_disk(repo_dir: &Path) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(repo_dir.join("data")).unwrap() {
+        n += std::fs::read_dir(sub.unwrap().path()).unwrap().count();
+    }
+    n
+}
+
+/// Data blobs in the (freshly loaded) index and their raw bytes.
+pub async fn data_in_index(repo: &Repository) -> (usize, u64) {
+    let index = repo.load_index().await.unwrap();
+    index
+        .iter()
+        .filter(|(_, l)| l.kind == repo_format::BlobKind::Data)
+        .fold((0, 0), |(n, b), (_, l)| (n + 1, b + u64::from(l.raw_len)))
+}
