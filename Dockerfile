@@ -7,7 +7,7 @@
 #
 # How it builds: CROSS-COMPILATION on the build platform, not a native build per platform.
 # The builder stage always runs natively on $BUILDPLATFORM (an x86_64 host) and uses exactly
-# the toolchain the project tests with (crossbuild/, shared/DESIGN.md "Multi-arch"): Debian
+# the toolchain the project tests with (crossbuild/README.md): Debian
 # bookworm's rustc-web/cargo-web 1.85, the same version's libstd for arm64/ppc64el/s390x and
 # Debian's cross gcc for the C parts (zstd, bundled SQLite, BLAKE3, aws-lc). Why not native
 # per platform: under buildx's qemu emulation rustc runs 10-20x slower (an s390x release build

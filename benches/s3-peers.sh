@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # s3-peers.sh -- Ferry against restic on the same S3 server: backup and restore of the peer
-# corpus (../shared/bench) into s3s-fs on loopback, with wall/CPU time, peak RSS and the
+# corpus (the corpus of the external peer benchmark harness, make-corpus.sh) into s3s-fs on loopback, with wall/CPU time, peak RSS and the
 # requests the *server* saw, by S3 operation (counted from s3s-fs's own log, so both tools are
 # counted the same way).
 #
@@ -24,7 +24,7 @@ S3S_FS=${S3S_FS:-/var/cache/ferry-servers/s3s/bin/s3s-fs}
 WORK=${WORK:-/tmp/ferry-s3-peers}
 RUNS=${RUNS:-3}
 PEERS=${PEERS:-ferry restic}
-[ -d "$CORPUS" ] || { echo "s3-peers.sh: no corpus at $CORPUS (see ../shared/bench/make-corpus.sh)" >&2; exit 1; }
+[ -d "$CORPUS" ] || { echo "s3-peers.sh: no corpus at $CORPUS (make it with the peer harness make-corpus.sh)" >&2; exit 1; }
 [ -x "$FERRY" ] || { echo "s3-peers.sh: no ferry binary at $FERRY (cargo build --release)" >&2; exit 1; }
 [ -x "$S3S_FS" ] || { echo "s3-peers.sh: no s3s-fs at $S3S_FS (tests/servers.sh install)" >&2; exit 1; }
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY

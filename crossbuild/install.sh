@@ -2,7 +2,7 @@
 # Install the Ferry cross-build toolchain on Debian bookworm x86_64 (run as root).
 #
 #  * rustc-web + cargo-web pinned to Debian's 1.85 build (the project's MSRV; see
-#    shared/DESIGN.md "Multi-arch"). bookworm-security carries a newer rustc-web for amd64,
+#    crossbuild/README.md). bookworm-security carries a newer rustc-web for amd64,
 #    so an unpinned install would move off 1.85.
 #  * The same version's target standard library (libstd-rust-web-dev) for arm64, ppc64el and
 #    s390x, fetched with `apt-get download pkg:arch` and unpacked with `dpkg -x` into / .

@@ -149,12 +149,40 @@ pub struct BackupArgs {
     /// Skip entries whose name or path matches this glob; repeatable
     #[arg(long = "exclude")]
     pub excludes: Vec<String>,
-    /// Parent snapshot (default: the newest with the same host and paths)
+    /// Parent snapshot (default: the newest with the same identity, else with the same host and
+    /// paths)
     #[arg(long, conflicts_with = "force")]
     pub parent: Option<String>,
     /// Re-read every file (ignore the files cache)
     #[arg(long)]
     pub force: bool,
+    /// What the sources are a copy of, whatever host or path they are read from: the parent is
+    /// the newest snapshot with the same identity (recorded as the `identity` tag)
+    #[arg(long, conflicts_with = "pvc")]
+    pub identity: Option<String>,
+    /// The Kubernetes volume being backed up, as NAMESPACE/PVC: the identity `pvc/NAMESPACE/PVC`
+    #[arg(long)]
+    pub pvc: Option<String>,
+    /// Who asked for this backup (recorded as the `requester` tag)
+    #[arg(long)]
+    pub requester: Option<String>,
+}
+
+impl BackupArgs {
+    /// The identity given by --identity or --pvc.
+    pub fn identity(&self) -> anyhow::Result<Option<ferry_engine::identity::Identity>> {
+        use ferry_engine::identity::Identity;
+        match (&self.identity, &self.pvc) {
+            (Some(i), _) => Ok(Some(Identity::named(i)?)),
+            (None, Some(p)) => {
+                let Some((ns, name)) = p.split_once('/') else {
+                    anyhow::bail!("--pvc {p:?}: give NAMESPACE/NAME");
+                };
+                Ok(Some(Identity::pvc(ns, name)?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@
 //! chunks are far below the maximum. `FERRY_CHUNK_QUEUE` overrides the queue length.
 
 pub(crate) mod build;
+pub(crate) mod parent;
 pub(crate) mod scan;
 pub(crate) mod stream;
 
@@ -27,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use repo_format::{BlobWriter, Repository, Resumed, Snapshot, SnapshotId, Summary, TreeId, WriterOptions};
 
 use crate::filescache;
+use crate::identity::Identity;
 use crate::job::{CancelToken, Job, Limits};
 
 /// Directory records waiting for the tree builder.
@@ -43,6 +45,11 @@ pub struct BackupConfig {
     pub force: bool,
     /// Where the files cache lives (None: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// What the sources are a copy of (a PVC): the parent is then the newest snapshot of the
+    /// same identity from any host or path, and the files cache follows the volume.
+    pub identity: Option<Identity>,
+    /// Who asked for the backup (recorded as the `requester` tag).
+    pub requester: Option<String>,
 }
 
 /// Result of a backup.
@@ -74,17 +81,37 @@ pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-/// The newest snapshot of the same host and paths, not dated in the future: the default parent
-/// (a forged far-future snapshot must not become every later backup's parent).
-pub(crate) async fn latest_of(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<SnapshotId>> {
+/// The default parent, not dated in the future (a forged far-future snapshot must not become
+/// every later backup's parent): the newest snapshot of the same identity when there is one,
+/// else of the same host and paths.
+pub(crate) async fn latest_of(
+    repo: &Repository,
+    identity: Option<&Identity>,
+    host: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
     let limit = now_ns().saturating_add(repo_format::FUTURE_SKEW_NS);
-    Ok(repo
-        .snapshots()
-        .await?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.hostname == host && s.paths == paths && s.time_ns <= limit)
-        .map(|(id, _)| id))
+    Ok(repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+        s.time_ns <= limit
+            && match identity {
+                Some(id) => Identity::of(s) == Some(id.as_str()),
+                None => s.hostname == host && s.paths == paths,
+            }
+    }))
+}
+
+/// The parent: the one asked for, or `latest_of`.
+pub(crate) async fn parent_of(
+    repo: &Repository,
+    asked: Option<SnapshotId>,
+    identity: Option<&Identity>,
+    host: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    match asked {
+        Some(id) => Ok(Some((id, repo.load_snapshot(&id).await.context("loading the parent snapshot")?))),
+        None => latest_of(repo, identity, host, paths).await,
+    }
 }
 
 /// A blob writer with one open pack per core, spooling packs under the repository's cache
@@ -166,10 +193,18 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
             for old in ["files.sqlite", "files.sqlite-wal", "files.sqlite-shm"] {
                 let _ = std::fs::remove_file(dir.join(old));
             }
-            Some(filescache::open(&filescache::path_for(dir, &cfg.host, &sources))?)
+            let path = match &cfg.identity {
+                Some(id) => filescache::path_for_identity(dir, id.as_str()),
+                None => filescache::path_for(dir, &cfg.host, &sources),
+            };
+            Some(filescache::open(&path, cfg.identity.is_some())?)
         }
         None => None,
     };
+    let parent = parent_of(&repo, cfg.parent, cfg.identity.as_ref(), &cfg.host, &cfg.paths_bytes()).await?;
+    let parent_trees =
+        parent.as_ref().map(|(_, s)| parent::ParentTrees::new(repo.clone(), tokio::runtime::Handle::current(), s));
+    let parent = parent.map(|(id, _)| id);
     let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref(), &job.limits).await?;
     let tally = Arc::new(Tally::default());
 
@@ -195,6 +230,8 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
                 workers,
                 start_ns,
                 job: &job,
+                parent: parent_trees,
+                cache_by_rel: cfg.identity.is_some(),
             })
         })
     };
@@ -210,10 +247,6 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
         (Ok(r), Ok(_)) => r,
     };
 
-    let parent = match cfg.parent {
-        Some(p) => Some(p),
-        None => latest_of(&repo, &cfg.host, &cfg.paths_bytes()).await?,
-    };
     let st = writer.stats();
     use std::sync::atomic::Ordering::Relaxed;
     let summary = Summary {
@@ -231,7 +264,11 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
         errors: errors.len() as u64,
         duration_ns: started.elapsed().as_nanos() as u64,
     };
-    let snapshot = snapshot(start_ns, root, parent, &cfg.host, cfg.paths_bytes(), cfg.tags.clone(), summary);
+    let mut tags = cfg.tags.clone();
+    if let Some(id) = &cfg.identity {
+        id.tag(&mut tags, cfg.requester.as_deref());
+    }
+    let snapshot = snapshot(start_ns, root, parent, &cfg.host, cfg.paths_bytes(), tags, summary);
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     if let Some(w) = cache_writer {
         if let Err(e) = w.commit() {

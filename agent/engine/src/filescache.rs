@@ -1,12 +1,14 @@
 //! The files cache: an unchanged file costs a stat, not a read.
 //!
-//! One SQLite database per backed-up source set of a repository
-//! (`<cache>/<repo id>/files/<hash of host and source paths>.sqlite`): entries age with the
-//! backups of their own sources only, so many volumes backing up in turn into one repository
-//! never evict each other's entries (one shared database with one generation counter did, from
-//! the fourth volume on). Each database is keyed by absolute
-//! path, holding device, inode, size, mtime and ctime (ns) and the file's content as an encoded
-//! segment list. A hit requires all five to match and every blob to be in the repository's
+//! One SQLite database per backed-up volume of a repository: per identity when the backup has
+//! one (`identity`), else per host and source paths
+//! (`<cache>/<repo id>/files/<hash>.sqlite`). Entries age with the backups of their own volume
+//! only, so many volumes backing up in turn into one repository never evict each other's
+//! entries (one shared database with one generation counter did, from the fourth volume on).
+//! A database is keyed by the path inside the volume (with an identity; the volume may be
+//! mounted anywhere) or by absolute path, holding device, inode, size, mtime and ctime (ns) and
+//! the file's content as an encoded segment list. With an identity, device and inode are not
+//! compared (they change when the volume is mounted elsewhere). A hit requires all five to match and every blob to be in the repository's
 //! index (checked by the caller), so a stale or foreign cache can cost reads, never data.
 //! Updates are written in short batched transactions (so two backups sharing a cache never wait
 //! long for each other); an entry written by a backup that later failed is harmless, since a hit
@@ -63,6 +65,9 @@ const KEEP_GENERATIONS: i64 = 3;
 #[derive(Debug)]
 pub struct Reader {
     conn: Connection,
+    /// Device and inode numbers are not compared (a volume with an identity: mounted elsewhere,
+    /// they change while the files do not).
+    ignore_inode: bool,
 }
 
 /// A write handle; updates are buffered and written in batches.
@@ -135,8 +140,15 @@ pub fn path_for(repo_dir: &Path, host: &str, sources: &[std::path::PathBuf]) -> 
     repo_dir.join("files").join(format!("{}.sqlite", &h.finalize().to_hex()[..32]))
 }
 
-/// Open the cache for reading and writing (a new generation starts).
-pub fn open(path: &Path) -> Result<(Reader, Writer)> {
+/// The database of the volume `identity`, under the repository's cache directory `repo_dir`.
+pub fn path_for_identity(repo_dir: &Path, identity: &str) -> std::path::PathBuf {
+    let h = blake3::Hasher::new().update(b"identity\0").update(identity.as_bytes()).finalize();
+    repo_dir.join("files").join(format!("{}.sqlite", &h.to_hex()[..32]))
+}
+
+/// Open the cache for reading and writing (a new generation starts). `ignore_inode`: see
+/// `Reader`.
+pub fn open(path: &Path, ignore_inode: bool) -> Result<(Reader, Writer)> {
     let w = connect(path)?;
     let generation: i64 = w.query_row(
         "INSERT INTO meta (k, v) VALUES ('gen', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1 RETURNING v",
@@ -144,7 +156,7 @@ pub fn open(path: &Path) -> Result<(Reader, Writer)> {
         |r| r.get(0),
     )?;
     let r = connect(path)?;
-    Ok((Reader { conn: r }, Writer { conn: w, generation, pending: Vec::new() }))
+    Ok((Reader { conn: r, ignore_inode }, Writer { conn: w, generation, pending: Vec::new() }))
 }
 
 impl Reader {
@@ -155,8 +167,7 @@ impl Reader {
             .query_row([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
             .optional()?;
         let Some((dev, ino, size, mtime, ctime, content)) = row else { return Ok(Lookup::Miss) };
-        let same = dev as u64 == key.dev
-            && ino as u64 == key.ino
+        let same = (self.ignore_inode || (dev as u64 == key.dev && ino as u64 == key.ino))
             && size as u64 == key.size
             && mtime == key.mtime_ns
             && ctime == key.ctime_ns;
@@ -236,12 +247,12 @@ mod tests {
         let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
         let segs = vec![Segment::Blob { id: BlobId(Id([7; 32])), len: 3 }];
         {
-            let (r, mut w) = open(&db).unwrap();
+            let (r, mut w) = open(&db, false).unwrap();
             w.put(b"/a", &key, &segs).unwrap();
             assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss), "buffered entries are invisible");
             drop(w); // never committed
         }
-        let (r, mut w) = open(&db).unwrap();
+        let (r, mut w) = open(&db, false).unwrap();
         assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss));
         w.put(b"/a", &key, &segs).unwrap();
         w.commit().unwrap();
@@ -259,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("sub/files.sqlite");
         let key = FileKey { dev: 1, ino: 2, size: 10, mtime_ns: 4, ctime_ns: 5 };
-        let (r, mut w) = open(&db).unwrap();
+        let (r, mut w) = open(&db, false).unwrap();
         // Stat fields all match, but the content recorded is 3 bytes for a 10-byte file.
         w.put(b"/a", &key, &[Segment::Zero { len: 3 }]).unwrap();
         w.commit().unwrap();
@@ -274,16 +285,16 @@ mod tests {
         let db = dir.path().join("files.sqlite");
         let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
         let segs = [Segment::Zero { len: 3 }];
-        let (_, mut w) = open(&db).unwrap();
+        let (_, mut w) = open(&db, false).unwrap();
         w.put(b"/old", &key, &segs).unwrap();
         w.put(b"/kept", &key, &segs).unwrap();
         w.commit().unwrap();
         for _ in 0..KEEP_GENERATIONS + 1 {
-            let (_, mut w) = open(&db).unwrap();
+            let (_, mut w) = open(&db, false).unwrap();
             w.touch(b"/kept").unwrap();
             w.commit().unwrap();
         }
-        let (r, _) = open(&db).unwrap();
+        let (r, _) = open(&db, false).unwrap();
         assert!(matches!(r.lookup(b"/old", &key).unwrap(), Lookup::Miss));
         assert!(matches!(r.lookup(b"/kept", &key).unwrap(), Lookup::Hit(_)));
     }

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod dpa;
 pub mod filescache;
 pub mod fsmeta;
+pub mod identity;
 pub mod job;
 pub mod location;
 pub mod podvolume;

@@ -1,4 +1,4 @@
-//! Finding a pod's volume on the node, the way kubelet lays it out (see OADP.md):
+//! Finding a pod's volume on the node, the way kubelet lays it out:
 //! filesystem mode `<pods>/<pod uid>/volumes/kubernetes.io~csi/<pv>/mount` (other plugins:
 //! `<pods>/<pod uid>/volumes/<plugin>/<name>`), block mode
 //! `<pods>/<pod uid>/volumeDevices/<plugin>/<pv>` (a device node). Exactly one must match.

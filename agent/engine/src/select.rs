@@ -1,7 +1,7 @@
 //! Choosing snapshots: filters (tags, host, paths), `latest`, and unique id prefixes.
 
 use anyhow::{Result, bail};
-use repo_format::{Repository, Snapshot, SnapshotId};
+use repo_format::{Content, Node, Repository, Snapshot, SnapshotId, TreeId};
 
 /// Which snapshots a command considers (all given filters must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -95,4 +95,18 @@ pub async fn find(repo: &Repository, spec: &str, f: &Filter) -> Result<(Snapshot
         1 => Ok(hits.remove(0)),
         n => bail!("snapshot prefix {spec} is ambiguous ({n} snapshots): give more digits"),
     }
+}
+
+/// The tree id of the directory `path` (`/`-separated) inside the tree `root`.
+pub async fn subtree(r: &Repository, root: TreeId, path: &str) -> Result<TreeId> {
+    let mut cur = root;
+    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let tree = r.read_tree(&cur).await?;
+        match tree.nodes.iter().find(|n| n.name == comp.as_bytes()) {
+            Some(Node { content: Content::Tree(t), .. }) => cur = *t,
+            Some(_) => bail!("{path}: {comp} is not a directory in the snapshot"),
+            None => bail!("{path}: no entry {comp} in the snapshot"),
+        }
+    }
+    Ok(cur)
 }

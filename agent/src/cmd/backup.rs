@@ -81,6 +81,8 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             mode,
             cache_dir: repo::cache_root(cli),
             no_follow,
+            identity: a.identity()?,
+            requester: a.requester.clone(),
         };
         ferry_engine::disk::backup::run(r.clone(), cfg, &job).await
     } else {
@@ -92,6 +94,8 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             parent,
             force: a.force,
             cache_dir: repo::cache_root(cli),
+            identity: a.identity()?,
+            requester: a.requester.clone(),
         };
         backup::run(r.clone(), cfg, &job).await
     };

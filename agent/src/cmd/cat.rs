@@ -52,7 +52,7 @@ pub async fn run(cli: &Cli, a: &CatArgs) -> Result<i32> {
             } else {
                 let (snap, path) = spec.split_once(':').unwrap_or((spec, ""));
                 let (_, s) = select::find(&r, snap, &Default::default()).await?;
-                super::ls::subtree(&r, s.tree, path).await?
+                ferry_engine::select::subtree(&r, s.tree, path).await?
             };
             let t = r.read_tree(&tree_id).await?;
             serde_json::json!({ "id": tree_id.to_string(), "nodes": t.nodes.iter().map(|n| serde_json::json!({

@@ -2,28 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
-use repo_format::{Content, Node, NodeType, Repository, TreeId};
+use anyhow::Result;
+use repo_format::{Content, Node, NodeType};
 
 use crate::cli::{Cli, LsArgs};
 use crate::output::print_json;
 use crate::repo;
 use ferry_engine::fsmeta::path_of;
 use ferry_engine::select;
-
-/// Find the tree id of `path` inside the snapshot's root tree.
-pub async fn subtree(r: &Repository, root: TreeId, path: &str) -> Result<TreeId> {
-    let mut cur = root;
-    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        let tree = r.read_tree(&cur).await?;
-        match tree.nodes.iter().find(|n| n.name == comp.as_bytes()) {
-            Some(Node { content: Content::Tree(t), .. }) => cur = *t,
-            Some(_) => bail!("{path}: {comp} is not a directory in the snapshot"),
-            None => bail!("{path}: no entry {comp} in the snapshot"),
-        }
-    }
-    Ok(cur)
-}
 
 fn type_char(k: NodeType) -> char {
     match k {
@@ -42,7 +28,7 @@ pub async fn run(cli: &Cli, a: &LsArgs) -> Result<i32> {
     r.load_index().await?;
     let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
     let base = PathBuf::from(a.path.as_deref().unwrap_or("").trim_matches('/'));
-    let start = subtree(&r, snap.tree, &base.to_string_lossy()).await?;
+    let start = select::subtree(&r, snap.tree, &base.to_string_lossy()).await?;
     if cli.json {
         print_json(
             &serde_json::json!({ "message_type": "snapshot", "id": id.to_string(), "time": super::time_str(snap.time_ns) }),

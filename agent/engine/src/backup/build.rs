@@ -42,6 +42,11 @@ pub(crate) enum Pending {
         path: Vec<u8>,
         segs: Vec<Segment>,
     },
+    /// Unchanged according to the parent snapshot; recorded in the files cache.
+    Parent {
+        segs: Vec<Segment>,
+        cache: Option<(Vec<u8>, FileKey)>,
+    },
     /// Being stored; `cache` says where to record it in the files cache.
     Chunks {
         segs: Vec<PendingSeg>,
@@ -78,6 +83,12 @@ pub(crate) fn run(
                 Pending::Cached { path, segs } => {
                     if let Some(c) = cache.as_mut() {
                         c.touch(&path)?;
+                    }
+                    Content::Segments(segs)
+                }
+                Pending::Parent { segs, cache: key } => {
+                    if let (Some(c), Some((path, key))) = (cache.as_mut(), key) {
+                        c.put(&path, &key, &segs)?;
                     }
                     Content::Segments(segs)
                 }

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, NodeType, Saved, TreeId};
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
+use super::parent::{ParentTrees, same_file};
 use super::{BackupConfig, DIR_QUEUE, Tally};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
@@ -115,6 +116,11 @@ pub(crate) struct Pipeline<'a> {
     pub workers: usize,
     pub start_ns: i64,
     pub job: &'a Job,
+    /// The parent snapshot's trees, for files the cache does not answer.
+    pub parent: Option<ParentTrees>,
+    /// Key the files cache by the path inside the snapshot (a volume with an identity, which
+    /// may be mounted anywhere) instead of the absolute path.
+    pub cache_by_rel: bool,
 }
 
 type PipelineResult = (TreeId, Vec<String>, Vec<String>, Option<filescache::Writer>);
@@ -152,6 +158,8 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             recent_ns: p.start_ns - 1_000_000_000,
             force: p.cfg.force,
             job: p.job,
+            parent: p.parent,
+            cache_by_rel: p.cache_by_rel,
         };
         let scanned = sc.scan_sources(&p.sources);
         let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
@@ -185,6 +193,8 @@ struct Scanner<'a> {
     recent_ns: i64,
     force: bool,
     job: &'a Job,
+    parent: Option<ParentTrees>,
+    cache_by_rel: bool,
 }
 
 fn is_excluded(excludes: &[glob::Pattern], abs: &Path, name: &[u8]) -> bool {
@@ -289,7 +299,7 @@ impl Scanner<'_> {
                 self.scan_dir(abs, rel.clone(), false)?;
                 Pending::SubDir(rel)
             }
-            NodeType::File => match self.file(abs, &md, &mut node) {
+            NodeType::File => match self.file(abs, parent_rel, &md, &mut node) {
                 Ok(p) => p,
                 Err(_) if self.job.cancel.is_cancelled() => return Err(Cancelled.into()),
                 Err(e) => {
@@ -305,22 +315,43 @@ impl Scanner<'_> {
         Ok(Some((node, pending)))
     }
 
-    fn file(&mut self, abs: &Path, md: &std::fs::Metadata, node: &mut Node) -> std::io::Result<Pending> {
+    fn file(&mut self, abs: &Path, dir: &Path, md: &std::fs::Metadata, node: &mut Node) -> std::io::Result<Pending> {
         let key =
             FileKey { dev: md.dev(), ino: md.ino(), size: md.size(), mtime_ns: node.mtime_ns, ctime_ns: node.ctime_ns };
-        let path = abs.as_os_str().as_bytes();
+        let rel;
+        let path = if self.cache_by_rel {
+            rel = dir.join(fsmeta::path_of(&node.name));
+            rel.as_os_str().as_bytes()
+        } else {
+            abs.as_os_str().as_bytes()
+        };
         self.tally.bytes_total.fetch_add(md.size(), Relaxed);
         let lookup = match &self.cache {
             Some(c) => c.lookup(path, &key).unwrap_or(Lookup::Miss),
             None => Lookup::Miss,
         };
-        match lookup {
+        let lookup = match lookup {
             Lookup::Hit(segs) if !self.force && segs_known(self.writer, &segs) => {
-                self.tally.files_unchanged.fetch_add(1, Relaxed);
-                self.counters.files_done.fetch_add(1, Relaxed);
-                self.counters.bytes_done.fetch_add(md.size(), Relaxed);
+                self.unchanged(md.size());
                 return Ok(Pending::Cached { path: path.to_vec(), segs });
             }
+            other => other,
+        };
+        // Not in this machine's cache: the parent snapshot may know it.
+        if !self.force {
+            let from_parent = self
+                .parent
+                .as_mut()
+                .and_then(|p| p.file(dir, &node.name))
+                .and_then(|n| same_file(n, md.size(), node.mtime_ns, node.ctime_ns))
+                .filter(|segs| segs_known(self.writer, segs));
+            if let Some(segs) = from_parent {
+                self.unchanged(md.size());
+                let cache = self.cacheable(node).then(|| (path.to_vec(), key));
+                return Ok(Pending::Parent { segs, cache });
+            }
+        }
+        match lookup {
             Lookup::Miss => self.tally.files_new.fetch_add(1, Relaxed),
             _ => self.tally.files_changed.fetch_add(1, Relaxed),
         };
@@ -336,9 +367,20 @@ impl Scanner<'_> {
         let read_len: u64 = segs.iter().map(PendingSeg::len).sum();
         node.size = read_len;
         self.counters.files_done.fetch_add(1, Relaxed);
-        let cache =
-            (stable && node.mtime_ns < self.recent_ns && node.ctime_ns < self.recent_ns).then(|| (path.to_vec(), key));
+        let cache = (stable && self.cacheable(node)).then(|| (path.to_vec(), key));
         Ok(Pending::Chunks { segs, cache })
+    }
+
+    fn unchanged(&self, size: u64) {
+        self.tally.files_unchanged.fetch_add(1, Relaxed);
+        self.counters.files_done.fetch_add(1, Relaxed);
+        self.counters.bytes_done.fetch_add(size, Relaxed);
+    }
+
+    /// Not modified within the last second before the backup started (same-second edits
+    /// could go unseen by a later stat).
+    fn cacheable(&self, node: &Node) -> bool {
+        node.mtime_ns < self.recent_ns && node.ctime_ns < self.recent_ns
     }
 
     fn queue_chunk(&mut self, data: Vec<u8>, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {

@@ -17,7 +17,8 @@ use super::{Disk, MODE_BLOCK, MODE_TAG};
 use crate::backup::build::PendingSeg;
 use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
 use crate::backup::stream::StreamResolver;
-use crate::backup::{Outcome, latest_of, now_ns, snapshot, start_writer};
+use crate::backup::{Outcome, now_ns, parent_of, snapshot, start_writer};
+use crate::identity::Identity;
 use crate::job::Job;
 use crate::progress::Counters;
 
@@ -45,6 +46,9 @@ pub struct DiskConfig {
     pub cache_dir: Option<PathBuf>,
     /// Refuse a symlink at `path` (an image found inside a workload's volume).
     pub no_follow: bool,
+    /// What the disk is a copy of (see `BackupConfig::identity`).
+    pub identity: Option<Identity>,
+    pub requester: Option<String>,
 }
 
 /// The parent's content, one entry per chunk: `Some(blob)` or `None` for zeros.
@@ -102,14 +106,9 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
     repo.load_index().await.context("loading the repository index")?;
     let chunk = u64::from(repo.config().fixed_chunk_size);
     let paths = vec![crate::backup::recorded_path(&cfg.path)];
-    let parent = match cfg.parent {
-        Some(p) => Some(p),
-        None => latest_of(&repo, &cfg.host, &paths).await?,
-    };
-    let parent_map = match (&cfg.mode, parent) {
-        (Mode::Changed(_), Some(p)) => {
-            Some(parent_chunks(&repo, &repo.load_snapshot(&p).await?, chunk, disk.size).await?)
-        }
+    let parent = parent_of(&repo, cfg.parent, cfg.identity.as_ref(), &cfg.host, &paths).await?;
+    let parent_map = match (&cfg.mode, &parent) {
+        (Mode::Changed(_), Some((_, p))) => Some(parent_chunks(&repo, p, chunk, disk.size).await?),
         (Mode::Changed(_), None) => {
             bail!("--changed-blocks needs a parent snapshot of this disk (none found): run a full backup first")
         }
@@ -197,7 +196,10 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
     if md.is_file() && !tags.iter().any(|(k, _)| k == "image") {
         tags.push(("image".into(), cfg.name.clone()));
     }
-    let snapshot = snapshot(start_ns, root, parent, &cfg.host, paths, tags, summary);
+    if let Some(id) = &cfg.identity {
+        id.tag(&mut tags, cfg.requester.as_deref());
+    }
+    let snapshot = snapshot(start_ns, root, parent.map(|(id, _)| id), &cfg.host, paths, tags, summary);
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new(), resumed })
 }

@@ -47,6 +47,8 @@ pub fn config(path: &Path, host: &str) -> BackupConfig {
         parent: None,
         force: false,
         cache_dir: None,
+        identity: None,
+        requester: None,
     }
 }
 
