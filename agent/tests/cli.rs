@@ -39,5 +39,7 @@ mod hostile_target;
 mod incremental;
 #[path = "cli/interrupted.rs"]
 mod interrupted;
+#[path = "cli/json_contract.rs"]
+mod json_contract;
 #[path = "cli/keys.rs"]
 mod keys;
