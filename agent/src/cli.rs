@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 bad usage, 3 partial (some source files unreadable), \
-10 no repository, 11 repository newer than this ferry, 12 wrong password, 13 corrupt repository data.\n\
+10 no repository, 11 repository newer than this ferry, 12 wrong password, 13 corrupt repository data, \
+130 cancelled (SIGINT/SIGTERM: what was uploaded is indexed, no snapshot written).\n\
 Password: FERRY_PASSWORD, FERRY_PASSWORD_FILE, --password-file, or a prompt on a terminal.";
 
 #[derive(Debug, Parser)]

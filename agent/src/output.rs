@@ -98,6 +98,18 @@ pub fn error_line(json: bool, e: &anyhow::Error) {
     eprintln!("ferry: error: {msg}");
 }
 
+/// An entry's problem: a JSON line (`error` or `warning`, documented in docs/JSON.md) with
+/// `json`, else a line on stderr.
+pub fn entry(json: bool, level: &str, e: &ferry_engine::report::EntryError) {
+    if json {
+        print_json(&serde_json::json!({
+            "message_type": level, "kind": e.kind, "path": e.path, "error": e.to_string(),
+        }));
+    } else {
+        eprintln!("ferry: {level}: {}", escape(&e.to_string()));
+    }
+}
+
 /// One JSON line on stdout.
 pub fn print_json(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();

@@ -30,6 +30,7 @@ use repo_format::{BlobWriter, Repository, Resumed, Snapshot, SnapshotId, Summary
 use crate::filescache;
 use crate::identity::Identity;
 use crate::job::{CancelToken, Job, Limits};
+use crate::report::{EntryError, EntryErrorKind};
 
 /// Directory records waiting for the tree builder.
 const DIR_QUEUE: usize = 256;
@@ -57,10 +58,11 @@ pub struct BackupConfig {
 pub struct Outcome {
     pub snapshot_id: SnapshotId,
     pub snapshot: Snapshot,
-    /// One line per entry that could not be read.
-    pub errors: Vec<String>,
-    /// Entries that changed while being read (kept, but worth knowing).
-    pub warnings: Vec<String>,
+    /// Entries that could not be read or stored.
+    pub errors: Vec<EntryError>,
+    /// Entries that changed while being read (kept, but worth knowing); the files cache not
+    /// updated.
+    pub warnings: Vec<EntryError>,
     /// Packs of an interrupted backup that this one indexed and reused.
     pub resumed: Resumed,
 }
@@ -241,7 +243,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
     let finished = repo.finish_writer(writer.clone()).await.context("uploading packs and index");
     // When the writer failed (storage gone, disk full), that is the cause: the pipeline only
     // saw its consumer stop.
-    let (root, mut errors, warnings, cache_writer) = match (result, finished) {
+    let (root, errors, mut warnings, cache_writer) = match (result, finished) {
         (_, Err(e)) => return Err(e),
         (Err(e), Ok(_)) => return Err(e),
         (Ok(r), Ok(_)) => r,
@@ -272,7 +274,10 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     if let Some(w) = cache_writer {
         if let Err(e) = w.commit() {
-            errors.push(format!("files cache not updated (the next backup re-reads files): {e:#}"));
+            warnings.push(EntryError::general(
+                EntryErrorKind::Cache,
+                format!("files cache not updated (the next backup re-reads files): {e:#}"),
+            ));
         }
     }
     Ok(Outcome { snapshot_id, snapshot, errors, warnings, resumed })

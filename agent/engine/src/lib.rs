@@ -24,6 +24,7 @@ pub mod job;
 pub mod location;
 pub mod podvolume;
 pub mod progress;
+pub mod report;
 pub mod restore;
 pub mod safefs;
 pub mod select;

@@ -33,6 +33,7 @@ use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment
 
 use crate::fsmeta::path_of;
 use crate::job::Job;
+use crate::report::{EntryError, EntryErrorKind};
 use crate::safefs::{FileId, SafeRoot};
 
 /// How a restore treats what it writes.
@@ -171,7 +172,7 @@ pub struct RestorePlan {
     pub hardlinks: Vec<(PathBuf, usize, Node)>,
     pub specials: Vec<(PathBuf, Node)>,
     /// Entries refused (unsafe or duplicate names), one line each.
-    pub rejected: Vec<String>,
+    pub rejected: Vec<EntryError>,
     pub bytes: u64,
 }
 
@@ -182,7 +183,7 @@ pub struct Outcome {
     pub dirs: u64,
     pub specials: u64,
     pub bytes_written: u64,
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
     /// Files whose content could not be restored: emptied, listed in `errors`.
     pub incomplete: u64,
     pub verified: Option<u64>,
@@ -194,7 +195,7 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
     let mut budget = Budget::new(opts.max_plan_bytes);
     let mut memo = TreeMemo::default();
     let mut rejected_more = 0usize;
-    let mut reject = |p: &mut RestorePlan, line: String| {
+    let mut reject = |p: &mut RestorePlan, line: EntryError| {
         if p.rejected.len() < MAX_REJECTED_LINES {
             p.rejected.push(line);
         } else {
@@ -212,7 +213,14 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
     let mut dir_index: Vec<(PathBuf, Node)> = Vec::new();
     while let Some((tree_id, rel, depth, inherited)) = stack.pop() {
         if depth > MAX_DEPTH {
-            reject(&mut p, format!("{}: nested deeper than {MAX_DEPTH} directories; refused", rel.display()));
+            reject(
+                &mut p,
+                EntryError::new(
+                    EntryErrorKind::Refused,
+                    &rel,
+                    format!("nested deeper than {MAX_DEPTH} directories; refused"),
+                ),
+            );
             continue;
         }
         let tree = memo.get(repo, tree_id).await.with_context(|| format!("reading the tree of {:?}", rel))?;
@@ -222,12 +230,16 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
             if !node.has_safe_name() {
                 reject(
                     &mut p,
-                    format!("{}: unsafe name {:?} refused", rel.display(), String::from_utf8_lossy(&node.name)),
+                    EntryError::new(
+                        EntryErrorKind::Refused,
+                        &rel,
+                        format!("unsafe name {:?} refused", String::from_utf8_lossy(&node.name)),
+                    ),
                 );
                 continue;
             }
             if !seen.insert(&node.name) {
-                reject(&mut p, format!("{}: duplicate entry refused", shown.display()));
+                reject(&mut p, EntryError::new(EntryErrorKind::Refused, &shown, "duplicate entry refused"));
                 continue;
             }
             if filter.excluded(&shown) {
@@ -244,7 +256,10 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                     dir_index.push((shown, node.clone()));
                 }
                 (NodeType::Dir, _) => {
-                    reject(&mut p, format!("{}: directory without a tree refused", shown.display()));
+                    reject(
+                        &mut p,
+                        EntryError::new(EntryErrorKind::Refused, &shown, "directory without a tree refused"),
+                    );
                 }
                 _ if !selected => {}
                 (NodeType::File, Content::Segments(segs)) => {
@@ -255,11 +270,14 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                     if covered != Some(node.size) {
                         reject(
                             &mut p,
-                            format!(
-                                "{}: its content covers {} bytes but its size is {}: the snapshot is damaged; refused",
-                                shown.display(),
-                                covered.map_or("more than 2^64".to_string(), |c| c.to_string()),
-                                node.size
+                            EntryError::new(
+                                EntryErrorKind::Refused,
+                                &shown,
+                                format!(
+                                    "its content covers {} bytes but its size is {}: the snapshot is damaged; refused",
+                                    covered.map_or("more than 2^64".to_string(), |c| c.to_string()),
+                                    node.size
+                                ),
                             ),
                         );
                         continue;
@@ -278,7 +296,11 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                 (NodeType::File, _) if node.size != 0 => {
                     reject(
                         &mut p,
-                        format!("{}: a file of {} bytes without content refused", shown.display(), node.size),
+                        EntryError::new(
+                            EntryErrorKind::Refused,
+                            &shown,
+                            format!("a file of {} bytes without content refused", node.size),
+                        ),
                     );
                 }
                 (NodeType::File, _) => {
@@ -289,7 +311,11 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                 (NodeType::CharDev | NodeType::BlockDev, _) if !opts.allow_devices => {
                     reject(
                         &mut p,
-                        format!("{}: device node refused (restore with --allow-devices to create it)", shown.display()),
+                        EntryError::new(
+                            EntryErrorKind::Refused,
+                            &shown,
+                            "device node refused (restore with --allow-devices to create it)",
+                        ),
                     );
                 }
                 _ => {
@@ -301,7 +327,8 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
         }
     }
     if rejected_more > 0 {
-        p.rejected.push(format!("… and {rejected_more} more entries refused"));
+        p.rejected
+            .push(EntryError::general(EntryErrorKind::Refused, format!("… and {rejected_more} more entries refused")));
     }
     dir_index.retain(|(rel, _)| wanted_dirs.contains(rel));
     dir_index.sort_by(|a, b| a.0.cmp(&b.0));
@@ -427,7 +454,7 @@ impl content::Targets for PlanTargets {
 struct Made {
     files: Vec<Option<FileId>>,
     specials: Vec<Option<FileId>>,
-    errors: Vec<String>,
+    errors: Vec<EntryError>,
 }
 
 /// Directories, empty files, hardlinks, FIFOs and devices.
@@ -435,7 +462,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut errors = Vec::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
         if let Err(e) = root.mkdir(rel) {
-            errors.push(format!("{}: {e}", rel.display()));
+            errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
         }
     }
     let mut files = Vec::with_capacity(plan.files.len());
@@ -443,7 +470,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         match root.create_file(&f.rel, f.node.size) {
             Ok((_, id)) => files.push(Some(id)),
             Err(e) => {
-                errors.push(format!("{}: {e}", f.rel.display()));
+                errors.push(EntryError::new(EntryErrorKind::Write, &f.rel, format!("{e}")));
                 files.push(None);
             }
         }
@@ -453,7 +480,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
             continue;
         }
         if let Err(e) = root.hardlink(&plan.files[*first].rel, rel) {
-            errors.push(format!("{}: {e}", rel.display()));
+            errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
         }
     }
     let mut specials = Vec::with_capacity(plan.specials.len());
@@ -465,7 +492,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         match root.create_special(rel, node) {
             Ok(id) => specials.push(Some(id)),
             Err(e) => {
-                errors.push(format!("{}: {e}", rel.display()));
+                errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
                 specials.push(None);
             }
         }
@@ -481,11 +508,11 @@ fn metadata(
     files: &[Option<FileId>],
     specials: &[Option<FileId>],
     failed: &HashSet<usize>,
-) -> Vec<String> {
+) -> Vec<EntryError> {
     let mut errors = Vec::new();
-    let mut note = |rel: &Path, r: std::io::Result<()>| {
+    let note = |errors: &mut Vec<EntryError>, rel: &Path, r: std::io::Result<()>| {
         if let Err(e) = r {
-            errors.push(format!("{}: {e}", rel.display()));
+            errors.push(EntryError::new(EntryErrorKind::Metadata, rel, e));
         }
     };
     let mut specials = specials.to_vec();
@@ -493,7 +520,7 @@ fn metadata(
         if node.kind == NodeType::Symlink {
             match root.create_special(rel, node) {
                 Ok(id) => specials[i] = Some(id),
-                Err(e) => note(rel, Err(e)),
+                Err(e) => note(&mut errors, rel, Err(e)),
             }
         }
     }
@@ -501,24 +528,25 @@ fn metadata(
         let Some(id) = files[i] else { continue };
         if failed.contains(&i) {
             let emptied = root.open_file(&f.rel, true, Some(id)).and_then(|file| file.set_len(0));
-            note(
+            errors.push(EntryError::new(
+                EntryErrorKind::Incomplete,
                 &f.rel,
-                Err(std::io::Error::other(match emptied {
+                match emptied {
                     Ok(()) => "content incomplete: the file was emptied (see the errors above)".to_string(),
                     Err(e) => format!("content incomplete, and emptying it failed: {e}"),
-                })),
-            );
+                },
+            ));
             continue;
         }
-        note(&f.rel, root.set_metadata(&f.rel, &f.node, Some(id)));
+        note(&mut errors, &f.rel, root.set_metadata(&f.rel, &f.node, Some(id)));
     }
     for (i, (rel, node)) in plan.specials.iter().enumerate() {
         if let Some(id) = specials[i] {
-            note(rel, root.set_metadata(rel, node, Some(id)));
+            note(&mut errors, rel, root.set_metadata(rel, node, Some(id)));
         }
     }
     for (rel, node) in plan.dirs.iter().skip(1).rev() {
-        note(rel, root.set_metadata(rel, node, None));
+        note(&mut errors, rel, root.set_metadata(rel, node, None));
     }
     errors
 }

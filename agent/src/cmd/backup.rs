@@ -103,10 +103,13 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
     let out = out?;
     let s: &Summary = &out.snapshot.summary;
     let id = out.snapshot_id;
+    for e in &out.errors {
+        crate::output::entry(cli.json, "error", e);
+    }
+    for w in &out.warnings {
+        crate::output::entry(cli.json, "warning", w);
+    }
     if cli.json {
-        for e in &out.errors {
-            print_json(&serde_json::json!({ "message_type": "error", "error": e }));
-        }
         print_json(&serde_json::json!({
             "message_type": "summary",
             "snapshot_id": id.to_string(),
@@ -116,19 +119,13 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
             "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
             "data_blobs_added": s.data_blobs_added, "tree_blobs_added": s.tree_blobs_added,
-            "errors": out.errors.len(), "warnings": out.warnings,
+            "errors": out.errors.len(), "warnings": out.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
             "duration_s": s.duration_ns as f64 / 1e9,
             "requests": repo::counts_json(&counts),
             "resumed": { "packs": out.resumed.packs, "blobs": out.resumed.blobs, "bytes": out.resumed.bytes,
                          "missing": out.resumed.missing },
         }));
     } else {
-        for e in &out.errors {
-            eprintln!("ferry: error: {}", crate::output::escape(e));
-        }
-        for w in &out.warnings {
-            eprintln!("ferry: warning: {}", crate::output::escape(w));
-        }
         if !cli.quiet {
             if out.resumed.packs > 0 {
                 println!(

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{Cli, RestoreArgs};
-use crate::output::{bytes, escape, print_json};
+use crate::output::{bytes, print_json};
 use crate::progress::{Mode, Progress};
 use crate::{exit, repo};
 use ferry_engine::restore::{self, Filter, RestoreOptions};
@@ -36,33 +36,28 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     drop(progress);
     let out = out?;
     let secs = started.elapsed().as_secs_f64();
+    for e in &out.errors {
+        crate::output::entry(cli.json, "error", e);
+    }
     if cli.json {
-        for e in &out.errors {
-            print_json(&serde_json::json!({ "message_type": "error", "error": escape(e) }));
-        }
         print_json(&serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_string(), "target": a.target.display().to_string(),
             "files": out.files, "dirs": out.dirs, "other_entries": out.specials, "bytes_written": out.bytes_written,
             "incomplete_files": out.incomplete, "verified_files": out.verified, "errors": out.errors.len(),
             "duration_s": secs, "requests": repo::counts_json(&counts),
         }));
-    } else {
-        for e in &out.errors {
-            eprintln!("ferry: error: {}", escape(e));
-        }
-        if !cli.quiet {
-            println!(
-                "restored snapshot {} to {}: {} files, {} dirs, {} other, {} written in {secs:.2} s",
-                id.0.short(),
-                a.target.display(),
-                out.files,
-                out.dirs,
-                out.specials,
-                bytes(out.bytes_written)
-            );
-            if let Some(n) = out.verified {
-                println!("verified {n} files{}", if out.errors.is_empty() { ": all match the snapshot" } else { "" });
-            }
+    } else if !cli.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} other, {} written in {secs:.2} s",
+            id.0.short(),
+            a.target.display(),
+            out.files,
+            out.dirs,
+            out.specials,
+            bytes(out.bytes_written)
+        );
+        if let Some(n) = out.verified {
+            println!("verified {n} files{}", if out.errors.is_empty() { ": all match the snapshot" } else { "" });
         }
     }
     // Entries refused or not fully restored: the restore is partial.
@@ -94,30 +89,25 @@ async fn restore_disk(
     drop(progress);
     let out = out.with_context(|| format!("restoring disk snapshot {} to {}", id.0.short(), a.target.display()))?;
     let secs = started.elapsed().as_secs_f64();
+    for e in &out.errors {
+        crate::output::entry(cli.json, "error", e);
+    }
     if cli.json {
-        for e in &out.errors {
-            print_json(&serde_json::json!({ "message_type": "error", "error": escape(e) }));
-        }
         print_json(&serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_string(), "target": out.target.display().to_string(),
             "disk_size": out.size, "bytes_written": out.bytes_written, "bytes_zeroed": out.bytes_zeroed,
             "verified": out.verified, "errors": out.errors.len(), "duration_s": secs, "requests": repo::counts_json(&counts),
         }));
-    } else {
-        for e in &out.errors {
-            eprintln!("ferry: error: {}", escape(e));
-        }
-        if !cli.quiet {
-            println!(
-                "restored disk snapshot {} to {}: {} disk, {} written, {} zeroed in {secs:.2} s{}",
-                id.0.short(),
-                out.target.display(),
-                bytes(out.size),
-                bytes(out.bytes_written),
-                bytes(out.bytes_zeroed),
-                if out.verified { "; verified" } else { "" }
-            );
-        }
+    } else if !cli.quiet {
+        println!(
+            "restored disk snapshot {} to {}: {} disk, {} written, {} zeroed in {secs:.2} s{}",
+            id.0.short(),
+            out.target.display(),
+            bytes(out.size),
+            bytes(out.bytes_written),
+            bytes(out.bytes_zeroed),
+            if out.verified { "; verified" } else { "" }
+        );
     }
     Ok(if out.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }

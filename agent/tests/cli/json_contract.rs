@@ -394,6 +394,30 @@ fn json_output_of_every_command_is_documented() {
     let s = lines.iter().find(|l| l["message_type"] == "summary").unwrap();
     assert_eq!(s["parent"].as_str(), Some(files_snap.as_str()), "the second backup's parent: {s}");
 
+    // A file rewritten while it is read: its `warning` line (kind `changed`). A thread bumps
+    // its mtime every millisecond while the backup runs; reading 16 MiB takes longer.
+    let busy = env.path("busy");
+    write(&busy.join("growing.bin"), &random_bytes("json-busy", 16 << 20));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toucher = {
+        let (file, stop) = (busy.join("growing.bin"), stop.clone());
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            let mut n = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::os::unix::fs::FileExt::write_all_at(&f, &[n], 0).unwrap();
+                n = n.wrapping_add(1);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let out = env.ferry().args(["backup", "--json", "--host", "busy"]).arg(&busy).output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    toucher.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = check(&doc, &mut cov, "backup", &out);
+    assert!(has_line(&lines, "warning"), "a warning line for the file changed while read: {lines:?}");
+
     let img = env.path("disk.img");
     {
         use std::os::unix::fs::FileExt;

@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 use repo_format::{BlobKind, BlobWriter, Content, Node, Saved, Segment, Tree, TreeId, encode_segment_list};
 
 use crate::filescache::{self, FileKey};
+use crate::report::{EntryError, EntryErrorKind};
 
 /// Segments per indirect blob (37 bytes each: about 2.4 MiB).
 pub(crate) const SEGMENTS_PER_BLOB: usize = 65536;
@@ -61,7 +62,7 @@ pub(crate) struct DirRecord {
     pub root: bool,
 }
 
-type BuildResult = (TreeId, Option<filescache::Writer>, Vec<String>);
+type BuildResult = (TreeId, Option<filescache::Writer>, Vec<EntryError>);
 
 pub(crate) fn run(
     rx: Receiver<DirRecord>,
@@ -102,7 +103,7 @@ pub(crate) fn run(
                     }
                     Err(e) => {
                         let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
-                        errors.push(format!("{}: not stored: {e}", name.display()));
+                        errors.push(EntryError::new(EntryErrorKind::NotStored, &name, format!("not stored: {e}")));
                         continue;
                     }
                 },

@@ -24,6 +24,7 @@ use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
 use crate::job::{CancelToken, Cancelled, Job, Permit};
 use crate::progress::Counters;
+use crate::report::{EntryError, EntryErrorKind};
 
 /// One chunk for the blob workers, with the channel its id goes back on.
 pub(crate) struct ChunkJob {
@@ -123,7 +124,7 @@ pub(crate) struct Pipeline<'a> {
     pub cache_by_rel: bool,
 }
 
-type PipelineResult = (TreeId, Vec<String>, Vec<String>, Option<filescache::Writer>);
+type PipelineResult = (TreeId, Vec<EntryError>, Vec<EntryError>, Option<filescache::Writer>);
 
 /// Run the three stages to completion; returns the root tree and the error and warning lines.
 pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
@@ -170,7 +171,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
         let (root, cache_writer, build_errors) = built?;
         let mut errors = errors;
         errors.extend(build_errors);
-        warnings.sort();
+        warnings.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((root, errors, warnings, cache_writer))
     })
 }
@@ -187,8 +188,8 @@ struct Scanner<'a> {
     cache: Option<filescache::Reader>,
     chunks: Sender<ChunkJob>,
     dirs: Sender<DirRecord>,
-    errors: Vec<String>,
-    warnings: Vec<String>,
+    errors: Vec<EntryError>,
+    warnings: Vec<EntryError>,
     /// Files modified after this are not trusted to the files cache (same-second edits).
     recent_ns: i64,
     force: bool,
@@ -209,9 +210,9 @@ fn is_excluded(excludes: &[glob::Pattern], abs: &Path, name: &[u8]) -> bool {
 impl Scanner<'_> {
     fn error(&mut self, what: &Path, e: impl std::fmt::Display) {
         self.counters.errors.fetch_add(1, Relaxed);
-        let line = format!("{}: {e}", what.display());
-        tracing::warn!("{line}");
-        self.errors.push(line);
+        let error = EntryError::new(EntryErrorKind::Read, what, e);
+        tracing::warn!("{error}");
+        self.errors.push(error);
     }
 
     /// A single directory source is the snapshot's root; otherwise the root lists each source
@@ -362,7 +363,7 @@ impl Scanner<'_> {
             a.size() == md.size() && a.mtime() == md.mtime() && a.mtime_nsec() == md.mtime_nsec() && a.ino() == md.ino()
         });
         if !stable {
-            self.warnings.push(format!("{}: changed while it was read", abs.display()));
+            self.warnings.push(EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read"));
         }
         let read_len: u64 = segs.iter().map(PendingSeg::len).sum();
         node.size = read_len;

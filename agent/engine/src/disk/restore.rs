@@ -26,6 +26,7 @@ use repo_format::{Content, Repository, Segment, Snapshot};
 
 use super::Disk;
 use crate::job::Job;
+use crate::report::{EntryError, EntryErrorKind};
 use crate::restore::content::{self, Targets};
 use crate::safefs::SafeRoot;
 
@@ -54,7 +55,7 @@ pub struct DiskOutcome {
     pub size: u64,
     pub bytes_written: u64,
     pub bytes_zeroed: u64,
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
     pub verified: bool,
 }
 
@@ -203,8 +204,16 @@ pub async fn run(
     if !is_device && !errors.is_empty() {
         // Nothing incomplete may look restored.
         match file.set_len(0) {
-            Ok(()) => errors.push(format!("{name}: content incomplete: the image was emptied")),
-            Err(e) => errors.push(format!("{name}: content incomplete, and emptying it failed: {e}")),
+            Ok(()) => errors.push(EntryError::new(
+                EntryErrorKind::Incomplete,
+                &name,
+                "content incomplete: the image was emptied",
+            )),
+            Err(e) => errors.push(EntryError::new(
+                EntryErrorKind::Incomplete,
+                &name,
+                format!("content incomplete, and emptying it failed: {e}"),
+            )),
         }
     }
     if !is_device && errors.is_empty() {
@@ -221,7 +230,7 @@ pub async fn run(
         match verify(repo.master_key(), &file, &target_set.segments) {
             Ok(()) => true,
             Err(e) => {
-                errors.push(format!("{name}: verify failed: {e}"));
+                errors.push(EntryError::new(EntryErrorKind::Verify, &name, format!("verify failed: {e}")));
                 false
             }
         }

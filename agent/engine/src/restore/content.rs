@@ -18,6 +18,7 @@ use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, 
 
 use crate::job::Job;
 use crate::progress::Counters;
+use crate::report::{EntryError, EntryErrorKind};
 
 const MAX_GAP: u64 = 256 << 10;
 const MAX_RANGE: u64 = 4 << 20;
@@ -57,7 +58,7 @@ struct Range {
 #[derive(Debug, Default)]
 pub(crate) struct Written {
     pub bytes: u64,
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
     /// Targets that did not get all their content.
     pub failed: HashSet<usize>,
 }
@@ -77,10 +78,10 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
                 match wants.get_mut(id) {
                     Some(w) if w.len == *len => w.targets.push((fi, off)),
                     Some(_) => {
-                        done.errors.push(format!(
-                            "{}: blob {} is used with two different lengths",
+                        done.errors.push(EntryError::new(
+                            EntryErrorKind::Content,
                             targets.name(fi),
-                            id
+                            format!("blob {id} is used with two different lengths"),
                         ));
                         done.failed.insert(fi);
                     }
@@ -89,7 +90,11 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
                             wants.insert(*id, Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
                         }
                         None => {
-                            done.errors.push(format!("{}: blob {} is not in the index", targets.name(fi), id));
+                            done.errors.push(EntryError::new(
+                                EntryErrorKind::Content,
+                                targets.name(fi),
+                                format!("blob {id} is not in the index"),
+                            ));
                             done.failed.insert(fi);
                         }
                     },
@@ -136,8 +141,10 @@ pub(crate) async fn write_all(
 ) -> Written {
     let counters = job.progress.clone();
     let (ranges, mut done) = ranges(&repo, &*targets, skip);
+    let bufs: Arc<Bufs> = Arc::default();
     let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
+        let bufs = bufs.clone();
         async move {
             if cancel.is_cancelled() {
                 // Not read: its files are incomplete (the caller reports the cancellation).
@@ -148,12 +155,17 @@ pub(crate) async fn write_all(
                 };
             }
             match repo.storage().read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start).await {
-                Ok(bytes) => tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters))
-                    .await
-                    .expect("write task"),
+                Ok(bytes) => {
+                    tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters, &bufs))
+                        .await
+                        .expect("write task")
+                }
                 Err(e) => RangeResult {
                     bytes: 0,
-                    errors: vec![format!("pack {}: {e}", r.pack.0.short())],
+                    errors: vec![EntryError::general(
+                        EntryErrorKind::Content,
+                        format!("pack {}: {e}", r.pack.0.short()),
+                    )],
                     failed: r.blobs.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect(),
                 },
             }
@@ -173,18 +185,25 @@ pub(crate) async fn write_all(
 /// What one range did.
 struct RangeResult {
     bytes: u64,
-    errors: Vec<String>,
+    errors: Vec<EntryError>,
     failed: Vec<usize>,
 }
 
-fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8], counters: &Counters) -> RangeResult {
+fn write_range(
+    repo: &Repository,
+    targets: &dyn Targets,
+    r: &Range,
+    bytes: &[u8],
+    counters: &Counters,
+    bufs: &Bufs,
+) -> RangeResult {
     let mut files: HashMap<usize, File> = HashMap::new();
     let mut written = 0u64;
     let mut errors = Vec::new();
     let mut failed = Vec::new();
     // Decryption and decompression buffers, reused for every blob (one pair per range in
     // flight, so their memory is bounded like the ranges').
-    let (mut scratch, mut plain) = BUFS.lock().expect("lock").pop().unwrap_or_default();
+    let (mut scratch, mut plain) = bufs.lock().expect("lock").pop().unwrap_or_default();
     for w in &r.blobs {
         let at = (u64::from(w.loc.offset) - r.start) as usize;
         let stored = &bytes[at..at + w.loc.stored_len as usize];
@@ -192,17 +211,23 @@ fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8]
         match repo_format::open_blob_into(key, &w.loc.salt, BlobKind::Data, &w.id, stored, &mut scratch, &mut plain) {
             Ok(()) => {}
             Err(e) => {
-                errors.push(format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()));
+                errors.push(EntryError::general(
+                    EntryErrorKind::Content,
+                    format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()),
+                ));
                 failed.extend(w.targets.iter().map(|t| t.0));
                 continue;
             }
         };
         if plain.len() != w.loc.raw_len as usize || plain.len() != w.len as usize {
-            errors.push(format!(
-                "blob {}: length {} differs from the index's {} or the file's segment",
-                w.id.0.short(),
-                plain.len(),
-                w.loc.raw_len
+            errors.push(EntryError::general(
+                EntryErrorKind::Content,
+                format!(
+                    "blob {}: length {} differs from the index's {} or the file's segment",
+                    w.id.0.short(),
+                    plain.len(),
+                    w.loc.raw_len
+                ),
             ));
             failed.extend(w.targets.iter().map(|t| t.0));
             continue;
@@ -213,14 +238,14 @@ fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8]
                 std::collections::hash_map::Entry::Vacant(v) => match targets.open(fi) {
                     Ok(f) => v.insert(f),
                     Err(e) => {
-                        errors.push(format!("{}: {e}", targets.name(fi)));
+                        errors.push(EntryError::new(EntryErrorKind::Write, targets.name(fi), e));
                         failed.push(fi);
                         continue;
                     }
                 },
             };
             if let Err(e) = f.write_all_at(&plain, off) {
-                errors.push(format!("{}: {e}", targets.name(fi)));
+                errors.push(EntryError::new(EntryErrorKind::Write, targets.name(fi), e));
                 failed.push(fi);
                 continue;
             }
@@ -229,9 +254,9 @@ fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8]
         }
     }
     if scratch.capacity() <= BUF_KEEP && plain.capacity() <= BUF_KEEP {
-        let mut bufs = BUFS.lock().expect("lock");
-        if bufs.len() < IN_FLIGHT {
-            bufs.push((scratch, plain));
+        let mut idle = bufs.lock().expect("lock");
+        if idle.len() < IN_FLIGHT {
+            idle.push((scratch, plain));
         }
     }
     RangeResult { bytes: written, errors, failed }
@@ -241,5 +266,5 @@ fn write_range(repo: &Repository, targets: &dyn Targets, r: &Range, bytes: &[u8]
 /// freed after use.
 const BUF_KEEP: usize = 2 << 20;
 
-/// Idle buffer pairs (at most `IN_FLIGHT`).
-static BUFS: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+/// Idle decryption and decompression buffer pairs of one restore (at most `IN_FLIGHT`).
+type Bufs = std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>;

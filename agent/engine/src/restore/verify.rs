@@ -11,6 +11,7 @@ use repo_format::{MasterKey, Segment};
 use std::collections::HashSet;
 
 use super::RestorePlan;
+use crate::report::{EntryError, EntryErrorKind};
 use crate::safefs::{FileId, SafeRoot};
 
 /// Returns the number of files checked and one line per mismatch. Files that were not created
@@ -21,7 +22,7 @@ pub(super) async fn verify(
     plan: Arc<RestorePlan>,
     ids: Arc<Vec<Option<FileId>>>,
     failed: Arc<HashSet<usize>>,
-) -> (u64, Vec<String>) {
+) -> (u64, Vec<EntryError>) {
     tokio::task::spawn_blocking(move || {
         let next = AtomicUsize::new(0);
         let checked = AtomicUsize::new(0);
@@ -36,7 +37,11 @@ pub(super) async fn verify(
                         let Some(id) = ids[i].filter(|_| !failed.contains(&i)) else { continue };
                         checked.fetch_add(1, Relaxed);
                         if let Err(e) = check(&master, &root, f, id) {
-                            errors.lock().expect("lock").push(format!("{}: verify failed: {e}", f.rel.display()));
+                            errors.lock().expect("lock").push(EntryError::new(
+                                EntryErrorKind::Verify,
+                                &f.rel,
+                                format!("verify failed: {e}"),
+                            ));
                         }
                     }
                 });
