@@ -157,27 +157,36 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<i32> {
     for (i, part) in buf.chunks(len / 8).enumerate() {
         std::fs::write(src.join(format!("file-{i}")), part)?;
     }
-    let exe = std::env::current_exe()?;
-    let repo = dir.path().join("repo");
-    let ferry = |args: &[&str]| -> Result<()> {
-        let st = std::process::Command::new(&exe)
-            .env("FERRY_PASSWORD", "bench")
-            .env("FERRY_CACHE_DIR", dir.path().join("cache"))
-            .arg("--repo")
-            .arg(&repo)
-            .arg("-q")
-            .args(args)
-            .status()?;
-        anyhow::ensure!(st.success(), "ferry {args:?} failed");
-        Ok(())
+    // In-process, through the engine, as a backup and a restore run in the CLI or the agent.
+    let repo_dir = dir.path().join("repo");
+    let storage: std::sync::Arc<dyn repo_format::Storage> =
+        std::sync::Arc::new(repo_format::ObjectStorage::local(&repo_dir).context("creating the benchmark repository")?);
+    let kdf = repo_format::KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
+    let config = repo_format::RepoConfig::new(0);
+    let repo = std::sync::Arc::new(repo_format::Repository::init(storage, b"bench", kdf, config, "bench").await?);
+    let limits = crate::env::limits();
+    let cfg = ferry_engine::backup::BackupConfig {
+        paths: vec![src.clone()],
+        excludes: Vec::new(),
+        host: "bench".into(),
+        tags: Vec::new(),
+        parent: None,
+        force: false,
+        cache_dir: Some(dir.path().join("cache")),
+        identity: None,
+        requester: None,
     };
-    ferry(&["init", "--kdf-memory", "64", "--kdf-iterations", "1"])?;
     let t = Instant::now();
-    ferry(&["backup", src.to_str().context("path")?])?;
+    let job = ferry_engine::Job::new().with_limits(limits.clone());
+    let out = ferry_engine::backup::run(repo.clone(), cfg, &job).await.context("benchmark backup")?;
     let backup_s = t.elapsed().as_secs_f64();
     let target = dir.path().join("restore");
     let t = Instant::now();
-    ferry(&["restore", "latest", "--target", target.to_str().context("path")?])?;
+    let opts = ferry_engine::restore::RestoreOptions::default();
+    let plan = ferry_engine::restore::plan(&repo, out.snapshot.tree, &Default::default(), &opts).await?;
+    let job = ferry_engine::Job::new().with_limits(limits);
+    let restored = ferry_engine::restore::execute(repo, plan, &target, &job, &opts).await?;
+    anyhow::ensure!(restored.errors.is_empty(), "benchmark restore: {}", restored.errors[0]);
     let restore_s = t.elapsed().as_secs_f64();
     report.insert(
         "pipeline".into(),
