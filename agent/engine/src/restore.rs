@@ -462,7 +462,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut errors = Vec::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
         if let Err(e) = root.mkdir(rel) {
-            errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
+            errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
         }
     }
     let mut files = Vec::with_capacity(plan.files.len());
@@ -480,7 +480,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
             continue;
         }
         if let Err(e) = root.hardlink(&plan.files[*first].rel, rel) {
-            errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
+            errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
         }
     }
     let mut specials = Vec::with_capacity(plan.specials.len());
@@ -492,7 +492,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         match root.create_special(rel, node) {
             Ok(id) => specials.push(Some(id)),
             Err(e) => {
-                errors.push(EntryError::new(EntryErrorKind::Write, &rel, format!("{e}")));
+                errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
                 specials.push(None);
             }
         }
