@@ -9,6 +9,7 @@
 //! `chunk-size` and, for images, `image`.
 
 pub mod backup;
+mod parent;
 pub mod ranges;
 pub mod restore;
 

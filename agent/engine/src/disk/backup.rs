@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::bounded;
-use repo_format::{
-    BlobKind, Content, Node, NodeType, Repository, Segment, Snapshot, SnapshotId, Summary, Tree, TreeId,
-};
+use repo_format::{BlobKind, Content, Node, NodeType, Repository, Segment, SnapshotId, Summary, Tree, TreeId};
 
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
@@ -18,6 +16,7 @@ use crate::backup::build::PendingSeg;
 use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
 use crate::backup::stream::StreamResolver;
 use crate::backup::{Outcome, now_ns, parent_of, snapshot, start_writer};
+use crate::disk::parent::ParentCursor;
 use crate::identity::Identity;
 use crate::job::Job;
 use crate::progress::Counters;
@@ -51,49 +50,6 @@ pub struct DiskConfig {
     pub requester: Option<String>,
 }
 
-/// The parent's content, one entry per chunk: `Some(blob)` or `None` for zeros.
-async fn parent_chunks(
-    repo: &Repository,
-    parent: &Snapshot,
-    chunk: u64,
-    size: u64,
-) -> Result<Vec<Option<(repo_format::BlobId, u32)>>> {
-    let tree = repo.read_tree(&parent.tree).await?;
-    let [node] = tree.nodes.as_slice() else { bail!("the parent snapshot is not a disk snapshot") };
-    if node.size != size {
-        bail!(
-            "the disk is {size} bytes but was {} in the parent snapshot: back up without --changed-blocks",
-            node.size
-        );
-    }
-    let Content::Segments(segs) = &node.content else { bail!("the parent snapshot's disk has no content list") };
-    let mut budget = crate::restore::Budget::new(crate::disk::restore::disk_plan_bytes(size));
-    let segs = crate::restore::expand(repo, segs, &mut budget).await?;
-    let n = size.div_ceil(chunk) as usize;
-    let mut out = Vec::with_capacity(n);
-    for s in segs {
-        match s {
-            Segment::Blob { id, len } => {
-                if u64::from(len) != chunk && out.len() + 1 != n {
-                    bail!("the parent snapshot was cut with another chunk size: back up without --changed-blocks");
-                }
-                out.push(Some((id, len)));
-            }
-            Segment::Zero { len } => {
-                if len % chunk != 0 && out.len() as u64 + len.div_ceil(chunk) != n as u64 {
-                    bail!("the parent snapshot's zero runs are not chunk-aligned");
-                }
-                out.extend(std::iter::repeat_n(None, len.div_ceil(chunk) as usize));
-            }
-            Segment::Indirect { .. } => bail!("nested indirect segment lists"),
-        }
-    }
-    if out.len() != n {
-        bail!("the parent snapshot covers {} chunks, the disk has {n}", out.len());
-    }
-    Ok(out)
-}
-
 /// Back up a disk (device or image) into a snapshot. Memory does not grow with the disk: chunk
 /// ids are resolved as they come and long lists go into indirect blobs as they fill. Cancelled:
 /// what was uploaded is indexed, no snapshot is written and the error is `Cancelled`.
@@ -108,7 +64,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
     let paths = vec![crate::backup::recorded_path(&cfg.path)];
     let parent = parent_of(&repo, cfg.parent, cfg.identity.as_ref(), &cfg.host, &paths).await?;
     let parent_map = match (&cfg.mode, &parent) {
-        (Mode::Changed(_), Some((_, p))) => Some(parent_chunks(&repo, p, chunk, disk.size).await?),
+        (Mode::Changed(_), Some((_, p))) => Some(ParentCursor::open(repo.clone(), p, disk.size).await?),
         (Mode::Changed(_), None) => {
             bail!("--changed-blocks needs a parent snapshot of this disk (none found): run a full backup first")
         }
@@ -137,7 +93,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
                 drop(rx);
                 let io = Io { tx: &tx, pool: &pool, counters: &counters, bytes_read: &bytes_read, job: &job };
                 let out = StreamResolver::new(&writer, 2 * (queue + workers));
-                let r = read_chunks(&disk, chunk, &mode, parent_map.as_deref(), io, out);
+                let r = read_chunks(&disk, chunk, &mode, parent_map, io, out);
                 drop(tx);
                 r
             })
@@ -218,7 +174,7 @@ fn read_chunks(
     disk: &Disk,
     chunk: u64,
     mode: &Mode,
-    parent: Option<&[Option<(repo_format::BlobId, u32)>]>,
+    mut parent: Option<ParentCursor>,
     io: Io<'_>,
     mut out: StreamResolver<'_>,
 ) -> Result<Vec<Segment>> {
@@ -240,8 +196,13 @@ fn read_chunks(
         let len = chunk.min(disk.size - off);
         let read = match (mode, &holes) {
             (Mode::Changed(r), _) => {
+                // The parent is walked for every chunk, changed or not, to stay in step.
+                let before = match parent.as_mut() {
+                    Some(p) => p.next_chunk(len)?,
+                    None => None,
+                };
                 if !r.overlaps(off, len, &mut c1) {
-                    match parent.and_then(|p| p[i as usize]) {
+                    match before {
                         Some((id, l)) => out.push(PendingSeg::Known(id, l))?,
                         None => out.push(PendingSeg::Zero(len))?,
                     }
