@@ -24,13 +24,17 @@ stride=$(( bytes / 64 / 1048576 ))
 for i in $(seq 0 63); do
   dd if=/dev/urandom of="$img" bs=1M count="$extent" seek=$(( i * stride )) conv=notrunc status=none
 done
-# The changed blocks: the first MiB of every extent, rewritten, as `OFFSET LENGTH` lines.
+# The changed blocks: the first MiB of every extent, as `OFFSET LENGTH` lines; rewritten after
+# each full backup (so the changed-block backup has 64 MiB of new data to read and store).
 : > "$WORK/changed.txt"
 for i in $(seq 0 63); do
-  off=$(( i * stride * 1048576 ))
-  dd if=/dev/urandom of="$img" bs=1M count=1 seek=$(( i * stride )) conv=notrunc status=none 2>/dev/null || true
-  echo "$off 1048576" >> "$WORK/changed.txt"
+  echo "$(( i * stride * 1048576 )) 1048576" >> "$WORK/changed.txt"
 done
+change() {
+  for i in $(seq 0 63); do
+    dd if=/dev/urandom of="$img" bs=1M count=1 seek=$(( i * stride )) conv=notrunc status=none
+  done
+}
 echo "image: $SIZE apparent, $(du -m "$img" | cut -f1) MiB allocated"
 for bin in "$@"; do
   repo=$WORK/repo-$(basename "$bin")
@@ -38,7 +42,7 @@ for bin in "$@"; do
   "$bin" --repo "$repo" -q init --kdf-memory 64 --kdf-iterations 1
   for step in full changed; do
     extra=()
-    [ "$step" = changed ] && extra=(--changed-blocks "$WORK/changed.txt")
+    if [ "$step" = changed ]; then change; extra=(--changed-blocks "$WORK/changed.txt"); fi
     /usr/bin/time -f "%M %e" -o "$WORK/time" "$bin" --repo "$repo" --json backup "${extra[@]}" "$img" > "$WORK/out.json"
     read -r rss wall < "$WORK/time"
     summary=$(grep '"message_type":"summary"' "$WORK/out.json")

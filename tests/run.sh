@@ -68,11 +68,11 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   if [ -x crossbuild/test.sh ]; then
     step "cross: $target (rustc 1.85 + qemu)"
     bash crossbuild/install.sh
-    # The library's whole suite and the agent's unit tests under qemu (the end-to-end tests need
+    # The library's whole suite and the engine's unit tests under qemu (the end-to-end tests need
     # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
-    # s390x (big-endian) runs the agent's unit tests too; the little-endian targets run the
-    # library's suite only (the format's code paths): building the whole agent from scratch
-    # under the 1.85 cross toolchain costs over 20 minutes per target on 2 cores.
+    # s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
+    # library's suite only (the format's code paths): building the whole engine from scratch
+    # under the 1.85 cross toolchain costs about 10 minutes per target on 2 cores.
     if [ "$target" = s390x ]; then scope=all; else scope=lib; fi
     FERRY_CROSS_SCOPE=$scope bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
     p=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$4} END {print s+0}')

@@ -67,6 +67,58 @@ pub struct Outcome {
     pub resumed: Resumed,
 }
 
+/// A backup's result as plain, serializable data (what the agent copies into a status).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupReport {
+    pub snapshot_id: String,
+    pub parent: Option<String>,
+    pub identity: Option<String>,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    pub dirs: u64,
+    pub other_entries: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub bytes_added: u64,
+    pub bytes_added_stored: u64,
+    pub data_blobs_added: u64,
+    pub tree_blobs_added: u64,
+    pub duration_ns: u64,
+    pub errors: Vec<EntryError>,
+    pub warnings: Vec<EntryError>,
+    /// Packs of an interrupted backup indexed and reused: packs, blobs, bytes, missing.
+    pub resumed_packs: u64,
+    pub resumed_bytes: u64,
+}
+
+impl Outcome {
+    pub fn report(&self) -> BackupReport {
+        let s = &self.snapshot.summary;
+        BackupReport {
+            snapshot_id: self.snapshot_id.to_string(),
+            parent: self.snapshot.parent.map(|p| p.to_string()),
+            identity: Identity::of(&self.snapshot).map(str::to_string),
+            files_new: s.files_new,
+            files_changed: s.files_changed,
+            files_unchanged: s.files_unchanged,
+            dirs: s.dirs,
+            other_entries: s.other_entries,
+            bytes_read: s.bytes_read,
+            bytes_total: s.bytes_total,
+            bytes_added: s.bytes_added,
+            bytes_added_stored: s.bytes_added_stored,
+            data_blobs_added: s.data_blobs_added,
+            tree_blobs_added: s.tree_blobs_added,
+            duration_ns: s.duration_ns,
+            errors: self.errors.clone(),
+            warnings: self.warnings.clone(),
+            resumed_packs: self.resumed.packs,
+            resumed_bytes: self.resumed.bytes,
+        }
+    }
+}
+
 /// Counters the stages share.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {

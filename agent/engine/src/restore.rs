@@ -176,8 +176,8 @@ pub struct RestorePlan {
     pub bytes: u64,
 }
 
-/// Result of a restore.
-#[derive(Debug, Default)]
+/// Result of a restore (serializable: what the agent copies into a status).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub files: u64,
     pub dirs: u64,

@@ -114,6 +114,12 @@ async fn the_same_volume_from_another_node_finds_its_parent_and_reads_only_chang
         assert_eq!(s.bytes_read, 300_000 + n as u64, "only the changed file is read (cache {cache:?})");
         assert_eq!(Identity::of(&out.snapshot), Some("pvc/shop/data"));
         assert!(out.snapshot.tags.contains(&("requester".into(), "test".into())));
+        // The report a status would carry.
+        let report = serde_json::to_value(out.report()).unwrap();
+        assert_eq!(
+            (report["identity"].as_str(), report["files_unchanged"].as_u64()),
+            (Some("pvc/shop/data"), Some(19))
+        );
         parent = out.snapshot_id;
     }
     // Without an identity, a node that never backed it up has no parent and reads everything.

@@ -48,8 +48,8 @@ pub struct DiskRestoreOptions {
     pub keep_setuid: bool,
 }
 
-/// What was done.
-#[derive(Debug, Default)]
+/// What was done (serializable: what the agent copies into a status).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DiskOutcome {
     pub target: PathBuf,
     pub size: u64,
