@@ -281,3 +281,44 @@ fn s3_server_killed_mid_backup_then_restarted() {
     assert!(listed.contains(&first), "{listed}");
     check_resumed(&env, creds, &src, &first);
 }
+
+/// SIGINT (Ctrl-C): the backup stops reading, indexes what it uploaded, writes no snapshot and
+/// exits 130; the next backup uploads only the rest.
+#[test]
+fn interrupted_backup_exits_130_and_the_next_uploads_only_the_rest() {
+    if crate::common::under_qemu() {
+        return;
+    }
+    let env = Env::empty();
+    init_small_packs(&env, &[]);
+    let src = first_source(&env);
+    let first = first_snapshot(&env, &[], &src);
+    add_big_files(&src, "big");
+    let data = env.repo.join("data");
+    let before = files_under(&data);
+    let mut child = env.ferry_std().args(["backup", "-q"]).arg(&src).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_packs(&mut child, &data, before, 4);
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+    let uploaded = files_under(&data) - before;
+
+    let out = env.ferry().args(["snapshots", "--json"]).output().unwrap();
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "a cancelled backup wrote a snapshot: {snaps}");
+
+    let out = env.ferry().args(["backup", "--json"]).arg(&src).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "backup after the interruption: {}", stderr(&out));
+    let s = summary_of(&out.stdout);
+    assert_eq!(num(&s["resumed"], "packs"), 0, "the cancelled backup indexed its own packs: {s}");
+    let new = (FILES * FILE_LEN) as u64;
+    let reused = (uploaded as u64).saturating_sub(1) << 20;
+    assert!(num(&s["requests"], "bytes_up") < new - reused / 2, "uploaded again ({uploaded} packs before): {s}");
+    for snap in ["latest", first.as_str()] {
+        let out = env.restore(snap, &env.path(&format!("restore-{snap}")), &["--verify"]);
+        assert_eq!(out.status.code(), Some(0), "restore {snap}: {}", stderr(&out));
+    }
+    let diffs = compare_trees(&src, &env.path("restore-latest"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
