@@ -110,6 +110,31 @@ pub fn entry(json: bool, level: &str, e: &ferry_engine::report::EntryError) {
     }
 }
 
+/// A node type's name in JSON output (docs/JSON.md).
+pub fn node_type(k: repo_format::NodeType) -> &'static str {
+    use repo_format::NodeType::*;
+    match k {
+        File => "file",
+        Dir => "dir",
+        Symlink => "symlink",
+        Fifo => "fifo",
+        CharDev => "chardev",
+        BlockDev => "blockdev",
+        Socket => "socket",
+    }
+}
+
+/// A snapshot's recorded figures as a JSON object (docs/JSON.md).
+pub fn summary_json(s: &repo_format::Summary) -> serde_json::Value {
+    serde_json::json!({
+        "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
+        "dirs": s.dirs, "other_entries": s.other_entries, "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
+        "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
+        "data_blobs_added": s.data_blobs_added, "tree_blobs_added": s.tree_blobs_added,
+        "errors": s.errors, "duration_s": s.duration_ns as f64 / 1e9,
+    })
+}
+
 /// One JSON line on stdout.
 pub fn print_json(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();

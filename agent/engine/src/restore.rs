@@ -416,6 +416,8 @@ pub async fn execute(
     out.files = (plan.files.len() - missing + plan.hardlinks.len()) as u64;
     out.dirs = plan.dirs.len().saturating_sub(1) as u64;
     out.specials = plan.specials.len() as u64;
+    counters.files_done.store(out.files, Relaxed);
+    counters.errors.store(out.errors.len() as u64, Relaxed);
     // Cancelled: files whose content was not written were emptied above; nothing is verified.
     job.cancel.check()?;
     if opts.verify {

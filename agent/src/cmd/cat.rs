@@ -27,7 +27,7 @@ pub async fn run(cli: &Cli, a: &CatArgs) -> Result<i32> {
                 "parent": s.parent.map(|p| p.to_string()), "hostname": s.hostname, "username": s.username, "program": s.program,
                 "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
                 "tags": s.tags.iter().map(|(k, v)| serde_json::json!({ "key": k, "value": v })).collect::<Vec<_>>(),
-                "summary": format!("{:?}", s.summary),
+                "summary": crate::output::summary_json(&s.summary),
             })
         }
         CatKind::Index => {
@@ -57,7 +57,7 @@ pub async fn run(cli: &Cli, a: &CatArgs) -> Result<i32> {
             let t = r.read_tree(&tree_id).await?;
             serde_json::json!({ "id": tree_id.to_string(), "nodes": t.nodes.iter().map(|n| serde_json::json!({
                 "name": String::from_utf8_lossy(&n.name), "name_hex": hex::encode(&n.name),
-                "type": format!("{:?}", n.kind).to_lowercase(), "mode": format!("{:o}", n.mode),
+                "type": crate::output::node_type(n.kind), "mode": format!("{:o}", n.mode),
                 "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns, "ctime_ns": n.ctime_ns,
                 "inode": n.ino, "device": n.dev, "links": n.nlink, "rdev": n.rdev,
                 "link_target": String::from_utf8_lossy(&n.link_target),

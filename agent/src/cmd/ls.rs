@@ -56,7 +56,7 @@ fn print_node(json: bool, long: bool, p: &Path, n: &Node) {
     let path = if json { raw } else { crate::output::escape(&raw).into_owned() };
     if json {
         print_json(&serde_json::json!({
-            "message_type": "node", "path": path, "type": format!("{:?}", n.kind).to_lowercase(),
+            "message_type": "node", "path": path, "type": crate::output::node_type(n.kind),
             "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns,
             "link_target": (n.kind == NodeType::Symlink).then(|| String::from_utf8_lossy(&n.link_target).into_owned()),
         }));
