@@ -123,20 +123,28 @@ fn first_snapshot(env: &Env, extra_env: &[(&str, &str)], src: &Path) -> String {
     summary_of(&out.stdout)["snapshot_id"].as_str().unwrap().to_string()
 }
 
+/// A first snapshot of a small source, then big files added and a backup of them started and
+/// under way (4 packs uploaded): the source, the first snapshot, the running backup and the
+/// number of pack files before it started.
+fn backup_under_way(env: &Env, stderr: Stdio) -> (PathBuf, String, Child, usize) {
+    init_small_packs(env, &[]);
+    let src = first_source(env);
+    let first = first_snapshot(env, &[], &src);
+    add_big_files(&src, "big");
+    let data = env.repo.join("data");
+    let before = files_under(&data);
+    let mut child = env.ferry_std().args(["backup", "-q"]).arg(&src).stderr(stderr).spawn().unwrap();
+    wait_for_packs(&mut child, &data, before, 4);
+    (src, first, child, before)
+}
+
 #[test]
 fn killed_backup_is_resumed_by_the_next() {
     if crate::common::under_qemu() {
         return;
     }
     let env = Env::empty();
-    init_small_packs(&env, &[]);
-    let src = first_source(&env);
-    let first = first_snapshot(&env, &[], &src);
-    add_big_files(&src, "big");
-    let data = env.repo.join("data");
-    let before = files_under(&data);
-    let mut child = env.ferry_std().args(["backup", "-q"]).arg(&src).stderr(Stdio::null()).spawn().unwrap();
-    wait_for_packs(&mut child, &data, before, 4);
+    let (src, first, mut child, _) = backup_under_way(&env, Stdio::null());
     child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
     let st = child.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9), "{st}");
@@ -290,14 +298,8 @@ fn interrupted_backup_exits_130_and_the_next_uploads_only_the_rest() {
         return;
     }
     let env = Env::empty();
-    init_small_packs(&env, &[]);
-    let src = first_source(&env);
-    let first = first_snapshot(&env, &[], &src);
-    add_big_files(&src, "big");
+    let (src, first, mut child, before) = backup_under_way(&env, Stdio::piped());
     let data = env.repo.join("data");
-    let before = files_under(&data);
-    let mut child = env.ferry_std().args(["backup", "-q"]).arg(&src).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for_packs(&mut child, &data, before, 4);
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = wait_exit(&mut child, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
