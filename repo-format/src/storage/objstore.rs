@@ -6,6 +6,9 @@
 //! multipart upload would cost one per part plus two, and no copy of the pack in the process's
 //! own memory (the mapped pages are the page cache the pack was just written to). Larger packs
 //! go as a multipart upload in `PART_SIZE` parts with at most two parts in flight.
+//!
+//! A local directory is written durably (see `local`): small objects through `LocalFileSystem`
+//! with `fsync` on, packs and removals by the helpers there.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use super::layout::{dir_of, id_of, path_of};
+use super::local;
 use super::{FileKind, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -32,7 +36,7 @@ pub struct ObjectStorage {
     prefix: String,
     location: String,
     /// Set for a local directory: packs are then copied file to file by the kernel instead of
-    /// passing through memory.
+    /// passing through memory, and every write is durable before it returns (`local`).
     local_root: Option<std::path::PathBuf>,
 }
 
@@ -43,14 +47,16 @@ impl ObjectStorage {
         ObjectStorage { store, prefix, location: location.into(), local_root: None }
     }
 
-    /// A repository in a local directory (created if missing).
+    /// A repository in a local directory (created if missing, durably). Every write to it is
+    /// on stable storage, file and directory entry, before it returns (see `local`).
     pub fn local(dir: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?;
+        let root = std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        local::create_dir(&root).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?
+            .with_fsync(true);
         let mut s = ObjectStorage::new(Arc::new(fs), "", dir.display().to_string());
-        s.local_root =
-            Some(std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?);
+        s.local_root = Some(root);
         Ok(s)
     }
 
@@ -125,17 +131,6 @@ fn map(file: &File, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from_owner(m))
 }
 
-/// Copy a finished pack file to `dest` through a temporary name and rename it into place, so a
-/// reader never sees a partial pack. The kernel copies (copy_file_range): no user memory.
-fn copy_into_place(mut file: File, dest: &std::path::Path) -> std::io::Result<()> {
-    let dir = dest.parent().expect("pack paths have a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".upload-").tempfile_in(dir)?;
-    std::io::copy(&mut file, tmp.as_file_mut())?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
-}
-
 #[async_trait]
 impl Storage for ObjectStorage {
     fn location(&self) -> String {
@@ -169,7 +164,7 @@ impl Storage for ObjectStorage {
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
         if let Some(root) = &self.local_root {
             let dest = root.join(path_of(kind, id));
-            return tokio::task::spawn_blocking(move || copy_into_place(file, &dest))
+            return tokio::task::spawn_blocking(move || local::publish_file(file, &dest))
                 .await
                 .expect("copy task")
                 .map_err(|e| Error::io(format!("writing {kind} {}", id.short()), e));
@@ -273,6 +268,13 @@ impl Storage for ObjectStorage {
     }
 
     async fn remove(&self, kind: FileKind, id: &Id) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(path_of(kind, id));
+            return match tokio::task::spawn_blocking(move || local::remove(&path)).await.expect("remove task") {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound { kind, id: *id }),
+                r => r.map_err(|e| Error::io(format!("removing {kind} {}", id.short()), e)),
+            };
+        }
         self.store.delete(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))
     }
 }
