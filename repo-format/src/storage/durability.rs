@@ -175,8 +175,9 @@ async fn create_only_refuses_an_existing_object() {
     assert_eq!(files(&root), vec![path_of(FileKind::Snapshot, &id)]);
 }
 
-/// Temporary names a crash may leave behind (`.upload-*` beside packs, `<name>#<n>` beside
-/// small objects, partial content in both) are never listed and never read.
+/// Temporary names a crash may leave behind (`.upload-*`, and `<name>#<n>` of earlier versions,
+/// which wrote small objects through object_store; partial content in both) are never listed and
+/// never read.
 #[tokio::test]
 async fn listings_never_show_temporary_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,8 @@
 //! own memory (the mapped pages are the page cache the pack was just written to). Larger packs
 //! go as a multipart upload in `PART_SIZE` parts with at most two parts in flight.
 //!
-//! A local directory is written durably (see `local`): small objects through `LocalFileSystem`
-//! with `fsync` on, packs and removals by the helpers there.
+//! A local directory is read and listed through `LocalFileSystem`, but written by `local`: every
+//! write is durable (file and directory entry) before it returns.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -53,8 +53,7 @@ impl ObjectStorage {
         let root = std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
         local::create_dir(&root).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?
-            .with_fsync(true);
+            .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?;
         let mut s = ObjectStorage::new(Arc::new(fs), "", dir.display().to_string());
         s.local_root = Some(root);
         Ok(s)
@@ -62,6 +61,13 @@ impl ObjectStorage {
 
     fn path(&self, rel: &str) -> ObjPath {
         if self.prefix.is_empty() { ObjPath::from(rel) } else { ObjPath::from(format!("{}/{rel}", self.prefix)) }
+    }
+
+    /// Whether the stored (kind, id) is exactly `data`: a create that found its name taken is
+    /// then a retry whose first attempt was stored (another writer's bytes differ: random keys
+    /// and nonces). Reads back at most `data`'s length: whatever is there may be anyone's.
+    async fn holds(&self, kind: FileKind, id: &Id, data: &Bytes) -> bool {
+        self.read(kind, id, data.len() as u64).await.ok().as_ref() == Some(data)
     }
 
     fn err(&self, kind: FileKind, id: &Id, e: object_store::Error) -> Error {
@@ -142,6 +148,21 @@ impl Storage for ObjectStorage {
     }
 
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            let (dest, bytes) = (root.join(path_of(kind, id)), data.clone());
+            let r = tokio::task::spawn_blocking(move || local::create_new(&dest, &bytes)).await.expect("create task");
+            return match r {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if self.holds(kind, id, &data).await {
+                        Ok(())
+                    } else {
+                        Err(Error::AlreadyExists { kind, id: *id })
+                    }
+                }
+                Err(e) => Err(Error::io(format!("writing {kind} {}", id.short()), e)),
+            };
+        }
         let path = self.path(&path_of(kind, id));
         let put = || {
             let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -151,11 +172,8 @@ impl Storage for ObjectStorage {
             Ok(_) => Ok(()),
             // A retried PUT whose first attempt was applied but not answered (a 500 or a lost
             // connection after the server stored it) finds its own object: that is success.
-            // The bytes decide: another writer's object differs (random keys and nonces).
             Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
-                // Read back at most our own length: whatever is there may be anyone's.
-                let stored = self.read(kind, id, data.len() as u64).await.ok();
-                if stored.as_ref() == Some(&data) { Ok(()) } else { Err(self.err(kind, id, e)) }
+                if self.holds(kind, id, &data).await { Ok(()) } else { Err(self.err(kind, id, e)) }
             }
             Err(e) => Err(self.err(kind, id, e)),
         }
