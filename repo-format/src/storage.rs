@@ -1,8 +1,9 @@
 //! Where repository files live: a small async trait keyed by (kind, id).
 //!
 //! `layout` maps (kind, id) to a path; `objstore` adapts any `object_store` backend (a local
-//! directory, S3, Azure Blob, GCS); `ReadOnly` and `Counting` are decorators. The
-//! contract every backend must meet (checked by the conformance tests in this module):
+//! directory, S3, Azure Blob, GCS); `local` makes a local directory's writes durable; `ReadOnly`
+//! and `Counting` are decorators. The contract every backend must meet (checked by the
+//! conformance tests in this module; `durability` checks the local directory's write protocol):
 //! * `create` is create-only: a second create of the same name fails with `AlreadyExists` and
 //!   leaves the first content (one with the same bytes succeeds: it is a retry whose first
 //!   attempt was stored but not answered); a reader sees a whole object or none.
@@ -13,9 +14,13 @@
 //! * `read` never buffers more than the caller's `limit`: an object larger than that fails with
 //!   `Corrupt` (naming it) before or while it is downloaded, whatever size a listing claimed.
 //! * `list` returns every object of a kind with its size, in no particular order.
+//! * a write that returned is durable as far as the backend can promise (an object store's
+//!   answer; for a local directory, `fsync` of the file and its directory: see `local`), so
+//!   objects written in order survive a crash in order (packs before the index naming them).
 
 mod counting;
 mod layout;
+mod local;
 mod objstore;
 mod readonly;
 
@@ -104,3 +109,5 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod durability;

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::id::Id;
 
 /// Record a skip on stderr and in `FERRY_TEST_SKIPS` (counted by tests/run.sh).
-fn skip(reason: &str) {
+pub(crate) fn skip(reason: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_string();
     eprintln!("skipped: {test}: {reason}");
     if let Some(path) = std::env::var_os("FERRY_TEST_SKIPS") {

@@ -6,6 +6,9 @@
 //! multipart upload would cost one per part plus two, and no copy of the pack in the process's
 //! own memory (the mapped pages are the page cache the pack was just written to). Larger packs
 //! go as a multipart upload in `PART_SIZE` parts with at most two parts in flight.
+//!
+//! A local directory is read and listed through `LocalFileSystem`, but written by `local`: every
+//! write is durable (file and directory entry) before it returns.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use super::layout::{dir_of, id_of, path_of};
+use super::local;
 use super::{FileKind, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -32,7 +36,7 @@ pub struct ObjectStorage {
     prefix: String,
     location: String,
     /// Set for a local directory: packs are then copied file to file by the kernel instead of
-    /// passing through memory.
+    /// passing through memory, and every write is durable before it returns (`local`).
     local_root: Option<std::path::PathBuf>,
 }
 
@@ -43,19 +47,27 @@ impl ObjectStorage {
         ObjectStorage { store, prefix, location: location.into(), local_root: None }
     }
 
-    /// A repository in a local directory (created if missing).
+    /// A repository in a local directory (created if missing, durably). Every write to it is
+    /// on stable storage, file and directory entry, before it returns (see `local`).
     pub fn local(dir: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        let root = std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        local::create_dir(&root).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| Error::Storage { what: dir.display().to_string(), source: Box::new(e) })?;
         let mut s = ObjectStorage::new(Arc::new(fs), "", dir.display().to_string());
-        s.local_root =
-            Some(std::path::absolute(dir).map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?);
+        s.local_root = Some(root);
         Ok(s)
     }
 
     fn path(&self, rel: &str) -> ObjPath {
         if self.prefix.is_empty() { ObjPath::from(rel) } else { ObjPath::from(format!("{}/{rel}", self.prefix)) }
+    }
+
+    /// Whether the stored (kind, id) is exactly `data`: a create that found its name taken is
+    /// then a retry whose first attempt was stored (another writer's bytes differ: random keys
+    /// and nonces). Reads back at most `data`'s length: whatever is there may be anyone's.
+    async fn holds(&self, kind: FileKind, id: &Id, data: &Bytes) -> bool {
+        self.read(kind, id, data.len() as u64).await.ok().as_ref() == Some(data)
     }
 
     fn err(&self, kind: FileKind, id: &Id, e: object_store::Error) -> Error {
@@ -125,17 +137,6 @@ fn map(file: &File, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from_owner(m))
 }
 
-/// Copy a finished pack file to `dest` through a temporary name and rename it into place, so a
-/// reader never sees a partial pack. The kernel copies (copy_file_range): no user memory.
-fn copy_into_place(mut file: File, dest: &std::path::Path) -> std::io::Result<()> {
-    let dir = dest.parent().expect("pack paths have a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".upload-").tempfile_in(dir)?;
-    std::io::copy(&mut file, tmp.as_file_mut())?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
-}
-
 #[async_trait]
 impl Storage for ObjectStorage {
     fn location(&self) -> String {
@@ -147,6 +148,21 @@ impl Storage for ObjectStorage {
     }
 
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            let (dest, bytes) = (root.join(path_of(kind, id)), data.clone());
+            let r = tokio::task::spawn_blocking(move || local::create_new(&dest, &bytes)).await.expect("create task");
+            return match r {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if self.holds(kind, id, &data).await {
+                        Ok(())
+                    } else {
+                        Err(Error::AlreadyExists { kind, id: *id })
+                    }
+                }
+                Err(e) => Err(Error::io(format!("writing {kind} {}", id.short()), e)),
+            };
+        }
         let path = self.path(&path_of(kind, id));
         let put = || {
             let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -156,11 +172,8 @@ impl Storage for ObjectStorage {
             Ok(_) => Ok(()),
             // A retried PUT whose first attempt was applied but not answered (a 500 or a lost
             // connection after the server stored it) finds its own object: that is success.
-            // The bytes decide: another writer's object differs (random keys and nonces).
             Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
-                // Read back at most our own length: whatever is there may be anyone's.
-                let stored = self.read(kind, id, data.len() as u64).await.ok();
-                if stored.as_ref() == Some(&data) { Ok(()) } else { Err(self.err(kind, id, e)) }
+                if self.holds(kind, id, &data).await { Ok(()) } else { Err(self.err(kind, id, e)) }
             }
             Err(e) => Err(self.err(kind, id, e)),
         }
@@ -169,7 +182,7 @@ impl Storage for ObjectStorage {
     async fn upload_file(&self, kind: FileKind, id: &Id, file: File, len: u64) -> Result<()> {
         if let Some(root) = &self.local_root {
             let dest = root.join(path_of(kind, id));
-            return tokio::task::spawn_blocking(move || copy_into_place(file, &dest))
+            return tokio::task::spawn_blocking(move || local::publish_file(file, &dest))
                 .await
                 .expect("copy task")
                 .map_err(|e| Error::io(format!("writing {kind} {}", id.short()), e));
@@ -273,6 +286,13 @@ impl Storage for ObjectStorage {
     }
 
     async fn remove(&self, kind: FileKind, id: &Id) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(path_of(kind, id));
+            return match tokio::task::spawn_blocking(move || local::remove(&path)).await.expect("remove task") {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound { kind, id: *id }),
+                r => r.map_err(|e| Error::io(format!("removing {kind} {}", id.short()), e)),
+            };
+        }
         self.store.delete(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))
     }
 }

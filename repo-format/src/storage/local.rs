@@ -1,0 +1,127 @@
+//! Durable writes to a local-directory repository.
+//!
+//! Contract (as restic's local backend): an object is visible under its final name only after
+//! its bytes and the directory entry naming it are on stable storage, so a power loss leaves
+//! each object whole under its name or absent — never empty or truncated, and never missing
+//! while a later object that refers to it (an index naming a pack, a snapshot naming an index)
+//! survives, because each write is durable before the next one starts.
+//!
+//! The protocol of every write: the bytes go to a temporary name in the object's own directory
+//! (the same file system, so the rename below is atomic), the file is `fsync`ed, it is renamed
+//! or linked to its final name, then the directory is `fsync`ed. A directory made on demand
+//! (`data/ab/`) has its parent `fsync`ed before anything is written into it. A removal
+//! `fsync`s the directory too, so a removed object does not come back.
+//!
+//! Every write to a local directory goes through here (object_store's `LocalFileSystem` below
+//! `ObjectStorage` only reads and lists):
+//! * small objects (`create_new`, create-only): published by a hard link from the temporary
+//!   name, which fails if the object exists — create-only against any other writer, atomically
+//!   (as object_store did before); the temporary name is unlinked after the directory's `fsync`;
+//! * packs (`publish_file`): a kernel copy from the writer's temporary file, then a rename
+//!   (packs are content-named, so replacing one with the same bytes is harmless);
+//! * removals (`remove`) and folders (`create_dir`, also for the repository's own folder).
+//!
+//! A crash between the steps may leave a temporary name (`.upload-*`) behind: listings ignore
+//! every name that is not exactly an object's (`layout::id_of`), reads never see it, and a
+//! write that fails removes its own.
+//!
+//! As restic does, an `fsync` that the file system does not support (`EINVAL`, `ENOTSUP`: some
+//! network and FUSE file systems, for directories) is not an error: there the promise is what
+//! the file system gives. Every other failure to sync fails the write.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use nix::errno::Errno;
+
+/// Prefix of an object's temporary name while it is written.
+pub(crate) const UPLOAD_PREFIX: &str = ".upload-";
+
+/// `fsync` `f`; unsupported by the file system (`EINVAL`, `ENOTSUP`) counts as done.
+fn sync(f: &File) -> io::Result<()> {
+    match f.sync_all() {
+        Err(e) if matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EINVAL | Errno::ENOTSUP)) => Ok(()),
+        r => r,
+    }
+}
+
+/// `fsync` a directory: its entries (names created, renamed or removed in it) become durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    sync(&File::open(dir)?)
+}
+
+/// Create `dir` and any missing ancestors; each directory made here is made durable by an
+/// `fsync` of its parent, and the new directory itself is `fsync`ed (an empty directory's
+/// inode). Existing directories are left as they are.
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Another writer made it meanwhile; it syncs its parent itself, but not necessarily
+        // before we return, so sync it here too.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e),
+    }
+    sync_dir(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
+/// Store `data` as `dest` if no file has that name (`AlreadyExists` otherwise, `dest`
+/// untouched): a temporary file in `dest`'s directory, `fsync`, hard link to `dest`, `fsync` of
+/// the directory, unlink of the temporary name. On failure the temporary file is removed.
+/// (A rename cannot refuse to replace portably; `renameat2(RENAME_NOREPLACE)` is not supported
+/// by NFS, where links are.)
+pub(crate) fn create_new(dest: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = dest.parent().expect("object paths have a parent");
+    create_dir(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(UPLOAD_PREFIX).tempfile_in(dir)?;
+    io::Write::write_all(tmp.as_file_mut(), data)?;
+    sync(tmp.as_file())?;
+    std::fs::hard_link(tmp.path(), dest)?;
+    sync_dir(dir)?;
+    // The object is stored: a temporary name that could not be unlinked is only a leftover.
+    let _ = tmp.close();
+    Ok(())
+}
+
+/// Copy `src` (positioned at its start) to `dest` so that `dest` appears only complete and
+/// durable: a temporary file in `dest`'s directory, `fsync`, rename over `dest`, `fsync` of the
+/// directory. The kernel copies (copy_file_range): no user memory. On failure the temporary
+/// file is removed and `dest` is untouched.
+pub(crate) fn publish_file(mut src: File, dest: &Path) -> io::Result<()> {
+    let dir = dest.parent().expect("object paths have a parent");
+    create_dir(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(UPLOAD_PREFIX).tempfile_in(dir)?;
+    io::copy(&mut src, tmp.as_file_mut())?;
+    sync(tmp.as_file())?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Remove `path` and make the removal durable (`fsync` of its directory).
+pub(crate) fn remove(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    sync_dir(path.parent().expect("object paths have a parent"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A file system that cannot sync answers `EINVAL` (as `fsync` of a pipe does): that is
+    /// not an error.
+    #[test]
+    fn an_unsupported_sync_is_not_an_error() {
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let f = std::fs::File::from(read);
+        assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(nix::libc::EINVAL));
+        super::sync(&f).unwrap();
+    }
+}
