@@ -70,6 +70,9 @@ async fn two_jobs_sharing_a_budget_stay_within_it() {
     let (small, _) = pair(tmp.path(), [&a, &b], 2 << 20).await;
     let (large, _) = pair(tmp.path(), [&a, &b], 34 << 20).await;
     let extra = large.saturating_sub(small);
-    assert!(extra <= 32 + 12, "32 MiB more budget cost {extra} MiB more memory ({small} → {large} MiB)");
+    // Besides the 32 MiB, a larger budget lets each job recycle its full set of idle buffers
+    // (threads + 2 of up to 2 MiB: 8 MiB per job); peak RSS itself varies by a few MiB between
+    // runs. Without the budget the queues alone would hold about 128 MiB more.
+    assert!(extra <= 32 + 16 + 8, "32 MiB more budget cost {extra} MiB more memory ({small} → {large} MiB)");
     assert!(small <= 64, "two jobs with a 2 MiB budget grew by {small} MiB");
 }
