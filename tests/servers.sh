@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# servers.sh -- real object-storage servers on loopback for Ferry's tests (see
-# /work/shared/reference/TEST-SERVERS.md): moto (S3) and Azurite (Azure Blob), plus the s3s-fs
+# servers.sh -- real object-storage servers on loopback for Ferry's tests: moto (S3) and
+# Azurite (Azure Blob), plus the s3s-fs
 # binary (a disk-backed S3 server) for tests that start, kill and restart their own server.
 #
 #   tests/servers.sh install   idempotent install: moto[server] in a venv, Azurite via npm,

@@ -464,7 +464,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut errors = Vec::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
         if let Err(e) = root.mkdir(rel) {
-            errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
+            errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
         }
     }
     let mut files = Vec::with_capacity(plan.files.len());
@@ -472,7 +472,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         match root.create_file(&f.rel, f.node.size) {
             Ok((_, id)) => files.push(Some(id)),
             Err(e) => {
-                errors.push(EntryError::new(EntryErrorKind::Write, &f.rel, format!("{e}")));
+                errors.push(EntryError::new(EntryErrorKind::Write, &f.rel, e));
                 files.push(None);
             }
         }
@@ -482,7 +482,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
             continue;
         }
         if let Err(e) = root.hardlink(&plan.files[*first].rel, rel) {
-            errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
+            errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
         }
     }
     let mut specials = Vec::with_capacity(plan.specials.len());
@@ -494,7 +494,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         match root.create_special(rel, node) {
             Ok(id) => specials.push(Some(id)),
             Err(e) => {
-                errors.push(EntryError::new(EntryErrorKind::Write, rel, format!("{e}")));
+                errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
                 specials.push(None);
             }
         }
