@@ -67,10 +67,26 @@ pub enum Command {
     Cat(CatArgs),
     /// Manage key files (passwords)
     Key(KeyArgs),
+    /// Check the repository: structure, and with --read-data every stored byte (exit 13 on damage)
+    Check(CheckArgs),
     /// Print version, architecture and the code paths in use
     Version,
     /// Measure the primitives and the backup/restore pipeline here (JSON report)
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also download every pack and verify every blob
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download and verify a part of the packs: n/m (1/10 … 10/10 cover all once) or p% (random)
+    #[arg(long, value_name = "n/m|p%")]
+    pub read_data_subset: Option<String>,
+    /// Use the local cache (default: a fresh temporary one, so that every index object,
+    /// snapshot and tree is read from storage, not from a copy made when it was whole)
+    #[arg(long)]
+    pub with_cache: bool,
 }
 
 #[derive(Debug, Args)]

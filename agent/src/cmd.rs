@@ -3,6 +3,7 @@
 mod backup;
 mod bench;
 mod cat;
+mod check;
 mod init;
 mod key;
 mod ls;
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore::run(&cli, a).await,
         Command::Cat(a) => cat::run(&cli, a).await,
         Command::Key(a) => key::run(&cli, a).await,
+        Command::Check(a) => check::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
     }

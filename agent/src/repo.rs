@@ -197,10 +197,14 @@ pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
 
 /// As `open`, with the request counters of the storage.
 pub async fn open_counted(cli: &Cli) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
+    open_with_cache(cli, cache_root(cli)).await
+}
+
+/// As `open_counted`, with the cache at `cache` (or none).
+pub async fn open_with_cache(cli: &Cli, cache: Option<PathBuf>) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
     let loc = location(cli)?;
     let (storage, counts) = storage_for(cli, false)?;
     let pw = password(cli, false)?;
-    let repo =
-        Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening repository {loc}"))?;
+    let repo = Repository::open(storage, &pw, cache).await.with_context(|| format!("opening repository {loc}"))?;
     Ok((Arc::new(repo), counts))
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "cli/check.rs"]
+mod check;
 #[path = "cli/cloud.rs"]
 mod cloud;
 #[path = "cli/concurrent.rs"]

@@ -195,6 +195,13 @@ impl Index {
         self.find(kind, id).is_some()
     }
 
+    /// The blob's position in `0..len()`, stable for this index: callers that mark blobs (check,
+    /// garbage collection) keep one bit per blob instead of a set of ids.
+    pub fn position(&self, kind: BlobKind, id: &BlobId) -> Option<usize> {
+        let key = (id.0.0, kind == BlobKind::Tree);
+        self.entries.binary_search_by(|e| e.key().cmp(&key)).ok()
+    }
+
     pub fn lookup(&self, kind: BlobKind, id: &BlobId) -> Option<BlobLocation> {
         self.find(kind, id).map(|e| {
             let p = &self.packs[(e.pack & !TREE_BIT) as usize];
@@ -278,6 +285,10 @@ mod tests {
                 for b in &p.blobs {
                     let loc = idx.lookup(b.kind, &b.id).unwrap();
                     prop_assert_eq!(loc.kind, b.kind);
+                    let pos = idx.position(b.kind, &b.id).unwrap();
+                    prop_assert!(pos < idx.len());
+                    let (at, _) = idx.iter().nth(pos).unwrap();
+                    prop_assert_eq!(at, b.id);
                 }
             }
             prop_assert!(!idx.contains(BlobKind::Data, &BlobId(Id([0xee; 32]))) || f.packs.iter().any(|p| p.blobs.iter().any(|b| b.id.0.0 == [0xee; 32])));

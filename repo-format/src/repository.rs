@@ -350,6 +350,12 @@ impl Repository {
         Ok(idx)
     }
 
+    /// Use `idx` as the index from now on (check and repair build theirs from the index objects
+    /// that open, leaving out packs that are gone).
+    pub fn set_index(&self, idx: Arc<Index>) {
+        *self.index.write().expect("lock") = idx;
+    }
+
     /// The index as last loaded or extended.
     pub fn index(&self) -> Arc<Index> {
         self.index.read().expect("lock").clone()

@@ -14,6 +14,7 @@
 
 pub mod attempts;
 pub mod backup;
+pub mod check;
 pub mod credentials;
 pub mod disk;
 pub mod dpa;

@@ -43,6 +43,12 @@ fn round_trip(location: &str) {
     // A second, unchanged backup costs no LIST beyond opening the repository and no pack PUT.
     let s2 = env.backup(&src, &[]);
     assert_eq!(crate::common::num(&s2, "data_blobs_added"), 0, "{s2}");
+    // check --read-data reads every pack through the object store and finds nothing wrong.
+    let out = env.ferry().args(["check", "--json", "--read-data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "check on {location}: {}", stderr(&out));
+    let c = crate::common::summary_of(&out.stdout);
+    assert!(c["ok"] == true && crate::common::num(&c, "packs_read") >= 1, "{c}");
+    assert_eq!(crate::common::num(&c, "packs_read"), crate::common::num(&c, "packs"), "{c}");
 }
 
 #[test]

@@ -17,13 +17,14 @@ use serde_json::Value;
 use crate::common::{Env, random_bytes, skip, stderr, write};
 
 /// Every invocation form a section may name (`all`: every one).
-const FORMS: [&str; 16] = [
+const FORMS: [&str; 17] = [
     "init",
     "backup",
     "snapshots",
     "ls",
     "restore",
     "restore disk",
+    "check",
     "cat config",
     "cat snapshot",
     "cat index",
@@ -513,6 +514,23 @@ fn json_output_of_every_command_is_documented() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = check(&doc, &mut cov, "ls", &out);
     assert_eq!(lines.last().unwrap()["message_type"], "error", "{lines:?}");
+
+    // check: a whole repository, then one whose first index object is gone (damage, and its
+    // packs unreferenced), read with --read-data (status lines).
+    let out = env.ferry_pw("third").args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check(&doc, &mut cov, "check", &out);
+    std::fs::remove_file(env.repo.join("index").join(&index)).unwrap();
+    let out = env.ferry_pw("third").args(["check", "--json", "--read-data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    let lines = check(&doc, &mut cov, "check", &out);
+    assert!(has_line(&lines, "damage") && has_line(&lines, "unreferenced_pack"), "{lines:?}");
+    let out = env.ferry_pw("third").args(["check", "--json", "--read-data-subset", "1/2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    check(&doc, &mut cov, "check", &out);
+    let out = env.ferry_pw("third").args(["check", "--json", "--read-data-subset", "50%"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    check(&doc, &mut cov, "check", &out);
 
     assert_covered(&doc, &cov);
 }
