@@ -67,6 +67,8 @@ pub enum Command {
     Cat(CatArgs),
     /// Manage key files (passwords)
     Key(KeyArgs),
+    /// Remove data no snapshot references, without locks (marks now, deletes after the grace period)
+    Prune(PruneArgs),
     /// Check the repository: structure, and with --read-data every stored byte (exit 13 on damage)
     Check(CheckArgs),
     /// Print version, architecture and the code paths in use
@@ -116,6 +118,28 @@ pub struct InitArgs {
     /// Fixed chunk size for disks and block devices in KiB
     #[arg(long, default_value_t = 256)]
     pub disk_chunk_kib: u32,
+    /// Garbage collection's grace period: longer than any backup into this repository runs
+    /// (prune deletes what it marked only this long after; a longer backup re-checks itself)
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Say what would be marked and deleted; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Unused space allowed to stay in partly used packs: a percentage of the used bytes
+    /// (5%), a size (100M, 2G) or `unlimited`
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Repack at most this many bytes in one run (100M, 2G)
+    #[arg(long)]
+    pub max_repack: Option<String>,
+    /// No backup is running into this repository: delete at once instead of after the grace
+    /// period (a backup running meanwhile could lose data: only with nothing else writing)
+    #[arg(long)]
+    pub sweep_now: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -7,6 +7,7 @@ mod check;
 mod init;
 mod key;
 mod ls;
+mod prune;
 mod restore;
 mod snapshots;
 mod version;
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Cat(a) => cat::run(&cli, a).await,
         Command::Key(a) => key::run(&cli, a).await,
         Command::Check(a) => check::run(&cli, a).await,
+        Command::Prune(a) => prune::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
     }

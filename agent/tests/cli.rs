@@ -45,3 +45,5 @@ mod interrupted;
 mod json_contract;
 #[path = "cli/keys.rs"]
 mod keys;
+#[path = "cli/prune.rs"]
+mod prune;

@@ -44,8 +44,7 @@ impl std::fmt::Display for BlobKind {
 /// version), so blobs stay readable whatever later versions change elsewhere.
 fn aad(kind: BlobKind, id: &BlobId) -> [u8; 41] {
     let mut a = [0u8; 41];
-    a[..8].copy_from_slice(&header(ObjectType::Blob));
-    a[6..8].copy_from_slice(&1u16.to_le_bytes());
+    a[..8].copy_from_slice(&header(ObjectType::Blob, 1));
     a[8] = kind as u8;
     a[9..].copy_from_slice(&id.0.0);
     a

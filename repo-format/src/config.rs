@@ -2,8 +2,9 @@
 //!
 //! Stored as the sealed object `config` (type 1). Payload, little-endian:
 //! `repo id[32] ‖ created ns i64 ‖ chunker u8 (1 = FastCDC 2020) ‖ min u32 ‖ avg u32 ‖ max u32 ‖
-//! fixed chunk size u32 ‖ zstd level i32 ‖ pack size u32`, then bytes that newer versions may
-//! add and this version ignores.
+//! fixed chunk size u32 ‖ zstd level i32 ‖ pack size u32`, then (an addition of format
+//! version 2, ignored by version 1 readers) `gc grace ns u64`, then bytes that newer versions
+//! may add and this version ignores. A config without the grace field has the default grace.
 
 use crate::codec::{Dec, Enc};
 use crate::error::{Error, Result};
@@ -36,7 +37,13 @@ pub struct RepoConfig {
     pub compression_level: i32,
     /// Target size of a pack in bytes.
     pub pack_size: u32,
+    /// Garbage collection's grace period (FORMAT.md §9), nanoseconds: longer than any backup
+    /// may run. A backup that ran longer re-checks its snapshot's blobs before writing it.
+    pub gc_grace_ns: u64,
 }
+
+/// The grace period of a config that does not state one: 24 hours.
+pub const DEFAULT_GC_GRACE_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 impl RepoConfig {
     /// A config with the default parameters and a random id.
@@ -50,6 +57,7 @@ impl RepoConfig {
             fixed_chunk_size: 256 << 10,
             compression_level: 3,
             pack_size: 32 << 20,
+            gc_grace_ns: DEFAULT_GC_GRACE_NS,
         }
     }
 
@@ -91,7 +99,8 @@ impl RepoConfig {
             .u32(self.chunker.max)
             .u32(self.fixed_chunk_size)
             .u32(self.compression_level as u32)
-            .u32(self.pack_size);
+            .u32(self.pack_size)
+            .u64(self.gc_grace_ns);
         e.buf
     }
 
@@ -111,6 +120,7 @@ impl RepoConfig {
             fixed_chunk_size: d.u32()?,
             compression_level: d.u32()? as i32,
             pack_size: d.u32()?,
+            gc_grace_ns: if d.remaining() >= 8 { d.u64()? } else { DEFAULT_GC_GRACE_NS },
         };
         cfg.validate().map_err(|e| Error::corrupt("config", e.to_string()))?;
         Ok(cfg)
@@ -129,6 +139,12 @@ mod tests {
         b.extend_from_slice(b"future fields");
         assert_eq!(RepoConfig::decode(&b).unwrap(), c);
         assert!(RepoConfig::decode(&b[..20]).unwrap_err().is_corrupt());
+        // A version 1 config (no grace field) has the default grace.
+        let mut v1 = c.clone();
+        v1.gc_grace_ns = 5;
+        let b = v1.encode();
+        assert_eq!(RepoConfig::decode(&b[..b.len() - 8]).unwrap().gc_grace_ns, DEFAULT_GC_GRACE_NS);
+        assert_eq!(RepoConfig::decode(&b).unwrap().gc_grace_ns, 5);
     }
 
     #[test]

@@ -93,6 +93,12 @@ macro_rules! typed_id {
             }
         }
 
+        impl From<$name> for Id {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
         impl FromStr for $name {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -125,6 +131,10 @@ typed_id!(
 typed_id!(
     /// Storage name of a key file.
     KeyId
+);
+typed_id!(
+    /// Storage name of a garbage-collection marker.
+    MarkerId
 );
 
 impl From<TreeId> for BlobId {

@@ -19,6 +19,7 @@ mod id;
 mod index;
 mod journal;
 mod keyfile;
+mod marker;
 mod memory;
 mod object;
 mod pack;
@@ -32,15 +33,16 @@ pub use blob::BlobKind;
 pub use cache::Cache;
 pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};
-pub use config::{ChunkerParams, RepoConfig};
+pub use config::{ChunkerParams, DEFAULT_GC_GRACE_NS, RepoConfig};
 pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};
 pub use error::{Error, ObjectRef, Result};
-pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
+pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
 pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, PackRef};
 pub use keyfile::KdfParams;
+pub use marker::Marker;
 pub use object::FORMAT_VERSION;
 pub use pack::{PackEntry, TRAILER_LEN, open_blob, open_blob_into, parse_header, parse_pack, parse_trailer};
-pub use repository::{FUTURE_SKEW_NS, KeyInfo, Repository, Resumed};
+pub use repository::{FUTURE_SKEW_NS, KeyInfo, Repository, Resumed, current as current_index_files, marked_only};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{
     Counting, FileKind, MAX_KEY_FILE_LEN, MAX_OBJECT_LEN, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of,

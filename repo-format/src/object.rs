@@ -12,8 +12,13 @@ use crate::error::{Error, Result};
 pub(crate) const MAGIC: &[u8; 5] = b"FERRY";
 pub(crate) const HEADER_LEN: usize = 8;
 
-/// Newest format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// Newest format version this code reads, and writes where it must. Version 2 adds garbage
+/// collection (FORMAT.md §9): index objects that supersede others, and markers. Objects that
+/// need nothing of version 2 are still written as version 1, so a repository that was never
+/// pruned stays readable by version 1 software.
+pub const FORMAT_VERSION: u16 = 2;
+/// The version of objects that need no version 2 feature.
+pub(crate) const BASE_VERSION: u16 = 1;
 
 /// The type byte of a sealed object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +29,15 @@ pub(crate) enum ObjectType {
     Snapshot = 3,
     PackHeader = 4,
     Blob = 5,
+    /// A garbage-collection marker (`gc/<id>`, version 2).
+    Marker = 6,
 }
 
-pub(crate) fn header(t: ObjectType) -> [u8; HEADER_LEN] {
+pub(crate) fn header(t: ObjectType, version: u16) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..5].copy_from_slice(MAGIC);
     h[5] = t as u8;
-    h[6..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&version.to_le_bytes());
     h
 }
 
@@ -52,9 +59,14 @@ pub(crate) fn check_header(bytes: &[u8], t: ObjectType, what: &'static str) -> R
     Ok(version)
 }
 
-/// Compress (at `level`) and encrypt `payload` into a complete object.
+/// Compress (at `level`) and encrypt `payload` into a complete version 1 object.
 pub(crate) fn seal(cipher: &Cipher, t: ObjectType, payload: &[u8], level: i32) -> Vec<u8> {
-    let h = header(t);
+    seal_version(cipher, t, payload, level, BASE_VERSION)
+}
+
+/// As `seal`, with the format version in the header.
+pub(crate) fn seal_version(cipher: &Cipher, t: ObjectType, payload: &[u8], level: i32, version: u16) -> Vec<u8> {
+    let h = header(t, version);
     let mut body = Vec::with_capacity(payload.len() / 2 + 16);
     compress::compress_into(payload, level, &mut body);
     let mut out = Vec::with_capacity(body.len() + 64);
@@ -91,10 +103,10 @@ mod tests {
     fn newer_version_is_refused_by_name() {
         let c = Cipher::new(&[3; 32]);
         let mut sealed = seal(&c, ObjectType::Config, b"x", 0);
-        sealed[6] = 2;
+        sealed[6] = 3;
         assert!(matches!(
             open(&c, ObjectType::Config, &sealed, "c"),
-            Err(Error::UnsupportedVersion { found: 2, supported: 1 })
+            Err(Error::UnsupportedVersion { found: 3, supported: 2 })
         ));
     }
 }

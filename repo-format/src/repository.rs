@@ -25,10 +25,11 @@ use crate::cache::Cache;
 use crate::config::RepoConfig;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ObjectRef, Result};
-use crate::id::{BlobId, Id, IndexId, KeyId, SnapshotId, TreeId};
+use crate::id::{BlobId, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::journal::{self, Journal};
 use crate::keyfile::{self, KdfParams};
+use crate::marker::Marker;
 use crate::memory::{self, Memory};
 use crate::object::{self, ObjectType};
 use crate::pack;
@@ -91,6 +92,9 @@ pub struct Repository {
     key_id: KeyId,
     cache: Option<Cache>,
     index: RwLock<Arc<Index>>,
+    /// Blobs of packs that only superseded index objects list (packs a prune marked): readers
+    /// find them here until the sweep; writers never deduplicate against them.
+    fallback: RwLock<Arc<Index>>,
     /// This location's memory file (with a cache root).
     memory_path: Option<PathBuf>,
 }
@@ -136,7 +140,16 @@ impl Repository {
             }
             Err(e) => return Err(e),
         }
-        Ok(Repository { storage, master, config, key_id, cache: None, index: RwLock::default(), memory_path: None })
+        Ok(Repository {
+            storage,
+            master,
+            config,
+            key_id,
+            cache: None,
+            index: RwLock::default(),
+            fallback: RwLock::default(),
+            memory_path: None,
+        })
     }
 
     /// Open and unlock. `cache_root` enables the local cache of index and snapshot objects and
@@ -226,7 +239,16 @@ impl Repository {
             mem.save(p);
         }
         let cache = cache_root.map(|r| Cache::new(&r, &config.repo_id));
-        Ok(Repository { storage, master, config, key_id, cache, index: RwLock::default(), memory_path })
+        Ok(Repository {
+            storage,
+            master,
+            config,
+            key_id,
+            cache,
+            index: RwLock::default(),
+            fallback: RwLock::default(),
+            memory_path,
+        })
     }
 
     /// The key files worth trying, in order: (id, bytes, Argon2 cost in KiB × passes).
@@ -323,26 +345,34 @@ impl Repository {
         IndexFile::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Index, id.0)))
     }
 
-    /// List and load every index object (one LIST; downloads only what the cache lacks).
-    pub async fn load_index(&self) -> Result<Arc<Index>> {
+    /// Every index object in storage, superseded ones included (one LIST; downloads only what
+    /// the cache lacks).
+    pub async fn index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
         let listed = self.storage.list(FileKind::Index).await?;
         if let Some(c) = &self.cache {
             c.retain(FileKind::Index, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
         let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
-        let files: Vec<IndexFile> = futures::stream::iter(listed.iter().map(|(id, size)| {
+        futures::stream::iter(listed.iter().map(|(id, size)| {
             let budget = &budget;
             async move {
                 let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
-                self.read_index_file_sized(&IndexId(*id), *size).await
+                Ok((IndexId(*id), self.read_index_file_sized(&IndexId(*id), *size).await?))
             }
         }))
         .buffer_unordered(LOAD_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<_>>()?;
-        let idx = Arc::new(Index::build(&files)?);
+        .collect()
+    }
+
+    /// List and load every index object and build the index from those that no other index
+    /// object supersedes (FORMAT.md §9).
+    pub async fn load_index(&self) -> Result<Arc<Index>> {
+        let files = self.index_files().await?;
+        let idx = Arc::new(Index::build(current(&files))?);
+        *self.fallback.write().expect("lock") = Arc::new(Index::build([&marked_only(&files)])?);
         if let Some(c) = &self.cache {
             c.retain(FileKind::Pack, &idx.packs().iter().map(|p| p.id.0).collect::<HashSet<_>>());
         }
@@ -350,10 +380,65 @@ impl Repository {
         Ok(idx)
     }
 
+    /// Write an index object superseding others (format version 2: version 1 software refuses
+    /// it, as it must, since it would not honour `supersedes`).
+    pub async fn save_index_v2(&self, file: &IndexFile) -> Result<IndexId> {
+        let bytes = object::seal_version(&self.master.object_cipher(), ObjectType::Index, &file.encode(), 3, 2);
+        let id = Id::of_stored(&bytes);
+        self.storage.create(FileKind::Index, &id, Bytes::from(bytes)).await?;
+        Ok(IndexId(id))
+    }
+
+    /// Store a garbage-collection marker (create-only, content-named).
+    pub async fn save_marker(&self, m: &Marker) -> Result<MarkerId> {
+        let bytes = object::seal_version(&self.master.object_cipher(), ObjectType::Marker, &m.encode(), 3, 2);
+        let id = Id::of_stored(&bytes);
+        match self.storage.create(FileKind::Marker, &id, Bytes::from(bytes)).await {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(MarkerId(id)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every marker in storage (read directly, never cached: markers come and go).
+    pub async fn markers(&self) -> Result<Vec<(MarkerId, Marker)>> {
+        let mut out = Vec::new();
+        for (id, size) in self.storage.list(FileKind::Marker).await? {
+            let b = self.storage.read(FileKind::Marker, &id, size.min(FileKind::Marker.max_len())).await?;
+            if Id::of_stored(&b) != id {
+                return Err(Error::corrupt("marker", "stored bytes do not hash to the object's name")
+                    .locate(ObjectRef::File(FileKind::Marker, id)));
+            }
+            let plain = object::open(&self.master.object_cipher(), ObjectType::Marker, &b, "marker")
+                .map_err(|e| e.locate(ObjectRef::File(FileKind::Marker, id)))?;
+            out.push((
+                MarkerId(id),
+                Marker::decode(&plain).map_err(|e| e.locate(ObjectRef::File(FileKind::Marker, id)))?,
+            ));
+        }
+        out.sort_by_key(|(id, m)| (m.mark_time_ns, *id));
+        Ok(out)
+    }
+
     /// Use `idx` as the index from now on (check and repair build theirs from the index objects
     /// that open, leaving out packs that are gone).
     pub fn set_index(&self, idx: Arc<Index>) {
         *self.index.write().expect("lock") = idx;
+    }
+
+    /// Use `fb` as the readers' fallback (see `fallback`).
+    pub fn set_fallback(&self, fb: Arc<Index>) {
+        *self.fallback.write().expect("lock") = fb;
+    }
+
+    /// Blobs that only superseded index objects list (see `marked_only`), as last loaded.
+    pub fn fallback(&self) -> Arc<Index> {
+        self.fallback.read().expect("lock").clone()
+    }
+
+    /// Where a blob is for a reader: the index, else the packs a prune marked but has not
+    /// deleted yet (a snapshot written by a backup that started before the prune may use them).
+    pub fn lookup(&self, kind: BlobKind, id: &BlobId) -> Option<crate::index::BlobLocation> {
+        self.index().lookup(kind, id).or_else(|| self.fallback().lookup(kind, id))
     }
 
     /// The index as last loaded or extended.
@@ -394,9 +479,15 @@ impl Repository {
             return Ok(r);
         }
         let index = self.index();
+        // A pack a prune has marked is never taken back: its sweep may delete it at any time.
+        let marked: HashSet<PackId> = self.markers().await?.into_iter().flat_map(|(_, m)| m.packs).collect();
         let mut packs = Vec::new();
         let mut seen = HashSet::new();
         for p in orphans.iter().flat_map(|o| &o.packs) {
+            if marked.contains(&p.id) {
+                r.missing += 1;
+                continue;
+            }
             if !seen.insert(p.id) || p.blobs.iter().all(|b| index.contains(b.kind, &b.id)) {
                 continue; // listed by an index object already (or twice in the journals)
             }
@@ -451,7 +542,7 @@ impl Repository {
     /// Read and verify one blob. Tree blobs come from the cached copy of their whole pack
     /// when there is a cache (one download per tree pack instead of one GET per directory).
     pub async fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = self.index().lookup(kind, id).ok_or(Error::BlobNotInIndex(id.0))?;
+        let loc = self.lookup(kind, id).ok_or(Error::BlobNotInIndex(id.0))?;
         let (offset, len) = (u64::from(loc.offset), u64::from(loc.stored_len));
         if let (BlobKind::Tree, Some(cache)) = (kind, &self.cache) {
             let limit = 2 * u64::from(self.config.pack_size) + crate::storage::MAX_OBJECT_LEN;
@@ -469,7 +560,7 @@ impl Repository {
 
     pub async fn read_tree(&self, id: &TreeId) -> Result<Tree> {
         let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
-        let pack = self.index().lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
+        let pack = self.lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
         Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack }))
     }
 
@@ -615,4 +706,26 @@ impl Repository {
         self.storage.remove(FileKind::Key, &old.0).await?;
         Ok(new_id)
     }
+}
+
+/// The index objects that no other one supersedes.
+pub fn current(files: &[(IndexId, IndexFile)]) -> impl Iterator<Item = &IndexFile> {
+    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+    files.iter().filter(move |(id, _)| !superseded.contains(id)).map(|(_, f)| f)
+}
+
+/// The packs that superseded index objects list and current ones do not (what a prune marked
+/// and has not swept), as one index payload.
+pub fn marked_only(files: &[(IndexId, IndexFile)]) -> IndexFile {
+    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+    let listed: HashSet<crate::id::PackId> = current(files).flat_map(|f| f.packs.iter().map(|p| p.id)).collect();
+    let mut seen = HashSet::new();
+    let packs = files
+        .iter()
+        .filter(|(id, _)| superseded.contains(id))
+        .flat_map(|(_, f)| &f.packs)
+        .filter(|p| !listed.contains(&p.id) && seen.insert(p.id))
+        .cloned()
+        .collect();
+    IndexFile { packs, supersedes: Vec::new() }
 }

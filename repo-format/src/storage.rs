@@ -48,11 +48,13 @@ pub enum FileKind {
     Snapshot,
     Index,
     Pack,
+    /// A garbage-collection marker (`gc/<id>`, format version 2).
+    Marker,
 }
 
 impl FileKind {
-    pub const ALL: [FileKind; 5] =
-        [FileKind::Config, FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack];
+    pub const ALL: [FileKind; 6] =
+        [FileKind::Config, FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack, FileKind::Marker];
 }
 
 /// Largest sealed object (config, index, snapshot) a reader accepts: a 64 MiB payload
@@ -67,7 +69,7 @@ impl FileKind {
     pub fn max_len(self) -> u64 {
         match self {
             FileKind::Key => MAX_KEY_FILE_LEN,
-            FileKind::Config | FileKind::Snapshot | FileKind::Index => MAX_OBJECT_LEN,
+            FileKind::Config | FileKind::Snapshot | FileKind::Index | FileKind::Marker => MAX_OBJECT_LEN,
             FileKind::Pack => 2 * (1 << 30) + MAX_OBJECT_LEN,
         }
     }
@@ -81,6 +83,7 @@ impl fmt::Display for FileKind {
             FileKind::Snapshot => "snapshot",
             FileKind::Index => "index",
             FileKind::Pack => "pack",
+            FileKind::Marker => "marker",
         })
     }
 }

@@ -323,6 +323,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
         id.tag(&mut tags, cfg.requester.as_deref());
     }
     let snapshot = snapshot(start_ns, root, parent, &cfg.host, cfg.paths_bytes(), tags, summary);
+    crate::prune::guard_long_backup(&repo, root, started, job).await?;
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     if let Some(w) = cache_writer {
         if let Err(e) = w.commit() {

@@ -1,7 +1,7 @@
 //! `check`: prove a repository whole, or name each damaged object and the snapshots it breaks.
 //!
 //! What is checked, in order:
-//! 1. every index object opens and decodes; within each listed pack the blobs tile the pack
+//! 1. every index object opens and decodes (those a prune superseded are then left out); within each listed pack the blobs tile the pack
 //!    from offset 0 without overlap; a pack listed twice is listed the same way (same salt);
 //! 2. every indexed pack exists, with the size its index entries imply (header and trailer as
 //!    version 1 writes them; a pack of another size is re-checked against its own header);
@@ -212,6 +212,13 @@ pub async fn check(repo: &Repository, opts: &CheckOptions, job: &Job) -> Result<
         }
     }
 
+    // Index objects that a prune superseded are ignored (their packs may already be gone).
+    // Their packs that no current object lists were marked by a prune and are not swept yet:
+    // a snapshot may still use them (its sweep keeps those), so readers look there too.
+    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+    let mut marked_only = repo_format::marked_only(&files);
+    files.retain(|(id, _)| !superseded.contains(id));
+
     // 2. Packs: listed the same way everywhere, tiled without overlap, present, of the right size.
     let in_storage: HashMap<PackId, u64> =
         storage.list(FileKind::Pack).await?.into_iter().map(|(id, size)| (PackId(id), size)).collect();
@@ -252,6 +259,10 @@ pub async fn check(repo: &Repository, opts: &CheckOptions, job: &Job) -> Result<
         }
     }
     rep.packs = packs.len() as u64;
+    marked_only.packs.retain(|p| in_storage.contains_key(&p.id));
+    let fallback = Arc::new(Index::build([&marked_only])?);
+    drop(marked_only);
+    repo.set_fallback(fallback.clone());
     let mut missing: HashSet<PackId> = HashSet::new();
     for (id, info) in &packs {
         job.cancel.check()?;
@@ -314,7 +325,13 @@ pub async fn check(repo: &Repository, opts: &CheckOptions, job: &Job) -> Result<
     let listed_snaps = storage.list(FileKind::Snapshot).await?;
     rep.snapshots = listed_snaps.len() as u64;
     let mut names: Vec<SnapshotId> = Vec::new();
-    let mut walk = Walk { repo, index: &index, used: vec![0u64; index.len().div_ceil(64)], memo: HashMap::new() };
+    let mut walk = Walk {
+        repo,
+        index: &index,
+        fallback: &fallback,
+        used: vec![0u64; index.len().div_ceil(64)],
+        memo: HashMap::new(),
+    };
     for (id, _) in &listed_snaps {
         job.cancel.check()?;
         let sid = SnapshotId(*id);
@@ -548,6 +565,8 @@ fn verify_pack(master: &repo_format::MasterKey, p: &repo_format::IndexPack, byte
 struct Walk<'a> {
     repo: &'a Repository,
     index: &'a Index,
+    /// Blobs in marked, unswept packs (present, not damage).
+    fallback: &'a Index,
     /// One bit per index position: referenced by some snapshot.
     used: Vec<u64>,
     /// Trees visited, to the findings beneath them (empty for a whole tree).
@@ -577,7 +596,7 @@ impl Walk<'_> {
         if let Some(&d) = f.bad_blobs.get(&(kind, *id)) {
             return Some(d as u32);
         }
-        if self.index.contains(kind, id) {
+        if self.index.contains(kind, id) || self.fallback.contains(kind, id) {
             return None;
         }
         let d = *f.unindexed.get_or_insert_with(|| {

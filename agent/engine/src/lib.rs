@@ -25,6 +25,8 @@ pub mod job;
 pub mod location;
 pub mod podvolume;
 pub mod progress;
+pub mod prune;
+pub mod reach;
 pub mod report;
 pub mod restore;
 pub mod safefs;

@@ -26,6 +26,7 @@ pub async fn run(cli: &Cli, a: &InitArgs) -> Result<i32> {
     config.chunker =
         ChunkerParams { min: a.chunk_avg_kib * 256, avg: a.chunk_avg_kib * 1024, max: a.chunk_avg_kib * 4096 };
     config.fixed_chunk_size = a.disk_chunk_kib.saturating_mul(1024);
+    config.gc_grace_ns = u64::try_from(a.gc_grace.as_nanos()).unwrap_or(u64::MAX);
     config.validate().context("repository parameters")?;
     let kdf = KdfParams { m_cost: a.kdf_memory, t_cost: a.kdf_iterations, p_cost: 1 };
     let pw = repo::password(cli, true)?;

@@ -100,8 +100,10 @@ fn assert_newer(out: &std::process::Output, version: u16, what: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(11), "{what}: {err}");
     assert!(
-        err.contains(&format!("repository format version {version} is newer than this ferry supports (up to 1)"))
-            && err.contains("upgrade ferry"),
+        err.contains(&format!(
+            "repository format version {version} is newer than this ferry supports (up to {})",
+            repo_format::FORMAT_VERSION
+        )) && err.contains("upgrade ferry"),
         "{what}: the message must name the version and say to upgrade: {err}"
     );
     assert_eq!(err.lines().count(), 1, "{what}: one error line: {err}");
@@ -128,8 +130,9 @@ fn repository_format_newer_than_this_ferry_exits_11() {
         vec!["key".into(), "list".into()],
         vec!["key".into(), "add".into(), "--kdf-memory".into(), "64".into(), "--kdf-iterations".into(), "1".into()],
     ];
-    // Version 2, and 256 (01 00 read as little-endian: a big-endian misreading would see 1).
-    for version in [2u16, 256] {
+    // The next version, and 256 (01 00 read as little-endian: a big-endian misreading would see 1).
+    let next = repo_format::FORMAT_VERSION + 1;
+    for version in [next, 256] {
         set_version(&config, version);
         let before = snapshot_dir(&env.repo);
         for args in &commands {
@@ -155,20 +158,20 @@ fn repository_format_newer_than_this_ferry_exits_11() {
     assert_eq!(out.status.code(), Some(0), "the restored config opens again: {}", stderr(&out));
 
     // A snapshot written by a newer ferry: listing refuses with 11 instead of guessing.
-    let snap = set_version(&only_file(&env.repo.join("snapshots")), 2);
+    let snap = set_version(&only_file(&env.repo.join("snapshots")), next);
     for args in [&["snapshots"][..], &["ls", "latest"], &["restore", "latest", "--target", target.to_str().unwrap()]] {
         let out = env.ferry().args(args).output().unwrap();
-        assert_newer(&out, 2, &format!("snapshot version 2, {args:?}"));
+        assert_newer(&out, next, &format!("snapshot version {next}, {args:?}"));
     }
     assert!(!target.exists(), "a refused restore created its target");
     set_version(&snap, 1);
 
     // An index object written by a newer ferry: anything that loads the index refuses.
-    let index = set_version(&only_file(&env.repo.join("index")), 2);
+    let index = set_version(&only_file(&env.repo.join("index")), next);
     let fresh_cache = env.path("cache2");
     for args in [&["restore", "latest", "--target", target.to_str().unwrap()][..], &["backup", src.to_str().unwrap()]] {
         let out = env.ferry().env("FERRY_CACHE_DIR", &fresh_cache).args(args).output().unwrap();
-        assert_newer(&out, 2, &format!("index version 2, {args:?}"));
+        assert_newer(&out, next, &format!("index version {next}, {args:?}"));
     }
     set_version(&index, 1);
     let out = env.restore("latest", &target, &["--verify"]);

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::common::{Env, random_bytes, skip, stderr, write};
 
 /// Every invocation form a section may name (`all`: every one).
-const FORMS: [&str; 17] = [
+const FORMS: [&str; 18] = [
     "init",
     "backup",
     "snapshots",
@@ -25,6 +25,7 @@ const FORMS: [&str; 17] = [
     "restore",
     "restore disk",
     "check",
+    "prune",
     "cat config",
     "cat snapshot",
     "cat index",
@@ -531,6 +532,21 @@ fn json_output_of_every_command_is_documented() {
     let out = env.ferry_pw("third").args(["check", "--json", "--read-data-subset", "50%"]).output().unwrap();
     assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
     check(&doc, &mut cov, "check", &out);
+
+    // prune: a mark, a pending mark, then a sweep (and a new mark) with --sweep-now.
+    let gc = Env::empty();
+    let out =
+        gc.ferry().args(["init", "--kdf-memory", "64", "--kdf-iterations", "1", "--gc-grace", "1h"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    write(&gc.path("p/f"), &random_bytes("json-prune", 100 << 10));
+    let gone = gc.backup(&gc.path("p"), &[])["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::remove_file(gc.repo.join("snapshots").join(gone)).unwrap();
+    for (extra, want) in [(&[][..], "marked"), (&[][..], "pending"), (&["--sweep-now"][..], "swept")] {
+        let out = gc.ferry().args(["prune", "--json"]).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = check(&doc, &mut cov, "prune", &out);
+        assert!(has_line(&lines, want), "{want}: {lines:?}");
+    }
 
     assert_covered(&doc, &cov);
 }

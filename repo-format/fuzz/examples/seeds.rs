@@ -25,6 +25,7 @@ fn config() -> RepoConfig {
         fixed_chunk_size: 256 << 10,
         compression_level: 3,
         pack_size: 32 << 20,
+        gc_grace_ns: repo_format::DEFAULT_GC_GRACE_NS,
     }
 }
 

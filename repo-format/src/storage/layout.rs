@@ -1,4 +1,5 @@
-//! Object names: `config`, `keys/<id>`, `snapshots/<id>`, `index/<id>`, `data/<id[0..2]>/<id>`
+//! Object names: `config`, `keys/<id>`, `snapshots/<id>`, `index/<id>`, `data/<id[0..2]>/<id>`,
+//! `gc/<id>`
 //! (ids in lowercase hex). Packs are spread over 256 folders so a local directory never holds
 //! millions of entries.
 
@@ -14,6 +15,7 @@ pub fn path_of(kind: FileKind, id: &Id) -> String {
         FileKind::Snapshot => format!("snapshots/{h}"),
         FileKind::Index => format!("index/{h}"),
         FileKind::Pack => format!("data/{}/{h}", &h[..2]),
+        FileKind::Marker => format!("gc/{h}"),
     }
 }
 
@@ -25,6 +27,7 @@ pub(crate) fn dir_of(kind: FileKind) -> &'static str {
         FileKind::Snapshot => "snapshots",
         FileKind::Index => "index",
         FileKind::Pack => "data",
+        FileKind::Marker => "gc",
     }
 }
 

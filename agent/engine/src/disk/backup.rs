@@ -156,6 +156,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
         id.tag(&mut tags, cfg.requester.as_deref());
     }
     let snapshot = snapshot(start_ns, root, parent.map(|(id, _)| id), &cfg.host, paths, tags, summary);
+    crate::prune::guard_long_backup(&repo, root, started, job).await?;
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     Ok(Outcome { snapshot_id, snapshot, errors: Vec::new(), warnings: Vec::new(), resumed })
 }

@@ -65,7 +65,7 @@ pub(crate) struct Written {
 
 fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Written) {
     let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
-    let index = repo.index();
+    let (index, fallback) = (repo.index(), repo.fallback());
     let mut done = Written::default();
     let mut wants: HashMap<BlobId, Want> = HashMap::new();
     for fi in 0..targets.count() {
@@ -85,7 +85,7 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
                         ));
                         done.failed.insert(fi);
                     }
-                    None => match index.lookup(BlobKind::Data, id) {
+                    None => match index.lookup(BlobKind::Data, id).or_else(|| fallback.lookup(BlobKind::Data, id)) {
                         Some(loc) => {
                             wants.insert(*id, Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
                         }
