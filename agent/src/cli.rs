@@ -67,6 +67,9 @@ pub enum Command {
     Cat(CatArgs),
     /// Manage key files (passwords)
     Key(KeyArgs),
+    /// Repair after damage: rebuild the index from the packs, or snapshots without lost files
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Remove data no snapshot references, without locks (marks now, deletes after the grace period)
     Prune(PruneArgs),
     /// Check the repository: structure, and with --read-data every stored byte (exit 13 on damage)
@@ -122,6 +125,27 @@ pub struct InitArgs {
     /// (prune deletes what it marked only this long after; a longer backup re-checks itself)
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub gc_grace: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs' own headers (a lost or damaged index object, lost packs)
+    Index {
+        /// Say what would be indexed; write nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Write new snapshots without the files and directories whose data is gone
+    Snapshots {
+        /// Remove each damaged original once its repaired copy is written
+        #[arg(long)]
+        forget: bool,
+        /// Say what would be dropped; write nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Snapshots to repair (ids or unique prefixes; default: all)
+        snapshots: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

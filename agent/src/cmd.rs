@@ -8,6 +8,7 @@ mod init;
 mod key;
 mod ls;
 mod prune;
+mod repair;
 mod restore;
 mod snapshots;
 mod version;
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Key(a) => key::run(&cli, a).await,
         Command::Check(a) => check::run(&cli, a).await,
         Command::Prune(a) => prune::run(&cli, a).await,
+        Command::Repair(a) => repair::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
     }

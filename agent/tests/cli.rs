@@ -47,3 +47,5 @@ mod json_contract;
 mod keys;
 #[path = "cli/prune.rs"]
 mod prune;
+#[path = "cli/repair.rs"]
+mod repair;

@@ -27,6 +27,7 @@ pub mod podvolume;
 pub mod progress;
 pub mod prune;
 pub mod reach;
+pub mod repair;
 pub mod report;
 pub mod restore;
 pub mod safefs;

@@ -89,8 +89,8 @@ pub async fn run(cli: &Cli, a: &CheckArgs) -> Result<i32> {
             }
         } else {
             eprintln!(
-                "the repository is damaged (findings: {}). `ferry repair` is not available yet: restore what the \
-                 damage does not touch, and back up the affected sources again",
+                "the repository is damaged (findings: {}): `ferry repair index` drops what is lost from the index \
+                 (a new backup then uploads it again), `ferry repair snapshots` writes snapshots without it",
                 report.damage.len()
             );
         }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::common::{Env, compare_trees, json_lines, num, random_bytes, stderr, summary_of, write};
 
 /// Every object file under `repo/<dir>` (recursively), sorted.
-fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
+pub(crate) fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![repo.join(dir)];
     while let Some(d) = stack.pop() {
@@ -28,12 +28,12 @@ fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
     out
 }
 
-fn name(p: &Path) -> String {
+pub(crate) fn name(p: &Path) -> String {
     p.file_name().unwrap().to_str().unwrap().to_string()
 }
 
 /// `ferry check --json [extra]` without a cache: (exit code, damage lines, summary).
-fn check(env: &Env, extra: &[&str]) -> (i32, Vec<Value>, Value) {
+pub(crate) fn check(env: &Env, extra: &[&str]) -> (i32, Vec<Value>, Value) {
     let out = env.ferry().args(["--no-cache", "check", "--json"]).args(extra).output().unwrap();
     let code = out.status.code().unwrap_or(-1);
     assert!(code == 0 || code == 13, "check failed to run: {}", stderr(&out));
@@ -41,13 +41,13 @@ fn check(env: &Env, extra: &[&str]) -> (i32, Vec<Value>, Value) {
     (code, damage, summary_of(&out.stdout))
 }
 
-fn strings(v: &Value) -> BTreeSet<String> {
+pub(crate) fn strings(v: &Value) -> BTreeSet<String> {
     v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
 }
 
 /// Three snapshots sharing data: A of `one`, B of `two` (no data in common with A), C of `one`
 /// with a file added. Returns (snapshot id, source) in that order.
-fn three_snapshots(env: &Env) -> Vec<(String, PathBuf)> {
+pub(crate) fn three_snapshots(env: &Env) -> Vec<(String, PathBuf)> {
     let (one, two) = (env.path("one"), env.path("two"));
     write(&one.join("a.bin"), &random_bytes("check-a", 700 << 10));
     write(&one.join("small.txt"), b"small\n");
@@ -67,7 +67,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Does the snapshot restore exactly (exit 0, same tree)?
-fn restores(env: &Env, snap: &str, src: &Path, n: usize) -> bool {
+pub(crate) fn restores(env: &Env, snap: &str, src: &Path, n: usize) -> bool {
     let target = env.path(&format!("restored-{n}-{}", &snap[..8]));
     let out = env.ferry().args(["--no-cache", "restore", snap, "--target"]).arg(&target).output().unwrap();
     out.status.code() == Some(0) && compare_trees(src, &target).is_empty()

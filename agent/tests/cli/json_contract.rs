@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::common::{Env, random_bytes, skip, stderr, write};
 
 /// Every invocation form a section may name (`all`: every one).
-const FORMS: [&str; 18] = [
+const FORMS: [&str; 20] = [
     "init",
     "backup",
     "snapshots",
@@ -26,6 +26,8 @@ const FORMS: [&str; 18] = [
     "restore disk",
     "check",
     "prune",
+    "repair index",
+    "repair snapshots",
     "cat config",
     "cat snapshot",
     "cat index",
@@ -546,6 +548,21 @@ fn json_output_of_every_command_is_documented() {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let lines = check(&doc, &mut cov, "prune", &out);
         assert!(has_line(&lines, want), "{want}: {lines:?}");
+    }
+
+    // repair: a lost pack (the largest, data); the index rebuilt, then the snapshots.
+    write(&gc.path("q/g"), &random_bytes("json-repair", 200 << 10));
+    gc.backup(&gc.path("q"), &[]);
+    let packs = crate::check::objects(&gc.repo, "data");
+    std::fs::remove_file(packs.iter().max_by_key(|p| p.metadata().unwrap().len()).unwrap()).unwrap();
+    for (form, args) in [
+        ("repair index", &["repair", "index", "--json"][..]),
+        ("repair snapshots", &["repair", "snapshots", "--json"][..]),
+    ] {
+        let out = gc.ferry().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{form}: {}", stderr(&out));
+        let lines = check(&doc, &mut cov, form, &out);
+        assert!(!lines.is_empty());
     }
 
     assert_covered(&doc, &cov);
