@@ -290,7 +290,7 @@ pub fn apply(snaps: &[(SnapshotId, Snapshot)], policy: &Policy, group_by: &Group
     groups
         .into_iter()
         .map(|(key, mut list)| {
-            list.sort_by(|a, b| (b.1.time_ns, b.0).cmp(&(a.1.time_ns, a.0)));
+            list.sort_by_key(|(id, s)| std::cmp::Reverse((s.time_ns, *id)));
             let decisions = decide(&list, policy, now_ns);
             let entries = list
                 .iter()

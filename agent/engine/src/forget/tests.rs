@@ -428,7 +428,9 @@ fn keep_tag_forms() {
         snap(4, "2024-01-01T04:00:00Z", "n1", &["/data"], &[]),
         snap(5, "2024-01-01T05:00:00Z", "n1", &["/data"], &[("keep", "")]),
     ];
-    let cases: [(&[&str], &[(u8, &[&str])], &[u8]); 4] = [
+    // --keep-tag values; kept (number, reasons); removed.
+    type TagCase = (&'static [&'static str], &'static [(u8, &'static [&'static str])], &'static [u8]);
+    let cases: [TagCase; 4] = [
         // key=value, and a bare key for any value (5's value is empty).
         (
             &["backup=x", "keep"],
