@@ -1,10 +1,13 @@
 //! The command line, in restic's habits. Global options come before or after the command.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ferry_engine::forget::Count;
 
-const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 bad usage, 3 partial (some source files unreadable), \
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 bad usage, 3 partial (some source files unreadable, \
+some entries not restored, some snapshots not removed by forget), \
 10 no repository, 11 repository newer than this ferry, 12 wrong password, 13 corrupt repository data, \
 130 cancelled (SIGINT/SIGTERM: what was uploaded is indexed, no snapshot written).\n\
 Password: FERRY_PASSWORD, FERRY_PASSWORD_FILE, --password-file, or a prompt on a terminal.";
@@ -59,6 +62,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(FilterArgs),
+    /// Remove snapshots by a retention policy or by id (their data stays until garbage
+    /// collection, which is not available yet)
+    #[command(after_help = FORGET_HELP)]
+    Forget(ForgetArgs),
     /// List the files of a snapshot
     Ls(LsArgs),
     /// Restore a snapshot
@@ -184,6 +191,135 @@ impl FilterArgs {
     pub fn filter(&self) -> ferry_engine::select::Filter {
         ferry_engine::select::Filter { host: self.host.clone(), tags: self.tags.clone(), paths: self.paths.clone() }
     }
+}
+
+const FORGET_HELP: &str = "Snapshots are grouped (--group-by) and the policy applies to each group on its own; \
+a snapshot is kept when any --keep option keeps it, as in restic. Hours, days, ISO weeks (Monday to Sunday), \
+months and years are calendar periods in UTC. Durations are humantime's: 2d, 12h, 1w, 90min, 6months, 1y \
+(a month is 30.44 days, a year 365.25 days); a bare `m` (restic's month) is refused as ambiguous. \
+Only the snapshot objects are removed: the data they referenced stays in the repository until garbage \
+collection (prune), which is not available yet.";
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Remove exactly these snapshots (ids, unique prefixes of at least 4 hex digits, or
+    /// `latest`) instead of applying a policy
+    #[arg(value_name = "SNAPSHOT", conflicts_with_all = [
+        "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within",
+        "keep_within_hourly", "keep_within_daily", "keep_within_weekly", "keep_within_monthly",
+        "keep_within_yearly", "keep_tags",
+    ])]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (-1 or `unlimited`: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_last: Option<Count>,
+    /// Keep the newest snapshot of each of the last N hours that have one (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_hourly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N days that have one (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_daily: Option<Count>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_weekly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N months that have one (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_monthly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N years that have one (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
+    pub keep_yearly: Option<Count>,
+    /// Keep every snapshot newer than DURATION before the group's newest snapshot (not before
+    /// now), e.g. 2d, 12h, 1y
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within: Option<Duration>,
+    /// Keep the newest snapshot of each hour within DURATION of the group's newest
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within_hourly: Option<Duration>,
+    /// Keep the newest snapshot of each day within DURATION of the group's newest
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within_daily: Option<Duration>,
+    /// Keep the newest snapshot of each ISO week within DURATION of the group's newest
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within_weekly: Option<Duration>,
+    /// Keep the newest snapshot of each month within DURATION of the group's newest
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within_monthly: Option<Duration>,
+    /// Keep the newest snapshot of each year within DURATION of the group's newest
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within_yearly: Option<Duration>,
+    /// Keep snapshots with this tag (key=value, or a bare key for any value); repeat to keep
+    /// snapshots with any of several tags
+    #[arg(long = "keep-tag", value_name = "TAG", value_parser = parse_keep_tag)]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy to each group of snapshots sharing these: host, paths, tags (all
+    /// tags), tag:KEY (one tag's value), comma-separated; '' for one group of all
+    #[arg(long, value_name = "LIST", default_value = "host,paths", value_parser = parse_group_by)]
+    pub group_by: ferry_engine::forget::GroupBy,
+    /// Print what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run `ferry prune` afterwards (with its defaults; with --dry-run, a dry prune)
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+impl ForgetArgs {
+    /// The engine's policy.
+    pub fn policy(&self) -> ferry_engine::forget::Policy {
+        ferry_engine::forget::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            within_hourly: self.keep_within_hourly,
+            within_daily: self.keep_within_daily,
+            within_weekly: self.keep_within_weekly,
+            within_monthly: self.keep_within_monthly,
+            within_yearly: self.keep_within_yearly,
+            keep_tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+fn parse_keep_tag(s: &str) -> Result<String, String> {
+    ferry_engine::select::parse_tag(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+fn parse_group_by(s: &str) -> Result<ferry_engine::forget::GroupBy, String> {
+    ferry_engine::forget::GroupBy::parse(s).map_err(|e| e.to_string())
+}
+
+/// A `--keep-*` count: N ≥ 1, or -1 / `unlimited` for all. 0 is refused (restic takes it as
+/// "no rule"; leaving the option out says that).
+fn parse_count(s: &str) -> Result<Count, String> {
+    match s {
+        "-1" | "unlimited" => Ok(Count::Unlimited),
+        _ => match s.parse::<u32>() {
+            Ok(0) => Err("give at least 1 (or -1 / unlimited for all); leave the option out for no rule".into()),
+            Ok(n) => Ok(Count::Upto(n)),
+            Err(_) => Err(format!("{s:?} is not a count: give a number of at least 1, or -1 / unlimited for all")),
+        },
+    }
+}
+
+/// A `--keep-within*` duration in humantime's syntax, more than zero. A bare `m` is refused:
+/// humantime reads it as minutes where restic reads months (`1y6m`), and keeping 6 minutes
+/// instead of 6 months would remove snapshots the user meant to keep.
+fn parse_within(s: &str) -> Result<Duration, String> {
+    let units = s.split(|c: char| !c.is_ascii_alphabetic()).filter(|u| !u.is_empty());
+    if units.clone().any(|u| u == "m") {
+        return Err(format!("{s:?}: `m` is ambiguous (restic's months, humantime's minutes): write `months` or `min`"));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (2d, 12h, 1y, 6months): {e}"))?;
+    if d.is_zero() {
+        return Err("give a duration of more than zero; leave the option out for no rule".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -344,4 +480,34 @@ pub struct NewPasswordArgs {
     /// Argon2id iterations
     #[arg(long, default_value_t = 4)]
     pub kdf_iterations: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_counts() {
+        assert_eq!(parse_count("3"), Ok(Count::Upto(3)));
+        assert_eq!(parse_count("-1"), Ok(Count::Unlimited));
+        assert_eq!(parse_count("unlimited"), Ok(Count::Unlimited));
+        for bad in ["0", "-2", "x", "1.5", ""] {
+            assert!(parse_count(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn keep_durations() {
+        assert_eq!(parse_within("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_within("1d12h"), Ok(Duration::from_secs(36 * 3_600)));
+        assert_eq!(parse_within("90min"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_within("6months"), Ok(Duration::from_secs(6 * 2_630_016)));
+        assert_eq!(parse_within("1y"), Ok(Duration::from_secs(31_557_600)));
+        // restic's 1y6m means six months; humantime's, six minutes: refused.
+        let e = parse_within("1y6m").unwrap_err();
+        assert!(e.contains("ambiguous"), "{e}");
+        for bad in ["0d", "", "2 fortnights", "-1d"] {
+            assert!(parse_within(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

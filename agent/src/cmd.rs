@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod cat;
 mod check;
+mod forget;
 mod init;
 mod key;
 mod ls;
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Init(a) => init::run(&cli, a).await,
         Command::Backup(a) => backup::run(&cli, a).await,
         Command::Snapshots(a) => snapshots::run(&cli, a).await,
+        Command::Forget(a) => forget::run(&cli, a).await,
         Command::Ls(a) => ls::run(&cli, a).await,
         Command::Restore(a) => restore::run(&cli, a).await,
         Command::Cat(a) => cat::run(&cli, a).await,

@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | failure (anything not listed below) |
 //! | 2 | bad command line (clap) |
-//! | 3 | partial: the snapshot was written but some source entries could not be read; or a restore refused or could not complete some entries |
+//! | 3 | partial: the snapshot was written but some source entries could not be read; or a restore refused or could not complete some entries; or `forget` could not remove some snapshots (the others were removed) |
 //! | 10 | no repository at the location |
 //! | 11 | repository format newer than this ferry |
 //! | 12 | wrong password (or no key file opened within the unlock budget, or only a replayed one) |

@@ -17,6 +17,8 @@ mod faults;
 mod fidelity;
 #[path = "cli/filters.rs"]
 mod filters;
+#[path = "cli/forget.rs"]
+mod forget;
 #[path = "cli/gaps_exit.rs"]
 mod gaps_exit;
 #[path = "cli/gaps_filescache.rs"]

@@ -1,7 +1,7 @@
 //! Ferry's engines, shared by the `ferry` CLI and the node agent.
 //!
-//! Backup (files, disks, pod volumes), restore, snapshot selection and repository opening over
-//! the `repo_format` crate. The contract with every front end:
+//! Backup (files, disks, pod volumes), restore, snapshot selection, retention (`forget`) and
+//! repository opening over the `repo_format` crate. The contract with every front end:
 //! - no environment variables are read, nothing is printed and the process is never exited:
 //!   settings and credentials arrive as values (`location::CloudOpts`, `open::OpenRequest`);
 //! - every long call takes a `job::Job`: a cancellation token, progress counters and limits
@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod disk;
 pub mod dpa;
 pub mod filescache;
+pub mod forget;
 pub mod fsmeta;
 pub mod identity;
 pub mod job;

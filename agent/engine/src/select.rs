@@ -21,6 +21,14 @@ pub fn parse_tag(s: &str) -> Result<(String, String)> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// Does a snapshot carry the tag `t`: `key=value`, `key=` for an empty value, or a bare `key`
+/// for any value?
+pub fn has_tag(s: &Snapshot, t: &str) -> Result<bool> {
+    let (k, v) = parse_tag(t)?;
+    let any_value = !t.contains('=');
+    Ok(s.tags.iter().any(|(sk, sv)| *sk == k && (any_value || *sv == v)))
+}
+
 /// Does a snapshot pass the filters?
 pub fn matches(s: &Snapshot, f: &Filter) -> Result<bool> {
     if let Some(h) = &f.host {
@@ -29,8 +37,7 @@ pub fn matches(s: &Snapshot, f: &Filter) -> Result<bool> {
         }
     }
     for t in &f.tags {
-        let (k, v) = parse_tag(t)?;
-        if !s.tags.iter().any(|(sk, sv)| *sk == k && ((v.is_empty() && !t.contains('=')) || *sv == v)) {
+        if !has_tag(s, t)? {
             return Ok(false);
         }
     }
@@ -65,15 +72,23 @@ pub fn latest(all: Vec<(SnapshotId, Snapshot)>, f: &Filter, now_ns: i64) -> Resu
     Ok((found, future))
 }
 
-fn now_ns() -> i64 {
+/// Now, in ns since the epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Resolve `latest` or an id prefix to one snapshot.
 pub async fn find(repo: &Repository, spec: &str, f: &Filter) -> Result<(SnapshotId, Snapshot)> {
     let all = repo.snapshots().await?;
+    pick(&all, spec, f, now_ns())
+}
+
+/// Resolve `latest` (the newest of `all` passing `f`, see `latest`: future snapshots passed
+/// over are warned about) or a unique id prefix of at least 4 hex digits (whatever `f` says)
+/// among `all`, oldest first.
+pub fn pick(all: &[(SnapshotId, Snapshot)], spec: &str, f: &Filter, now_ns: i64) -> Result<(SnapshotId, Snapshot)> {
     if spec == "latest" {
-        let (found, future) = latest(all, f, now_ns())?;
+        let (found, future) = latest(all.to_vec(), f, now_ns)?;
         for id in &future {
             tracing::warn!(
                 "snapshot {} is dated in the future and is not taken as latest: name it by id to use it",
@@ -89,10 +104,10 @@ pub async fn find(repo: &Repository, spec: &str, f: &Filter) -> Result<(Snapshot
         bail!("{spec:?} is not a snapshot id: give `latest` or at least 4 hex digits");
     }
     let spec = spec.to_ascii_lowercase();
-    let mut hits: Vec<_> = all.into_iter().filter(|(id, _)| id.to_string().starts_with(&spec)).collect();
+    let mut hits: Vec<_> = all.iter().filter(|(id, _)| id.to_string().starts_with(&spec)).collect();
     match hits.len() {
         0 => bail!("no snapshot {spec} in the repository (see `ferry snapshots`)"),
-        1 => Ok(hits.remove(0)),
+        1 => Ok(hits.remove(0).clone()),
         n => bail!("snapshot prefix {spec} is ambiguous ({n} snapshots): give more digits"),
     }
 }

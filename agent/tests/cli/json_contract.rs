@@ -17,10 +17,11 @@ use serde_json::Value;
 use crate::common::{Env, random_bytes, skip, stderr, write};
 
 /// Every invocation form a section may name (`all`: every one).
-const FORMS: [&str; 20] = [
+const FORMS: [&str; 21] = [
     "init",
     "backup",
     "snapshots",
+    "forget",
     "ls",
     "restore",
     "restore disk",
@@ -505,6 +506,27 @@ fn json_output_of_every_command_is_documented() {
     let out = env.ferry().args(["bench", "--json", "--mb", "4"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     check(&doc, &mut cov, "bench", &out);
+
+    // forget: a policy's plan (dry run: the snapshots used above stay), then a snapshot by id.
+    // Grouped by host, paths and the `requester` tag (no snapshot has it): the two backups of
+    // `src` form one group, keep one and would remove the other.
+    let out = env
+        .ferry_pw("third")
+        .args(["forget", "--json", "--dry-run", "--keep-last", "1", "--group-by", "host,paths,tag:requester"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = check(&doc, &mut cov, "forget", &out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message_type"] == "forget_group" && l["remove"].as_array().is_some_and(|r| r.len() == 1)),
+        "a group removing one snapshot expected: {lines:?}"
+    );
+    let out = env.ferry_pw("third").args(["forget", "--json", &disk_snap]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = check(&doc, &mut cov, "forget", &out);
+    assert!(has_line(&lines, "forget_summary"), "{lines:?}");
 
     // Failures: the fatal `error` line is the last line, with the exit code, also for a
     // command that otherwise prints a single array.

@@ -248,3 +248,20 @@ fn copy_dir(from: &Path, to: &Path) {
     let st = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn forget_with_prune_marks_what_the_forgotten_snapshots_held() {
+    let env = Env::new();
+    let a = env.path("a");
+    for i in 0..3 {
+        write(&a.join(format!("f{i}")), &random_bytes(&format!("forget-prune-{i}"), 300 << 10));
+        env.backup(&a, &[]);
+    }
+    let out = env.ferry().args(["forget", "--json", "--keep-last", "1", "--prune"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(num(line(&lines, "forget_summary").unwrap(), "removed"), 2, "{lines:?}");
+    let m = line(&lines, "marked").unwrap();
+    assert!(m["marker"].is_string() && num(m, "packs_unused") >= 1, "the older trees are unused: {m}");
+    check_read_data(&env);
+}
