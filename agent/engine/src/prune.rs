@@ -209,6 +209,9 @@ struct Tally {
 async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(MarkReport, Option<(MarkerId, Marker)>)> {
     let mut r = MarkReport::default();
     let storage = repo.storage().clone();
+    // Snapshots before index objects: a writer stores its index objects before its snapshot,
+    // so every snapshot listed has its blobs in an index object listed after.
+    let snaps = storage.list(FileKind::Snapshot).await?;
     let files = repo.index_files().await.context("reading the index")?;
     let listed_index: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
@@ -223,7 +226,6 @@ async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(Mark
     repo.set_fallback(fallback.clone());
 
     // Everything the snapshots reference.
-    let snaps = storage.list(FileKind::Snapshot).await?;
     r.snapshots = snaps.len() as u64;
     let mut roots = Vec::with_capacity(snaps.len());
     for (id, _) in &snaps {
@@ -238,7 +240,7 @@ async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(Mark
     let mut rescued: HashSet<PackId> = HashSet::new();
     let mut missing = 0u64;
     let mut seen = HashSet::new();
-    reach::walk(repo, roots, &mut seen, &job.cancel, |kind, id| match index.position(kind, id) {
+    reach::walk(repo, roots, &mut seen, job, |kind, id| match index.position(kind, id) {
         Some(i) => {
             used[i / 64] |= 1 << (i % 64);
             index.lookup(kind, id)
@@ -465,6 +467,8 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
     let mut r = SweepReport { marker: id.0.to_string(), ..Default::default() };
     let storage = repo.storage().clone();
     let marked: HashSet<PackId> = m.packs.iter().copied().collect();
+    // Snapshots before index objects (as in the mark).
+    let snapshots_now = storage.list(FileKind::Snapshot).await?;
     let files = repo.index_files().await.context("reading the index")?;
     let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
     let mut withdrawn: HashSet<PackId> = HashSet::new();
@@ -498,7 +502,7 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
     // Snapshots the mark did not see: whatever they need from marked packs stays.
     let accounted: HashSet<SnapshotId> = m.snapshots.iter().copied().collect();
     let mut roots = Vec::new();
-    for (sid, _) in storage.list(FileKind::Snapshot).await? {
+    for (sid, _) in snapshots_now {
         let sid = SnapshotId(sid);
         if accounted.contains(&sid) {
             continue;
@@ -515,7 +519,7 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
         let mut unresolved = 0u64;
         let mut seen = HashSet::new();
         let mut need: HashSet<PackId> = HashSet::new();
-        reach::walk(repo, roots.iter().copied(), &mut seen, &job.cancel, |kind, b| {
+        reach::walk(repo, roots.iter().copied(), &mut seen, job, |kind, b| {
             if let Some(loc) = index.lookup(kind, b) {
                 if !marked.contains(&loc.pack) || withdrawn.contains(&loc.pack) {
                     return Some(loc);
@@ -652,7 +656,9 @@ pub async fn verify_long_backup(repo: &Repository, root: repo_format::TreeId, jo
     let marked: HashSet<PackId> = repo.markers().await?.into_iter().flat_map(|(_, m)| m.packs).collect();
     let mut bad = 0u64;
     let mut seen = HashSet::new();
-    reach::walk(repo, [root], &mut seen, &job.cancel, |kind, id| match index.lookup(kind, id) {
+    // Its own counters: the backup's progress is not the re-check's.
+    let quiet = Job { cancel: job.cancel.clone(), ..Job::new() };
+    reach::walk(repo, [root], &mut seen, &quiet, |kind, id| match index.lookup(kind, id) {
         Some(loc) if packs.contains(&loc.pack) && !marked.contains(&loc.pack) => Some(loc),
         _ => {
             bad += 1;

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use anyhow::{Context, Result};
 use repo_format::{BlobId, BlobKind, BlobLocation, Content, FileKind, Repository, Segment, Tree, TreeId};
 
-use crate::job::CancelToken;
+use crate::Job;
 
 /// Visit everything reachable from `roots`. `locate` is called once per reference (data
 /// blobs) or once per distinct tree-kind blob, and returns where to read a tree-kind blob
@@ -20,7 +20,7 @@ pub async fn walk(
     repo: &Repository,
     roots: impl IntoIterator<Item = TreeId>,
     seen: &mut HashSet<(BlobId, bool)>,
-    cancel: &CancelToken,
+    job: &Job,
     mut locate: impl FnMut(BlobKind, &BlobId) -> Option<BlobLocation>,
 ) -> Result<()> {
     // (blob, is a segment list rather than a directory)
@@ -31,9 +31,12 @@ pub async fn walk(
         }
     }
     while let Some((id, is_list)) = stack.pop() {
-        cancel.check()?;
+        job.cancel.check()?;
         let Some(loc) = locate(BlobKind::Tree, &id) else { continue };
         let plain = read(repo, &id, &loc).await?;
+        // Progress: tree-kind blobs read, and their bytes.
+        job.progress.files_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        job.progress.bytes_done.fetch_add(plain.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if is_list {
             let segs =
                 repo_format::decode_segment_list(&plain).with_context(|| format!("decoding segment list {}", id.0))?;

@@ -23,7 +23,7 @@ pub async fn run(cli: &Cli, a: &PruneArgs) -> Result<i32> {
     };
     let (r, counts) = repo::open_counted(cli).await?;
     let started = std::time::Instant::now();
-    let progress = Progress::start(Mode::Silent, "prune");
+    let progress = Progress::start(Mode::choose(cli.json, cli.quiet), "prune");
     let job = super::job(&progress);
     let rep = prune::prune(&r, &opts, &job).await;
     drop(progress);

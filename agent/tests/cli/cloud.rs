@@ -49,6 +49,22 @@ fn round_trip(location: &str) {
     let c = crate::common::summary_of(&out.stdout);
     assert!(c["ok"] == true && crate::common::num(&c, "packs_read") >= 1, "{c}");
     assert_eq!(crate::common::num(&c, "packs_read"), crate::common::num(&c, "packs"), "{c}");
+    // forget, prune (mark, then sweep) and repair index through the object store.
+    let other = env.path("other");
+    crate::common::write(&other.join("x"), &crate::common::random_bytes("cloud-gc", 300 << 10));
+    let gone = env.backup(&other, &[])["snapshot_id"].as_str().unwrap().to_string();
+    for args in [&["forget", &gone, "--prune"][..], &["prune", "--sweep-now"], &["repair", "index"]] {
+        let out = env.ferry().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?} on {location}: {}", stderr(&out));
+    }
+    let out = env.ferry().args(["check", "--json", "--read-data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "check after prune on {location}: {}", stderr(&out));
+    let c = crate::common::summary_of(&out.stdout);
+    assert_eq!(crate::common::num(&c, "unreferenced_packs"), 0, "{c}");
+    let target = env.path("target-after-prune");
+    let out = env.restore("latest", &target, &["--allow-devices", "--keep-setuid"]);
+    assert_eq!(out.status.code(), Some(0), "restore after prune from {location}: {}", stderr(&out));
+    assert!(compare_trees(&src, &target).is_empty());
 }
 
 #[test]
