@@ -40,7 +40,7 @@ pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, Pa
 pub use keyfile::KdfParams;
 pub use object::FORMAT_VERSION;
 pub use pack::{PackEntry, TRAILER_LEN, open_blob, open_blob_into, parse_header, parse_pack, parse_trailer};
-pub use repository::{FUTURE_SKEW_NS, KeyInfo, Repository, Resumed};
+pub use repository::{FUTURE_SKEW_NS, InitOptions, KeyInfo, Repository, Resumed};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{
     Counting, FileKind, MAX_KEY_FILE_LEN, MAX_OBJECT_LEN, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of,
