@@ -71,7 +71,11 @@ fn now_ns() -> i64 {
 
 /// Resolve `latest` or an id prefix to one snapshot.
 pub async fn find(repo: &Repository, spec: &str, f: &Filter) -> Result<(SnapshotId, Snapshot)> {
-    let all = repo.snapshots().await?;
+    pick(repo.snapshots().await?, spec, f)
+}
+
+/// As `find`, among `all` (a repository's snapshots, oldest first).
+pub fn pick(all: Vec<(SnapshotId, Snapshot)>, spec: &str, f: &Filter) -> Result<(SnapshotId, Snapshot)> {
     if spec == "latest" {
         let (found, future) = latest(all, f, now_ns())?;
         for id in &future {
