@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod cat;
 mod check;
+mod copy;
 mod init;
 mod key;
 mod ls;
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Cat(a) => cat::run(&cli, a).await,
         Command::Key(a) => key::run(&cli, a).await,
         Command::Check(a) => check::run(&cli, a).await,
+        Command::Copy(a) => copy::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
     }
