@@ -81,6 +81,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// Check the repository: structure, and with --read-data every stored byte (exit 13 on damage)
     Check(CheckArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one
+    Copy(CopyArgs),
     /// Print version, architecture and the code paths in use
     Version,
     /// Measure the primitives and the backup/restore pipeline here (JSON report)
@@ -132,6 +134,12 @@ pub struct InitArgs {
     /// (prune deletes what it marked only this long after; a longer backup re-checks itself)
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub gc_grace: std::time::Duration,
+    /// Take the id key and the chunk sizes of this repository (a location as --repo takes), so
+    /// that `ferry copy` between the two keeps blob ids and deduplicates
+    #[arg(long, value_name = "LOCATION", conflicts_with_all = ["chunk_avg_kib", "disk_chunk_kib"])]
+    pub copy_chunker_params_from: Option<String>,
+    #[command(flatten)]
+    pub from: FromPasswordArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +179,30 @@ pub struct PruneArgs {
     /// period (a backup running meanwhile could lose data: only with nothing else writing)
     #[arg(long)]
     pub sweep_now: bool,
+}
+
+/// The password of the other repository (`init --copy-chunker-params-from`, `copy --from-repo`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct FromPasswordArgs {
+    /// Read the other repository's password from this file (first line); else FERRY_FROM_PASSWORD
+    /// or a prompt
+    #[arg(long, env = "FERRY_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The repository to copy from (a location as --repo takes; credentials from the same
+    /// environment); the destination is --repo
+    #[arg(long, env = "FERRY_FROM_REPOSITORY", value_name = "LOCATION")]
+    pub from_repo: String,
+    #[command(flatten)]
+    pub from: FromPasswordArgs,
+    /// Snapshots to copy: ids (or unique prefixes) or `latest`; default: every snapshot that
+    /// matches the filters
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, Args, Clone, Default)]

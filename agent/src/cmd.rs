@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod cat;
 mod check;
+mod copy;
 mod forget;
 mod init;
 mod key;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Check(a) => check::run(&cli, a).await,
         Command::Prune(a) => prune::run(&cli, a).await,
         Command::Repair(a) => repair::run(&cli, a).await,
+        Command::Copy(a) => copy::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
     }

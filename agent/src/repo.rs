@@ -5,33 +5,44 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use repo_format::{Counting, ObjectStorage, Repository, RequestCounts, Storage};
+use repo_format::{Counting, ObjectStorage, ReadOnly, Repository, RequestCounts, Storage};
 
 use ferry_engine::location::{CloudOpts, Location, Tls};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, FromPasswordArgs};
 
 /// The repository's storage, from `--repo` or `--location`, counting requests. `create`: make a
 /// missing local directory (only `init` does).
 pub fn storage_for(cli: &Cli, create: bool) -> Result<(Arc<dyn Storage>, Arc<RequestCounts>)> {
+    let Some(spec) = &cli.location else {
+        let (storage, counts) = storage_at(cli, location(cli)?, create)?;
+        return Ok((Arc::new(storage), counts));
+    };
+    // One set of counters: storage calls counted by `Counting`, HTTP attempts (retries
+    // included) by the object store's client.
+    let counts = Arc::new(RequestCounts::default());
+    let backend = dpa_storage(spec, cli.credentials_file.as_deref(), create, tls(cli)?, counts.clone())?;
+    Ok((Arc::new(Counting::with_counts(backend, counts.clone())), counts))
+}
+
+/// The storage at `spec`, a location as `--repo` takes (a directory, s3:, azure:, gs:), with
+/// credentials from the environment and the command line's TLS options, counting requests.
+pub fn storage_at(cli: &Cli, spec: &str, create: bool) -> Result<(Counting<ObjectStorage>, Arc<RequestCounts>)> {
+    let counts = Arc::new(RequestCounts::default());
+    let loc = Location::parse(spec)?;
+    let mut opts = CloudOpts { counts: Some(counts.clone()), ..Default::default() };
+    crate::env::fill_cloud_opts(&loc, &mut opts)?;
+    let backend = ferry_engine::location::storage_of(&loc, spec, create, &tls(cli)?, &opts)?;
+    Ok((Counting::with_counts(backend, counts.clone()), counts))
+}
+
+/// `--ca-cert` and `--insecure-skip-tls-verify`.
+fn tls(cli: &Cli) -> Result<Tls> {
     let mut tls = Tls { ca_pem: None, insecure: cli.insecure_skip_tls_verify };
     if let Some(f) = &cli.ca_cert {
         tls.ca_pem = Some(std::fs::read(f).with_context(|| format!("reading the CA certificate {}", f.display()))?);
     }
-    // One set of counters: storage calls counted by `Counting`, HTTP attempts (retries
-    // included) by the object store's client.
-    let counts = Arc::new(RequestCounts::default());
-    let backend = match &cli.location {
-        Some(spec) => dpa_storage(spec, cli.credentials_file.as_deref(), create, tls, counts.clone())?,
-        None => {
-            let spec = location(cli)?;
-            let loc = Location::parse(spec)?;
-            let mut opts = CloudOpts { counts: Some(counts.clone()), ..Default::default() };
-            crate::env::fill_cloud_opts(&loc, &mut opts)?;
-            ferry_engine::location::storage_of(&loc, spec, create, &tls, &opts)?
-        }
-    };
-    Ok((Arc::new(Counting::with_counts(backend, counts.clone())), counts))
+    Ok(tls)
 }
 
 /// A DPA backup location (`FILE[#NAME]`) as storage. Credentials come from `cred_file`, else
@@ -115,30 +126,43 @@ fn read_password_file(path: &std::path::Path) -> Result<Vec<u8>> {
 
 /// The password: FERRY_PASSWORD, then --password-file / FERRY_PASSWORD_FILE, then a prompt.
 pub fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
-    let pw = if let Some(p) = std::env::var_os("FERRY_PASSWORD") {
-        p.into_encoded_bytes()
-    } else if let Some(f) = &cli.password_file {
-        read_password_file(f)?
-    } else {
-        prompt(
-            "enter repository password: ",
-            confirm,
-            "set FERRY_PASSWORD or FERRY_PASSWORD_FILE, or pass --password-file",
-        )?
-    };
-    non_empty(pw, "FERRY_PASSWORD / the password file")
+    ask(
+        "FERRY_PASSWORD",
+        cli.password_file.as_deref(),
+        "enter repository password: ",
+        confirm,
+        "set FERRY_PASSWORD or FERRY_PASSWORD_FILE, or pass --password-file",
+    )
+}
+
+/// The other repository's password (`--copy-chunker-params-from`, `--from-repo`):
+/// FERRY_FROM_PASSWORD, then --from-password-file / FERRY_FROM_PASSWORD_FILE, then a prompt.
+pub fn from_password(from: &FromPasswordArgs) -> Result<Vec<u8>> {
+    ask(
+        "FERRY_FROM_PASSWORD",
+        from.from_password_file.as_deref(),
+        "enter the source repository's password: ",
+        false,
+        "set FERRY_FROM_PASSWORD or FERRY_FROM_PASSWORD_FILE, or pass --from-password-file",
+    )
 }
 
 /// A new password (key add / passwd): FERRY_NEW_PASSWORD, a file, or a prompt.
 pub fn new_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    let pw = if let Some(p) = std::env::var_os("FERRY_NEW_PASSWORD") {
-        p.into_encoded_bytes()
+    ask("FERRY_NEW_PASSWORD", file, "enter new password: ", true, "set FERRY_NEW_PASSWORD, or pass --new-password-file")
+}
+
+/// A password from the variable `var`, else from `file`, else asked on the terminal (`hint`
+/// says what to set when there is none).
+fn ask(var: &str, file: Option<&std::path::Path>, msg: &str, confirm: bool, hint: &str) -> Result<Vec<u8>> {
+    let (pw, source) = if let Some(p) = std::env::var_os(var) {
+        (p.into_encoded_bytes(), var.to_string())
     } else if let Some(f) = file {
-        read_password_file(f)?
+        (read_password_file(f)?, format!("the password file {}", f.display()))
     } else {
-        prompt("enter new password: ", true, "set FERRY_NEW_PASSWORD, or pass --new-password-file")?
+        (prompt(msg, confirm, hint)?, "the prompt".to_string())
     };
-    non_empty(pw, "FERRY_NEW_PASSWORD / the new password file")
+    non_empty(pw, &source)
 }
 
 fn non_empty(pw: Vec<u8>, source: &str) -> Result<Vec<u8>> {
@@ -198,6 +222,23 @@ pub async fn open(cli: &Cli) -> Result<Arc<Repository>> {
 /// As `open`, with the request counters of the storage.
 pub async fn open_counted(cli: &Cli) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
     open_with_cache(cli, cache_root(cli)).await
+}
+
+/// Open and unlock another repository, read-only (nothing of it can be written through this
+/// session): the location `spec` as `--repo` takes it, its password from `from`. Errors name it
+/// as `what` (`source repository`).
+pub async fn open_other(
+    cli: &Cli,
+    spec: &str,
+    from: &FromPasswordArgs,
+    what: &str,
+) -> Result<(Arc<Repository>, Arc<RequestCounts>)> {
+    let (storage, counts) = storage_at(cli, spec, false).with_context(|| format!("{what} {spec}"))?;
+    let pw = from_password(from)?;
+    let storage: Arc<dyn Storage> = Arc::new(ReadOnly(storage));
+    let repo =
+        Repository::open(storage, &pw, cache_root(cli)).await.with_context(|| format!("opening the {what} {spec}"))?;
+    Ok((Arc::new(repo), counts))
 }
 
 /// As `open_counted`, with the cache at `cache` (or none).

@@ -9,6 +9,8 @@ mod check;
 mod cloud;
 #[path = "cli/concurrent.rs"]
 mod concurrent;
+#[path = "cli/copy.rs"]
+mod copy;
 #[path = "cli/errors.rs"]
 mod errors;
 #[path = "cli/faults.rs"]

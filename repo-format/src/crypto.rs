@@ -62,6 +62,20 @@ impl MasterKey {
         MasterKey { enc, idk }
     }
 
+    /// A new master key with a fresh random `enc` and `other`'s id key: equal plaintext gets
+    /// equal blob ids and files are cut at the same places, while nothing is encrypted alike
+    /// (FORMAT.md §4.1).
+    pub(crate) fn sharing_id_key_of(other: &MasterKey) -> Self {
+        MasterKey { idk: other.idk, ..MasterKey::generate() }
+    }
+
+    /// True when both keys give every plaintext the same blob id (they share `idk`). Compares
+    /// the ids of a fixed probe, never the secrets themselves.
+    pub fn same_id_key(&self, other: &MasterKey) -> bool {
+        const PROBE: &[u8] = b"ferry id key probe";
+        self.blob_id(PROBE) == other.blob_id(PROBE)
+    }
+
     /// The id of a blob: BLAKE3 keyed with the id key, over the plaintext.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
         BlobId(Id(*blake3::keyed_hash(&self.idk, plaintext).as_bytes()))
@@ -185,6 +199,19 @@ mod tests {
         assert!(mk.pack_cipher(&[1; 32]).open(b"", &sealed, "t").is_err());
         let other = MasterKey::from_bytes([1; 32], [3; 32]);
         assert_ne!(mk.blob_id(b"x"), other.blob_id(b"x"));
+    }
+
+    #[test]
+    fn a_key_sharing_the_id_key_encrypts_apart() {
+        let a = MasterKey::generate();
+        let b = MasterKey::sharing_id_key_of(&a);
+        assert!(a.same_id_key(&b) && b.same_id_key(&a));
+        assert_eq!(a.blob_id(b"chunk"), b.blob_id(b"chunk"));
+        assert_eq!(a.chunker_seed(), b.chunker_seed());
+        assert_ne!(a.enc, b.enc, "the encryption key is fresh");
+        let sealed = a.object_cipher().seal(b"", b"x");
+        assert!(b.object_cipher().open(b"", &sealed, "t").is_err());
+        assert!(!a.same_id_key(&MasterKey::generate()));
     }
 
     /// Pinned values: keyed ids and derived seeds must never change (format stability).

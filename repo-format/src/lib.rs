@@ -42,7 +42,9 @@ pub use keyfile::KdfParams;
 pub use marker::Marker;
 pub use object::FORMAT_VERSION;
 pub use pack::{PackEntry, TRAILER_LEN, open_blob, open_blob_into, parse_header, parse_pack, parse_trailer};
-pub use repository::{FUTURE_SKEW_NS, KeyInfo, Repository, Resumed, current as current_index_files, marked_only};
+pub use repository::{
+    FUTURE_SKEW_NS, InitOptions, KeyInfo, Repository, Resumed, current as current_index_files, marked_only,
+};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{
     Counting, FileKind, MAX_KEY_FILE_LEN, MAX_OBJECT_LEN, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of,

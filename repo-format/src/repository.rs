@@ -108,6 +108,15 @@ fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// How `Repository::init_with` makes the master key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InitOptions<'a> {
+    /// Take the id key (`idk`, FORMAT.md §4.1) of this master key instead of a random one; the
+    /// encryption key is always new. Both repositories then give equal plaintext equal blob ids
+    /// and (with equal chunker parameters) cut files alike, so copies between them deduplicate.
+    pub id_key_from: Option<&'a MasterKey>,
+}
+
 impl Repository {
     /// Create a repository: config and a first key file. Fails if a config exists.
     pub async fn init(
@@ -117,6 +126,18 @@ impl Repository {
         config: RepoConfig,
         key_label: &str,
     ) -> Result<Self> {
+        Self::init_with(storage, password, kdf, config, key_label, InitOptions::default()).await
+    }
+
+    /// As `init`, with options (a shared id key).
+    pub async fn init_with(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        kdf: KdfParams,
+        config: RepoConfig,
+        key_label: &str,
+        opts: InitOptions<'_>,
+    ) -> Result<Self> {
         config.validate()?;
         match storage.read(FileKind::Config, &Id::ZERO, FileKind::Config.max_len()).await {
             Ok(_) => {
@@ -125,7 +146,10 @@ impl Repository {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let master = MasterKey::generate();
+        let master = match opts.id_key_from {
+            Some(other) => MasterKey::sharing_id_key_of(other),
+            None => MasterKey::generate(),
+        };
         let kf = keyfile::create(&master, password, kdf, now_ns(), key_label)?;
         let key_id = KeyId(Id::of_stored(&kf));
         // Key first, config last: a repository exists only once it can be unlocked.
@@ -728,4 +752,30 @@ pub fn marked_only(files: &[(IndexId, IndexFile)]) -> IndexFile {
         .cloned()
         .collect();
     IndexFile { packs, supersedes: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ObjectStorage;
+
+    fn local(dir: &std::path::Path) -> Arc<dyn Storage> {
+        Arc::new(ObjectStorage::local(dir).unwrap())
+    }
+
+    #[tokio::test]
+    async fn init_with_a_shared_id_key_keeps_ids_and_renews_encryption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kdf = KdfParams::insecure_for_tests();
+        let a = Repository::init(local(&tmp.path().join("a")), b"pa", kdf, RepoConfig::new(1), "a").await.unwrap();
+        let opts = InitOptions { id_key_from: Some(a.master_key()) };
+        let b = Repository::init_with(local(&tmp.path().join("b")), b"pb", kdf, RepoConfig::new(2), "b", opts);
+        b.await.unwrap();
+        let b = Repository::open(local(&tmp.path().join("b")), b"pb", None).await.unwrap();
+        assert!(b.master_key().same_id_key(a.master_key()));
+        assert_eq!(b.master_key().chunker_seed(), a.master_key().chunker_seed());
+        assert_ne!(b.master_key(), a.master_key(), "the encryption key is the new repository's own");
+        let c = Repository::init(local(&tmp.path().join("c")), b"pc", kdf, RepoConfig::new(3), "c").await.unwrap();
+        assert!(!c.master_key().same_id_key(a.master_key()));
+    }
 }

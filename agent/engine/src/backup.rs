@@ -176,16 +176,7 @@ pub(crate) async fn start_writer(
     cache_dir: Option<&std::path::Path>,
     limits: &Limits,
 ) -> Result<(BlobWriter, usize, Resumed)> {
-    let tmp_dir = match cache_dir {
-        Some(c) => {
-            let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
-            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                .create(&t)
-                .with_context(|| format!("creating {}", t.display()))?;
-            t
-        }
-        None => std::env::temp_dir(),
-    };
+    let tmp_dir = pack_tmp_dir(repo, cache_dir)?;
     // Packs an interrupted backup on this machine uploaded but never indexed: index them now,
     // so this backup reuses them.
     let resumed = repo.resume_interrupted().await.context("indexing the packs of an interrupted backup")?;
@@ -199,6 +190,17 @@ pub(crate) async fn start_writer(
     let workers = limits.threads.max(1);
     let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
     Ok((writer, workers, resumed))
+}
+
+/// Where a writer spools its packs: `<cache>/<repository id>/tmp` (created, private), or the
+/// system temporary directory without a cache.
+pub(crate) fn pack_tmp_dir(repo: &Repository, cache_dir: Option<&std::path::Path>) -> Result<PathBuf> {
+    let Some(c) = cache_dir else { return Ok(std::env::temp_dir()) };
+    let t = c.join(repo.config().repo_id.to_hex()).join("tmp");
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&t)
+        .with_context(|| format!("creating {}", t.display()))?;
+    Ok(t)
 }
 
 /// A snapshot of this program, user and time.

@@ -1,7 +1,8 @@
 //! Ferry's engines, shared by the `ferry` CLI and the node agent.
 //!
-//! Backup (files, disks, pod volumes), restore, snapshot selection, retention (`forget`) and
-//! repository opening over the `repo_format` crate. The contract with every front end:
+//! Backup (files, disks, pod volumes), restore, copy between repositories, check, prune and
+//! repair, retention (`forget`), snapshot selection and repository opening over the
+//! `repo_format` crate. The contract with every front end:
 //! - no environment variables are read, nothing is printed and the process is never exited:
 //!   settings and credentials arrive as values (`location::CloudOpts`, `open::OpenRequest`);
 //! - every long call takes a `job::Job`: a cancellation token, progress counters and limits
@@ -15,6 +16,7 @@
 pub mod attempts;
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod credentials;
 pub mod disk;
 pub mod dpa;

@@ -6,7 +6,7 @@
 use crate::common::tree::compare_trees;
 use crate::common::{Env, stderr};
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -16,7 +16,7 @@ fn unique(prefix: &str) -> String {
 
 /// The moto endpoint and bucket from `tests/servers.sh start`, or `None` (with a message) when
 /// the servers are not running.
-fn moto() -> Option<(String, String)> {
+pub(crate) fn moto() -> Option<(String, String)> {
     match (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET")) {
         (Ok(e), Ok(b)) => Some((e, b)),
         _ => {

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::common::{Env, random_bytes, skip, stderr, write};
+use crate::common::{Env, PASSWORD, random_bytes, skip, stderr, write};
 
 /// Every invocation form a section may name (`all`: every one).
-const FORMS: [&str; 21] = [
+const FORMS: [&str; 22] = [
     "init",
     "backup",
     "snapshots",
@@ -29,6 +29,7 @@ const FORMS: [&str; 21] = [
     "prune",
     "repair index",
     "repair snapshots",
+    "copy",
     "cat config",
     "cat snapshot",
     "cat index",
@@ -449,6 +450,23 @@ fn json_output_of_every_command_is_documented() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines = check(&doc, &mut cov, "ls", &out);
     assert!(lines.iter().any(|l| l["type"] == "symlink"), "a symlink node expected");
+
+    // copy: into a repository that shares the id key (its init line names the source), then
+    // again (every snapshot skipped).
+    let copy_to = Env::empty();
+    let mut cmd = copy_to.ferry();
+    cmd.args(["init", "--json", "--kdf-memory", "64", "--kdf-iterations", "1", "--copy-chunker-params-from"]);
+    let out = cmd.arg(&env.repo).env("FERRY_FROM_PASSWORD", PASSWORD).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check(&doc, &mut cov, "init", &out);
+    for round in ["copies", "skips"] {
+        let mut cmd = copy_to.ferry();
+        cmd.args(["copy", "--json", "--from-repo"]).arg(&env.repo).env("FERRY_FROM_PASSWORD", PASSWORD);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = check(&doc, &mut cov, "copy", &out);
+        assert!(has_line(&lines, "copied") && has_line(&lines, "summary"), "{round}: {lines:?}");
+    }
 
     // restore: files (with --verify, so verified_files is a number) and a disk.
     let target = env.path("restored");

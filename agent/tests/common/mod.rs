@@ -112,8 +112,16 @@ impl Env {
 }
 
 /// Configuration the test runner's environment may carry; removed from every invocation.
-const INHERITED: [&str; 5] =
-    ["FERRY_REPOSITORY", "FERRY_PASSWORD", "FERRY_PASSWORD_FILE", "FERRY_NEW_PASSWORD", "FERRY_CHUNK_QUEUE"];
+const INHERITED: [&str; 8] = [
+    "FERRY_REPOSITORY",
+    "FERRY_PASSWORD",
+    "FERRY_PASSWORD_FILE",
+    "FERRY_NEW_PASSWORD",
+    "FERRY_CHUNK_QUEUE",
+    "FERRY_FROM_REPOSITORY",
+    "FERRY_FROM_PASSWORD",
+    "FERRY_FROM_PASSWORD_FILE",
+];
 
 /// Every JSON line of a command's stdout.
 pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
