@@ -240,6 +240,27 @@ impl Storage for ObjectStorage {
         if r.meta.size > limit {
             return Err(too_large(r.meta.size));
         }
+        // A local file is read in one go on a blocking thread (the stream would hand it over in
+        // small chunks, a thread handoff each: most of the time of a whole-pack read).
+        let size = r.meta.size;
+        let r = match r.payload {
+            object_store::GetResultPayload::File(file, _) => {
+                let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    use std::io::Read;
+                    let mut buf = Vec::with_capacity(size as usize);
+                    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+                    Ok(buf)
+                })
+                .await
+                .expect("a file read does not panic")
+                .map_err(|e| Error::io(format!("reading {}", path_of(kind, id)), e))?;
+                if read.len() as u64 > limit {
+                    return Err(too_large(read.len() as u64));
+                }
+                return Ok(Bytes::from(read));
+            }
+            payload => object_store::GetResult { payload, ..r },
+        };
         let mut buf = bytes::BytesMut::with_capacity(r.meta.size as usize);
         let mut stream = r.into_stream();
         while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(kind, id, e))? {
