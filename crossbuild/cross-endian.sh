@@ -35,9 +35,10 @@ NATIVE="$WS/target/debug/ferry"
 if [ "$T" = native ]; then
   CROSS="$NATIVE"
 else
-  ( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$WS/target/cross"
+  XDIR="${FERRY_CROSS_TARGET_DIR:-$WS/target/cross}"
+  ( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$XDIR"
     /usr/bin/cargo build -q --target "$T" --config "$HERE/cargo-config.toml" -p ferry-agent )
-  CROSS="$Q $WS/target/cross/$T/debug/ferry"
+  CROSS="$Q $XDIR/$T/debug/ferry"
 fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT

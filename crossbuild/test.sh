@@ -11,7 +11,8 @@
 #
 # Environment:
 #   WORKSPACE=/path      workspace to test (default: the repository holding this script)
-#   CARGO_TARGET_DIR     default: $WORKSPACE/target/cross (kept apart from rustup builds)
+#   FERRY_CROSS_TARGET_DIR or CARGO_TARGET_DIR   default: $WORKSPACE/target/cross (kept apart
+#                        from rustup builds; tests/run.sh keeps one under /var/cache across runs)
 #   FERRY_*              passed through to the tests unchanged.
 #   FERRY_UNDER_QEMU=1   exported by this script for emulated targets. Tests that cannot work
 #                        under qemu-user (loop devices, FIFREEZE/BLK* ioctls, spawning another
@@ -45,7 +46,7 @@ shift
 export PATH=/usr/bin:/bin
 export RUSTC=/usr/bin/rustc
 unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}"
+export CARGO_TARGET_DIR="${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}}"
 # CARGO_HOME stays ~/.cargo: the registry cache is shared with rustup's cargo.
 if [ -n "$QEMU" ]; then
   # Property tests look for byte-order and width mistakes, which any case shows; under emulation

@@ -63,6 +63,12 @@ ff=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\2/p' /tmp/ferry
 [ -n "$fp" ] || { fp=0; ff=1; echo "fuzz: no result line (build or install failed)"; }
 passed=$((passed + fp)); failed=$((failed + ff))
 
+# The 1.85 cross builds keep their target directory across runs on this machine (like the
+# servers under /var/cache): cargo rebuilds what changed, and a second run costs minutes, not
+# the half hour of compiling every dependency for three targets. FERRY_CROSS_TARGET_DIR=""
+# builds inside the clone instead.
+export FERRY_CROSS_TARGET_DIR=${FERRY_CROSS_TARGET_DIR-/var/cache/ferry-build/cross}
+[ -n "$FERRY_CROSS_TARGET_DIR" ] && mkdir -p "$FERRY_CROSS_TARGET_DIR"
 for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   [ "$target" = none ] && break
   if [ -x crossbuild/test.sh ]; then
