@@ -563,6 +563,25 @@ impl Repository {
         Ok(r)
     }
 
+    /// A pack's own list of blobs, from its trailer and header: two range reads of a pack of
+    /// `size` bytes (its listed size). For rebuilding an index and for checks.
+    pub async fn pack_header(&self, id: &PackId, size: u64) -> Result<crate::index::IndexPack> {
+        let at = ObjectRef::File(FileKind::Pack, id.0);
+        let trailer = pack::TRAILER_LEN as u64;
+        if size < trailer {
+            return Err(Error::corrupt("pack", format!("{size} bytes: shorter than a trailer")).locate(at));
+        }
+        let t = self.storage.read_range(FileKind::Pack, &id.0, size - trailer, trailer).await?;
+        let (salt, hlen) = pack::parse_trailer(&t).map_err(|e| e.locate(at.clone()))?;
+        let hstart = (size - trailer)
+            .checked_sub(u64::from(hlen))
+            .filter(|_| u64::from(hlen) <= crate::storage::MAX_OBJECT_LEN)
+            .ok_or_else(|| Error::corrupt("pack", format!("its header claims {hlen} bytes")).locate(at.clone()))?;
+        let h = self.storage.read_range(FileKind::Pack, &id.0, hstart, u64::from(hlen)).await?;
+        let blobs = pack::parse_header(&self.master, &salt, &h, hstart).map_err(|e| e.locate(at))?;
+        Ok(crate::index::IndexPack { id: *id, salt, blobs })
+    }
+
     /// Read and verify one blob. Tree blobs come from the cached copy of their whole pack
     /// when there is a cache (one download per tree pack instead of one GET per directory).
     pub async fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {

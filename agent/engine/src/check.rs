@@ -30,8 +30,7 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 use repo_format::{
     BlobId, BlobKind, Content, Error as RepoError, FileKind, Id, Index, IndexFile, IndexId, NodeType, PackEntry,
-    PackId, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list, open_blob, parse_header,
-    parse_pack, parse_trailer,
+    PackId, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list, open_blob, parse_pack,
 };
 use serde::Serialize;
 
@@ -422,27 +421,11 @@ async fn header_matches(
     files: &[(IndexId, IndexFile)],
 ) -> std::result::Result<(), String> {
     let listed = files.iter().flat_map(|(_, f)| &f.packs).find(|p| p.id == *id).expect("indexed pack");
-    if size < TRAILER_LEN as u64 {
-        return Err(format!("{size} bytes: shorter than a pack trailer"));
-    }
-    let storage = repo.storage();
-    let t = storage
-        .read_range(FileKind::Pack, &id.0, size - TRAILER_LEN as u64, TRAILER_LEN as u64)
+    let own = repo
+        .pack_header(id, size)
         .await
-        .map_err(|e| format!("{size} bytes, not the size its index entries imply; its trailer: {e}"))?;
-    let (salt, hlen) = parse_trailer(&t).map_err(|e| format!("{size} bytes, not the size its index implies: {e}"))?;
-    let hstart = (size - TRAILER_LEN as u64)
-        .checked_sub(u64::from(hlen))
-        .ok_or_else(|| format!("{size} bytes, not the size its index implies; its header is longer than the pack"))?;
-    if u64::from(hlen) > repo_format::MAX_OBJECT_LEN {
-        return Err(format!("{size} bytes; its header claims {hlen} bytes"));
-    }
-    let h = storage
-        .read_range(FileKind::Pack, &id.0, hstart, u64::from(hlen))
-        .await
-        .map_err(|e| format!("{size} bytes; reading its header: {e}"))?;
-    let header = parse_header(repo.master_key(), &salt, &h, hstart)
-        .map_err(|e| format!("{size} bytes, not the size its index implies; its header: {e}"))?;
+        .map_err(|e| format!("{size} bytes, not the size its index entries imply; its header: {e}"))?;
+    let (salt, header) = (own.salt, own.blobs);
     let mut a: Vec<_> = header.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
     let mut b: Vec<_> = listed.blobs.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
     a.sort_unstable_by_key(|x| x.2);

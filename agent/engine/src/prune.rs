@@ -36,7 +36,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use repo_format::{
     BlobId, BlobKind, BlobLocation, FileKind, Id, Index, IndexFile, IndexId, IndexPack, Marker, MarkerId, PackId,
-    Repository, SnapshotId, TRAILER_LEN, WriterOptions,
+    Repository, SnapshotId, WriterOptions,
 };
 use serde::Serialize;
 
@@ -622,27 +622,14 @@ async fn remove(repo: &Repository, kind: FileKind, id: &Id) -> Result<()> {
     }
 }
 
-/// A pack's own list of blobs (trailer and header: two range reads); `None` if it is gone or
-/// does not parse (then nothing in it can be saved anyway).
+/// A pack's own list of blobs (two range reads); `None` if it is gone or does not parse (then
+/// nothing in it can be saved anyway).
 async fn read_header(repo: &Repository, p: &PackId) -> Result<Option<IndexPack>> {
-    let storage = repo.storage();
-    let Some(size) = storage.list(FileKind::Pack).await?.into_iter().find(|(i, _)| *i == p.0).map(|(_, n)| n) else {
-        return Ok(None);
-    };
-    if size < TRAILER_LEN as u64 {
-        return Ok(None);
-    }
-    let Ok(t) = storage.read_range(FileKind::Pack, &p.0, size - TRAILER_LEN as u64, TRAILER_LEN as u64).await else {
-        return Ok(None);
-    };
-    let Ok((salt, hlen)) = repo_format::parse_trailer(&t) else { return Ok(None) };
-    let Some(hstart) = (size - TRAILER_LEN as u64).checked_sub(u64::from(hlen)) else { return Ok(None) };
-    let Ok(h) = storage.read_range(FileKind::Pack, &p.0, hstart, u64::from(hlen)).await else { return Ok(None) };
-    Ok(repo_format::parse_header(repo.master_key(), &salt, &h, hstart).ok().map(|blobs| IndexPack {
-        id: *p,
-        salt,
-        blobs,
-    }))
+    let size = repo.storage().list(FileKind::Pack).await?.into_iter().find(|(i, _)| *i == p.0).map(|(_, n)| n);
+    Ok(match size {
+        Some(size) => repo.pack_header(p, size).await.ok(),
+        None => None,
+    })
 }
 
 /// A backup that ran longer than the grace period may have deduplicated against packs that a

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use repo_format::{
     BlobKind, Content, FileKind, IndexFile, IndexId, IndexPack, PackId, Repository, Segment, Snapshot, SnapshotId,
-    TRAILER_LEN, Tree, TreeId, WriterOptions, decode_segment_list,
+    Tree, TreeId, WriterOptions, decode_segment_list,
 };
 use serde::Serialize;
 
@@ -57,7 +57,7 @@ pub async fn repair_index(repo: &Repository, dry_run: bool, job: &Job) -> Result
         listed
             .into_iter()
             .filter(|(id, _)| !marked.contains(&PackId(*id)))
-            .map(|(id, size)| async move { (PackId(id), read_header(repo, PackId(id), size).await) }),
+            .map(|(id, size)| async move { (PackId(id), repo.pack_header(&PackId(id), size).await) }),
     )
     .buffer_unordered(HEADER_READS);
     while let Some((id, res)) = results.next().await {
@@ -95,20 +95,6 @@ pub async fn repair_index(repo: &Repository, dry_run: bool, job: &Job) -> Result
     }
     repo.load_index().await?;
     Ok(r)
-}
-
-/// A pack's blobs from its trailer and header (two range reads).
-async fn read_header(repo: &Repository, id: PackId, size: u64) -> Result<IndexPack> {
-    anyhow::ensure!(size >= TRAILER_LEN as u64, "{size} bytes: shorter than a trailer");
-    let storage = repo.storage();
-    let t = storage.read_range(FileKind::Pack, &id.0, size - TRAILER_LEN as u64, TRAILER_LEN as u64).await?;
-    let (salt, hlen) = repo_format::parse_trailer(&t)?;
-    let hstart =
-        (size - TRAILER_LEN as u64).checked_sub(u64::from(hlen)).context("its header is longer than the pack")?;
-    anyhow::ensure!(u64::from(hlen) <= repo_format::MAX_OBJECT_LEN, "its header claims {hlen} bytes");
-    let h = storage.read_range(FileKind::Pack, &id.0, hstart, u64::from(hlen)).await?;
-    let blobs = repo_format::parse_header(repo.master_key(), &salt, &h, hstart)?;
-    Ok(IndexPack { id, salt, blobs })
 }
 
 /// One snapshot's repair.

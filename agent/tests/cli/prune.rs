@@ -32,19 +32,7 @@ fn line<'a>(lines: &'a [serde_json::Value], t: &str) -> Option<&'a serde_json::V
 }
 
 fn repo_bytes(repo: &Path) -> u64 {
-    let mut n = 0;
-    let mut stack = vec![repo.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                n += p.metadata().unwrap().len();
-            }
-        }
-    }
-    n
+    crate::check::objects(repo, "").iter().map(|p| p.metadata().unwrap().len()).sum()
 }
 
 fn check_read_data(env: &Env) {
