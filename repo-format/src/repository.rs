@@ -370,7 +370,8 @@ impl Repository {
     }
 
     /// Every index object in storage, superseded ones included (one LIST; downloads only what
-    /// the cache lacks).
+    /// the cache lacks). One that is gone by the time it is read was removed after the listing,
+    /// which only garbage collection does, to a superseded object: it is left out.
     pub async fn index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
         let listed = self.storage.list(FileKind::Index).await?;
         if let Some(c) = &self.cache {
@@ -381,13 +382,18 @@ impl Repository {
             let budget = &budget;
             async move {
                 let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
-                Ok((IndexId(*id), self.read_index_file_sized(&IndexId(*id), *size).await?))
+                match self.read_index_file_sized(&IndexId(*id), *size).await {
+                    Ok(f) => Ok(Some((IndexId(*id), f))),
+                    Err(Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
         }))
         .buffer_unordered(LOAD_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
         .into_iter()
+        .filter_map(Result::transpose)
         .collect()
     }
 
@@ -651,6 +657,8 @@ impl Repository {
             match r {
                 Ok(s) => out.push((id, s)),
                 Err(e) if e.is_corrupt() => tracing::warn!("snapshot {} is left out: {e}", id.0.short()),
+                // Removed after the listing (a concurrent forget).
+                Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

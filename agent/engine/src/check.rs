@@ -212,6 +212,8 @@ pub async fn check(repo: &Repository, opts: &CheckOptions, job: &Job) -> Result<
             Err(e) if e.is_corrupt() => {
                 f.add(DamageKind::Index, format!("index {}", id.0), format!("{e}"));
             }
+            // Removed after the listing: a sweep deleting a superseded index object.
+            Err(RepoError::NotFound { .. }) => rep.index_objects -= 1,
             Err(e) => return Err(anyhow::Error::new(e).context(format!("reading index object {}", id.0))),
         }
     }
@@ -342,6 +344,10 @@ pub async fn check(repo: &Repository, opts: &CheckOptions, job: &Job) -> Result<
             Ok(s) => s,
             Err(e) if e.is_corrupt() => {
                 f.add(DamageKind::Snapshot, format!("snapshot {}", sid.0), format!("{e}"));
+                continue;
+            }
+            Err(RepoError::NotFound { .. }) => {
+                rep.snapshots -= 1; // forgotten after the listing
                 continue;
             }
             Err(e) => return Err(anyhow::Error::new(e).context(format!("reading snapshot {}", sid.0))),

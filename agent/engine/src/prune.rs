@@ -229,12 +229,15 @@ async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(Mark
     r.snapshots = snaps.len() as u64;
     let mut roots = Vec::with_capacity(snaps.len());
     for (id, _) in &snaps {
-        let s = repo.load_snapshot(&SnapshotId(*id)).await.with_context(|| {
-            format!(
-                "snapshot {id} cannot be read: prune deletes nothing while a snapshot is unreadable; run `ferry check`"
-            )
-        })?;
-        roots.push(s.tree);
+        match repo.load_snapshot(&SnapshotId(*id)).await {
+            Ok(s) => roots.push(s.tree),
+            Err(repo_format::Error::NotFound { .. }) => {} // forgotten after the listing
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "snapshot {id} cannot be read: prune deletes nothing while a snapshot is unreadable; run `ferry check`"
+                )));
+            }
+        }
     }
     let mut used = vec![0u64; index.len().div_ceil(64)];
     let mut rescued: HashSet<PackId> = HashSet::new();
@@ -509,6 +512,7 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
         }
         match repo.load_snapshot(&sid).await {
             Ok(s) => roots.push(s.tree),
+            Err(repo_format::Error::NotFound { .. }) => {} // forgotten after the listing
             Err(e) if e.is_corrupt() => {
                 bail!("snapshot {sid} cannot be read ({e}): the sweep deletes nothing; run `ferry check`")
             }
