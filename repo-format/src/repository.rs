@@ -433,7 +433,11 @@ impl Repository {
     pub async fn markers(&self) -> Result<Vec<(MarkerId, Marker)>> {
         let mut out = Vec::new();
         for (id, size) in self.storage.list(FileKind::Marker).await? {
-            let b = self.storage.read(FileKind::Marker, &id, size.min(FileKind::Marker.max_len())).await?;
+            let b = match self.storage.read(FileKind::Marker, &id, size.min(FileKind::Marker.max_len())).await {
+                Ok(b) => b,
+                Err(Error::NotFound { .. }) => continue, // swept after the listing
+                Err(e) => return Err(e),
+            };
             if Id::of_stored(&b) != id {
                 return Err(Error::corrupt("marker", "stored bytes do not hash to the object's name")
                     .locate(ObjectRef::File(FileKind::Marker, id)));
