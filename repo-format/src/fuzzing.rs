@@ -13,7 +13,8 @@ use crate::id::Id;
 use crate::keyfile::{self, KdfParams};
 use crate::object::{self, ObjectType};
 
-/// The object type of a type byte (1 config, 2 index, 3 snapshot, 4 pack header, 5 blob).
+/// The object type of a type byte (1 config, 2 index, 3 snapshot, 4 pack header, 5 blob,
+/// 6 marker).
 fn object_type(t: u8) -> Option<ObjectType> {
     Some(match t {
         1 => ObjectType::Config,
@@ -21,6 +22,7 @@ fn object_type(t: u8) -> Option<ObjectType> {
         3 => ObjectType::Snapshot,
         4 => ObjectType::PackHeader,
         5 => ObjectType::Blob,
+        6 => ObjectType::Marker,
         _ => return None,
     })
 }

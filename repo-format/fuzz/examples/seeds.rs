@@ -147,6 +147,18 @@ fn main() {
     put("pack", "stored", &cat(&[&[0], &whole]));
     put("pack", "assembled", &cat(&[&[1], &189u16.to_le_bytes(), &[0], &area, &payload]));
 
+    let marker = repo_format::Marker {
+        mark_time_ns: 1_700_000_000_000_000_000,
+        grace_ns: repo_format::DEFAULT_GC_GRACE_NS,
+        packs: vec![repo_format::PackId(Id([1; 32])), repo_format::PackId(Id([2; 32]))],
+        superseded: vec![repo_format::IndexId(Id([3; 32]))],
+        snapshots: vec![repo_format::SnapshotId(Id([4; 32]))],
+        indexes: vec![repo_format::IndexId(Id([3; 32])), repo_format::IndexId(Id([5; 32]))],
+    };
+    put("marker", "two-packs", &marker.encode());
+    put("marker", "empty", &repo_format::Marker::default().encode());
+    put("object", "stored-marker", &cat(&[&[0, 6], &object_seal(&mk, 6, &marker.encode(), 3).unwrap()]));
+
     let tree = tree().encode().unwrap();
     put("tree", "four-nodes", &tree);
     put("tree", "empty", &Tree::default().encode().unwrap());

@@ -1,4 +1,4 @@
-//! Sealed objects (`config`, `index/<id>`, `snapshots/<id>`, pack headers): `object::check_header`
+//! Sealed objects (`config`, `index/<id>`, `snapshots/<id>`, `gc/<id>`, pack headers): `object::check_header`
 //! and `object::open` under a fixed key. Input: mode byte, type byte, then the object. Even mode:
 //! the bytes as read from storage: the header check must classify them exactly as FORMAT.md
 //! 5.2 says, and only a well-framed object opens. Odd mode: the bytes are a
@@ -8,18 +8,21 @@
 
 use ferry_fuzz::{bounded, master};
 use libfuzzer_sys::fuzz_target;
-use repo_format::Error;
+use repo_format::{Error, FORMAT_VERSION};
 use repo_format::fuzzing::{object_check_header, object_open, object_seal};
 
 fn stored(t: u8, b: &[u8]) {
     let mk = master();
-    for t in 1..=5 {
+    for t in 1..=6 {
         let r = object_check_header(b, t).unwrap();
         let framed = b.len() >= 8 && &b[..5] == b"FERRY" && b[5] == t;
         let version = if framed { u16::from_le_bytes([b[6], b[7]]) } else { 0 };
         match r {
-            Ok(v) => assert!(framed && v == 1 && version == 1),
-            Err(Error::UnsupportedVersion { found, supported: 1 }) => assert!(framed && found == version.into()),
+            Ok(v) => assert!(framed && v == version && (1..=FORMAT_VERSION).contains(&version)),
+            Err(Error::UnsupportedVersion { found, supported }) => {
+                assert!(framed && found == version.into() && version > FORMAT_VERSION);
+                assert_eq!(supported, u32::from(FORMAT_VERSION));
+            }
             Err(e) => assert!(e.is_corrupt() && (!framed || version == 0), "{e}"),
         }
     }
@@ -27,7 +30,7 @@ fn stored(t: u8, b: &[u8]) {
         // Only an object sealed under the fixed key opens (the seeds hold some).
         let header = object_check_header(b, t).unwrap();
         match r {
-            Ok(_) => assert!(matches!(header, Ok(1)), "an object with a bad header opened"),
+            Ok(_) => assert!(matches!(header, Ok(_)), "an object with a bad header opened"),
             Err(e) => {
                 assert!(e.is_corrupt() || matches!((&e, header), (Error::UnsupportedVersion { .. }, Err(_))), "{e}")
             }
@@ -41,7 +44,7 @@ fn sealed(level: i32, t: u8, payload: &[u8]) {
     // The payload may be zstd-compressed far below its length: it is the input that justifies.
     let plain = bounded("object::open", obj.len() + payload.len(), 2, || object_open(&mk, t, &obj)).unwrap();
     assert_eq!(plain.expect("a sealed object opens"), payload);
-    let other = t % 5 + 1;
+    let other = t % 6 + 1;
     assert!(object_open(&mk, other, &obj).unwrap().is_err(), "type {t} opened as type {other}");
     if let Some(&f) = payload.first() {
         let mut bad = obj.clone();
