@@ -2,7 +2,8 @@
 # demo.sh [SOURCE_DIR] -- the main job on a fresh machine, no server needed: build ferry, create an
 # encrypted repository in a local directory, back up SOURCE_DIR (default: /usr/share/doc), change
 # nothing and back up again (incremental), restore the latest snapshot with --verify, and compare
-# the restored tree with the source. Work area: $FERRY_DEMO_DIR (default /tmp/ferry-demo), reset
+# the restored tree with the source; then forget the older snapshot (with a prune) and check
+# every byte of the repository. Work area: $FERRY_DEMO_DIR (default /tmp/ferry-demo), reset
 # on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,7 @@ else
   echo "== restored tree differs from $SRC" >&2
   exit 1
 fi
+echo "== ferry forget --keep-last 1 --prune (marks what the older snapshot alone held)"
+"$F" forget --keep-last 1 --prune
+echo "== ferry check --read-data"
+"$F" check --read-data
