@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # maintenance-peers.sh CORPUS [RUNS] -- prune and check --read-data, ferry against restic, in one
 # run, interleaved (run 1: every peer, run 2: every peer, ...). For each peer and run: a fresh copy
-# of CORPUS (made by ../shared/bench/make-corpus.sh), init, ten backups with the peer harness's
-# make-change.sh applied between them, forget all but the last two, then, timed with
-# /usr/bin/time: prune (ferry: `prune --sweep-now`, i.e. mark and delete in one run as restic's
+# of CORPUS (the peer benchmark's corpus: source files, a VM image, media), init, ten backups with
+# benches/make-change.sh (the peer harness's change script, kept here) applied between them,
+# forget all but the last two, then, timed with /usr/bin/time: prune (ferry: `prune --sweep-now`, i.e. mark and delete in one run as restic's
 # exclusive prune does; and separately the mark alone, what a ferry prune costs while backups run)
 # and `check --read-data`. Prints a table of medians (wall s, peak RSS MiB) and ferry/restic ratios.
 #
-#   FERRY=target/release/ferry RESTIC=restic CHANGE=path/to/make-change.sh WORK=/tmp/maint \
+#   FERRY=target/release/ferry RESTIC=restic WORK=/tmp/maint \
 #     benches/maintenance-peers.sh /tmp/bench/corpus.base 3
 #
 # Needs: restic, /usr/bin/time, python3. Local-directory repositories (no server); ferry's
@@ -18,7 +18,7 @@ RUNS=${2:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 FERRY=${FERRY:-$HERE/../target/release/ferry}
 RESTIC=${RESTIC:-restic}
-CHANGE=${CHANGE:-$HERE/../../shared/bench/make-change.sh}
+CHANGE=${CHANGE:-$HERE/make-change.sh}
 WORK=${WORK:-/tmp/maint}
 export FERRY_PASSWORD=bench RESTIC_PASSWORD=bench
 RESULTS=$WORK/results.tsv
@@ -48,13 +48,7 @@ prepare() { # prepare PEER RUN: fresh corpus, init, 10 backups, forget all but 2
     [ "$i" -lt 10 ] && bash "$CHANGE" "$WORK/corpus" >/dev/null
   done
   if [ "$peer" = ferry ]; then
-    if "$FERRY" forget --help >/dev/null 2>&1; then
-      XDG_CACHE_HOME=$WORK/cache-ferry "$FERRY" --repo "$WORK/repo-ferry" forget -q --keep-last 2
-    else # before `ferry forget` existed: remove all but the two newest snapshot objects
-      XDG_CACHE_HOME=$WORK/cache-ferry "$FERRY" --repo "$WORK/repo-ferry" snapshots --json |
-        python3 -c 'import json,sys; [print(s["id"]) for s in json.load(sys.stdin)[:-2]]' |
-        while read -r id; do rm "$WORK/repo-ferry/snapshots/$id"; done
-    fi
+    XDG_CACHE_HOME=$WORK/cache-ferry "$FERRY" --repo "$WORK/repo-ferry" forget -q --keep-last 2
   else
     XDG_CACHE_HOME=$WORK/cache-restic "$RESTIC" -r "$WORK/repo-restic" forget -q --keep-last 2
   fi

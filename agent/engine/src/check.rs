@@ -411,6 +411,17 @@ fn tiles(blobs: &[PackEntry]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Does a pack's own header (salt, entries) list the same blobs at the same places as its
+/// index entries do, in whatever order?
+fn same_blobs(header: (&[u8; 32], &[PackEntry]), index: (&[u8; 32], &[PackEntry])) -> bool {
+    let key = |l: &[PackEntry]| {
+        let mut v: Vec<_> = l.iter().map(|e| (e.offset, e.kind, e.id, e.stored_len)).collect();
+        v.sort_unstable();
+        v
+    };
+    header.0 == index.0 && key(header.1) == key(index.1)
+}
+
 /// Blob bytes, the header as version 1 writes it (raw: `41 × (blobs + 1)` bytes) and the trailer.
 fn expected_len(blobs: &[PackEntry]) -> Option<u64> {
     tiles(blobs).ok()?;
@@ -431,12 +442,7 @@ async fn header_matches(
         .pack_header(id, size)
         .await
         .map_err(|e| format!("{size} bytes, not the size its index entries imply; its header: {e}"))?;
-    let (salt, header) = (own.salt, own.blobs);
-    let mut a: Vec<_> = header.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
-    let mut b: Vec<_> = listed.blobs.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
-    a.sort_unstable_by_key(|x| x.2);
-    b.sort_unstable_by_key(|x| x.2);
-    if salt != listed.salt || a != b {
+    if !same_blobs((&own.salt, &own.blobs), (&listed.salt, &listed.blobs)) {
         return Err(format!("{size} bytes; its header lists other blobs than the index does"));
     }
     Ok(())
@@ -483,13 +489,13 @@ async fn read_data(
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("reading pack {}", p.id.0))),
             };
             let n = bytes.len() as u64;
-            let verdict = tokio::task::spawn_blocking(move || verify_pack(&master, &p, &bytes).map(|bad| (p, bad)))
-                .await
-                .expect("verification does not panic");
-            Ok(match verdict {
-                Ok((p, (whole, bad))) => (p, n, whole, bad),
-                Err(e) => return Err(e),
+            let (p, (whole, bad)) = tokio::task::spawn_blocking(move || {
+                let verdict = verify_pack(&master, &p, &bytes);
+                (p, verdict)
             })
+            .await
+            .expect("verification does not panic");
+            Ok((p, n, whole, bad))
         }
     }))
     .buffer_unordered(PACK_READS);
@@ -525,18 +531,14 @@ async fn read_data(
 /// every blob the index lists in it. Returns the whole's verdict and the blobs that fail.
 type PackVerdict = (std::result::Result<(), String>, Vec<(BlobKind, BlobId)>);
 
-fn verify_pack(master: &repo_format::MasterKey, p: &repo_format::IndexPack, bytes: &[u8]) -> Result<PackVerdict> {
+fn verify_pack(master: &repo_format::MasterKey, p: &repo_format::IndexPack, bytes: &[u8]) -> PackVerdict {
     let mut whole = Ok(());
     if Id::of_stored(bytes) != p.id.0 {
         whole = Err("its bytes do not hash to its name".to_string());
     } else {
         match parse_pack(master, bytes) {
             Ok((salt, entries)) => {
-                let mut a: Vec<_> = entries.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
-                let mut b: Vec<_> = p.blobs.iter().map(|e| (e.kind, e.id, e.offset, e.stored_len)).collect();
-                a.sort_unstable_by_key(|x| x.2);
-                b.sort_unstable_by_key(|x| x.2);
-                if salt != p.salt || a != b {
+                if !same_blobs((&salt, &entries), (&p.salt, &p.blobs)) {
                     whole = Err("its header lists other blobs than the index does".to_string());
                 }
             }
@@ -551,7 +553,7 @@ fn verify_pack(master: &repo_format::MasterKey, p: &repo_format::IndexPack, byte
             bad.push((b.kind, b.id));
         }
     }
-    Ok((whole, bad))
+    (whole, bad)
 }
 
 /// The tree walk: each tree once, remembering which findings lie beneath it.

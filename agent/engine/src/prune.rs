@@ -396,25 +396,7 @@ async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(Mark
     }
 
     // The switch: the kept packs in new index objects, the last superseding everything read.
-    let mut batch: Vec<IndexPack> = Vec::new();
-    let mut blobs_in_batch = 0;
-    let mut batches: Vec<Vec<IndexPack>> = Vec::new();
-    for p in kept {
-        blobs_in_batch += p.blobs.len();
-        batch.push(p);
-        if blobs_in_batch >= BLOBS_PER_INDEX {
-            batches.push(std::mem::take(&mut batch));
-            blobs_in_batch = 0;
-        }
-    }
-    batches.push(batch);
-    let last = batches.len() - 1;
-    for (i, packs) in batches.into_iter().enumerate() {
-        job.cancel.check()?;
-        let supersedes = if i == last { listed_index.clone() } else { Vec::new() };
-        let id = repo.save_index_v2(&IndexFile { packs, supersedes }).await.context("writing the new index")?;
-        written.push(id);
-    }
+    written.extend(switch_index(repo, kept, &listed_index, job).await.context("writing the new index")?);
     r.index_written = written.len() as u64;
     r.index_superseded = listed_index.len() as u64;
 
@@ -432,6 +414,36 @@ async fn mark(repo: &Repository, opts: &PruneOptions, job: &Job) -> Result<(Mark
     r.due_ns = Some(m.due_ns());
     repo.load_index().await?;
     Ok((r, Some((id, m))))
+}
+
+/// Write `packs` as new index objects (format version 2) of at most `BLOBS_PER_INDEX` blobs
+/// each, the **last** of which supersedes `old`: before it is stored the others only duplicate
+/// entries, so the switch from `old` to the new index is atomic (FORMAT.md §9). At least one
+/// object is written (it may list no pack). Their ids, in order.
+pub(crate) async fn switch_index(
+    repo: &Repository,
+    packs: Vec<IndexPack>,
+    old: &[IndexId],
+    job: &Job,
+) -> Result<Vec<IndexId>> {
+    let mut batches: Vec<Vec<IndexPack>> = vec![Vec::new()];
+    let mut blobs = 0;
+    for p in packs {
+        if blobs >= BLOBS_PER_INDEX {
+            batches.push(Vec::new());
+            blobs = 0;
+        }
+        blobs += p.blobs.len();
+        batches.last_mut().expect("one batch").push(p);
+    }
+    let last = batches.len() - 1;
+    let mut ids = Vec::with_capacity(batches.len());
+    for (i, packs) in batches.into_iter().enumerate() {
+        job.cancel.check()?;
+        let supersedes = if i == last { old.to_vec() } else { Vec::new() };
+        ids.push(repo.save_index_v2(&IndexFile { packs, supersedes }).await?);
+    }
+    Ok(ids)
 }
 
 /// Copy the listed (referenced) blobs of one pack into `writer`: one read of the whole pack.
@@ -519,6 +531,8 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
             Err(e) => return Err(e.into()),
         }
     }
+    let sizes: HashMap<PackId, u64> =
+        storage.list(FileKind::Pack).await?.into_iter().map(|(i, n)| (PackId(i), n)).collect();
     for round in 0..2 {
         let mut unresolved = 0u64;
         let mut seen = HashSet::new();
@@ -550,7 +564,9 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
         }
         // Some blob is in no index: look into the marked packs that no index object lists.
         for p in headerless {
-            if let Some(entries) = read_header(repo, &p).await? {
+            // Gone, or not parsing: nothing in it can be kept anyway.
+            let Some(&size) = sizes.get(&p) else { continue };
+            if let Ok(entries) = repo.pack_header(&p, size).await {
                 for b in &entries.blobs {
                     marked_blobs.at.insert(
                         (b.kind, b.id),
@@ -569,8 +585,6 @@ async fn sweep(repo: &Repository, id: MarkerId, m: &Marker, dry_run: bool, job: 
         }
     }
     r.packs_withdrawn = withdrawn.len() as u64;
-    let sizes: HashMap<PackId, u64> =
-        storage.list(FileKind::Pack).await?.into_iter().map(|(i, n)| (PackId(i), n)).collect();
     let delete: Vec<PackId> =
         m.packs.iter().filter(|p| !withdrawn.contains(p) && sizes.contains_key(p)).copied().collect();
     let listed_index: HashSet<IndexId> = files.iter().map(|(i, _)| *i).collect();
@@ -624,16 +638,6 @@ async fn remove(repo: &Repository, kind: FileKind, id: &Id) -> Result<()> {
         Ok(()) | Err(repo_format::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("deleting {kind} {id}"))),
     }
-}
-
-/// A pack's own list of blobs (two range reads); `None` if it is gone or does not parse (then
-/// nothing in it can be saved anyway).
-async fn read_header(repo: &Repository, p: &PackId) -> Result<Option<IndexPack>> {
-    let size = repo.storage().list(FileKind::Pack).await?.into_iter().find(|(i, _)| *i == p.0).map(|(_, n)| n);
-    Ok(match size {
-        Some(size) => repo.pack_header(p, size).await.ok(),
-        None => None,
-    })
 }
 
 /// A backup that ran longer than the grace period may have deduplicated against packs that a

@@ -19,8 +19,8 @@ use std::pin::Pin;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use repo_format::{
-    BlobKind, Content, FileKind, IndexFile, IndexId, IndexPack, PackId, Repository, Segment, Snapshot, SnapshotId,
-    Tree, TreeId, WriterOptions, decode_segment_list,
+    BlobKind, Content, FileKind, IndexId, IndexPack, PackId, Repository, Segment, Snapshot, SnapshotId, Tree, TreeId,
+    WriterOptions, decode_segment_list,
 };
 use serde::Serialize;
 
@@ -28,8 +28,6 @@ use crate::Job;
 
 /// Pack headers read at once.
 const HEADER_READS: usize = 8;
-/// Blobs per index object written.
-const BLOBS_PER_INDEX: usize = 100_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct IndexRepair {
@@ -77,22 +75,8 @@ pub async fn repair_index(repo: &Repository, dry_run: bool, job: &Job) -> Result
     if dry_run {
         return Ok(r);
     }
-    let mut batches: Vec<Vec<IndexPack>> = vec![Vec::new()];
-    let mut n = 0;
-    for p in packs {
-        n += p.blobs.len();
-        batches.last_mut().expect("one").push(p);
-        if n >= BLOBS_PER_INDEX {
-            batches.push(Vec::new());
-            n = 0;
-        }
-    }
-    let last = batches.len() - 1;
-    for (i, packs) in batches.into_iter().enumerate() {
-        let supersedes = if i == last { old.clone() } else { Vec::new() };
-        repo.save_index_v2(&IndexFile { packs, supersedes }).await.context("writing the rebuilt index")?;
-        r.index_written += 1;
-    }
+    let written = crate::prune::switch_index(repo, packs, &old, job).await.context("writing the rebuilt index")?;
+    r.index_written = written.len() as u64;
     repo.load_index().await?;
     Ok(r)
 }
