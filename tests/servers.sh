@@ -4,7 +4,9 @@
 # binary (a disk-backed S3 server) for tests that start, kill and restart their own server.
 #
 #   tests/servers.sh install   idempotent install: moto[server] in a venv, Azurite via npm,
-#                              s3s-fs with cargo install (the binary path goes in the env file)
+#                              s3s-fs with cargo install (the binary path goes in the env file),
+#                              kube-apiserver + etcd built from Go sources (tests/kube/build.sh;
+#                              started per test by tests/kube/start.sh, not by this script)
 #   tests/servers.sh start     start both on 127.0.0.1 at free ports, create bucket/container
 #                              "ferry-test", write $FERRY_SERVERS_DIR/run/env (source it)
 #   tests/servers.sh stop      kill what start started (recorded PIDs), remove the env file
@@ -102,6 +104,9 @@ cmd_install() {
     echo "$S3S_VERSION" >"$S3S/.ferry-version"
     say "installed s3s-fs $S3S_VERSION into $S3S ($(since "$t") s)"
   fi
+  t=$(now)
+  bash "$(dirname "$0")/kube/build.sh"
+  say "kube-apiserver + etcd (tests/kube/build.sh) took $(since "$t") s"
   say "install done in $(since "$t0") s"
 }
 
