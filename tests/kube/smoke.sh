@@ -15,7 +15,7 @@ fail() { echo "kube/smoke.sh: FAIL: $*" >&2; exit 1; }
 if [ -n "${FERRY_KUBE_SMOKE_DIR:-}" ]; then
   W=$FERRY_KUBE_SMOKE_DIR; keep=1
 else
-  W=$(mktemp -d /tmp/ferry-kube-smoke.XXXXXX); keep=0
+  W=$(mktemp -d -t ferry-kube-smoke.XXXXXX); keep=0
 fi
 cleanup() {
   local rc=$?
