@@ -52,7 +52,7 @@ fn dpa_storage(
     spec: &str,
     cred_file: Option<&std::path::Path>,
     create: bool,
-    mut tls: Tls,
+    tls: Tls,
     counts: Arc<RequestCounts>,
 ) -> Result<ObjectStorage> {
     use ferry_engine::dpa::Provider;
@@ -63,48 +63,28 @@ fn dpa_storage(
     let yaml =
         std::fs::read_to_string(file).with_context(|| format!("reading the DataProtectionApplication {file}"))?;
     let l = ferry_engine::dpa::select(&yaml, name).with_context(|| format!("DataProtectionApplication {file}"))?;
-    tls.insecure |= l.insecure_skip_tls_verify;
-    if tls.ca_pem.is_none() {
-        tls.ca_pem = l.ca_cert.clone();
-    }
-    let prefix = l.prefix.clone().unwrap_or_default();
-    let mut opts = CloudOpts { region: l.region.clone(), counts: Some(counts), ..Default::default() };
-    let file_of = |var: &str| {
-        cred_file.map(|p| p.as_os_str().to_owned()).or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()))
+    let var = match l.provider {
+        Provider::Aws => "AWS_SHARED_CREDENTIALS_FILE",
+        Provider::Azure => "AZURE_CREDENTIALS_FILE",
+        Provider::Gcp => "GOOGLE_APPLICATION_CREDENTIALS",
     };
-    let read = |f: &std::ffi::OsStr| {
-        std::fs::read_to_string(f).with_context(|| format!("reading the credentials file {}", f.to_string_lossy()))
+    // Velero mounts the credentials file; the provider's plugin finds it through `var`.
+    let file_of =
+        cred_file.map(|p| p.as_os_str().to_owned()).or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()));
+    let (text, gcs_key) = match (&file_of, l.provider) {
+        (Some(f), Provider::Gcp) => (None, Some(f.to_string_lossy().into_owned())),
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the credentials file {}", f.to_string_lossy()))?;
+            (Some(text), None)
+        }
+        (None, _) => (None, None),
     };
-    let loc = match l.provider {
-        Provider::Aws => {
-            // Velero mounts the credentials file and names the profile in the location.
-            if let Some(f) = file_of("AWS_SHARED_CREDENTIALS_FILE") {
-                let profile = l.profile.clone().unwrap_or_else(|| "default".into());
-                let c = ferry_engine::dpa::aws_credentials(&read(&f)?, &profile)
-                    .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
-                opts.aws = Some((c.access_key_id, c.secret_access_key, c.session_token));
-            }
-            Location::S3 {
-                endpoint: l.s3_url.clone().map(|u| u.trim_end_matches('/').to_string()),
-                bucket: l.bucket.clone(),
-                prefix,
-                path_style: l.s3_force_path_style,
-            }
-        }
-        Provider::Azure => {
-            opts.azure_account = l.azure_storage_account.clone();
-            if let Some(f) = file_of("AZURE_CREDENTIALS_FILE") {
-                let auth = ferry_engine::credentials::azure_credentials(&read(&f)?)
-                    .with_context(|| format!("credentials file {}", f.to_string_lossy()))?;
-                opts.azure_auth = Some(auth);
-            }
-            Location::Azure { container: l.bucket.clone(), prefix }
-        }
-        Provider::Gcp => {
-            opts.gcs_service_account = file_of("GOOGLE_APPLICATION_CREDENTIALS").map(|f| f.to_string_lossy().into());
-            Location::Gcs { bucket: l.bucket.clone(), prefix }
-        }
-    };
+    let (loc, mut opts, from_location) = ferry_engine::dpa::reach(&l, text.as_deref(), gcs_key).with_context(|| {
+        format!("credentials file {}", file_of.as_deref().map(|f| f.to_string_lossy()).unwrap_or_default())
+    })?;
+    let tls = Tls { ca_pem: tls.ca_pem.or(from_location.ca_pem), insecure: tls.insecure || from_location.insecure };
+    opts.counts = Some(counts);
     let desc = format!("{file}#{} ({:?} {})", l.name, l.provider, l.bucket);
     crate::env::fill_cloud_opts(&loc, &mut opts)?;
     ferry_engine::location::storage_of(&loc, &desc, create, &tls, &opts)

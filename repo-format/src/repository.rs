@@ -378,12 +378,14 @@ impl Repository {
             c.retain(FileKind::Index, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
         let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
-        futures::stream::iter(listed.iter().map(|(id, size)| {
+        // Owned pairs: a closure over `&(Id, u64)` makes the future not `Send` for a spawned
+        // task (the higher-ranked lifetime error of rust-lang/rust#64552).
+        futures::stream::iter(listed.iter().copied().map(|(id, size)| {
             let budget = &budget;
             async move {
-                let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
-                match self.read_index_file_sized(&IndexId(*id), *size).await {
-                    Ok(f) => Ok(Some((IndexId(*id), f))),
+                let _held = budget.acquire_many(permits(size)).await.expect("never closed");
+                match self.read_index_file_sized(&IndexId(id), size).await {
+                    Ok(f) => Ok(Some((IndexId(id), f))),
                     Err(Error::NotFound { .. }) => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -646,16 +648,17 @@ impl Repository {
             c.retain(FileKind::Snapshot, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
         let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
-        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(listed.iter().map(|(id, size)| {
-            let budget = &budget;
-            async move {
-                let _held = budget.acquire_many(permits(*size)).await.expect("never closed");
-                (SnapshotId(*id), self.load_snapshot_sized(&SnapshotId(*id), *size).await)
-            }
-        }))
-        .buffer_unordered(LOAD_CONCURRENCY)
-        .collect()
-        .await;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> =
+            futures::stream::iter(listed.iter().copied().map(|(id, size)| {
+                let budget = &budget;
+                async move {
+                    let _held = budget.acquire_many(permits(size)).await.expect("never closed");
+                    (SnapshotId(id), self.load_snapshot_sized(&SnapshotId(id), size).await)
+                }
+            }))
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
         let mut out = Vec::with_capacity(loaded.len());
         for (id, r) in loaded {
             match r {

@@ -87,11 +87,56 @@ pub struct Location {
     pub azure_storage_account: Option<String>,
     /// `config.resourceGroup`.
     pub azure_resource_group: Option<String>,
-    /// `credential.name` / `credential.key`: the Secret holding the credentials file.
-    /// Informational only: Ferry never reads it from a cluster.
+    /// `credential.name` / `credential.key`: the Secret holding the credentials file. The CLI
+    /// only names it; the node agent reads it through the API.
     pub credential: Option<(String, String)>,
+    /// `objectStorage.caCertRef` (Velero 1.18): the Secret and key holding the CA bundle.
+    pub ca_cert_ref: Option<(String, String)>,
     /// `velero.default`: this location is the DPA's default one.
     pub default: bool,
+}
+
+/// How to reach a backup location's bucket: the repository location (its prefix as the
+/// location names it), the cloud options and TLS settings. `credentials` is the text of the
+/// credentials file Velero would mount (the INI file for `aws`, the `AZURE_*` lines for
+/// `azure`); `gcs_key_file` the path of a service-account key for `gcp`. With no credentials
+/// the object store finds none: nothing here reads the environment.
+pub fn reach(
+    l: &Location,
+    credentials: Option<&str>,
+    gcs_key_file: Option<String>,
+) -> Result<(crate::location::Location, crate::location::CloudOpts, crate::location::Tls)> {
+    use crate::location::{CloudOpts, Location as Loc, Tls};
+    let tls = Tls { ca_pem: l.ca_cert.clone(), insecure: l.insecure_skip_tls_verify };
+    let prefix = l.prefix.clone().unwrap_or_default();
+    let mut opts = CloudOpts { region: l.region.clone(), ..Default::default() };
+    let loc = match l.provider {
+        Provider::Aws => {
+            if let Some(text) = credentials {
+                let profile = l.profile.as_deref().unwrap_or(DEFAULT_AWS_PROFILE);
+                let c = aws_credentials(text, profile)?;
+                opts.aws = Some((c.access_key_id, c.secret_access_key, c.session_token));
+            }
+            Loc::S3 {
+                endpoint: l.s3_url.clone().map(|u| u.trim_end_matches('/').to_string()),
+                bucket: l.bucket.clone(),
+                prefix,
+                path_style: l.s3_force_path_style,
+            }
+        }
+        Provider::Azure => {
+            opts.azure_account = l.azure_storage_account.clone();
+            if let Some(text) = credentials {
+                opts.azure_auth = Some(crate::credentials::azure_credentials(text)?);
+            }
+            Loc::Azure { container: l.bucket.clone(), prefix }
+        }
+        Provider::Gcp => {
+            opts.gcs_service_account = gcs_key_file;
+            Loc::Gcs { bucket: l.bucket.clone(), prefix }
+        }
+    };
+    Ok((loc, opts, tls))
 }
 
 /// Keys from one profile of Velero's AWS credentials file.
@@ -346,7 +391,22 @@ fn location(i: usize, item: &Value) -> Result<Location> {
         Some(n) => n,
         None => opt_string(velero, "name", &pv)?.unwrap_or_else(|| "default".to_string()),
     };
+    velero_spec(velero, &pv, name)
+}
 
+/// A Velero `BackupStorageLocation`'s spec (a JSON object as the API serves it), validated as
+/// a DPA's `velero:` entry is; errors name the field from `spec.` on. `name` is the object's.
+pub fn backup_storage_location(name: &str, spec: &serde_json::Value) -> Result<Location> {
+    let v: Value = serde_yaml_ng::to_value(spec).map_err(|e| anyhow!("spec: {e}"))?;
+    match untag(&v) {
+        Value::Mapping(m) => velero_spec(m, "spec", name.to_string()),
+        other => bail!("spec: expected an object, got {}", describe(other)),
+    }
+}
+
+/// A BackupStorageLocationSpec at `pv` (for error messages).
+fn velero_spec(velero: &Mapping, pv: &str, name: String) -> Result<Location> {
+    let pv = pv.to_string();
     let provider = match opt_string(velero, "provider", &pv)? {
         None => bail!("{pv}.provider: missing (expected aws, azure or gcp)"),
         Some(s) => Provider::from_name(&s)
@@ -369,6 +429,10 @@ fn location(i: usize, item: &Value) -> Result<Location> {
         None => None,
         Some(b64) => Some(ca_cert(&b64, &format!("{pos}.caCert"))?),
     };
+    let ca_cert_ref = secret_key_ref(object_storage, "caCertRef", &pos)?;
+    if ca_cert.is_some() && ca_cert_ref.is_some() {
+        bail!("{pos}: has both caCert and caCertRef; set one (Velero refuses both)");
+    }
 
     let pc = format!("{pv}.config");
     let empty = Mapping::new();
@@ -414,18 +478,7 @@ fn location(i: usize, item: &Value) -> Result<Location> {
         Provider::Gcp => {}
     }
 
-    let pcred = format!("{pv}.credential");
-    let credential = match field(velero, "credential") {
-        None => None,
-        Some(Value::Mapping(c)) => {
-            let n =
-                opt_string(c, "name", &pcred)?.ok_or_else(|| anyhow!("{pcred}.name: missing (the Secret's name)"))?;
-            let k = opt_string(c, "key", &pcred)?
-                .ok_or_else(|| anyhow!("{pcred}.key: missing (the key inside the Secret)"))?;
-            Some((n, k))
-        }
-        Some(other) => bail!("{pcred}: expected a mapping, got {}", describe(other)),
-    };
+    let credential = secret_key_ref(velero, "credential", &pv)?;
 
     Ok(Location {
         name,
@@ -441,8 +494,23 @@ fn location(i: usize, item: &Value) -> Result<Location> {
         azure_storage_account,
         azure_resource_group,
         credential,
+        ca_cert_ref,
         default,
     })
+}
+
+/// A `SecretKeySelector` (`{name, key}`) at `parent.key`, if present.
+fn secret_key_ref(parent: &Mapping, key: &str, path: &str) -> Result<Option<(String, String)>> {
+    let p = format!("{path}.{key}");
+    match field(parent, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Mapping(c)) => {
+            let n = opt_string(c, "name", &p)?.ok_or_else(|| anyhow!("{p}.name: missing (the Secret's name)"))?;
+            let k = opt_string(c, "key", &p)?.ok_or_else(|| anyhow!("{p}.key: missing (the key inside the Secret)"))?;
+            Ok(Some((n, k)))
+        }
+        Some(other) => bail!("{p}: expected a mapping, got {}", describe(other)),
+    }
 }
 
 /// Decodes `caCert` (base64 of a PEM bundle) and checks that it holds a certificate.

@@ -77,6 +77,128 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
     })
 }
 
+/// How to back up a pod volume (what a front end knows beyond the volume).
+#[derive(Debug, Clone, Default)]
+pub struct VolumeBackup {
+    pub host: String,
+    pub tags: Vec<(String, String)>,
+    pub parent: Option<repo_format::SnapshotId>,
+    pub cache_dir: Option<PathBuf>,
+    pub identity: Option<crate::identity::Identity>,
+    pub requester: Option<String>,
+}
+
+/// Back up the pod volume `spec` (`PODS_DIR/POD_UID/VOLUME_OR_PV`): a filesystem volume as
+/// files, a block volume or a KubeVirt image as a disk. Tags `pod-uid`, `volume` and, for
+/// files, `volume-mode=filesystem` are added.
+pub async fn backup(
+    repo: std::sync::Arc<repo_format::Repository>,
+    spec: &Path,
+    mut vb: VolumeBackup,
+    job: &crate::Job,
+) -> Result<crate::backup::Outcome> {
+    use crate::disk::backup::{DiskConfig, Mode};
+    let vol = resolve(spec)?;
+    if let Some(uid) = spec.parent().and_then(|p| p.file_name()) {
+        vb.tags.push(("pod-uid".into(), uid.to_string_lossy().into_owned()));
+    }
+    let volume = spec.file_name().map(|v| v.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
+    vb.tags.push(("volume".into(), volume.clone()));
+    let (path, no_follow, name) = match vol {
+        PodVolume::Filesystem(dir) => {
+            vb.tags.push(("volume-mode".into(), "filesystem".into()));
+            let cfg = crate::backup::BackupConfig {
+                paths: vec![dir],
+                excludes: Vec::new(),
+                host: vb.host,
+                tags: vb.tags,
+                parent: vb.parent,
+                force: false,
+                cache_dir: vb.cache_dir,
+                identity: vb.identity,
+                requester: vb.requester,
+            };
+            return crate::backup::run(repo, cfg, job).await;
+        }
+        PodVolume::Image(img) => (img, true, "disk.img".to_string()),
+        PodVolume::Block(dev) => (dev, false, volume),
+    };
+    let cfg = DiskConfig {
+        path,
+        name,
+        host: vb.host,
+        tags: vb.tags,
+        parent: vb.parent,
+        mode: Mode::Full,
+        cache_dir: vb.cache_dir,
+        no_follow,
+        identity: vb.identity,
+        requester: vb.requester,
+    };
+    crate::disk::backup::run(repo, cfg, job).await
+}
+
+/// What a pod volume restore did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct VolumeRestore {
+    pub target: PathBuf,
+    pub bytes_written: u64,
+    pub files: u64,
+    pub errors: Vec<crate::report::EntryError>,
+}
+
+/// Restore snapshot `id` into the pod volume `spec`: a files snapshot into a filesystem volume,
+/// a disk snapshot onto a block volume, or as its image file into an empty filesystem volume
+/// (a KubeVirt `disk.img`).
+pub async fn restore(
+    repo: std::sync::Arc<repo_format::Repository>,
+    id: &repo_format::SnapshotId,
+    spec: &Path,
+    job: &crate::Job,
+) -> Result<VolumeRestore> {
+    use anyhow::Context;
+    repo.load_index().await.context("loading the repository index")?;
+    let snap = repo.load_snapshot(id).await.with_context(|| format!("loading snapshot {id}"))?;
+    let vol = resolve(spec)?;
+    let disk = snap.tag(crate::disk::MODE_TAG) == Some(crate::disk::MODE_BLOCK);
+    let target = match (&vol, disk) {
+        (PodVolume::Filesystem(dir), false) => {
+            let opts = crate::restore::RestoreOptions {
+                verify: false,
+                allow_devices: false,
+                keep_setuid: true,
+                max_plan_bytes: crate::restore::RestoreOptions::default().max_plan_bytes,
+            };
+            let plan = crate::restore::plan(&repo, snap.tree, &crate::restore::Filter::default(), &opts)
+                .await
+                .with_context(|| format!("planning the restore of snapshot {id}"))?;
+            let out = crate::restore::execute(repo.clone(), plan, dir, job, &opts).await?;
+            return Ok(VolumeRestore {
+                target: dir.clone(),
+                bytes_written: out.bytes_written,
+                files: out.files,
+                errors: out.errors,
+            });
+        }
+        (PodVolume::Filesystem(dir), true) => dir.join("disk.img"),
+        (PodVolume::Image(img), true) => img.clone(),
+        (PodVolume::Block(dev), true) => dev.clone(),
+        (PodVolume::Image(_) | PodVolume::Block(_), false) => {
+            bail!("snapshot {id} holds files; the target volume {} is a disk", spec.display())
+        }
+    };
+    let opts = crate::disk::restore::DiskRestoreOptions {
+        assume_zeroed: false,
+        force: false,
+        verify: false,
+        keep_setuid: false,
+    };
+    let out = crate::disk::restore::run(repo, &snap, &target, opts, job)
+        .await
+        .with_context(|| format!("restoring disk snapshot {id} to {}", target.display()))?;
+    Ok(VolumeRestore { target: out.target, bytes_written: out.bytes_written, files: 1, errors: out.errors })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
