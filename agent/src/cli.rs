@@ -62,8 +62,7 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(FilterArgs),
-    /// Remove snapshots by a retention policy or by id (their data stays until garbage
-    /// collection, which is not available yet)
+    /// Remove snapshots by a retention policy or by id (their data stays until `ferry prune`)
     #[command(after_help = FORGET_HELP)]
     Forget(ForgetArgs),
     /// List the files of a snapshot
@@ -87,6 +86,66 @@ pub enum Command {
     Version,
     /// Measure the primitives and the backup/restore pipeline here (JSON report)
     Bench(BenchArgs),
+    /// Run the node agent: Velero's data mover for CSI snapshots (DataUploads and
+    /// DataDownloads with spec.datamover: ferry)
+    Agent(AgentArgs),
+    /// Hold the volumes of a mover pod mounted until SIGTERM (what the agent's mover pods run)
+    #[command(hide = true)]
+    Hold,
+}
+
+/// `ferry agent`. Every setting also comes from the environment (the DaemonSet's ConfigMap).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (the downward API's spec.nodeName)
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// The Velero namespace (openshift-adp under OADP)
+    #[arg(long, env = "VELERO_NAMESPACE", default_value = "velero")]
+    pub namespace: String,
+    /// The spec.datamover value this agent serves
+    #[arg(long, env = "FERRY_DATAMOVER", default_value = "ferry")]
+    pub datamover: String,
+    /// kubelet's pods directory as mounted in the agent (/var/lib/kubelet/pods on the host;
+    /// /var/data/kubelet/pods on IBM Cloud)
+    #[arg(long, env = "FERRY_HOST_PODS", default_value = "/host_pods")]
+    pub host_pods: PathBuf,
+    /// The agent's state (job store, caches): a hostPath that survives restarts
+    #[arg(long, env = "FERRY_STATE_DIR", default_value = "/var/lib/ferry")]
+    pub state_dir: PathBuf,
+    /// Volumes moved at once on this node (Velero's loadConcurrency)
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Volumes accepted beyond the running ones (Velero's prepareQueueLength)
+    #[arg(long, env = "FERRY_PREPARE_QUEUE", default_value_t = 2)]
+    pub prepare_queue: u16,
+    /// Chunk memory shared by all jobs, in MiB
+    #[arg(long, env = "FERRY_MEMORY_MIB", default_value_t = 128)]
+    pub memory_mib: u64,
+    /// Worker threads per job (default: the cores)
+    #[arg(long, env = "FERRY_THREADS")]
+    pub threads: Option<usize>,
+    /// Secret (in the Velero namespace) holding the repositories' password
+    #[arg(long, env = "FERRY_PASSWORD_SECRET", default_value = "ferry-repo-credentials")]
+    pub password_secret: String,
+    /// Key of the password in that Secret
+    #[arg(long, env = "FERRY_PASSWORD_KEY", default_value = "repository-password")]
+    pub password_key: String,
+    /// Image of the mover pods (the agent's own)
+    #[arg(long, env = "FERRY_MOVER_IMAGE")]
+    pub mover_image: String,
+    /// Clone backup volumes ReadOnlyMany (drivers such as CephFS then avoid a full copy)
+    #[arg(long, env = "FERRY_READ_ONLY_CLONES")]
+    pub read_only_clones: bool,
+    /// Where /metrics, /healthz and /readyz are served
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8085")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// How often a running job writes status.progress
+    #[arg(long, env = "FERRY_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub progress_interval: std::time::Duration,
+    /// A kubeconfig file (default: the in-cluster service account)
+    #[arg(long, env = "FERRY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! The commands: each takes the parsed command line and returns an exit code.
 
+mod agent;
 mod backup;
 mod bench;
 mod cat;
@@ -35,6 +36,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Copy(a) => copy::run(&cli, a).await,
         Command::Version => version::run(&cli),
         Command::Bench(a) => bench::run(&cli, a).await,
+        Command::Agent(a) => agent::run(a).await,
+        Command::Hold => agent::hold().await,
     }
 }
 

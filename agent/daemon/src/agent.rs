@@ -1,0 +1,409 @@
+//! The agent's runtime: two controllers (DataUploads and DataDownloads of the Velero
+//! namespace, filtered to `spec.datamover: ferry` on the client side since the CRDs offer no
+//! field selector), the mover pods they watch, and the jobs they run.
+//!
+//! Each reconcile observes the object, its mover pod and this process's jobs, asks
+//! `machine::decide` what to do, and does it. Jobs run as tasks: a panic or error in one ends
+//! its object `Failed` and the agent goes on.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::sync::Semaphore;
+
+use ferry_engine::job::{CancelToken, Limits, MemoryBudget};
+
+use crate::expose::{self, MOVER_LABEL, OWNER_LABEL, Owner, PodSettings};
+use crate::machine::{self, Action, Local, Mover, Observed};
+use crate::metrics::Metrics;
+use crate::repos::{PasswordRef, Repos};
+use crate::store::Store;
+use crate::transfer::{self, Transfer};
+use crate::types::{DataDownload, DataUpload, Phase};
+
+/// The agent's settings (from its command line, environment and ConfigMap).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node (`NODE_NAME` from the downward API).
+    pub node: String,
+    /// The Velero namespace (`velero`, or `openshift-adp` under OADP).
+    pub namespace: String,
+    /// The name in `spec.datamover` this agent serves.
+    pub datamover: String,
+    /// kubelet's pods directory as mounted in the agent (`/host_pods`).
+    pub host_pods: PathBuf,
+    /// The agent's state on a hostPath: the job store and the repository caches.
+    pub state_dir: PathBuf,
+    /// Jobs moving data at once on this node (Velero's `loadConcurrency`).
+    pub concurrency: usize,
+    /// Objects this node accepts beyond the running ones (Velero's `prepareQueueLength`).
+    pub prepare_queue: usize,
+    /// Chunk bytes in flight across all jobs.
+    pub memory_budget: u64,
+    /// Worker threads per job.
+    pub threads: usize,
+    pub password: PasswordRef,
+    pub pod: PodSettings,
+    /// How often a running job writes `status.progress`.
+    pub progress_interval: Duration,
+}
+
+/// One job of this process.
+#[derive(Debug)]
+struct JobEntry {
+    cancel: CancelToken,
+    finished: bool,
+}
+
+/// Shared by every reconcile.
+pub struct Agent {
+    pub client: Client,
+    pub s: Settings,
+    store: Store,
+    pub(crate) repos: Repos,
+    jobs: Mutex<HashMap<String, JobEntry>>,
+    slots: Arc<Semaphore>,
+    budget: Arc<MemoryBudget>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A reconcile error: logged, counted, retried with back-off.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Error(#[from] anyhow::Error);
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("settings", &self.s).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(client: Client, s: Settings, metrics: Arc<Metrics>) -> Result<Arc<Agent>> {
+        std::fs::create_dir_all(&s.state_dir)
+            .with_context(|| format!("creating the state directory {}", s.state_dir.display()))?;
+        let store = Store::open(&s.state_dir.join("jobs.db"))?;
+        let repos =
+            Repos::new(client.clone(), &s.namespace, s.password.clone(), s.state_dir.clone(), metrics.requests.clone());
+        Ok(Arc::new(Agent {
+            slots: Arc::new(Semaphore::new(s.concurrency.max(1))),
+            budget: MemoryBudget::new(s.memory_budget),
+            client,
+            store,
+            repos,
+            jobs: Mutex::new(HashMap::new()),
+            metrics,
+            s,
+        }))
+    }
+
+    fn local(&self, uid: &str) -> Local {
+        if let Some(j) = self.jobs.lock().expect("jobs lock").get(uid) {
+            return if j.finished { Local::Finished } else { Local::Running };
+        }
+        match self.store.get(uid) {
+            Ok(Some(r)) if !r.done => Local::Interrupted { attempts: r.attempts },
+            _ => Local::None,
+        }
+    }
+
+    /// Objects accepted by or moving on this node and not ended, from the controllers' caches.
+    fn busy(&self, uploads: &[Arc<DataUpload>], downloads: &[Arc<DataDownload>]) -> usize {
+        fn count<T: Transfer>(items: &[Arc<T>], a: &Agent) -> usize {
+            items
+                .iter()
+                .filter(|o| o.datamover() == Some(a.s.datamover.as_str()) && !o.phase().is_terminal())
+                .filter(|o| o.data_node().or(o.accepted_by()) == Some(a.s.node.as_str()))
+                .count()
+        }
+        count(uploads, self) + count(downloads, self)
+    }
+
+    /// Patch `obj`'s status. `Ok(false)`: a 409, someone else changed it first.
+    async fn patch<T: Transfer>(&self, obj: &T, patch: serde_json::Value) -> Result<bool> {
+        let api: Api<T> = Api::namespaced(self.client.clone(), &self.s.namespace);
+        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("patching {} {}", T::kind(&()), obj.name_any())),
+        }
+    }
+
+    /// End `obj` in `phase` after removing what was exposed for it.
+    async fn end<T: Transfer>(&self, obj: &T, phase: Phase, message: &str) -> Result<()> {
+        let uid = obj.uid().unwrap_or_default();
+        if let Err(e) = expose::cleanup(&self.client, &self.s.namespace, &uid).await {
+            tracing::warn!(object = %obj.name_any(), "cleanup failed (retried by the sweep): {e:#}");
+        }
+        self.patch(obj, transfer::end_patch(phase, message, obj.started_at().is_some())).await?;
+        self.metrics.ended(T::DIRECTION, phase);
+        let _ = self.store.finish(&uid);
+        tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, phase = phase.as_str(), "{message}");
+        Ok(())
+    }
+}
+
+/// Requeue soon while something outside is awaited.
+const POLL: Duration = Duration::from_secs(5);
+
+async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize) -> Result<Requeue, Error> {
+    if obj.datamover() != Some(a.s.datamover.as_str()) {
+        return Ok(Requeue::await_change());
+    }
+    let uid = obj.uid().unwrap_or_default();
+    let phase = obj.phase();
+    let owner = Owner::of(&*obj, T::DIRECTION)?;
+    let (mover, pod) = match phase {
+        Phase::Accepted | Phase::Prepared | Phase::InProgress => expose::mover(&a.client, &owner).await?,
+        _ => (Mover::Absent, None),
+    };
+    let accepted_for = obj.accepted_at().map(|t| (k8s_openapi::chrono::Utc::now() - t.0).to_std().unwrap_or_default());
+    let o = Observed {
+        node: &a.s.node,
+        ours: true,
+        phase,
+        cancel: obj.cancel(),
+        accepted_by: obj.accepted_by(),
+        data_node: obj.data_node(),
+        accepted_for,
+        prepare_timeout: obj.timeout(),
+        mover,
+        local: a.local(&uid),
+        can_accept: busy < a.s.concurrency + a.s.prepare_queue,
+    };
+    let action = machine::decide(&o);
+    tracing::debug!(object = %obj.name_any(), ?phase, ?action, "reconcile");
+    let rv = obj.resource_version().unwrap_or_default();
+    match action {
+        Action::Skip => Ok(Requeue::await_change()),
+        Action::Wait => Ok(Requeue::requeue(POLL)),
+        Action::Accept => {
+            if a.patch(&*obj, transfer::accept_patch(&rv, &a.s.node)).await? {
+                a.metrics.accepted(T::DIRECTION);
+                tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, "accepted");
+            }
+            Ok(Requeue::requeue(Duration::from_millis(200)))
+        }
+        Action::Expose => match T::expose(&obj, &a, &owner).await {
+            Ok(true) => Ok(Requeue::requeue(POLL)),
+            Ok(false) => Ok(Requeue::requeue(POLL)),
+            Err(e) => {
+                a.end(&*obj, Phase::Failed, &format!("exposing the volume: {e:#}")).await?;
+                Ok(Requeue::await_change())
+            }
+        },
+        Action::Prepare => {
+            a.patch(&*obj, transfer::prepare_patch(&rv, &a.s.node)).await?;
+            Ok(Requeue::requeue(Duration::from_millis(200)))
+        }
+        Action::Start | Action::Resume { .. } => {
+            let Some(pod) = pod else { return Ok(Requeue::requeue(POLL)) };
+            if phase == Phase::Prepared
+                && !a.patch(&*obj, transfer::start_patch(&rv, &a.s.node, T::DIRECTION == "upload")).await?
+            {
+                return Ok(Requeue::requeue(Duration::from_millis(200)));
+            }
+            start_job(obj.clone(), a.clone(), owner, pod.uid().unwrap_or_default());
+            Ok(Requeue::requeue(POLL))
+        }
+        Action::StopJob => {
+            if let Some(j) = a.jobs.lock().expect("jobs lock").get(&uid) {
+                j.cancel.cancel();
+            }
+            if !phase.is_terminal() && phase != Phase::Canceling {
+                a.patch(&*obj, serde_json::json!({"status": {"phase": "Canceling"}})).await?;
+            }
+            Ok(Requeue::requeue(POLL))
+        }
+        Action::Cancel => {
+            a.end(&*obj, Phase::Canceled, "canceled").await?;
+            Ok(Requeue::await_change())
+        }
+        Action::Fail(msg) => {
+            a.end(&*obj, Phase::Failed, &msg).await?;
+            Ok(Requeue::await_change())
+        }
+        Action::Forget => {
+            let _ = expose::cleanup(&a.client, &a.s.namespace, &uid).await;
+            let _ = a.store.forget(&uid);
+            Ok(Requeue::await_change())
+        }
+    }
+}
+
+/// What differs between uploads and downloads: how the volume is exposed and what the job does.
+pub trait Runner: Transfer {
+    /// `Ok(false)`: not yet possible (the snapshot is not ready); try again later.
+    fn expose(obj: &Self, a: &Agent, owner: &Owner) -> impl std::future::Future<Output = Result<bool>> + Send;
+
+    /// Move the data of the volume at `volume` (`<host pods>/<pod uid>/<pv>`); returns the
+    /// status fields to set with `Completed`, and its message.
+    fn run(
+        obj: &Self,
+        a: &Agent,
+        owner: &Owner,
+        volume: PathBuf,
+        job: ferry_engine::Job,
+    ) -> impl std::future::Future<Output = Result<(serde_json::Value, String)>> + Send;
+}
+
+fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod_uid: String) {
+    let uid = owner.uid.clone();
+    let cancel = CancelToken::new();
+    {
+        let mut jobs = a.jobs.lock().expect("jobs lock");
+        if jobs.contains_key(&uid) {
+            return;
+        }
+        jobs.insert(uid.clone(), JobEntry { cancel: cancel.clone(), finished: false });
+    }
+    let task = {
+        let (obj, a, cancel) = (obj.clone(), a.clone(), cancel.clone());
+        async move {
+            let _slot = a.slots.clone().acquire_owned().await.expect("semaphore never closed");
+            a.store.start(&owner.uid, T::kind(&()).as_ref(), &owner.namespace, &owner.name)?;
+            let pv = expose::claim_volume(&a.client, &owner).await?;
+            let volume = a.s.host_pods.join(&pod_uid).join(&pv);
+            let limits = Limits { threads: a.s.threads, chunk_queue: a.s.threads * 2, memory: Some(a.budget.clone()) };
+            let job = ferry_engine::Job { cancel, limits, ..Default::default() };
+            let counters = job.progress.clone();
+            let progress = tokio::spawn(report_progress(obj.clone(), a.clone(), counters.clone()));
+            let started = std::time::Instant::now();
+            a.metrics.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let out = T::run(&obj, &a, &owner, volume, job).await;
+            a.metrics.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            progress.abort();
+            a.metrics.duration(T::DIRECTION, started.elapsed());
+            a.metrics.bytes(T::DIRECTION, counters.bytes_done.load(std::sync::atomic::Ordering::Relaxed));
+            out
+        }
+    };
+    tokio::spawn(async move {
+        // A panic in the job is caught here, and ends the object Failed like an error.
+        let result = match tokio::spawn(task).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the job panicked: {e}")),
+        };
+        if let Some(j) = a.jobs.lock().expect("jobs lock").get_mut(&uid) {
+            j.finished = true;
+        }
+        let ended = match result {
+            _ if cancel.is_cancelled() => a.end(&*obj, Phase::Canceled, "canceled").await,
+            Ok((fields, message)) => {
+                let mut patch = transfer::end_patch(Phase::Completed, &message, true);
+                if let (Some(st), Some(f)) = (patch["status"].as_object_mut(), fields.as_object()) {
+                    st.extend(f.clone());
+                }
+                let cleaned = expose::cleanup(&a.client, &a.s.namespace, &uid).await;
+                if let Err(e) = &cleaned {
+                    tracing::warn!(object = %obj.name_any(), "cleanup failed (retried by the sweep): {e:#}");
+                }
+                a.metrics.ended(T::DIRECTION, Phase::Completed);
+                let _ = a.store.finish(&uid);
+                tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, "completed: {message}");
+                a.patch(&*obj, patch).await.map(|_| ())
+            }
+            Err(e) => {
+                a.metrics.error(T::DIRECTION);
+                a.end(&*obj, Phase::Failed, &format!("{e:#}")).await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::error!(object = %obj.name_any(), "writing the end of the job: {e:#}");
+        }
+        a.jobs.lock().expect("jobs lock").remove(&uid);
+    });
+}
+
+/// Write `status.progress` every interval while the job runs.
+async fn report_progress<T: Transfer>(obj: Arc<T>, a: Arc<Agent>, counters: Arc<ferry_engine::progress::Counters>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last = (u64::MAX, u64::MAX);
+    loop {
+        tokio::time::sleep(a.s.progress_interval).await;
+        let now = (counters.bytes_done.load(Relaxed), counters.bytes_total.load(Relaxed));
+        if now != last {
+            last = now;
+            if let Err(e) = a.patch(&*obj, transfer::progress_patch(now.0, now.1)).await {
+                tracing::debug!("progress of {}: {e:#}", obj.name_any());
+            }
+        }
+    }
+}
+
+/// Run both controllers until `shutdown` resolves.
+pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let ns = a.s.namespace.clone();
+    let uploads: Api<DataUpload> = Api::namespaced(a.client.clone(), &ns);
+    let downloads: Api<DataDownload> = Api::namespaced(a.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &ns);
+    let pod_cfg = watcher::Config::default().labels(MOVER_LABEL);
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+
+    let up = Controller::new(uploads, watcher::Config::default());
+    let down = Controller::new(downloads, watcher::Config::default());
+    let (up_store, down_store) = (up.store(), down.store());
+    let (us, ds) = (up_store.clone(), down_store.clone());
+    let pod_owner = |dir: &'static str| {
+        move |p: Pod| {
+            let labels = p.labels();
+            (labels.get(MOVER_LABEL).map(String::as_str) == Some(dir))
+                .then(|| labels.get(OWNER_LABEL).cloned())
+                .flatten()
+                .and_then(|_| p.owner_references().first().map(|o| o.name.clone()))
+                .zip(p.namespace())
+        }
+    };
+    let up_owner = pod_owner("upload");
+    let down_owner = pod_owner("download");
+    let a1 = a.clone();
+    let uploads_done = up
+        .watches(pods.clone(), pod_cfg.clone(), move |p| up_owner(p).map(|(n, ns)| ObjectRef::new(&n).within(&ns)))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            move |o, a: Arc<Agent>| {
+                let busy = a.busy(&us.state(), &ds.state());
+                reconcile(o, a, busy)
+            },
+            error_policy,
+            a1,
+        )
+        .for_each(|_| futures::future::ready(()));
+    let (us, ds) = (up_store, down_store);
+    let downloads_done = down
+        .watches(pods, pod_cfg, move |p| down_owner(p).map(|(n, ns)| ObjectRef::new(&n).within(&ns)))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |o, a: Arc<Agent>| {
+                let busy = a.busy(&us.state(), &ds.state());
+                reconcile(o, a, busy)
+            },
+            error_policy,
+            a.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    a.metrics.set_ready(true);
+    tokio::join!(uploads_done, downloads_done);
+    a.metrics.set_ready(false);
+    // Graceful stop: running jobs are cancelled, and their objects stay InProgress for the
+    // next start of this agent to resume (the job store records them).
+    let running = a.jobs.lock().expect("jobs lock").len();
+    tracing::info!("stopping: {running} running jobs left to resume at the next start");
+    Ok(())
+}
+
+fn error_policy<T: Transfer>(obj: Arc<T>, e: &Error, a: Arc<Agent>) -> Requeue {
+    a.metrics.error(T::DIRECTION);
+    tracing::warn!(object = %obj.name_any(), "{e}");
+    Requeue::requeue(Duration::from_secs(10))
+}

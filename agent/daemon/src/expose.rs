@@ -1,0 +1,401 @@
+//! Exposing a volume to the agent, and removing what was exposed.
+//!
+//! Backup (a DataUpload): the CSI snapshot in the source namespace is moved into the Velero
+//! namespace the way Velero's own exposer does it: a new VolumeSnapshotContent on the same
+//! snapshot handle (deletion policy `Delete`: it disposes of the storage snapshot when it goes)
+//! and a VolumeSnapshot bound to it; the source content is set to `Retain` and both source
+//! objects are deleted. A PVC is cloned from the new snapshot and a mover pod mounts it, so
+//! kubelet mounts the clone on the node where the pod runs, under `<host pods>/<pod uid>/`.
+//!
+//! Restore (a DataDownload): a PVC like the target PVC (class, size, mode) and a mover pod that
+//! mounts it read-write; after the data is in, the PV is handed to the target PVC
+//! (`rebind`).
+//!
+//! Every object made here carries the label `ferry.dev/owner-uid` = the DataUpload's or
+//! DataDownload's uid (and an owner reference where the scopes allow), so `cleanup` finds
+//! them from any node, after any restart.
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::machine::Mover;
+use crate::types::{VolumeSnapshot, VolumeSnapshotContent};
+
+/// The label that ties an exposed object to its DataUpload/DataDownload.
+pub const OWNER_LABEL: &str = "ferry.dev/owner-uid";
+/// The label of mover pods (`upload` or `download`): the agent watches pods with it.
+pub const MOVER_LABEL: &str = "ferry.dev/mover";
+/// PV annotation keeping the reclaim policy while the PV is held at `Retain`.
+const RECLAIM_ANNOTATION: &str = "ferry.dev/reclaim-policy";
+
+/// What a mover exposes for, and the object it belongs to.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    /// The Velero namespace, where the exposed objects live.
+    pub namespace: String,
+    /// `upload` or `download`.
+    pub direction: &'static str,
+}
+
+impl Owner {
+    pub fn of<K: Resource<DynamicType = ()>>(obj: &K, direction: &'static str) -> Result<Owner> {
+        Ok(Owner {
+            api_version: K::api_version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            name: obj.meta().name.clone().ok_or_else(|| anyhow!("object without a name"))?,
+            uid: obj.meta().uid.clone().ok_or_else(|| anyhow!("object without a uid"))?,
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            direction,
+        })
+    }
+
+    /// Name of every exposed object: `ferry-<owner name>` (owner names are unique in the
+    /// namespace; a name too long for a label is cut and made unique by the uid).
+    pub fn object_name(&self) -> String {
+        let name = format!("ferry-{}", self.name);
+        if name.len() <= 63 {
+            return name;
+        }
+        format!("ferry-{}-{}", &self.name[..40], &self.uid[..8.min(self.uid.len())])
+    }
+
+    fn metadata(&self, cluster_scoped: bool) -> serde_json::Value {
+        let mut m = json!({
+            "name": self.object_name(),
+            "labels": { OWNER_LABEL: self.uid, MOVER_LABEL: self.direction },
+        });
+        if !cluster_scoped {
+            m["namespace"] = json!(self.namespace);
+            m["ownerReferences"] = json!([{
+                "apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "controller": true,
+            }]);
+        }
+        m
+    }
+}
+
+/// Settings of the objects made here.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// The mover pod's image (the agent's own) and command: it only holds the volume.
+    pub image: String,
+    pub command: Vec<String>,
+    /// Mount backup clones read-only in the pod.
+    pub read_only: bool,
+}
+
+/// Create `obj` unless an object of that name exists (expose is idempotent).
+async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).context("building an object")?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The mover pod for `claim`, mounting it at `/data` (filesystem) or `/dev/ferry-data` (block).
+fn mover_pod(owner: &Owner, claim: &str, block: bool, read_only: bool, s: &PodSettings) -> serde_json::Value {
+    let mut container = json!({
+        "name": "mover", "image": s.image, "command": s.command,
+        "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}},
+    });
+    if block {
+        container["volumeDevices"] = json!([{"name": "data", "devicePath": "/dev/ferry-data"}]);
+    } else {
+        container["volumeMounts"] = json!([{"name": "data", "mountPath": "/data", "readOnly": read_only}]);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": owner.metadata(false),
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 5,
+            "automountServiceAccountToken": false,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [container],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only && !block}}],
+        }
+    })
+}
+
+/// What a DataUpload's exposure needs from its source.
+#[derive(Debug, Clone)]
+pub struct UploadSource {
+    pub namespace: String,
+    pub pvc: String,
+    pub volume_snapshot: String,
+    pub storage_class: String,
+}
+
+/// Expose a DataUpload's snapshot. `Ok(false)`: the source snapshot is not ready yet.
+pub async fn expose_upload(client: &Client, owner: &Owner, src: &UploadSource, s: &PodSettings) -> Result<bool> {
+    let name = owner.object_name();
+    let ns = &owner.namespace;
+    let vs_api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), ns);
+    let vsc_api: Api<VolumeSnapshotContent> = Api::all(client.clone());
+    // The source snapshot, unless an earlier attempt already moved it.
+    if vs_api.get_opt(&name).await?.is_none() {
+        let src_api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &src.namespace);
+        let vs = src_api.get_opt(&src.volume_snapshot).await?.ok_or_else(|| {
+            anyhow!(
+                "VolumeSnapshot {}/{} (spec.csiSnapshot.volumeSnapshot) not found",
+                src.namespace,
+                src.volume_snapshot
+            )
+        })?;
+        let st = vs.status.clone().unwrap_or_default();
+        let Some(content) = st.bound_volume_snapshot_content_name.filter(|_| st.ready_to_use == Some(true)) else {
+            return Ok(false);
+        };
+        let vsc = vsc_api.get_opt(&content).await?.ok_or_else(|| {
+            anyhow!(
+                "VolumeSnapshotContent {content} of VolumeSnapshot {}/{} not found",
+                src.namespace,
+                src.volume_snapshot
+            )
+        })?;
+        let handle = vsc
+            .status
+            .as_ref()
+            .and_then(|s| s.snapshot_handle.clone())
+            .or(vsc.spec.source.snapshot_handle.clone())
+            .ok_or_else(|| anyhow!("VolumeSnapshotContent {content} has no snapshot handle yet"))?;
+        let mut meta = owner.metadata(true);
+        meta["name"] = json!(name);
+        create(
+            &vsc_api,
+            json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                "metadata": meta,
+                "spec": {
+                    "deletionPolicy": "Delete", "driver": vsc.spec.driver,
+                    "source": {"snapshotHandle": handle},
+                    "volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                          "namespace": ns, "name": name},
+                    "volumeSnapshotClassName": vsc.spec.volume_snapshot_class_name,
+                    "sourceVolumeMode": vsc.spec.source_volume_mode,
+                }
+            }),
+        )
+        .await?;
+        create(
+            &vs_api,
+            json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": owner.metadata(false),
+                "spec": {"source": {"volumeSnapshotContentName": name},
+                         "volumeSnapshotClassName": vs.spec.volume_snapshot_class_name},
+            }),
+        )
+        .await?;
+        // The storage snapshot now belongs to the new content: keep it when the source goes.
+        vsc_api
+            .patch(&content, &PatchParams::default(), &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})))
+            .await?;
+        delete_ignoring_absent(src_api.delete(&src.volume_snapshot, &DeleteParams::default()).await)?;
+        delete_ignoring_absent(vsc_api.delete(&content, &DeleteParams::default()).await.map(|_| ()))?;
+    }
+    let vs = vs_api.get(&name).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &src.namespace);
+    let source = pvcs
+        .get_opt(&src.pvc)
+        .await?
+        .ok_or_else(|| anyhow!("PersistentVolumeClaim {}/{} (spec.sourcePVC) not found", src.namespace, src.pvc))?;
+    let sspec = source.spec.unwrap_or_default();
+    let block = sspec.volume_mode.as_deref() == Some("Block");
+    let size = vs
+        .status
+        .and_then(|s| s.restore_size)
+        .map(|q| q.0)
+        .or_else(|| sspec.resources.and_then(|r| r.requests).and_then(|r| r.get("storage").map(|q| q.0.clone())))
+        .ok_or_else(|| anyhow!("neither the snapshot nor PVC {}/{} gives a size", src.namespace, src.pvc))?;
+    let access = if s.read_only { "ReadOnlyMany" } else { "ReadWriteOnce" };
+    create(
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": owner.metadata(false),
+            "spec": {
+                "accessModes": [access],
+                "storageClassName": src.storage_class,
+                "volumeMode": if block { "Block" } else { "Filesystem" },
+                "resources": {"requests": {"storage": size}},
+                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": name},
+            }
+        }),
+    )
+    .await?;
+    create(&Api::<Pod>::namespaced(client.clone(), ns), mover_pod(owner, &name, block, true, s)).await?;
+    Ok(true)
+}
+
+/// Expose a restore volume like the target PVC `namespace/pvc`.
+pub async fn expose_download(
+    client: &Client,
+    owner: &Owner,
+    namespace: &str,
+    pvc: &str,
+    s: &PodSettings,
+) -> Result<()> {
+    let name = owner.object_name();
+    let target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_opt(pvc)
+        .await?
+        .ok_or_else(|| anyhow!("PersistentVolumeClaim {namespace}/{pvc} (spec.targetVolume) not found"))?;
+    let spec = target.spec.unwrap_or_default();
+    let block = spec.volume_mode.as_deref() == Some("Block");
+    let size =
+        spec.resources.and_then(|r| r.requests).and_then(|r| r.get("storage").map(|q| q.0.clone())).ok_or_else(
+            || anyhow!("PersistentVolumeClaim {namespace}/{pvc}: spec.resources.requests.storage missing"),
+        )?;
+    create(
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &owner.namespace),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": owner.metadata(false),
+            "spec": {
+                "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+                "storageClassName": spec.storage_class_name,
+                "volumeMode": if block { "Block" } else { "Filesystem" },
+                "resources": {"requests": {"storage": size}},
+            }
+        }),
+    )
+    .await?;
+    create(&Api::<Pod>::namespaced(client.clone(), &owner.namespace), mover_pod(owner, &name, block, false, s)).await
+}
+
+/// The mover pod's state, and its uid and the PV of its claim once it runs.
+pub async fn mover(client: &Client, owner: &Owner) -> Result<(Mover, Option<Pod>)> {
+    let pod = Api::<Pod>::namespaced(client.clone(), &owner.namespace).get_opt(&owner.object_name()).await?;
+    let Some(pod) = pod else { return Ok((Mover::Absent, None)) };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Ok((Mover::Broken("it is being deleted".into()), Some(pod)));
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let state = match status.phase.as_deref() {
+        Some("Running") => match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            Some(node) => Mover::Running { node },
+            None => Mover::Pending,
+        },
+        Some("Failed") | Some("Succeeded") => Mover::Broken(format!(
+            "pod {}/{} is {}{}",
+            owner.namespace,
+            owner.object_name(),
+            status.phase.unwrap_or_default(),
+            status.message.map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        _ => Mover::Pending,
+    };
+    Ok((state, Some(pod)))
+}
+
+/// The PV bound to the mover's claim.
+pub async fn claim_volume(client: &Client, owner: &Owner) -> Result<String> {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &owner.namespace)
+        .get(&owner.object_name())
+        .await
+        .with_context(|| format!("reading PersistentVolumeClaim {}/{}", owner.namespace, owner.object_name()))?;
+    pvc.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()).ok_or_else(|| {
+        anyhow!("PersistentVolumeClaim {}/{} is not bound to a volume", owner.namespace, owner.object_name())
+    })
+}
+
+fn delete_ignoring_absent<T>(r: Result<T, kube::Error>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete every object exposed for `uid`: pods, claims and snapshots in `namespace`, snapshot
+/// contents in the cluster. Returns how many were deleted.
+pub async fn cleanup(client: &Client, namespace: &str, uid: &str) -> Result<usize> {
+    let lp = ListParams::default().labels(&format!("{OWNER_LABEL}={uid}"));
+    let dp = DeleteParams::background();
+    let mut n = 0;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for p in pods.list(&lp).await?.items {
+        delete_ignoring_absent(pods.delete(&p.name_any(), &dp).await)?;
+        n += 1;
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    for p in pvcs.list(&lp).await?.items {
+        delete_ignoring_absent(pvcs.delete(&p.name_any(), &dp).await)?;
+        n += 1;
+    }
+    let vss: Api<VolumeSnapshot> = Api::namespaced(client.clone(), namespace);
+    for v in vss.list(&lp).await?.items {
+        delete_ignoring_absent(vss.delete(&v.name_any(), &dp).await)?;
+        n += 1;
+    }
+    let vscs: Api<VolumeSnapshotContent> = Api::all(client.clone());
+    for v in vscs.list(&lp).await?.items {
+        delete_ignoring_absent(vscs.delete(&v.name_any(), &dp).await)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Hand the restored PV to the target PVC, as Velero does: hold the PV at `Retain`, delete
+/// the mover pod and claim, point the PV's `claimRef` at the target (without uid, so the PV
+/// controller binds it), copy the target's selector labels (`velero.io/dynamic-pv-restore`)
+/// onto the PV, then give back its reclaim policy. Returns the PV's name.
+pub async fn rebind(client: &Client, owner: &Owner, namespace: &str, pvc: &str) -> Result<String> {
+    let pv_name = claim_volume(client, owner).await?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = pvs.get(&pv_name).await?;
+    let policy = pv
+        .annotations()
+        .get(RECLAIM_ANNOTATION)
+        .cloned()
+        .or_else(|| pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.clone()))
+        .unwrap_or_else(|| "Delete".into());
+    pvs.patch(
+        &pv_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"annotations": {RECLAIM_ANNOTATION: policy}},
+            "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+        })),
+    )
+    .await?;
+    cleanup(client, &owner.namespace, &owner.uid).await?;
+    let target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_opt(pvc)
+        .await?
+        .ok_or_else(|| anyhow!("PersistentVolumeClaim {namespace}/{pvc} (spec.targetVolume) is gone"))?;
+    let labels = target.spec.and_then(|s| s.selector).and_then(|s| s.match_labels).unwrap_or_default();
+    if labels.is_empty() {
+        bail!(
+            "PersistentVolumeClaim {namespace}/{pvc} has no selector labels (velero.io/dynamic-pv-restore) to bind the volume by"
+        );
+    }
+    pvs.patch(
+        &pv_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"labels": labels, "annotations": {RECLAIM_ANNOTATION: null}},
+            "spec": {
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace, "name": pvc,
+                             "uid": null, "resourceVersion": null},
+                "persistentVolumeReclaimPolicy": policy,
+            },
+        })),
+    )
+    .await?;
+    Ok(pv_name)
+}
