@@ -31,8 +31,6 @@ mod gaps_passwords;
 mod gaps_podvolume;
 #[path = "cli/gaps_tls.rs"]
 mod gaps_tls;
-#[path = "cli/gaps_util.rs"]
-mod gaps_util;
 #[path = "cli/gaps_xattrs.rs"]
 mod gaps_xattrs;
 #[path = "cli/hostile.rs"]

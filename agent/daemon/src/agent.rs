@@ -139,18 +139,92 @@ impl Agent {
         }
     }
 
-    /// End `obj` in `phase` after removing what was exposed for it.
-    async fn end<T: Transfer>(&self, obj: &T, phase: Phase, message: &str) -> Result<()> {
+    /// End `obj` in `phase`: write the terminal status (with `fields` added) and remove what
+    /// was exposed for it. A success is written first (a cleanup failure must not cost the
+    /// snapshot ID; the sweep removes leftovers); a failure or cancel is written after the
+    /// cleanup, as Velero's own mover does. With `precondition` (a resourceVersion) the write is exclusive and
+    /// `Ok(false)` means someone else changed the object first; transient API errors (an API
+    /// server restarting) are retried for a few minutes, so a finished job is not lost to one.
+    async fn end<T: Transfer>(
+        &self,
+        obj: &T,
+        phase: Phase,
+        message: &str,
+        fields: Option<serde_json::Value>,
+        precondition: Option<&str>,
+    ) -> Result<bool> {
         let uid = obj.uid().unwrap_or_default();
-        if let Err(e) = expose::cleanup(&self.client, &self.s.namespace, &uid).await {
-            tracing::warn!(object = %obj.name_any(), "cleanup failed (retried by the sweep): {e:#}");
+        let mut patch = transfer::end_patch(phase, message, obj.started_at().is_some());
+        if let (Some(st), Some(serde_json::Value::Object(f))) = (patch["status"].as_object_mut(), fields) {
+            st.extend(f);
         }
-        self.patch(obj, transfer::end_patch(phase, message, obj.started_at().is_some())).await?;
+        if let Some(rv) = precondition {
+            patch["metadata"] = serde_json::json!({"resourceVersion": rv});
+        }
+        let cleanup = || async {
+            if let Err(e) = expose::cleanup(&self.client, &self.s.namespace, &uid).await {
+                tracing::warn!(object = %obj.name_any(), "cleanup failed (the sweep retries it): {e:#}");
+            }
+        };
+        if phase != Phase::Completed {
+            cleanup().await;
+        }
+        let mut delay = Duration::from_millis(500);
+        let deadline = std::time::Instant::now() + END_RETRY;
+        loop {
+            match self.patch(obj, patch.clone()).await {
+                Ok(true) => break,
+                Ok(false) => return Ok(false),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(object = %obj.name_any(), "writing {}: {e:#}; retrying", phase.as_str());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.metrics.ended(T::DIRECTION, phase);
         let _ = self.store.finish(&uid);
         tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, phase = phase.as_str(), "{message}");
-        Ok(())
+        if phase == Phase::Completed {
+            cleanup().await;
+        }
+        Ok(true)
     }
+}
+
+/// How long a terminal status write is retried.
+const END_RETRY: Duration = Duration::from_secs(180);
+
+/// How often exposed objects whose owner ended or vanished are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(120);
+
+/// Remove exposed objects (labelled with an owner uid) whose DataUpload or DataDownload is gone
+/// or ended: what a failed cleanup, a crash between the end and the cleanup, or a deleted
+/// object left behind. Returns how many owners were swept.
+pub async fn sweep(a: &Agent) -> Result<usize> {
+    use kube::api::ListParams;
+    let ns = &a.s.namespace;
+    let mut active = std::collections::HashSet::new();
+    let lp = ListParams::default();
+    for du in Api::<DataUpload>::namespaced(a.client.clone(), ns).list(&lp).await?.items {
+        if !du.phase().is_terminal() {
+            active.extend(du.uid());
+        }
+    }
+    for dd in Api::<DataDownload>::namespaced(a.client.clone(), ns).list(&lp).await?.items {
+        if !dd.phase().is_terminal() {
+            active.extend(dd.uid());
+        }
+    }
+    let owners = expose::owners(&a.client, ns).await?;
+    let mut swept = 0;
+    for uid in owners.difference(&active) {
+        let n = expose::cleanup(&a.client, ns, uid).await?;
+        tracing::info!(owner = %uid, "swept {n} objects left by an ended or deleted transfer");
+        swept += 1;
+    }
+    Ok(swept)
 }
 
 /// Requeue soon while something outside is awaited.
@@ -195,10 +269,9 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
             Ok(Requeue::requeue(Duration::from_millis(200)))
         }
         Action::Expose => match T::expose(&obj, &a, &owner).await {
-            Ok(true) => Ok(Requeue::requeue(POLL)),
-            Ok(false) => Ok(Requeue::requeue(POLL)),
+            Ok(_) => Ok(Requeue::requeue(POLL)),
             Err(e) => {
-                a.end(&*obj, Phase::Failed, &format!("exposing the volume: {e:#}")).await?;
+                a.end(&*obj, Phase::Failed, &format!("exposing the volume: {e:#}"), None, None).await?;
                 Ok(Requeue::await_change())
             }
         },
@@ -221,16 +294,20 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
                 j.cancel.cancel();
             }
             if !phase.is_terminal() && phase != Phase::Canceling {
-                a.patch(&*obj, serde_json::json!({"status": {"phase": "Canceling"}})).await?;
+                let canceling =
+                    serde_json::json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Canceling"}});
+                a.patch(&*obj, canceling).await?;
             }
             Ok(Requeue::requeue(POLL))
         }
         Action::Cancel => {
-            a.end(&*obj, Phase::Canceled, "canceled").await?;
+            // Before anyone accepted it, another node may accept it right now: exclusive.
+            let pre = (phase == Phase::New).then_some(rv.as_str());
+            a.end(&*obj, Phase::Canceled, "canceled", None, pre).await?;
             Ok(Requeue::await_change())
         }
         Action::Fail(msg) => {
-            a.end(&*obj, Phase::Failed, &msg).await?;
+            a.end(&*obj, Phase::Failed, &msg, None, Some(&rv)).await?;
             Ok(Requeue::await_change())
         }
         Action::Forget => {
@@ -239,6 +316,12 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
             Ok(Requeue::await_change())
         }
     }
+}
+
+/// One reconcile of `obj`, as the controller runs it (with no other object busy on this node):
+/// for tests that check the requests it makes.
+pub async fn reconcile_once<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>) -> Result<Requeue, Error> {
+    reconcile(obj, a, 0).await
 }
 
 /// What differs between uploads and downloads: how the volume is exposed and what the job does.
@@ -298,24 +381,11 @@ fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod
             j.finished = true;
         }
         let ended = match result {
-            _ if cancel.is_cancelled() => a.end(&*obj, Phase::Canceled, "canceled").await,
-            Ok((fields, message)) => {
-                let mut patch = transfer::end_patch(Phase::Completed, &message, true);
-                if let (Some(st), Some(f)) = (patch["status"].as_object_mut(), fields.as_object()) {
-                    st.extend(f.clone());
-                }
-                let cleaned = expose::cleanup(&a.client, &a.s.namespace, &uid).await;
-                if let Err(e) = &cleaned {
-                    tracing::warn!(object = %obj.name_any(), "cleanup failed (retried by the sweep): {e:#}");
-                }
-                a.metrics.ended(T::DIRECTION, Phase::Completed);
-                let _ = a.store.finish(&uid);
-                tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, "completed: {message}");
-                a.patch(&*obj, patch).await.map(|_| ())
-            }
+            _ if cancel.is_cancelled() => a.end(&*obj, Phase::Canceled, "canceled", None, None).await,
+            Ok((fields, message)) => a.end(&*obj, Phase::Completed, &message, Some(fields), None).await,
             Err(e) => {
                 a.metrics.error(T::DIRECTION);
-                a.end(&*obj, Phase::Failed, &format!("{e:#}")).await
+                a.end(&*obj, Phase::Failed, &format!("{e:#}"), None, None).await
             }
         };
         if let Err(e) = ended {
@@ -392,8 +462,20 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
             a.clone(),
         )
         .for_each(|_| futures::future::ready(()));
+    let sweeper = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = sweep(&a).await {
+                    tracing::warn!("sweep: {e:#}");
+                }
+                tokio::time::sleep(SWEEP_EVERY).await;
+            }
+        })
+    };
     a.metrics.set_ready(true);
     tokio::join!(uploads_done, downloads_done);
+    sweeper.abort();
     a.metrics.set_ready(false);
     // Graceful stop: running jobs are cancelled, and their objects stay InProgress for the
     // next start of this agent to resume (the job store records them).

@@ -350,6 +350,30 @@ pub async fn cleanup(client: &Client, namespace: &str, uid: &str) -> Result<usiz
     Ok(n)
 }
 
+/// The owner uids of every exposed object (the sweep compares them with the live transfers).
+pub async fn owners(client: &Client, namespace: &str) -> Result<std::collections::HashSet<String>> {
+    let lp = ListParams::default().labels(OWNER_LABEL);
+    let mut out = std::collections::HashSet::new();
+    let mut add = |labels: &std::collections::BTreeMap<String, String>| {
+        if let Some(uid) = labels.get(OWNER_LABEL) {
+            out.insert(uid.clone());
+        }
+    };
+    for p in Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?.items {
+        add(p.labels());
+    }
+    for p in Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace).list(&lp).await?.items {
+        add(p.labels());
+    }
+    for v in Api::<VolumeSnapshot>::namespaced(client.clone(), namespace).list(&lp).await?.items {
+        add(v.labels());
+    }
+    for v in Api::<VolumeSnapshotContent>::all(client.clone()).list(&lp).await?.items {
+        add(v.labels());
+    }
+    Ok(out)
+}
+
 /// Hand the restored PV to the target PVC, as Velero does: hold the PV at `Retain`, delete
 /// the mover pod and claim, point the PV's `claimRef` at the target (without uid, so the PV
 /// controller binds it), copy the target's selector labels (`velero.io/dynamic-pv-restore`)

@@ -1,6 +1,6 @@
 //! The reconcile logic as a pure function: what one agent does next with one DataUpload or
 //! DataDownload, from what it observes of the object, of its mover pod and of its own jobs.
-//! No I/O here (`crate::reconcile` carries the actions out), so every case is a unit test.
+//! No I/O here (`crate::agent` carries the actions out), so every case is a unit test.
 //!
 //! The protocol (Velero's, for a third-party mover; who may do what):
 //! - `New` (or no phase): any agent accepts with an exclusive patch (a 409 means another

@@ -7,7 +7,7 @@
 //! every field is optional or defaulted, so objects of Velero 1.12 to 1.18 all decode, and
 //! unknown fields are ignored. The agent never PUTs these objects back whole (that would drop
 //! fields a newer Velero added): it writes merge patches of the fields it owns
-//! (`crate::patch`). Velero's CRDs have no status subresource, so `status` is patched on the
+//! (`crate::transfer`). Velero's CRDs have no status subresource, so `status` is patched on the
 //! main resource.
 
 use std::collections::BTreeMap;

@@ -64,6 +64,10 @@ impl Runner for DataUpload {
             identity: Some(Identity::pvc(&du.spec.source_namespace, &du.spec.source_pvc)?),
             requester: Some("velero".into()),
         };
+        // `status.path`: the volume as found on the node (the mount, the device or the image).
+        let path = match podvolume::resolve(&volume)? {
+            podvolume::PodVolume::Filesystem(p) | podvolume::PodVolume::Image(p) | podvolume::PodVolume::Block(p) => p,
+        };
         let out = podvolume::backup(repo.clone(), &volume, vb, &job).await?;
         if !out.errors.is_empty() {
             bail!(
@@ -80,11 +84,12 @@ impl Runner for DataUpload {
         Ok((
             json!({
                 "snapshotID": id,
-                "path": volume.display().to_string(),
+                "path": path.display().to_string(),
                 "incrementalBytes": s.bytes_added_stored as i64,
                 "progress": {"bytesDone": s.bytes_total as i64, "totalBytes": s.bytes_total as i64},
                 "dataMoverResult": {"ferry.dev/bytes-added": s.bytes_added.to_string(),
-                                    "ferry.dev/files": (s.files_new + s.files_changed + s.files_unchanged).to_string()},
+                                    "ferry.dev/files": (s.files_new + s.files_changed + s.files_unchanged).to_string(),
+                                    "ferry.dev/resumed-bytes": out.resumed.bytes.to_string()},
             }),
             message,
         ))

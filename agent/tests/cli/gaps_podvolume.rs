@@ -9,8 +9,8 @@ use std::path::Path;
 
 use nix::sys::stat::{Mode, SFlag, mknod};
 
+use crate::common::devices::Loop;
 use crate::common::{Env, compare_trees, json_lines, num, random_bytes, stderr, summary_of};
-use crate::gaps_util::Loop;
 
 const UID: &str = "6f1c1f9e-3b4a-4d2e-9c55-0123456789ab";
 

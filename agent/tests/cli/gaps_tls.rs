@@ -13,8 +13,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::common::devices::run;
 use crate::common::{Env, compare_trees, stderr, write};
-use crate::gaps_util::run;
 
 /// A CA and a server certificate for 127.0.0.1 signed by it (PEM files in `dir`).
 struct Pki {

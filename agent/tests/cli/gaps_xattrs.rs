@@ -9,8 +9,8 @@ use std::path::Path;
 
 use nix::sys::stat::{Mode, SFlag, mknod};
 
+use crate::common::devices::Ext4;
 use crate::common::{Env, compare_trees, set_mtime, stderr, write};
-use crate::gaps_util::Ext4;
 
 const USER_OBJ: u16 = 0x01;
 const USER: u16 = 0x02;

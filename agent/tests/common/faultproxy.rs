@@ -140,23 +140,43 @@ pub struct Plan {
     pub script: Vec<(Class, u64, Fault)>,
     /// The pause between the 32 KiB chunks of a slow body.
     pub slow_pause: Duration,
+    /// A pause before every PUT is forwarded: a slow uplink (tests that must catch a job in
+    /// the middle).
+    pub put_delay: Duration,
 }
 
 impl Plan {
     /// Every fault kind at `rate` each.
     pub fn uniform(seed: u64, rate: f64) -> Plan {
         let rates = Fault::ALL.iter().map(|f| (*f, rate)).collect();
-        Plan { seed, rates, script: Vec::new(), slow_pause: Duration::from_millis(5) }
+        Plan { seed, rates, script: Vec::new(), slow_pause: Duration::from_millis(5), put_delay: Duration::ZERO }
     }
 
     /// One fault kind for every request.
     pub fn always(fault: Fault) -> Plan {
-        Plan { seed: 0, rates: vec![(fault, 1.0)], script: Vec::new(), slow_pause: Duration::from_millis(5) }
+        Plan {
+            seed: 0,
+            rates: vec![(fault, 1.0)],
+            script: Vec::new(),
+            slow_pause: Duration::from_millis(5),
+            put_delay: Duration::ZERO,
+        }
     }
 
     /// These faults only: `(class, rank, fault)`, rank 0 being the first request of its class.
     pub fn scripted(script: &[(Class, u64, Fault)]) -> Plan {
-        Plan { seed: 0, rates: Vec::new(), script: script.to_vec(), slow_pause: Duration::from_millis(5) }
+        Plan {
+            seed: 0,
+            rates: Vec::new(),
+            script: script.to_vec(),
+            slow_pause: Duration::from_millis(5),
+            put_delay: Duration::ZERO,
+        }
+    }
+
+    /// No faults; every PUT waits `delay` before it is forwarded.
+    pub fn slow_puts(delay: Duration) -> Plan {
+        Plan { put_delay: delay, ..Plan::scripted(&[]) }
     }
 }
 
@@ -407,6 +427,9 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, HandlerError> {
     let class = Class::of(&req);
+    if class == Class::Put && !state.plan.put_delay.is_zero() {
+        tokio::time::sleep(state.plan.put_delay).await;
+    }
     let fault = state.decide(class);
     if fault == Some(Fault::ResetBefore) {
         state.injected(Fault::ResetBefore, class);

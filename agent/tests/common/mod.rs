@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod faultproxy;
 pub mod forge;
 pub mod skip;

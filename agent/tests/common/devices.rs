@@ -1,4 +1,4 @@
-//! Helpers of the gap tests: loop devices and loop-mounted ext4 file systems (root only), each
+//! Loop devices and loop-mounted ext4 file systems (root only), each
 //! undone on drop.
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,128 @@
+//! The protocol's edges against the real API server: agents racing for the same objects,
+//! cancel in each non-terminal phase, other movers' objects left alone, and a location whose
+//! credential Secret is missing.
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use serde_json::json;
+
+use ferry_daemon::types::{Phase, VolumeSnapshot, VolumeSnapshotContent};
+
+use crate::world::{NS, World};
+
+fn small_tree(dir: &std::path::Path) {
+    std::fs::write(dir.join("a.txt"), b"some data\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_race_and_each_upload_is_accepted_by_exactly_one() {
+    let Some(w) = World::new(&["n1", "n2"]).await else { return };
+    w.namespace("app").await;
+    let names: Vec<String> = (0..6).map(|i| format!("race-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
+        w.data_upload(n, "app", &format!("pvc-{i}"), &format!("snap-{i}"), "ferry").await;
+    }
+    for n in &names {
+        let du = w.upload_phase(n, Phase::Accepted, 60).await;
+        let by = du.status.unwrap().accepted_by_node.unwrap();
+        assert!(by == "n1" || by == "n2", "{n} accepted by {by}");
+    }
+    // Exactly one agent logged each accept: the other's exclusive patch got a 409.
+    let logs: Vec<String> = w.agents.iter().map(|a| std::fs::read_to_string(&a.log).unwrap()).collect();
+    for n in &names {
+        let accepted = logs
+            .iter()
+            .map(|l| {
+                l.lines().filter(|line| line.contains("accepted") && line.contains(&format!("object={n} "))).count()
+            })
+            .sum::<usize>();
+        assert_eq!(accepted, 1, "{n} accepted {accepted} times\n{}", w.logs());
+    }
+    // Velero cancels them all (its server restarted): every one ends Canceled, nothing left.
+    for n in &names {
+        w.patch_upload(n, json!({"spec": {"cancel": true}})).await;
+    }
+    for n in &names {
+        w.upload_phase(n, Phase::Canceled, 60).await;
+        w.exposed_gone(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_is_honoured_in_new_accepted_and_prepared() {
+    let Some(w) = World::new(&["n1"]).await else { return };
+    w.namespace("app").await;
+    // New: canceled before any agent accepted it.
+    w.snapshot("app", "p0", "s0", false).await;
+    let mut du = serde_json::to_value(w.data_upload("c-new", "app", "p0", "s0", "velero").await).unwrap();
+    // (created for another mover first so no agent takes it, then handed to ferry canceled)
+    du = json!({"spec": {"datamover": "ferry", "cancel": true}, "metadata": {"resourceVersion": du["metadata"]["resourceVersion"]}});
+    w.patch_upload("c-new", du).await;
+    let st = w.upload_phase("c-new", Phase::Canceled, 60).await.status.unwrap();
+    assert!(st.accepted_by_node.is_none(), "{st:?}");
+    assert!(w.get_in::<VolumeSnapshot>("app", "s0").await.is_some(), "nothing was exposed, the source is untouched");
+
+    // Accepted: exposed, the mover pod never ran.
+    w.snapshot("app", "p1", "s1", false).await;
+    w.data_upload("c-accepted", "app", "p1", "s1", "ferry").await;
+    w.upload_phase("c-accepted", Phase::Accepted, 60).await;
+    w.until("the mover pod", 30, || async { w.get_in::<Pod>(NS, "ferry-c-accepted").await }).await;
+    w.patch_upload("c-accepted", json!({"spec": {"cancel": true}})).await;
+    w.upload_phase("c-accepted", Phase::Canceled, 60).await;
+    // Canceled is written after the cleanup: nothing may be left at that point.
+    assert!(w.gone_in::<Pod>(NS, "ferry-c-accepted").await);
+    assert!(w.gone_in::<PersistentVolumeClaim>(NS, "ferry-c-accepted").await);
+    assert!(w.get_cluster::<VolumeSnapshotContent>("ferry-c-accepted").await.is_none());
+
+    // Prepared on this node (as an agent that restarted between Prepared and InProgress finds it).
+    w.snapshot("app", "p2", "s2", false).await;
+    w.data_upload("c-prepared", "app", "p2", "s2", "velero").await;
+    w.patch_upload(
+        "c-prepared",
+        json!({"spec": {"datamover": "ferry", "cancel": true},
+               "status": {"phase": "Prepared", "acceptedByNode": "n1", "node": "n1"}}),
+    )
+    .await;
+    let st = w.upload_phase("c-prepared", Phase::Canceled, 60).await.status.unwrap();
+    assert!(st.completion_timestamp.is_some() && st.start_timestamp.is_some(), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_movers_objects_are_never_touched() {
+    let Some(w) = World::new(&["n1"]).await else { return };
+    w.namespace("app").await;
+    w.snapshot("app", "p", "s", false).await;
+    w.data_upload("kv-1", "app", "p", "s", "kubevirt").await;
+    w.data_upload("vel-1", "app", "p", "s", "").await;
+    // A ferry object after them: once it is accepted, the agent has seen the others.
+    w.snapshot("app", "q", "t", false).await;
+    w.data_upload("fe-1", "app", "q", "t", "ferry").await;
+    w.upload_phase("fe-1", Phase::Accepted, 60).await;
+    for n in ["kv-1", "vel-1"] {
+        assert!(w.upload(n).await.status.is_none(), "{n} was touched");
+    }
+    assert!(w.get_in::<VolumeSnapshot>("app", "s").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_credential_secret_fails_the_upload_with_its_name_and_the_agent_goes_on() {
+    let Some(mut w) = World::new(&["n1"]).await else { return };
+    let endpoint = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap();
+    w.bsl("nocreds", &endpoint, Some(("missing-creds", "cloud"))).await;
+    w.namespace("app").await;
+    w.snapshot("app", "p", "s", false).await;
+    w.data_upload_to("bad-1", "app", "p", "s", "ferry", "nocreds").await;
+    w.upload_phase("bad-1", Phase::Accepted, 60).await;
+    w.serve_mover("bad-1", "n1", false, small_tree).await;
+    let st = w.upload_phase("bad-1", Phase::Failed, 60).await.status.unwrap();
+    let msg = st.message.unwrap();
+    assert!(msg.contains("Secret velero/missing-creds") && msg.contains("not found"), "{msg}");
+    assert!(msg.contains("BackupStorageLocation velero/nocreds"), "{msg}");
+    assert!(w.gone_in::<Pod>(NS, "ferry-bad-1").await, "cleanup after a failure");
+    // The agent lives on and serves the next one.
+    w.snapshot("app", "q", "t", false).await;
+    w.data_upload("good-1", "app", "q", "t", "ferry").await;
+    w.upload_phase("good-1", Phase::Accepted, 60).await;
+    w.serve_mover("good-1", "n1", false, small_tree).await;
+    w.upload_phase("good-1", Phase::Completed, 120).await;
+}
