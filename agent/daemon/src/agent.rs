@@ -75,6 +75,7 @@ pub struct Agent {
     slots: Arc<Semaphore>,
     budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
+    events: kube::runtime::events::Recorder,
 }
 
 /// A reconcile error: logged, counted, retried with back-off.
@@ -95,7 +96,10 @@ impl Agent {
         let store = Store::open(&s.state_dir.join("jobs.db"))?;
         let repos =
             Repos::new(client.clone(), &s.namespace, s.password.clone(), s.state_dir.clone(), metrics.requests.clone());
+        let reporter =
+            kube::runtime::events::Reporter { controller: "ferry-agent".into(), instance: Some(s.node.clone()) };
         Ok(Arc::new(Agent {
+            events: kube::runtime::events::Recorder::new(client.clone(), reporter),
             slots: Arc::new(Semaphore::new(s.concurrency.max(1))),
             budget: MemoryBudget::new(s.memory_budget),
             client,
@@ -129,13 +133,39 @@ impl Agent {
         count(uploads, self) + count(downloads, self)
     }
 
-    /// Patch `obj`'s status. `Ok(false)`: a 409, someone else changed it first.
+    /// Patch `obj`'s status. `Ok(false)`: a 409, someone else changed it first. A new phase is
+    /// also published as a Kubernetes Event on the object (reason: the phase).
     async fn patch<T: Transfer>(&self, obj: &T, patch: serde_json::Value) -> Result<bool> {
         let api: Api<T> = Api::namespaced(self.client.clone(), &self.s.namespace);
-        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => Ok(true),
+        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch.clone())).await {
+            Ok(_) => {
+                if let Some(phase) = patch["status"]["phase"].as_str() {
+                    self.event(obj, phase, patch["status"]["message"].as_str()).await;
+                }
+                Ok(true)
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e).with_context(|| format!("patching {} {}", T::kind(&()), obj.name_any())),
+        }
+    }
+
+    /// Publish the phase change of `obj` as an Event (a failure to do so is only logged).
+    async fn event<T: Transfer>(&self, obj: &T, phase: &str, message: Option<&str>) {
+        use kube::runtime::events::{Event, EventType};
+        let failed = matches!(phase, "Failed" | "Canceled");
+        let note = match message {
+            Some(m) if !m.is_empty() => format!("{phase} on node {}: {m}", self.s.node),
+            _ => format!("{phase} on node {}", self.s.node),
+        };
+        let ev = Event {
+            type_: if failed { EventType::Warning } else { EventType::Normal },
+            reason: phase.to_string(),
+            note: Some(note.chars().take(1024).collect()),
+            action: format!("{}{}", &T::DIRECTION[..1].to_uppercase(), &T::DIRECTION[1..]),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!(object = %obj.name_any(), "publishing an event: {e}");
         }
     }
 
@@ -419,6 +449,7 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &ns);
     let pod_cfg = watcher::Config::default().labels(MOVER_LABEL);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let shutdown_backups = shutdown.clone();
 
     let up = Controller::new(uploads, watcher::Config::default());
     let down = Controller::new(downloads, watcher::Config::default());
@@ -462,6 +493,11 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
             a.clone(),
         )
         .for_each(|_| futures::future::ready(()));
+    let backups_done =
+        Controller::new(Api::<crate::types::Backup>::namespaced(a.client.clone(), &ns), watcher::Config::default())
+            .graceful_shutdown_on(shutdown_backups)
+            .run(crate::backups::reconcile, error_policy_backup, a.clone())
+            .for_each(|_| futures::future::ready(()));
     let sweeper = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -474,7 +510,7 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
         })
     };
     a.metrics.set_ready(true);
-    tokio::join!(uploads_done, downloads_done);
+    tokio::join!(uploads_done, downloads_done, backups_done);
     sweeper.abort();
     a.metrics.set_ready(false);
     // Graceful stop: running jobs are cancelled, and their objects stay InProgress for the
@@ -482,6 +518,12 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
     let running = a.jobs.lock().expect("jobs lock").len();
     tracing::info!("stopping: {running} running jobs left to resume at the next start");
     Ok(())
+}
+
+fn error_policy_backup(b: Arc<crate::types::Backup>, e: &Error, a: Arc<Agent>) -> Requeue {
+    a.metrics.error("backup-deletion");
+    tracing::warn!(backup = %b.name_any(), "{e}");
+    Requeue::requeue(Duration::from_secs(30))
 }
 
 fn error_policy<T: Transfer>(obj: Arc<T>, e: &Error, a: Arc<Agent>) -> Requeue {

@@ -7,9 +7,11 @@
 //! - `expose`: the snapshot's PVC and mover pod, cleanup, the restore's PV rebinding;
 //! - `upload`/`download`: what a job does with the engine; `repos`: repositories from
 //!   BackupStorageLocations and Secrets; `store`: the SQLite job store on the node;
+//! - `backups`: a deleted Velero Backup forgets its snapshots (a finalizer);
 //! - `metrics`: Prometheus text, `/healthz`, `/readyz`.
 
 pub mod agent;
+pub mod backups;
 pub mod download;
 pub mod expose;
 pub mod machine;

@@ -224,6 +224,9 @@ pub struct BackupSpec {
     pub datamover: Option<String>,
     #[serde(default)]
     pub snapshot_move_data: Option<bool>,
+    /// The BackupStorageLocation (Velero's default location when absent).
+    #[serde(default)]
+    pub storage_location: Option<String>,
 }
 
 /// `spec.source` of a VolumeSnapshot: exactly one of the two.

@@ -45,6 +45,12 @@ impl Runner for DataUpload {
     ) -> Result<(serde_json::Value, String)> {
         let repo = a.repos.get(&du.spec.backup_storage_location).await?;
         let labels = du.labels();
+        // Deleting the Backup will forget this snapshot: hold it with a finalizer first.
+        if let Some(backup) = labels.get("velero.io/backup-name") {
+            if let Err(e) = crate::backups::hold(&a.client, &a.s.namespace, backup).await {
+                tracing::warn!(object = %du.name_any(), "its snapshot will outlive the Backup: {e:#}");
+            }
+        }
         let mut tags = vec![
             ("namespace".to_string(), du.spec.source_namespace.clone()),
             ("pvc".to_string(), du.spec.source_pvc.clone()),

@@ -118,6 +118,20 @@ async fn expect_merge_patch(server: &mut ApiServer, uri: &str) -> (Value, SendRe
     (body, answer)
 }
 
+/// The next request must publish the Event of a phase change of `name`: reason = the phase,
+/// from this agent's node (events.k8s.io/v1, in the object's namespace).
+async fn expect_event(server: &mut ApiServer, name: &str, phase: &str, kind: &str) {
+    let (_, body, to) = expect(server, Method::POST, "/apis/events.k8s.io/v1/namespaces/velero/events?").await;
+    assert_eq!(body["reason"], phase, "event reason: {body}");
+    assert_eq!(body["regarding"]["name"], name, "event subject: {body}");
+    assert_eq!(body["regarding"]["kind"], kind, "event subject: {body}");
+    assert_eq!(body["reportingController"], "ferry-agent", "{body}");
+    assert_eq!(body["reportingInstance"], NODE, "{body}");
+    let warning = matches!(phase, "Failed" | "Canceled");
+    assert_eq!(body["type"], if warning { "Warning" } else { "Normal" }, "{body}");
+    answer(to, StatusCode::CREATED, &body);
+}
+
 /// The agent sends nothing more (it is done, or it waits 200 ms without a request).
 async fn expect_no_more(server: &mut ApiServer) {
     if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(200), server.next_request()).await {
@@ -266,6 +280,7 @@ async fn a_new_upload_is_accepted_with_one_exclusive_merge_patch() {
             let (body, to) = expect_merge_patch(&mut s, &format!("{DATAUPLOADS}/backup-1-abcde?")).await;
             assert_accept_patch(&body, "7");
             answer(to, StatusCode::OK, &merged(&obj, &body, "8"));
+            expect_event(&mut s, "backup-1-abcde", "Accepted", "DataUpload").await;
             expect_no_more(&mut s).await;
         },
         reconcile_once(upload(&du), agent),
@@ -319,23 +334,6 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
     let out = run(
         server,
         |mut s| async move {
-            // The end is written first, exclusively (another node may be accepting it right
-            // now), and only then is what was exposed removed.
-            let (body, to) = expect_merge_patch(&mut s, &format!("{DATAUPLOADS}/backup-1-abcde?")).await;
-            let st = &body["status"];
-            assert_recent_time(&st["completionTimestamp"], "status.completionTimestamp");
-            assert_recent_time(&st["startTimestamp"], "status.startTimestamp (never started)");
-            let mut b = body.clone();
-            b["status"]["completionTimestamp"] = json!("<now>");
-            b["status"]["startTimestamp"] = json!("<now>");
-            assert_eq!(
-                b,
-                json!({"metadata": {"resourceVersion": "7"},
-                       "status": {"phase": "Canceled", "message": "canceled",
-                                  "completionTimestamp": "<now>", "startTimestamp": "<now>"}}),
-                "the end patch"
-            );
-            answer(to, StatusCode::OK, &merged(&obj, &body, "8"));
             let selector = "labelSelector=ferry.dev%2Fowner-uid%3Duid-4";
             for (path, api_version, kind) in [
                 ("/api/v1/namespaces/velero/pods", "v1", "PodList"),
@@ -355,6 +353,25 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
                 assert_eq!(body, Value::Null, "a list has no body");
                 answer(to, StatusCode::OK, &empty_list(api_version, kind));
             }
+            // What was exposed is removed first (as Velero's mover does before a cancel is
+            // written), then the end is written, exclusively: another node may be accepting it
+            // right now.
+            let (body, to) = expect_merge_patch(&mut s, &format!("{DATAUPLOADS}/backup-1-abcde?")).await;
+            let st = &body["status"];
+            assert_recent_time(&st["completionTimestamp"], "status.completionTimestamp");
+            assert_recent_time(&st["startTimestamp"], "status.startTimestamp (never started)");
+            let mut b = body.clone();
+            b["status"]["completionTimestamp"] = json!("<now>");
+            b["status"]["startTimestamp"] = json!("<now>");
+            assert_eq!(
+                b,
+                json!({"metadata": {"resourceVersion": "7"},
+                       "status": {"phase": "Canceled", "message": "canceled",
+                                  "completionTimestamp": "<now>", "startTimestamp": "<now>"}}),
+                "the end patch"
+            );
+            answer(to, StatusCode::OK, &merged(&obj, &body, "8"));
+            expect_event(&mut s, "backup-1-abcde", "Canceled", "DataUpload").await;
             expect_no_more(&mut s).await;
         },
         reconcile_once(upload(&du), agent),
@@ -387,6 +404,7 @@ async fn a_new_download_is_accepted_on_datadownloads_without_node_os() {
             assert!(!has_node_os(&body), "nodeOS in a DataDownload patch: {body}");
             assert_accept_patch(&body, "31");
             answer(to, StatusCode::OK, &merged(&obj, &body, "32"));
+            expect_event(&mut s, "restore-1-fghij", "Accepted", "DataDownload").await;
             expect_no_more(&mut s).await;
         },
         reconcile_once(dd, agent),
@@ -429,6 +447,7 @@ async fn an_accepted_upload_whose_mover_runs_here_is_prepared_here() {
                 "the prepare patch"
             );
             answer(to, StatusCode::OK, &merged(&obj, &body, "13"));
+            expect_event(&mut s, "backup-1-abcde", "Prepared", "DataUpload").await;
             expect_no_more(&mut s).await;
         },
         reconcile_once(upload(&du), agent),

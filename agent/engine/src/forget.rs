@@ -36,7 +36,7 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use repo_format::{FUTURE_SKEW_NS, Snapshot, SnapshotId};
+use repo_format::{FUTURE_SKEW_NS, FileKind, Snapshot, SnapshotId, Storage};
 
 /// How many periods (or snapshots, for `last`) a rule keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,5 +480,94 @@ pub fn iso_week(days: i64) -> (i64, u32) {
     (year, week as u32)
 }
 
+/// Snapshot objects removed at once.
+const REMOVE_CONCURRENCY: usize = 4;
+
+/// Remove the snapshot objects `ids`, a few at a time. One already gone (removed meanwhile by
+/// someone else) is not a failure; the others that fail are returned, sorted, with their error,
+/// and the rest are still removed.
+pub async fn remove_snapshots(storage: &dyn Storage, ids: &[SnapshotId]) -> Vec<(SnapshotId, repo_format::Error)> {
+    use futures::StreamExt;
+    // Owned ids: a closure over `&SnapshotId` is not general enough for a spawned task's
+    // `Send` future (rust-lang/rust#64552).
+    let mut failed: Vec<_> = futures::stream::iter(ids.iter().copied())
+        .map(|id| async move { (id, storage.remove(FileKind::Snapshot, &id.0).await) })
+        .buffer_unordered(REMOVE_CONCURRENCY)
+        .filter_map(|(id, r)| async move {
+            match r {
+                Ok(()) | Err(repo_format::Error::NotFound { .. }) => None,
+                Err(e) => Some((id, e)),
+            }
+        })
+        .collect()
+        .await;
+    failed.sort_by_key(|(id, _)| *id);
+    failed
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod remove_tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use repo_format::{Error, Id};
+
+    use super::*;
+
+    /// Holds snapshot ids; removing `broken` fails, removing a missing one is `NotFound`.
+    #[derive(Debug)]
+    struct Snapshots {
+        present: Mutex<BTreeSet<Id>>,
+        broken: Id,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Snapshots {
+        fn location(&self) -> String {
+            "test".into()
+        }
+        async fn create(&self, _: FileKind, _: &Id, _: Bytes) -> repo_format::Result<()> {
+            Err(Error::Invalid("not in this test".into()))
+        }
+        async fn upload_file(&self, _: FileKind, _: &Id, _: std::fs::File, _: u64) -> repo_format::Result<()> {
+            Err(Error::Invalid("not in this test".into()))
+        }
+        async fn read(&self, _: FileKind, _: &Id, _: u64) -> repo_format::Result<Bytes> {
+            Err(Error::Invalid("not in this test".into()))
+        }
+        async fn read_range(&self, _: FileKind, _: &Id, _: u64, _: u64) -> repo_format::Result<Bytes> {
+            Err(Error::Invalid("not in this test".into()))
+        }
+        async fn list(&self, _: FileKind) -> repo_format::Result<Vec<(Id, u64)>> {
+            Err(Error::Invalid("not in this test".into()))
+        }
+        async fn remove(&self, kind: FileKind, id: &Id) -> repo_format::Result<()> {
+            assert_eq!(kind, FileKind::Snapshot, "only snapshot objects are removed");
+            if *id == self.broken {
+                return Err(Error::Invalid("refused by the test".into()));
+            }
+            match self.present.lock().unwrap().remove(id) {
+                true => Ok(()),
+                false => Err(Error::NotFound { kind, id: *id }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_removal_is_reported_and_the_others_go_on() {
+        let ids: Vec<SnapshotId> = (1..=9u8).map(|n| SnapshotId(Id([n; 32]))).collect();
+        let storage = Snapshots {
+            // 9 is already gone (removed meanwhile by someone else): not a failure.
+            present: Mutex::new(ids[..8].iter().map(|s| s.0).collect()),
+            broken: ids[4].0,
+        };
+        let failed = remove_snapshots(&storage, &ids).await;
+        assert_eq!(failed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[4]]);
+        assert!(failed[0].1.to_string().contains("refused by the test"), "{}", failed[0].1);
+        assert_eq!(*storage.present.lock().unwrap(), BTreeSet::from([ids[4].0]), "every other snapshot is removed");
+    }
+}

@@ -9,17 +9,13 @@
 use std::collections::HashMap;
 
 use anyhow::{Result, bail};
-use futures::StreamExt;
-use repo_format::{FileKind, Snapshot, SnapshotId, Storage};
+use repo_format::{Snapshot, SnapshotId};
 
 use crate::cli::{Cli, ForgetArgs};
 use crate::output::{escape, print_json};
 use crate::{exit, repo};
 use ferry_engine::forget::{self, Decision, Entry, GroupKey};
 use ferry_engine::select;
-
-/// Snapshot objects removed at once.
-const REMOVE_CONCURRENCY: usize = 4;
 
 pub async fn run(cli: &Cli, a: &ForgetArgs) -> Result<i32> {
     let policy = a.policy();
@@ -78,7 +74,7 @@ pub async fn run(cli: &Cli, a: &ForgetArgs) -> Result<i32> {
     let doomed: Vec<SnapshotId> =
         plan.iter().flat_map(|(_, e)| e).filter(|e| e.decision == Decision::Remove).map(|e| e.id).collect();
     let kept = plan.iter().map(|(_, e)| e.len()).sum::<usize>() - doomed.len();
-    let failed = if a.dry_run { Vec::new() } else { remove(r.storage().as_ref(), &doomed).await };
+    let failed = if a.dry_run { Vec::new() } else { forget::remove_snapshots(r.storage().as_ref(), &doomed).await };
     if !a.dry_run && doomed.len() > failed.len() {
         // Removed on purpose: the rollback memory must not warn that the newest disappeared.
         r.forget_newest();
@@ -103,22 +99,6 @@ pub async fn run(cli: &Cli, a: &ForgetArgs) -> Result<i32> {
 
 /// Remove snapshot objects, `REMOVE_CONCURRENCY` at a time; one found already gone counts as
 /// removed. The ones that could not be removed, by id, with their errors.
-async fn remove(storage: &dyn Storage, ids: &[SnapshotId]) -> Vec<(SnapshotId, repo_format::Error)> {
-    let mut failed: Vec<_> = futures::stream::iter(ids)
-        .map(|id| async move { (*id, storage.remove(FileKind::Snapshot, &id.0).await) })
-        .buffer_unordered(REMOVE_CONCURRENCY)
-        .filter_map(|(id, r)| async move {
-            match r {
-                Ok(()) | Err(repo_format::Error::NotFound { .. }) => None,
-                Err(e) => Some((id, e)),
-            }
-        })
-        .collect()
-        .await;
-    failed.sort_by_key(|(id, _)| *id);
-    failed
-}
-
 /// One group's plan: a `forget_group` JSON line, or two tables.
 fn print_group(cli: &Cli, key: Option<&GroupKey>, entries: &[Entry], by_id: &HashMap<SnapshotId, &Snapshot>) {
     let time = |e: &Entry| super::time_str(e.time_ns);
@@ -210,68 +190,4 @@ fn summary(cli: &Cli, kept: usize, removed: usize, failed: &[SnapshotId], dry_ru
 
 fn count(n: usize) -> String {
     format!("{n} snapshot{}", if n == 1 { "" } else { "s" })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::sync::Mutex;
-
-    use bytes::Bytes;
-    use repo_format::{Error, Id};
-
-    use super::*;
-
-    /// Holds snapshot ids; removing `broken` fails, removing a missing one is `NotFound`.
-    #[derive(Debug)]
-    struct Snapshots {
-        present: Mutex<BTreeSet<Id>>,
-        broken: Id,
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for Snapshots {
-        fn location(&self) -> String {
-            "test".into()
-        }
-        async fn create(&self, _: FileKind, _: &Id, _: Bytes) -> repo_format::Result<()> {
-            Err(Error::Invalid("not in this test".into()))
-        }
-        async fn upload_file(&self, _: FileKind, _: &Id, _: std::fs::File, _: u64) -> repo_format::Result<()> {
-            Err(Error::Invalid("not in this test".into()))
-        }
-        async fn read(&self, _: FileKind, _: &Id, _: u64) -> repo_format::Result<Bytes> {
-            Err(Error::Invalid("not in this test".into()))
-        }
-        async fn read_range(&self, _: FileKind, _: &Id, _: u64, _: u64) -> repo_format::Result<Bytes> {
-            Err(Error::Invalid("not in this test".into()))
-        }
-        async fn list(&self, _: FileKind) -> repo_format::Result<Vec<(Id, u64)>> {
-            Err(Error::Invalid("not in this test".into()))
-        }
-        async fn remove(&self, kind: FileKind, id: &Id) -> repo_format::Result<()> {
-            assert_eq!(kind, FileKind::Snapshot, "only snapshot objects are removed");
-            if *id == self.broken {
-                return Err(Error::Invalid("refused by the test".into()));
-            }
-            match self.present.lock().unwrap().remove(id) {
-                true => Ok(()),
-                false => Err(Error::NotFound { kind, id: *id }),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failed_removal_is_reported_and_the_others_go_on() {
-        let ids: Vec<SnapshotId> = (1..=9u8).map(|n| SnapshotId(Id([n; 32]))).collect();
-        let storage = Snapshots {
-            // 9 is already gone (removed meanwhile by someone else): not a failure.
-            present: Mutex::new(ids[..8].iter().map(|s| s.0).collect()),
-            broken: ids[4].0,
-        };
-        let failed = remove(&storage, &ids).await;
-        assert_eq!(failed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[4]]);
-        assert!(failed[0].1.to_string().contains("refused by the test"), "{}", failed[0].1);
-        assert_eq!(*storage.present.lock().unwrap(), BTreeSet::from([ids[4].0]), "every other snapshot is removed");
-    }
 }

@@ -126,3 +126,36 @@ async fn a_missing_credential_secret_fails_the_upload_with_its_name_and_the_agen
     w.serve_mover("good-1", "n1", false, small_tree).await;
     w.upload_phase("good-1", Phase::Completed, 120).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_velero_backup_forgets_its_snapshots() {
+    let Some(mut w) = World::new(&["n1"]).await else { return };
+    w.namespace("app").await;
+    let keep_uid = w.backup("keep").await;
+    let gone_uid = w.backup("gone").await;
+    for (du, pvc, backup) in [("k-1", "p1", ("keep", keep_uid.as_str())), ("g-1", "p2", ("gone", gone_uid.as_str()))] {
+        w.snapshot("app", pvc, &format!("s-{pvc}"), false).await;
+        w.data_upload_of(du, "app", pvc, &format!("s-{pvc}"), "ferry", "default", backup).await;
+        w.upload_phase(du, Phase::Accepted, 60).await;
+        w.serve_mover(du, "n1", false, small_tree).await;
+        w.upload_phase(du, Phase::Completed, 120).await;
+    }
+    let backups: kube::Api<ferry_daemon::types::Backup> = kube::Api::namespaced(w.client.clone(), NS);
+    let b = backups.get("gone").await.unwrap();
+    assert!(b.metadata.finalizers.unwrap_or_default().contains(&"ferry.dev/forget-snapshots".to_string()));
+    let count = |w: &World| {
+        let out = w.ferry(&["snapshots", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().len()
+    };
+    assert_eq!(count(&w), 2);
+    backups.delete("gone", &Default::default()).await.unwrap();
+    w.until("the deleted Backup to go", 60, || async {
+        backups.get_opt("gone").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(count(&w), 1, "only the deleted Backup's snapshot is forgotten");
+    let out = w.ferry(&["snapshots", "--json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&keep_uid), "the other Backup's snapshot stays");
+}

@@ -53,6 +53,21 @@ async fn a_filesystem_volume_round_trips_through_data_upload_and_data_download()
     assert!(w.get_in::<VolumeSnapshot>("app", "snap-1").await.is_none(), "source snapshot left");
     assert!(w.get_cluster::<VolumeSnapshotContent>("snapcontent-app-snap-1").await.is_none());
 
+    // Each phase change was published as an Event on the DataUpload.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(w.client.clone(), "velero");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("b1-abcde"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for phase in ["Accepted", "Prepared", "InProgress", "Completed"] {
+        assert!(reasons.iter().any(|r| r == phase), "no {phase} event: {reasons:?}");
+    }
+
     // The repository has the snapshot, tagged with the volume's identity.
     let out = w.ferry(&["snapshots", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

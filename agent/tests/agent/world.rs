@@ -295,11 +295,37 @@ impl World {
         datamover: &str,
         bsl: &str,
     ) -> DataUpload {
+        self.data_upload_of(name, ns, pvc, snap, datamover, bsl, ("b1", "uid-b1")).await
+    }
+
+    /// A Velero Backup (data moved by ferry); its uid.
+    pub async fn backup(&self, name: &str) -> String {
+        let b: ferry_daemon::types::Backup = create(
+            &api(&self.client, NS),
+            json!({"apiVersion": "velero.io/v1", "kind": "Backup", "metadata": {"name": name, "namespace": NS},
+                   "spec": {"datamover": "ferry", "snapshotMoveData": true, "storageLocation": "default"}}),
+        )
+        .await;
+        b.metadata.uid.unwrap()
+    }
+
+    /// A DataUpload of Backup `backup` = (name, uid).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn data_upload_of(
+        &self,
+        name: &str,
+        ns: &str,
+        pvc: &str,
+        snap: &str,
+        datamover: &str,
+        bsl: &str,
+        backup: (&str, &str),
+    ) -> DataUpload {
         create(
             &api::<DataUpload>(&self.client, NS),
             json!({"apiVersion": "velero.io/v2alpha1", "kind": "DataUpload",
                    "metadata": {"name": name, "namespace": NS,
-                                "labels": {"velero.io/backup-name": "b1", "velero.io/backup-uid": "uid-b1"}},
+                                "labels": {"velero.io/backup-name": backup.0, "velero.io/backup-uid": backup.1}},
                    "spec": {"snapshotType": "CSI", "sourcePVC": pvc, "sourceNamespace": ns, "datamover": datamover,
                             "backupStorageLocation": bsl, "operationTimeout": "10m0s",
                             "csiSnapshot": {"volumeSnapshot": snap, "storageClass": "fast", "snapshotClass": "fake"}}}),
