@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "agent/bench.rs"]
+mod bench;
 #[path = "agent/cluster.rs"]
 mod cluster;
 #[path = "agent/protocol.rs"]

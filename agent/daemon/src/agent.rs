@@ -290,6 +290,9 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
     let rv = obj.resource_version().unwrap_or_default();
     match action {
         Action::Skip => Ok(Requeue::await_change()),
+        // A new object waiting for room on this node: look again soon (a job ending does not
+        // wake it). Other waits are for watched changes, with a slower safety net.
+        Action::Wait if phase == Phase::New => Ok(Requeue::requeue(Duration::from_secs(1))),
         Action::Wait => Ok(Requeue::requeue(POLL)),
         Action::Accept => {
             if a.patch(&*obj, transfer::accept_patch(&rv, &a.s.node)).await? {

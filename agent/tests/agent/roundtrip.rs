@@ -53,6 +53,17 @@ async fn a_filesystem_volume_round_trips_through_data_upload_and_data_download()
     assert!(w.get_in::<VolumeSnapshot>("app", "snap-1").await.is_none(), "source snapshot left");
     assert!(w.get_cluster::<VolumeSnapshotContent>("snapcontent-app-snap-1").await.is_none());
 
+    // The moving agent counts it; both are healthy and ready.
+    let (code, metrics) = w.agent_http("n2", "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("ferry_agent_ended_total{direction=\"upload\",phase=\"Completed\"} 1"), "{metrics}");
+    assert!(metrics.contains("ferry_agent_storage_requests_total{op=\"put\"}"), "{metrics}");
+    for node in ["n1", "n2"] {
+        assert_eq!(w.agent_http(node, "/healthz").0, 200);
+        assert_eq!(w.agent_http(node, "/readyz").0, 200);
+    }
+    assert_eq!(w.agent_http("n1", "/nope").0, 404);
+
     // Each phase change was published as an Event on the DataUpload.
     let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(w.client.clone(), "velero");
     let reasons: Vec<String> = events

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use ferry_daemon::types::{DataDownload, DataUpload, Phase, VolumeSnapshot, VolumeSnapshotContent};
 
 use crate::cluster::Cluster;
-use crate::common::devices::{Ext4, Loop};
+use crate::common::devices::{BindMount, Ext4, Loop};
 use crate::common::skip;
 
 pub const NS: &str = "velero";
@@ -42,6 +42,7 @@ pub struct AgentProc {
 pub enum Backing {
     Fs(Ext4),
     Block(Loop),
+    Bind(BindMount),
 }
 
 pub struct World {
@@ -194,6 +195,11 @@ impl World {
         self.agents.iter_mut().rev().find(|a| a.node == node && a.child.is_some()).expect("a running agent")
     }
 
+    /// The process id of the running agent of `node`.
+    pub fn agent_pid(&mut self, node: &str) -> u32 {
+        self.agent(node).child.as_ref().unwrap().id()
+    }
+
     /// `kill -9` the agent of `node`.
     pub fn kill_agent(&mut self, node: &str) {
         let a = self.agent(node);
@@ -209,6 +215,25 @@ impl World {
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         c.wait().unwrap()
+    }
+
+    /// GET `path` from the metrics listener of the running agent of `node` (its address is in
+    /// its log); the status code and body.
+    pub fn agent_http(&mut self, node: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let log = std::fs::read_to_string(&self.agent(node).log).unwrap();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("metrics and health on http://").nth(1))
+            .map(|a| a.trim().to_string())
+            .expect("the agent logs its metrics address");
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
     }
 
     /// Every agent's log, for failure messages.
@@ -453,35 +478,7 @@ impl World {
     /// writes the volume's contents (a mounted directory, or a block device path). Returns the
     /// PV's name.
     pub async fn serve_mover(&mut self, owner: &str, node: &str, block: bool, fill: impl FnOnce(&Path)) -> String {
-        let name = format!("ferry-{owner}");
-        let pods: Api<Pod> = api(&self.client, NS);
-        let pod = self.until(&format!("mover pod {name}"), 60, || async { pods.get_opt(&name).await.unwrap() }).await;
-        let pvcs: Api<PersistentVolumeClaim> = api(&self.client, NS);
-        let pvc = self.until(&format!("claim {name}"), 30, || async { pvcs.get_opt(&name).await.unwrap() }).await;
-        let pv = format!("pv-{owner}");
-        create(
-            &Api::<PersistentVolume>::all(self.client.clone()),
-            json!({"metadata": {"name": pv}, "spec": {
-                "capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "fast",
-                "volumeMode": if block { "Block" } else { "Filesystem" },
-                "csi": {"driver": "fake.csi.ferry.dev", "volumeHandle": format!("h-{owner}")},
-                "claimRef": {"namespace": NS, "name": name, "uid": pvc.metadata.uid}}}),
-        )
-        .await;
-        pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}}))).await.unwrap();
-        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        pods.create_subresource::<Value>(
-            "binding",
-            &name,
-            &PostParams::default(),
-            serde_json::to_vec(&binding).unwrap(),
-        )
-        .await
-        .unwrap();
-        let uid = pod.metadata.uid.clone().unwrap();
-        let base = self.tmp.path().join(node).join("pods").join(&uid);
+        let (pv, base) = self.bind_mover(owner, node, block).await;
         let image = self.tmp.path().join(format!("{owner}.img"));
         if block {
             let dir = base.join("volumeDevices/kubernetes.io~csi");
@@ -504,10 +501,63 @@ impl World {
             fill(&mnt);
             self.backing.push(Backing::Fs(fs));
         }
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        self.run_mover(owner).await;
+        pv
+    }
+
+    /// As `serve_mover`, with the existing directory `source` bind-mounted as the volume.
+    pub async fn serve_mover_from(&mut self, owner: &str, node: &str, source: &Path) -> String {
+        let (pv, base) = self.bind_mover(owner, node, false).await;
+        let mnt = base.join("volumes/kubernetes.io~csi").join(&pv).join("mount");
+        self.backing.push(Backing::Bind(BindMount::new(source, &mnt)));
+        self.run_mover(owner).await;
+        pv
+    }
+
+    /// The PV controller's and the scheduler's part for the mover of `owner`: a PV bound to its
+    /// claim, its pod bound to `node`. Returns the PV's name and the pod's directory under the
+    /// node's pods directory.
+    pub async fn bind_mover(&mut self, owner: &str, node: &str, block: bool) -> (String, PathBuf) {
+        let name = format!("ferry-{owner}");
+        let pods: Api<Pod> = api(&self.client, NS);
+        let pod = self
+            .until(&format!("mover pod {name}"), 60, || async { pods.get_opt(&name).await.unwrap() })
+            .await;
+        let pvcs: Api<PersistentVolumeClaim> = api(&self.client, NS);
+        let pvc = self.until(&format!("claim {name}"), 30, || async { pvcs.get_opt(&name).await.unwrap() }).await;
+        let pv = format!("pv-{owner}");
+        create(
+            &Api::<PersistentVolume>::all(self.client.clone()),
+            json!({"metadata": {"name": pv}, "spec": {
+                "capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "fast",
+                "volumeMode": if block { "Block" } else { "Filesystem" },
+                "csi": {"driver": "fake.csi.ferry.dev", "volumeHandle": format!("h-{owner}")},
+                "claimRef": {"namespace": NS, "name": name, "uid": pvc.metadata.uid}}}),
+        )
+        .await;
+        pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}})))
             .await
             .unwrap();
-        pv
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        pods.create_subresource::<Value>("binding", &name, &PostParams::default(), serde_json::to_vec(&binding).unwrap())
+            .await
+            .unwrap();
+        let uid = pod.metadata.uid.clone().unwrap();
+        (pv, self.tmp.path().join(node).join("pods").join(&uid))
+    }
+
+    /// kubelet's part: the mover pod of `owner` is Running.
+    pub async fn run_mover(&self, owner: &str) {
+        let pods: Api<Pod> = api(&self.client, NS);
+        pods.patch_status(
+            &format!("ferry-{owner}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .unwrap();
     }
 
     /// The path where `serve_mover` laid out the volume `pv` of the pod `owner` on `node`.

@@ -54,3 +54,23 @@ impl Drop for Ext4 {
         let _ = Command::new("umount").arg(&self.mnt).status();
     }
 }
+
+/// `source` bind-mounted on `target` (created), unmounted on drop.
+#[derive(Debug)]
+pub struct BindMount {
+    pub target: PathBuf,
+}
+
+impl BindMount {
+    pub fn new(source: &Path, target: &Path) -> BindMount {
+        std::fs::create_dir_all(target).unwrap();
+        run("mount", &["--bind", source.to_str().unwrap(), target.to_str().unwrap()]);
+        BindMount { target: target.to_path_buf() }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+    }
+}

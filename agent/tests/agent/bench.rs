@@ -1,0 +1,232 @@
+//! The agent's benchmark (run by `benches/agent-bench.sh`, ignored by `cargo test`): N volumes
+//! shaped like the peer corpus (scaled down: crate sources, a sparse VM-style image, incompressible
+//! media), each on its own loop-mounted ext4, backed up
+//! 1. by `ferry backup` run back to back, one volume after the other (the CLI baseline), and
+//! 2. by one `ferry agent` through N DataUploads created at once (`--concurrency 2`),
+//!
+//! each into a fresh repository on an s3s-fs server on loopback. Reports both wall times, their
+//! ratio and the peak RSS of the agent (VmHWM) and of the largest CLI run (GNU time's %M).
+//!
+//! Settings: `FERRY_AGENT_BENCH_VOLUMES` (10), `FERRY_AGENT_BENCH_SOURCES_MIB` (24 per volume),
+//! `FERRY_AGENT_BENCH_IMAGE_MIB` (32 of data in a 256 MiB sparse image), `FERRY_AGENT_BENCH_MEDIA_MIB`
+//! (16), `FERRY_AGENT_BENCH_OUT` (a file for the result line).
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_daemon::types::Phase;
+
+use crate::common::devices::Ext4;
+use crate::world::{PASSWORD, World};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Every regular file of the local cargo registry's sources, sorted (the peer corpus's sources).
+fn registry_files() -> Vec<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let mut out = Vec::new();
+    let mut stack = vec![home.join("registry/src")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Volume `i`: every `n`-th registry file from offset `i` up to `sources` bytes, a sparse image
+/// with `image` bytes of random 1 MiB extents, `media` bytes of random data.
+fn fill_volume(dir: &Path, i: usize, n: usize, files: &[PathBuf], sources: u64, image: u64, media: u64) {
+    let mut total = 0;
+    for (k, f) in files.iter().skip(i).step_by(n).enumerate() {
+        if total >= sources {
+            break;
+        }
+        let Ok(data) = std::fs::read(f) else { continue };
+        total += data.len() as u64;
+        let sub = dir.join(format!("src/{:03}", k / 200));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("{k}-{}", f.file_name().unwrap().to_string_lossy())), data).unwrap();
+    }
+    let mut rng = blake3::Hasher::new_keyed(&[i as u8; 32]).finalize_xof();
+    let mut img = std::fs::File::create(dir.join("vm.img")).unwrap();
+    img.set_len(256 << 20).unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    for e in 0..image >> 20 {
+        rng.fill(&mut chunk);
+        img.seek(SeekFrom::Start((e * 7 % 256) << 20)).unwrap();
+        img.write_all(&chunk).unwrap();
+    }
+    let mut m = std::fs::File::create(dir.join("media.bin")).unwrap();
+    for _ in 0..media >> 20 {
+        rng.fill(&mut chunk);
+        m.write_all(&chunk).unwrap();
+    }
+}
+
+/// A disk-backed S3 server on loopback (the same one for both runs).
+struct S3s(std::process::Child, String);
+
+impl S3s {
+    fn start(root: &Path) -> Option<S3s> {
+        let bin = std::env::var("FERRY_TEST_S3S_FS").ok()?;
+        std::fs::create_dir_all(root.join("ferry-test")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "test", "--secret-key", "test"])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(S3s(child, format!("http://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for S3s {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident memory of a live process, in KiB.
+fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: benches/agent-bench.sh runs it"]
+async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
+    let n = env_or("FERRY_AGENT_BENCH_VOLUMES", 10);
+    let (sources, image, media) = (
+        env_or("FERRY_AGENT_BENCH_SOURCES_MIB", 24) as u64 * (1 << 20),
+        env_or("FERRY_AGENT_BENCH_IMAGE_MIB", 32) as u64 * (1 << 20),
+        env_or("FERRY_AGENT_BENCH_MEDIA_MIB", 16) as u64 * (1 << 20),
+    );
+    let scratch = tempfile::Builder::new().prefix("ferry-agent-bench-").tempdir().unwrap();
+    let Some(s3) = S3s::start(&scratch.path().join("s3")) else {
+        crate::common::skip("FERRY_TEST_S3S_FS not set (tests/servers.sh install && start)");
+        return;
+    };
+    let Some(mut w) = World::with_endpoint(&[], Some(s3.1.clone())).await else { return };
+
+    // The volumes, written once and used by both runs.
+    let files = registry_files();
+    assert!(!files.is_empty(), "no crate sources under the cargo registry");
+    let mut vols = Vec::new();
+    for i in 0..n {
+        let mnt = scratch.path().join(format!("vol-{i}"));
+        let fs = Ext4::new(&scratch.path().join(format!("vol-{i}.img")), &mnt, 1 << 30, &[]);
+        fill_volume(&mnt, i, n, &files, sources, image, media);
+        vols.push(fs);
+    }
+    let _ = Command::new("sync").status();
+    let data: u64 = vols
+        .iter()
+        .map(|v| Command::new("du").arg("-sb").arg(&v.mnt).output().unwrap())
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+
+    // 1. The CLI, one volume after the other, into its own repository.
+    let pw = scratch.path().join("password");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let repo = format!("s3:{}/ferry-test/cli", s3.1);
+    let ferry = assert_cmd::cargo::cargo_bin("ferry");
+    let run = |args: &[&str]| {
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "%e %M"])
+            .arg(&ferry)
+            .args(["--repo", &repo, "--password-file", pw.to_str().unwrap(), "--cache-dir"])
+            .arg(scratch.path().join("cli-cache"))
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "ferry {args:?}: {err}");
+        let last = err.lines().last().unwrap().to_string();
+        let mut it = last.split_whitespace();
+        (it.next().unwrap().parse::<f64>().unwrap(), it.next().unwrap().parse::<u64>().unwrap())
+    };
+    run(&["init"]);
+    let (mut cli_wall, mut cli_rss) = (0.0, 0);
+    for v in &vols {
+        let (wall, rss) = run(&["backup", "--host", "n1", "--quiet", v.mnt.to_str().unwrap()]);
+        cli_wall += wall;
+        cli_rss = cli_rss.max(rss);
+    }
+
+    // 2. One agent, concurrency 2, all DataUploads at once.
+    w.start_agent("n1", &["--concurrency", "2"]);
+    w.namespace("app").await;
+    for i in 0..n {
+        w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        w.data_upload(&format!("du-{i}"), "app", &format!("pvc-{i}"), &format!("snap-{i}"), "ferry").await;
+    }
+    let mut served = vec![false; n];
+    while served.iter().any(|s| !s) {
+        for i in 0..n {
+            if served[i] {
+                continue;
+            }
+            let du = w.upload(&format!("du-{i}")).await;
+            if du.status.and_then(|s| s.phase) == Some(Phase::Accepted)
+                && w.get_in::<k8s_openapi::api::core::v1::Pod>("velero", &format!("ferry-du-{i}")).await.is_some()
+            {
+                w.serve_mover_from(&format!("du-{i}"), "n1", &vols[i].mnt).await;
+                served[i] = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..n {
+        w.upload_phase(&format!("du-{i}"), Phase::Completed, 1800).await;
+    }
+    let agent_wall = t.elapsed().as_secs_f64();
+    let agent_rss = vm_hwm(w.agent_pid("n1"));
+
+    let line = format!(
+        "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s (largest RSS {} MiB), \
+         agent --concurrency 2 {agent_wall:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
+        data as f64 / (1 << 20) as f64,
+        cli_rss / 1024,
+        agent_rss / 1024,
+        agent_wall / cli_wall
+    );
+    let kv = format!(
+        "cli_s={cli_wall:.2} agent_s={agent_wall:.2} ratio={:.3} agent_rss_mib={} cli_rss_mib={}",
+        agent_wall / cli_wall,
+        agent_rss / 1024,
+        cli_rss / 1024
+    );
+    println!("{line}");
+    if let Ok(out) = std::env::var("FERRY_AGENT_BENCH_OUT") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out).unwrap();
+        writeln!(f, "{kv}").unwrap();
+    }
+}
