@@ -72,6 +72,9 @@ pub struct Agent {
     store: Store,
     pub(crate) repos: Repos,
     jobs: Mutex<HashMap<String, JobEntry>>,
+    /// Objects this agent accepted that have not ended or moved to another node: the accept
+    /// limit counts them at once (the controllers' caches lag behind concurrent reconciles).
+    claimed: Mutex<std::collections::HashSet<String>>,
     slots: Arc<Semaphore>,
     budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
@@ -106,6 +109,7 @@ impl Agent {
             store,
             repos,
             jobs: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(std::collections::HashSet::new()),
             metrics,
             s,
         }))
@@ -184,7 +188,9 @@ impl Agent {
         precondition: Option<&str>,
     ) -> Result<bool> {
         let uid = obj.uid().unwrap_or_default();
-        let mut patch = transfer::end_patch(phase, message, obj.started_at().is_some());
+        // `InProgress` has a start time; a stale copy of the object may not show it.
+        let started = obj.started_at().is_some() || obj.phase() == Phase::InProgress;
+        let mut patch = transfer::end_patch(phase, message, started);
         if let (Some(st), Some(serde_json::Value::Object(f))) = (patch["status"].as_object_mut(), fields) {
             st.extend(f);
         }
@@ -198,6 +204,12 @@ impl Agent {
         };
         if phase != Phase::Completed {
             cleanup().await;
+            // An upload that never moved its snapshot disposes of Velero's source snapshot.
+            if let Some((ns, vs)) = obj.source_snapshot() {
+                if let Err(e) = expose::dispose_source(&self.client, ns, vs).await {
+                    tracing::warn!(object = %obj.name_any(), "deleting the source snapshot {ns}/{vs}: {e:#}");
+                }
+            }
         }
         let mut delay = Duration::from_millis(500);
         let deadline = std::time::Instant::now() + END_RETRY;
@@ -215,12 +227,23 @@ impl Agent {
         }
         self.metrics.ended(T::DIRECTION, phase);
         let _ = self.store.finish(&uid);
+        self.claimed.lock().expect("claims lock").remove(&uid);
         tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, phase = phase.as_str(), "{message}");
         if phase == Phase::Completed {
             cleanup().await;
         }
         Ok(true)
     }
+}
+
+/// An error worth retrying: the API server overloaded, failing or unreachable (not a refusal
+/// or a missing object, and not the agent's own findings).
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(ae)) => ae.code >= 500 || ae.code == 429,
+        Some(_) => true,
+        None => false,
+    })
 }
 
 /// How long a terminal status write is retried.
@@ -235,6 +258,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(120);
 pub async fn sweep(a: &Agent) -> Result<usize> {
     use kube::api::ListParams;
     let ns = &a.s.namespace;
+    // Owners first, then the transfers: a transfer created between the two listings is seen
+    // by the second (and young objects are left out of the first anyway).
+    let owners = expose::owners(&a.client, ns).await?;
     let mut active = std::collections::HashSet::new();
     let lp = ListParams::default();
     for du in Api::<DataUpload>::namespaced(a.client.clone(), ns).list(&lp).await?.items {
@@ -247,7 +273,6 @@ pub async fn sweep(a: &Agent) -> Result<usize> {
             active.extend(dd.uid());
         }
     }
-    let owners = expose::owners(&a.client, ns).await?;
     let mut swept = 0;
     for uid in owners.difference(&active) {
         let n = expose::cleanup(&a.client, ns, uid).await?;
@@ -283,8 +308,15 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
         prepare_timeout: obj.timeout(),
         mover,
         local: a.local(&uid),
-        can_accept: busy < a.s.concurrency + a.s.prepare_queue,
+        can_accept: {
+            let claimed = a.claimed.lock().expect("claims lock");
+            busy.max(claimed.len()) < a.s.concurrency + a.s.prepare_queue || claimed.contains(&uid)
+        },
     };
+    // Claims end with the object, or when its data moves on another node.
+    if phase.is_terminal() || obj.data_node().is_some_and(|n| n != a.s.node) {
+        a.claimed.lock().expect("claims lock").remove(&uid);
+    }
     let action = machine::decide(&o);
     tracing::debug!(object = %obj.name_any(), ?phase, ?action, "reconcile");
     let rv = obj.resource_version().unwrap_or_default();
@@ -295,7 +327,12 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
         Action::Wait if phase == Phase::New => Ok(Requeue::requeue(Duration::from_secs(1))),
         Action::Wait => Ok(Requeue::requeue(POLL)),
         Action::Accept => {
-            if a.patch(&*obj, transfer::accept_patch(&rv, &a.s.node)).await? {
+            a.claimed.lock().expect("claims lock").insert(uid.clone());
+            let won = a.patch(&*obj, transfer::accept_patch(&rv, &a.s.node)).await;
+            if !matches!(won, Ok(true)) {
+                a.claimed.lock().expect("claims lock").remove(&uid);
+            }
+            if won? {
                 a.metrics.accepted(T::DIRECTION);
                 tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, "accepted");
             }
@@ -303,6 +340,8 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
         }
         Action::Expose => match T::expose(&obj, &a, &owner).await {
             Ok(_) => Ok(Requeue::requeue(POLL)),
+            // The API server or the network failing: retried (within the preparation timeout).
+            Err(e) if transient(&e) => Err(e.context("exposing the volume (retried)").into()),
             Err(e) => {
                 a.end(&*obj, Phase::Failed, &format!("exposing the volume: {e:#}"), None, None).await?;
                 Ok(Requeue::await_change())
@@ -386,19 +425,20 @@ fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod
     let task = {
         let (obj, a, cancel) = (obj.clone(), a.clone(), cancel.clone());
         async move {
-            let _slot = a.slots.clone().acquire_owned().await.expect("semaphore never closed");
+            let _slot = tokio::select! {
+                slot = a.slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+                _ = cancel.cancelled() => anyhow::bail!("canceled while waiting for a free slot on the node"),
+            };
             a.store.start(&owner.uid, T::kind(&()).as_ref(), &owner.namespace, &owner.name)?;
             let pv = expose::claim_volume(&a.client, &owner).await?;
             let volume = a.s.host_pods.join(&pod_uid).join(&pv);
             let limits = Limits { threads: a.s.threads, chunk_queue: a.s.threads * 2, memory: Some(a.budget.clone()) };
             let job = ferry_engine::Job { cancel, limits, ..Default::default() };
             let counters = job.progress.clone();
-            let progress = tokio::spawn(report_progress(obj.clone(), a.clone(), counters.clone()));
+            // Stops the progress reporter and counts the job out, also when the job panics.
+            let _running = Running::start(&a, tokio::spawn(report_progress(obj.clone(), a.clone(), counters.clone())));
             let started = std::time::Instant::now();
-            a.metrics.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let out = T::run(&obj, &a, &owner, volume, job).await;
-            a.metrics.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            progress.abort();
             a.metrics.duration(T::DIRECTION, started.elapsed());
             a.metrics.bytes(T::DIRECTION, counters.bytes_done.load(std::sync::atomic::Ordering::Relaxed));
             out
@@ -413,12 +453,28 @@ fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod
         if let Some(j) = a.jobs.lock().expect("jobs lock").get_mut(&uid) {
             j.finished = true;
         }
-        let ended = match result {
-            _ if cancel.is_cancelled() => a.end(&*obj, Phase::Canceled, "canceled", None, None).await,
-            Ok((fields, message)) => a.end(&*obj, Phase::Completed, &message, Some(fields), None).await,
-            Err(e) => {
-                a.metrics.error(T::DIRECTION);
-                a.end(&*obj, Phase::Failed, &format!("{e:#}"), None, None).await
+        // The object as it is now: someone else may have ended it meanwhile (then it is not
+        // overwritten), and its resourceVersion makes the end exclusive.
+        let api: Api<T> = Api::namespaced(a.client.clone(), &a.s.namespace);
+        let now = match api.get_opt(&obj.name_any()).await {
+            Ok(Some(o)) => Some(o),
+            Ok(None) => None,
+            Err(_) => Some((*obj).clone()),
+        };
+        let ended = match now {
+            None => Ok(false),
+            Some(o) if o.phase().is_terminal() => Ok(false),
+            Some(o) => {
+                let rv = o.resource_version();
+                let rv = rv.as_deref();
+                match result {
+                    _ if cancel.is_cancelled() => a.end(&o, Phase::Canceled, "canceled", None, None).await,
+                    Ok((fields, message)) => a.end(&o, Phase::Completed, &message, Some(fields), rv).await,
+                    Err(e) => {
+                        a.metrics.error(T::DIRECTION);
+                        a.end(&o, Phase::Failed, &format!("{e:#}"), None, rv).await
+                    }
+                }
             }
         };
         if let Err(e) = ended {
@@ -426,6 +482,26 @@ fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod
         }
         a.jobs.lock().expect("jobs lock").remove(&uid);
     });
+}
+
+/// A running job: counted in the gauge and reporting progress until dropped.
+struct Running {
+    metrics: Arc<Metrics>,
+    progress: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(a: &Agent, progress: tokio::task::JoinHandle<()>) -> Running {
+        a.metrics.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running { metrics: a.metrics.clone(), progress }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.progress.abort();
+        self.metrics.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Write `status.progress` every interval while the job runs.

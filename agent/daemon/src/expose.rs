@@ -28,6 +28,14 @@ use crate::types::{VolumeSnapshot, VolumeSnapshotContent};
 pub const OWNER_LABEL: &str = "ferry.dev/owner-uid";
 /// The label of mover pods (`upload` or `download`): the agent watches pods with it.
 pub const MOVER_LABEL: &str = "ferry.dev/mover";
+/// The Velero namespace an exposed object belongs to: snapshot contents are cluster-scoped,
+/// and another install (OADP's multi-instance) must never sweep this one's.
+pub const NAMESPACE_LABEL: &str = "ferry.dev/namespace";
+/// How old an exposed object must be before the sweep may remove it: an object exposed
+/// between the sweep's two listings is not mistaken for a leftover.
+const SWEEP_MIN_AGE_S: i64 = 600;
+/// Annotation of the moved VolumeSnapshot: the source snapshot's restore size.
+const SIZE_ANNOTATION: &str = "ferry.dev/restore-size";
 /// PV annotation keeping the reclaim policy while the PV is held at `Retain`.
 const RECLAIM_ANNOTATION: &str = "ferry.dev/reclaim-policy";
 
@@ -69,7 +77,7 @@ impl Owner {
     fn metadata(&self, cluster_scoped: bool) -> serde_json::Value {
         let mut m = json!({
             "name": self.object_name(),
-            "labels": { OWNER_LABEL: self.uid, MOVER_LABEL: self.direction },
+            "labels": { OWNER_LABEL: self.uid, MOVER_LABEL: self.direction, NAMESPACE_LABEL: self.namespace },
         });
         if !cluster_scoped {
             m["namespace"] = json!(self.namespace);
@@ -145,10 +153,12 @@ pub async fn expose_upload(client: &Client, owner: &Owner, src: &UploadSource, s
     let ns = &owner.namespace;
     let vs_api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), ns);
     let vsc_api: Api<VolumeSnapshotContent> = Api::all(client.clone());
-    // The source snapshot, unless an earlier attempt already moved it.
+    let src_api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &src.namespace);
+    let source = src_api.get_opt(&src.volume_snapshot).await?;
+    // The source's size: the clone may not be smaller than the snapshot.
+    let mut size = source.as_ref().and_then(|v| v.status.as_ref()).and_then(|s| s.restore_size.clone()).map(|q| q.0);
     if vs_api.get_opt(&name).await?.is_none() {
-        let src_api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &src.namespace);
-        let vs = src_api.get_opt(&src.volume_snapshot).await?.ok_or_else(|| {
+        let vs = source.clone().ok_or_else(|| {
             anyhow!(
                 "VolumeSnapshot {}/{} (spec.csiSnapshot.volumeSnapshot) not found",
                 src.namespace,
@@ -156,6 +166,9 @@ pub async fn expose_upload(client: &Client, owner: &Owner, src: &UploadSource, s
             )
         })?;
         let st = vs.status.clone().unwrap_or_default();
+        if let Some(err) = st.error.as_ref().filter(|e| !e.is_null()) {
+            bail!("VolumeSnapshot {}/{} failed: {err}", src.namespace, src.volume_snapshot);
+        }
         let Some(content) = st.bound_volume_snapshot_content_name.filter(|_| st.ready_to_use == Some(true)) else {
             return Ok(false);
         };
@@ -190,24 +203,38 @@ pub async fn expose_upload(client: &Client, owner: &Owner, src: &UploadSource, s
             }),
         )
         .await?;
+        let mut vs_meta = owner.metadata(false);
+        if let Some(q) = &size {
+            // Kept for a retry after the source is gone.
+            vs_meta["annotations"] = json!({SIZE_ANNOTATION: q});
+        }
         create(
             &vs_api,
             json!({
                 "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                "metadata": owner.metadata(false),
+                "metadata": vs_meta,
                 "spec": {"source": {"volumeSnapshotContentName": name},
                          "volumeSnapshotClassName": vs.spec.volume_snapshot_class_name},
             }),
         )
         .await?;
-        // The storage snapshot now belongs to the new content: keep it when the source goes.
-        vsc_api
-            .patch(&content, &PatchParams::default(), &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})))
-            .await?;
-        delete_ignoring_absent(src_api.delete(&src.volume_snapshot, &DeleteParams::default()).await)?;
-        delete_ignoring_absent(vsc_api.delete(&content, &DeleteParams::default()).await.map(|_| ()))?;
     }
-    let vs = vs_api.get(&name).await?;
+    // The storage snapshot now belongs to the new content: the source objects go, their
+    // content kept at `Retain` first (also after a crash between the steps above and here).
+    if let Some(vs) = &source {
+        if let Some(content) = vs.status.as_ref().and_then(|s| s.bound_volume_snapshot_content_name.clone()) {
+            let retain = Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}}));
+            ignore_absent(vsc_api.patch(&content, &PatchParams::default(), &retain).await)?;
+            ignore_absent(src_api.delete(&src.volume_snapshot, &DeleteParams::default()).await.map(|_| ()))?;
+            ignore_absent(vsc_api.delete(&content, &DeleteParams::default()).await.map(|_| ()))?;
+        } else {
+            ignore_absent(src_api.delete(&src.volume_snapshot, &DeleteParams::default()).await.map(|_| ()))?;
+        }
+    }
+    let moved = vs_api.get(&name).await?;
+    if size.is_none() {
+        size = moved.annotations().get(SIZE_ANNOTATION).cloned();
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &src.namespace);
     let source = pvcs
         .get_opt(&src.pvc)
@@ -215,10 +242,8 @@ pub async fn expose_upload(client: &Client, owner: &Owner, src: &UploadSource, s
         .ok_or_else(|| anyhow!("PersistentVolumeClaim {}/{} (spec.sourcePVC) not found", src.namespace, src.pvc))?;
     let sspec = source.spec.unwrap_or_default();
     let block = sspec.volume_mode.as_deref() == Some("Block");
-    let size = vs
-        .status
-        .and_then(|s| s.restore_size)
-        .map(|q| q.0)
+    let size = size
+        .or_else(|| moved.status.and_then(|s| s.restore_size).map(|q| q.0))
         .or_else(|| sspec.resources.and_then(|r| r.requests).and_then(|r| r.get("storage").map(|q| q.0.clone())))
         .ok_or_else(|| anyhow!("neither the snapshot nor PVC {}/{} gives a size", src.namespace, src.pvc))?;
     let access = if s.read_only { "ReadOnlyMany" } else { "ReadWriteOnce" };
@@ -297,9 +322,38 @@ pub async fn mover(client: &Client, owner: &Owner) -> Result<(Mover, Option<Pod>
             status.phase.unwrap_or_default(),
             status.message.map(|m| format!(": {m}")).unwrap_or_default()
         )),
-        _ => Mover::Pending,
+        _ => match waiting_for_good(&status) {
+            Some(why) => Mover::Broken(format!("pod {}/{}: {why}", owner.namespace, owner.object_name())),
+            None => Mover::Pending,
+        },
     };
     Ok((state, Some(pod)))
+}
+
+/// An upload that ends without moving the snapshot (failed or canceled before its exposure)
+/// disposes of the source VolumeSnapshot Velero made for it, as Velero's own mover does: the
+/// snapshot exists only for this backup. Its content follows its own deletion policy.
+pub async fn dispose_source(client: &Client, namespace: &str, volume_snapshot: &str) -> Result<()> {
+    if volume_snapshot.is_empty() {
+        return Ok(());
+    }
+    let api: Api<VolumeSnapshot> = Api::namespaced(client.clone(), namespace);
+    ignore_absent(api.delete(volume_snapshot, &DeleteParams::default()).await.map(|_| ()))
+}
+
+/// Why a pending pod will not run without someone's help: an image that cannot be pulled,
+/// a container crashing, or no node to schedule it on.
+fn waiting_for_good(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    const STUCK: [&str; 5] =
+        ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"];
+    for c in status.container_statuses.iter().flatten() {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            if let Some(r) = w.reason.as_deref().filter(|r| STUCK.contains(r)) {
+                return Some(format!("{r}{}", w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()));
+            }
+        }
+    }
+    None
 }
 
 /// The PV bound to the mover's claim.
@@ -313,7 +367,7 @@ pub async fn claim_volume(client: &Client, owner: &Owner) -> Result<String> {
     })
 }
 
-fn delete_ignoring_absent<T>(r: Result<T, kube::Error>) -> Result<()> {
+fn ignore_absent<T>(r: Result<T, kube::Error>) -> Result<()> {
     match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -324,54 +378,61 @@ fn delete_ignoring_absent<T>(r: Result<T, kube::Error>) -> Result<()> {
 /// Delete every object exposed for `uid`: pods, claims and snapshots in `namespace`, snapshot
 /// contents in the cluster. Returns how many were deleted.
 pub async fn cleanup(client: &Client, namespace: &str, uid: &str) -> Result<usize> {
-    let lp = ListParams::default().labels(&format!("{OWNER_LABEL}={uid}"));
+    let lp = ListParams::default().labels(&format!("{OWNER_LABEL}={uid},{NAMESPACE_LABEL}={namespace}"));
     let dp = DeleteParams::background();
     let mut n = 0;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for p in pods.list(&lp).await?.items {
-        delete_ignoring_absent(pods.delete(&p.name_any(), &dp).await)?;
+        ignore_absent(pods.delete(&p.name_any(), &dp).await)?;
         n += 1;
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     for p in pvcs.list(&lp).await?.items {
-        delete_ignoring_absent(pvcs.delete(&p.name_any(), &dp).await)?;
+        ignore_absent(pvcs.delete(&p.name_any(), &dp).await)?;
         n += 1;
     }
     let vss: Api<VolumeSnapshot> = Api::namespaced(client.clone(), namespace);
     for v in vss.list(&lp).await?.items {
-        delete_ignoring_absent(vss.delete(&v.name_any(), &dp).await)?;
+        ignore_absent(vss.delete(&v.name_any(), &dp).await)?;
         n += 1;
     }
     let vscs: Api<VolumeSnapshotContent> = Api::all(client.clone());
     for v in vscs.list(&lp).await?.items {
-        delete_ignoring_absent(vscs.delete(&v.name_any(), &dp).await)?;
+        ignore_absent(vscs.delete(&v.name_any(), &dp).await)?;
         n += 1;
     }
     Ok(n)
 }
 
-/// The owner uids of every exposed object (the sweep compares them with the live transfers).
+/// The owner uids of the exposed objects of this namespace that are older than
+/// `SWEEP_MIN_AGE_S` (the sweep compares them with the live transfers; younger ones may belong
+/// to a transfer created after it listed them).
 pub async fn owners(client: &Client, namespace: &str) -> Result<std::collections::HashSet<String>> {
-    let lp = ListParams::default().labels(OWNER_LABEL);
+    let lp = ListParams::default().labels(&format!("{OWNER_LABEL},{NAMESPACE_LABEL}={namespace}"));
+    let now = k8s_openapi::chrono::Utc::now();
+    let mut young = std::collections::HashSet::new();
     let mut out = std::collections::HashSet::new();
-    let mut add = |labels: &std::collections::BTreeMap<String, String>| {
-        if let Some(uid) = labels.get(OWNER_LABEL) {
-            out.insert(uid.clone());
+    let mut add = |meta: &kube::api::ObjectMeta| {
+        let Some(uid) = meta.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)) else { return };
+        let age = meta.creation_timestamp.as_ref().map(|t| (now - t.0).num_seconds()).unwrap_or(0);
+        if age < SWEEP_MIN_AGE_S {
+            young.insert(uid.clone());
         }
+        out.insert(uid.clone());
     };
     for p in Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?.items {
-        add(p.labels());
+        add(&p.metadata);
     }
     for p in Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace).list(&lp).await?.items {
-        add(p.labels());
+        add(&p.metadata);
     }
     for v in Api::<VolumeSnapshot>::namespaced(client.clone(), namespace).list(&lp).await?.items {
-        add(v.labels());
+        add(&v.metadata);
     }
     for v in Api::<VolumeSnapshotContent>::all(client.clone()).list(&lp).await?.items {
-        add(v.labels());
+        add(&v.metadata);
     }
-    Ok(out)
+    Ok(out.difference(&young).cloned().collect())
 }
 
 /// Hand the restored PV to the target PVC, as Velero does: hold the PV at `Retain`, delete
@@ -379,6 +440,17 @@ pub async fn owners(client: &Client, namespace: &str) -> Result<std::collections
 /// controller binds it), copy the target's selector labels (`velero.io/dynamic-pv-restore`)
 /// onto the PV, then give back its reclaim policy. Returns the PV's name.
 pub async fn rebind(client: &Client, owner: &Owner, namespace: &str, pvc: &str) -> Result<String> {
+    // The target first: nothing is changed on the PV for a target that cannot take it.
+    let target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_opt(pvc)
+        .await?
+        .ok_or_else(|| anyhow!("PersistentVolumeClaim {namespace}/{pvc} (spec.targetVolume) is gone"))?;
+    let labels = target.spec.and_then(|s| s.selector).and_then(|s| s.match_labels).unwrap_or_default();
+    if labels.is_empty() {
+        bail!(
+            "PersistentVolumeClaim {namespace}/{pvc} has no selector labels (velero.io/dynamic-pv-restore) to bind the volume by"
+        );
+    }
     let pv_name = claim_volume(client, owner).await?;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let pv = pvs.get(&pv_name).await?;
@@ -398,16 +470,6 @@ pub async fn rebind(client: &Client, owner: &Owner, namespace: &str, pvc: &str) 
     )
     .await?;
     cleanup(client, &owner.namespace, &owner.uid).await?;
-    let target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-        .get_opt(pvc)
-        .await?
-        .ok_or_else(|| anyhow!("PersistentVolumeClaim {namespace}/{pvc} (spec.targetVolume) is gone"))?;
-    let labels = target.spec.and_then(|s| s.selector).and_then(|s| s.match_labels).unwrap_or_default();
-    if labels.is_empty() {
-        bail!(
-            "PersistentVolumeClaim {namespace}/{pvc} has no selector labels (velero.io/dynamic-pv-restore) to bind the volume by"
-        );
-    }
     pvs.patch(
         &pv_name,
         &PatchParams::default(),

@@ -130,14 +130,13 @@ pub fn decide(o: &Observed) -> Action {
         Phase::Accepted => match &o.mover {
             Mover::Running { node } if node == o.node => Action::Prepare,
             _ if o.accepted_by != me => Action::Wait,
-            Mover::Absent => Action::Expose,
             Mover::Broken(why) => Action::Fail(format!("the mover pod failed before it ran: {why}")),
-            Mover::Pending | Mover::Running { .. } if o.accepted_for.is_some_and(|t| t > o.prepare_timeout) => {
-                Action::Fail(format!(
-                    "timeout on preparing the data mover: its pod did not run within {}s",
-                    o.prepare_timeout.as_secs()
-                ))
-            }
+            // Whatever holds it up (a snapshot never ready, a pod never scheduled or started).
+            _ if o.accepted_for.is_some_and(|t| t > o.prepare_timeout) => Action::Fail(format!(
+                "timeout on preparing the data mover: the volume was not exposed and its pod running within {}s",
+                o.prepare_timeout.as_secs()
+            )),
+            Mover::Absent => Action::Expose,
             Mover::Pending | Mover::Running { .. } => Action::Wait,
         },
         Phase::Prepared | Phase::InProgress if o.data_node != me => Action::Wait,
@@ -226,6 +225,9 @@ mod tests {
     fn preparation_times_out_or_fails_with_its_pod_for_the_accepting_agent_only() {
         let late = Observed { mover: Mover::Pending, accepted_for: Some(Duration::from_secs(601)), ..accepted("n1") };
         assert!(matches!(decide(&late), Action::Fail(m) if m.contains("600s")));
+        // Never exposed (a snapshot that never gets ready): the same timeout.
+        let unexposed = Observed { mover: Mover::Absent, ..late.clone() };
+        assert!(matches!(decide(&unexposed), Action::Fail(m) if m.contains("600s")));
         assert_eq!(decide(&Observed { accepted_by: Some("n2"), ..late }), Action::Wait);
         let broken = Observed { mover: Mover::Broken("ImagePullBackOff".into()), ..accepted("n1") };
         assert!(matches!(decide(&broken), Action::Fail(m) if m.contains("ImagePullBackOff")));

@@ -36,6 +36,8 @@ pub trait Transfer:
     fn started_at(&self) -> Option<&Time>;
     fn operation_timeout(&self) -> Option<&str>;
     fn bsl(&self) -> &str;
+    /// The source VolumeSnapshot (namespace, name) Velero made for an upload.
+    fn source_snapshot(&self) -> Option<(&str, &str)>;
 
     fn timeout(&self) -> Duration {
         self.operation_timeout().and_then(parse_go_duration).unwrap_or(DEFAULT_TIMEOUT)
@@ -43,7 +45,7 @@ pub trait Transfer:
 }
 
 macro_rules! common {
-    ($t:ty, $dir:literal) => {
+    ($t:ty, $dir:literal, $source:expr) => {
         impl Transfer for $t {
             const DIRECTION: &'static str = $dir;
             fn datamover(&self) -> Option<&str> {
@@ -73,11 +75,22 @@ macro_rules! common {
             fn bsl(&self) -> &str {
                 &self.spec.backup_storage_location
             }
+            fn source_snapshot(&self) -> Option<(&str, &str)> {
+                $source(self)
+            }
         }
     };
 }
-common!(DataUpload, "upload");
-common!(DataDownload, "download");
+common!(DataUpload, "upload", upload_source);
+common!(DataDownload, "download", no_source);
+
+fn upload_source(du: &DataUpload) -> Option<(&str, &str)> {
+    du.spec.csi_snapshot.as_ref().map(|c| (du.spec.source_namespace.as_str(), c.volume_snapshot.as_str()))
+}
+
+fn no_source(_: &DataDownload) -> Option<(&str, &str)> {
+    None
+}
 
 /// A Go `time.Duration` string (`"10m0s"`, `"1h30m"`, `"45s"`, `"1.5h"`, `"300ms"`).
 pub fn parse_go_duration(s: &str) -> Option<Duration> {

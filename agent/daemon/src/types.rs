@@ -229,6 +229,16 @@ pub struct BackupSpec {
     pub storage_location: Option<String>,
 }
 
+/// A Velero DeleteBackupRequest: Velero's record that it is deleting a backup (labels
+/// `velero.io/backup-name`, `velero.io/backup-uid`).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(group = "velero.io", version = "v1", kind = "DeleteBackupRequest", namespaced, schema = "disabled")]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteBackupRequestSpec {
+    #[serde(default)]
+    pub backup_name: String,
+}
+
 /// `spec.source` of a VolumeSnapshot: exactly one of the two.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

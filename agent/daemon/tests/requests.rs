@@ -334,7 +334,8 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
     let out = run(
         server,
         |mut s| async move {
-            let selector = "labelSelector=ferry.dev%2Fowner-uid%3Duid-4";
+            // Exposed objects are found by owner and by this agent's Velero namespace.
+            let selector = "labelSelector=ferry.dev%2Fowner-uid%3Duid-4%2Cferry.dev%2Fnamespace%3Dvelero";
             for (path, api_version, kind) in [
                 ("/api/v1/namespaces/velero/pods", "v1", "PodList"),
                 ("/api/v1/namespaces/velero/persistentvolumeclaims", "v1", "PersistentVolumeClaimList"),
@@ -353,6 +354,19 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
                 assert_eq!(body, Value::Null, "a list has no body");
                 answer(to, StatusCode::OK, &empty_list(api_version, kind));
             }
+            // Nothing was exposed, so Velero's source snapshot is disposed of (already gone here).
+            let (_, _, to) = expect(
+                &mut s,
+                Method::DELETE,
+                "/apis/snapshot.storage.k8s.io/v1/namespaces/app/volumesnapshots/velero-data-abcde?",
+            )
+            .await;
+            answer(
+                to,
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": "volumesnapshots \"velero-data-abcde\" not found"}),
+            );
             // What was exposed is removed first (as Velero's mover does before a cancel is
             // written), then the end is written, exclusively: another node may be accepting it
             // right now.

@@ -60,7 +60,9 @@ async fn cancel_is_honoured_in_new_accepted_and_prepared() {
     w.patch_upload("c-new", du).await;
     let st = w.upload_phase("c-new", Phase::Canceled, 60).await.status.unwrap();
     assert!(st.accepted_by_node.is_none(), "{st:?}");
-    assert!(w.get_in::<VolumeSnapshot>("app", "s0").await.is_some(), "nothing was exposed, the source is untouched");
+    // Nothing was exposed; the snapshot Velero made for this upload is disposed of, as Velero's
+    // own mover does when it cancels.
+    assert!(w.get_in::<VolumeSnapshot>("app", "s0").await.is_none(), "the source snapshot is left");
 
     // Accepted: exposed, the mover pod never ran.
     w.snapshot("app", "p1", "s1", false).await;
@@ -133,7 +135,12 @@ async fn deleting_the_velero_backup_forgets_its_snapshots() {
     w.namespace("app").await;
     let keep_uid = w.backup("keep").await;
     let gone_uid = w.backup("gone").await;
-    for (du, pvc, backup) in [("k-1", "p1", ("keep", keep_uid.as_str())), ("g-1", "p2", ("gone", gone_uid.as_str()))] {
+    let kubectl_uid = w.backup("kubectl").await;
+    for (du, pvc, backup) in [
+        ("k-1", "p1", ("keep", keep_uid.as_str())),
+        ("g-1", "p2", ("gone", gone_uid.as_str())),
+        ("c-1", "p3", ("kubectl", kubectl_uid.as_str())),
+    ] {
         w.snapshot("app", pvc, &format!("s-{pvc}"), false).await;
         w.data_upload_of(du, "app", pvc, &format!("s-{pvc}"), "ferry", "default", backup).await;
         w.upload_phase(du, Phase::Accepted, 60).await;
@@ -143,19 +150,29 @@ async fn deleting_the_velero_backup_forgets_its_snapshots() {
     let backups: kube::Api<ferry_daemon::types::Backup> = kube::Api::namespaced(w.client.clone(), NS);
     let b = backups.get("gone").await.unwrap();
     assert!(b.metadata.finalizers.unwrap_or_default().contains(&"ferry.dev/forget-snapshots".to_string()));
-    let count = |w: &World| {
+    let snapshots = |w: &World| {
         let out = w.ferry(&["snapshots", "--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().len()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert_eq!(count(&w), 2);
-    backups.delete("gone", &Default::default()).await.unwrap();
-    w.until("the deleted Backup to go", 60, || async {
-        backups.get_opt("gone").await.unwrap().is_none().then_some(())
-    })
-    .await;
-    assert_eq!(count(&w), 1, "only the deleted Backup's snapshot is forgotten");
-    let out = w.ferry(&["snapshots", "--json"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&keep_uid), "the other Backup's snapshot stays");
+    let count = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap().as_array().unwrap().len();
+    assert_eq!(count(&snapshots(&w)), 3);
+    // Velero deletes "gone" (a DeleteBackupRequest, then the Backup object).
+    let requests: kube::Api<ferry_daemon::types::DeleteBackupRequest> = kube::Api::namespaced(w.client.clone(), NS);
+    let dbr = serde_json::json!({"apiVersion": "velero.io/v1", "kind": "DeleteBackupRequest",
+        "metadata": {"name": "gone-x1", "namespace": NS,
+                     "labels": {"velero.io/backup-name": "gone", "velero.io/backup-uid": gone_uid}},
+        "spec": {"backupName": "gone"}});
+    requests.create(&Default::default(), &serde_json::from_value(dbr).unwrap()).await.unwrap();
+    // "kubectl" is deleted behind Velero's back: its data stays in object storage, so must its snapshot.
+    for name in ["gone", "kubectl"] {
+        backups.delete(name, &Default::default()).await.unwrap();
+        w.until(&format!("Backup {name} to go"), 60, || async {
+            backups.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    let text = snapshots(&w);
+    assert_eq!(count(&text), 2, "only the snapshot of the Backup Velero deleted is forgotten: {text}");
+    assert!(text.contains(&keep_uid) && text.contains(&kubectl_uid) && !text.contains(&gone_uid), "{text}");
 }

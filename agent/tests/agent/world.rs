@@ -520,9 +520,7 @@ impl World {
     pub async fn bind_mover(&mut self, owner: &str, node: &str, block: bool) -> (String, PathBuf) {
         let name = format!("ferry-{owner}");
         let pods: Api<Pod> = api(&self.client, NS);
-        let pod = self
-            .until(&format!("mover pod {name}"), 60, || async { pods.get_opt(&name).await.unwrap() })
-            .await;
+        let pod = self.until(&format!("mover pod {name}"), 60, || async { pods.get_opt(&name).await.unwrap() }).await;
         let pvcs: Api<PersistentVolumeClaim> = api(&self.client, NS);
         let pvc = self.until(&format!("claim {name}"), 30, || async { pvcs.get_opt(&name).await.unwrap() }).await;
         let pv = format!("pv-{owner}");
@@ -536,14 +534,17 @@ impl World {
                 "claimRef": {"namespace": NS, "name": name, "uid": pvc.metadata.uid}}}),
         )
         .await;
-        pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}})))
-            .await
-            .unwrap();
+        pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}}))).await.unwrap();
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
                              "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        pods.create_subresource::<Value>("binding", &name, &PostParams::default(), serde_json::to_vec(&binding).unwrap())
-            .await
-            .unwrap();
+        pods.create_subresource::<Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            serde_json::to_vec(&binding).unwrap(),
+        )
+        .await
+        .unwrap();
         let uid = pod.metadata.uid.clone().unwrap();
         (pv, self.tmp.path().join(node).join("pods").join(&uid))
     }
