@@ -75,6 +75,8 @@ pub struct Agent {
     /// Objects this agent accepted that have not ended or moved to another node: the accept
     /// limit counts them at once (the controllers' caches lag behind concurrent reconciles).
     claimed: Mutex<std::collections::HashSet<String>>,
+    /// The cluster's Node names (refreshed every minute; None until read, or if not allowed).
+    nodes: Mutex<Option<std::collections::HashSet<String>>>,
     slots: Arc<Semaphore>,
     budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
@@ -110,6 +112,7 @@ impl Agent {
             repos,
             jobs: Mutex::new(HashMap::new()),
             claimed: Mutex::new(std::collections::HashSet::new()),
+            nodes: Mutex::new(None),
             metrics,
             s,
         }))
@@ -249,6 +252,9 @@ fn transient(e: &anyhow::Error) -> bool {
 /// How long a terminal status write is retried.
 const END_RETRY: Duration = Duration::from_secs(180);
 
+/// How often the cluster's Node names are read (an object whose node left is ended).
+const NODES_EVERY: Duration = Duration::from_secs(60);
+
 /// How often exposed objects whose owner ended or vanished are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(120);
 
@@ -308,6 +314,7 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
         prepare_timeout: obj.timeout(),
         mover,
         local: a.local(&uid),
+        owner_gone: node_gone(&a, obj.data_node().or(obj.accepted_by())).await,
         can_accept: {
             let claimed = a.claimed.lock().expect("claims lock");
             busy.max(claimed.len()) < a.s.concurrency + a.s.prepare_queue || claimed.contains(&uid)
@@ -387,6 +394,27 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
             let _ = a.store.forget(&uid);
             Ok(Requeue::await_change())
         }
+    }
+}
+
+/// `node` is not a Node of the cluster: missing from the last listing, and a GET confirms it
+/// (the listing may predate a node that just joined).
+async fn node_gone(a: &Agent, node: Option<&str>) -> bool {
+    let Some(node) = node.filter(|n| *n != a.s.node) else { return false };
+    let listed_missing = a.nodes.lock().expect("nodes lock").as_ref().is_some_and(|known| !known.contains(node));
+    if !listed_missing {
+        return false;
+    }
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(a.client.clone());
+    match api.get_metadata_opt(node).await {
+        Ok(None) => true,
+        Ok(Some(_)) => {
+            if let Some(known) = a.nodes.lock().expect("nodes lock").as_mut() {
+                known.insert(node.to_string());
+            }
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -588,9 +616,26 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
             }
         })
     };
+    let node_lister = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(a.client.clone());
+            loop {
+                match api.list_metadata(&Default::default()).await {
+                    Ok(list) => {
+                        let names = list.items.into_iter().filter_map(|n| n.metadata.name).collect();
+                        *a.nodes.lock().expect("nodes lock") = Some(names);
+                    }
+                    Err(e) => tracing::debug!("listing nodes: {e}"),
+                }
+                tokio::time::sleep(NODES_EVERY).await;
+            }
+        })
+    };
     a.metrics.set_ready(true);
     tokio::join!(uploads_done, downloads_done, backups_done);
     sweeper.abort();
+    node_lister.abort();
     a.metrics.set_ready(false);
     // Graceful stop: running jobs are cancelled, and their objects stay InProgress for the
     // next start of this agent to resume (the job store records them).
@@ -609,4 +654,30 @@ fn error_policy<T: Transfer>(obj: Arc<T>, e: &Error, a: Arc<Agent>) -> Requeue {
     a.metrics.error(T::DIRECTION);
     tracing::warn!(object = %obj.name_any(), "{e}");
     Requeue::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> anyhow::Error {
+        let e = kube::core::ErrorResponse { status: "Failure".into(), message: "m".into(), reason: "r".into(), code };
+        anyhow::Error::from(kube::Error::Api(e)).context("exposing")
+    }
+
+    #[test]
+    fn only_server_side_and_transport_failures_are_retried() {
+        for code in [500, 503, 429] {
+            assert!(transient(&api_error(code)), "{code}");
+        }
+        for code in [400, 403, 404, 409, 422] {
+            assert!(!transient(&api_error(code)), "{code}");
+        }
+        assert!(
+            !transient(&anyhow::anyhow!("VolumeSnapshot app/s failed: boom")),
+            "the agent's own findings are final"
+        );
+        let transport = anyhow::Error::from(kube::Error::LinesCodecMaxLineLengthExceeded).context("x");
+        assert!(transient(&transport));
+    }
 }

@@ -485,3 +485,42 @@ pub async fn rebind(client: &Client, owner: &Owner, namespace: &str, pvc: &str) 
     .await?;
     Ok(pv_name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    fn waiting(reason: &str) -> PodStatus {
+        serde_json::from_value(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "mover", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": "details"}}}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_is_told_from_one_still_starting() {
+        assert_eq!(waiting_for_good(&waiting("ImagePullBackOff")).as_deref(), Some("ImagePullBackOff: details"));
+        assert!(waiting_for_good(&waiting("CrashLoopBackOff")).is_some());
+        assert_eq!(waiting_for_good(&waiting("ContainerCreating")), None);
+        assert_eq!(waiting_for_good(&PodStatus::default()), None);
+    }
+
+    #[test]
+    fn exposed_names_fit_a_label_and_stay_unique() {
+        let o = Owner {
+            api_version: "velero.io/v2alpha1".into(),
+            kind: "DataUpload".into(),
+            name: "b".repeat(70),
+            uid: "0123456789abcdef".into(),
+            namespace: "velero".into(),
+            direction: "upload",
+        };
+        let n = o.object_name();
+        assert!(n.len() <= 63 && n.ends_with("-01234567"), "{n}");
+        assert_eq!(Owner { name: "short".into(), ..o.clone() }.object_name(), "ferry-short");
+        let m = o.metadata(true);
+        assert_eq!(m["labels"][NAMESPACE_LABEL], "velero");
+        assert!(m.get("ownerReferences").is_none(), "a cluster-scoped object has no namespaced owner");
+    }
+}

@@ -69,6 +69,9 @@ pub struct Observed<'a> {
     pub local: Local,
     /// Room for one more accepted object on this node (the per-node concurrency limit).
     pub can_accept: bool,
+    /// The owning node (the data node, else the accepting one) is no longer a Node of the
+    /// cluster: nobody else will ever end the object.
+    pub owner_gone: bool,
 }
 
 /// What to do.
@@ -115,6 +118,15 @@ pub fn decide(o: &Observed) -> Action {
     }
     // The owner: the data node once there is one, else the accepting node.
     let owner = o.data_node.or(o.accepted_by);
+    // Its node was removed from the cluster: any agent ends the object (exclusively).
+    if o.owner_gone && owner.is_some_and(|n| n != o.node) && o.phase != Phase::New {
+        let node = owner.unwrap_or_default();
+        return if o.cancel {
+            Action::Cancel
+        } else {
+            Action::Fail(format!("node {node}, which was moving this volume, is no longer in the cluster"))
+        };
+    }
     if o.cancel {
         return match (o.phase, o.local) {
             (_, Local::Running) => Action::StopJob,
@@ -183,6 +195,7 @@ mod tests {
             mover: Mover::Absent,
             local: Local::None,
             can_accept: true,
+            owner_gone: false,
         }
     }
 
@@ -279,6 +292,27 @@ mod tests {
         // Canceling left by a restart in the middle of a cancel: finish it.
         let c = Observed { phase: Phase::Canceling, data_node: Some("n1"), ..base() };
         assert_eq!(decide(&c), Action::Cancel);
+    }
+
+    #[test]
+    fn an_object_whose_node_left_the_cluster_is_ended_by_any_agent() {
+        let o = Observed {
+            phase: Phase::InProgress,
+            accepted_by: Some("n9"),
+            data_node: Some("n9"),
+            owner_gone: true,
+            mover: running_on("n9"),
+            ..base()
+        };
+        assert!(matches!(decide(&o), Action::Fail(m) if m.contains("n9")));
+        assert_eq!(decide(&Observed { cancel: true, ..o.clone() }), Action::Cancel);
+        assert_eq!(decide(&Observed { phase: Phase::Accepted, data_node: None, ..o.clone() }), decide(&o));
+        // Not when the owner is this node (it is obviously here), nor once ended.
+        assert_eq!(
+            decide(&Observed { node: "n9", mover: running_on("n9"), local: Local::Running, ..o.clone() }),
+            Action::Wait
+        );
+        assert_eq!(decide(&Observed { phase: Phase::Completed, ..o }), Action::Skip);
     }
 
     #[test]

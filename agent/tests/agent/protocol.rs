@@ -90,6 +90,35 @@ async fn cancel_is_honoured_in_new_accepted_and_prepared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_node_left_the_cluster_is_failed_by_another_agent() {
+    let Some(w) = World::new(&["n1"]).await else { return };
+    w.namespace("app").await;
+    w.snapshot("app", "p", "s", false).await;
+    // In progress on node n9, which is not (or no longer) a Node of the cluster.
+    w.data_upload("orphan-1", "app", "p", "s", "velero").await;
+    w.patch_upload(
+        "orphan-1",
+        json!({"spec": {"datamover": "ferry"},
+               "status": {"phase": "InProgress", "acceptedByNode": "n9", "node": "n9"}}),
+    )
+    .await;
+    let st = w.upload_phase("orphan-1", Phase::Failed, 120).await.status.unwrap();
+    assert!(st.message.as_deref().unwrap().contains("node n9"), "{st:?}");
+    // An object of a node that is there is left to it.
+    w.register_node("n8");
+    w.snapshot("app", "q", "t", false).await;
+    w.data_upload("alive-1", "app", "q", "t", "velero").await;
+    w.patch_upload(
+        "alive-1",
+        json!({"spec": {"datamover": "ferry"},
+               "status": {"phase": "InProgress", "acceptedByNode": "n8", "node": "n8"}}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    assert_eq!(w.upload("alive-1").await.status.unwrap().phase, Some(Phase::InProgress));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_movers_objects_are_never_touched() {
     let Some(w) = World::new(&["n1"]).await else { return };
     w.namespace("app").await;

@@ -163,8 +163,10 @@ impl World {
         }
     }
 
-    /// Start `ferry agent` for `node` (again, keeping its pods and state directories).
+    /// Start `ferry agent` for `node` (again, keeping its pods and state directories), with a
+    /// Node object of that name (as kubelet registers it).
     pub fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        self.register_node(node);
         let base = self.tmp.path().join(node);
         let (pods, state) = (base.join("pods"), base.join("state"));
         std::fs::create_dir_all(&pods).unwrap();
@@ -189,6 +191,25 @@ impl World {
             .unwrap();
         self.agents.retain(|a| a.node != node || a.child.is_some());
         self.agents.push(AgentProc { node: node.into(), child: Some(child), log });
+    }
+
+    /// Create the Node `name` unless it exists (what kubelet does when it joins).
+    pub fn register_node(&self, name: &str) {
+        let client = self.client.clone();
+        let name = name.to_string();
+        // Called from sync code inside the test's runtime: do the request on a helper thread.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+                if nodes.get_opt(&name).await.unwrap().is_none() {
+                    let n = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+                    nodes.create(&PostParams::default(), &n).await.unwrap();
+                }
+            })
+        })
+        .join()
+        .unwrap();
     }
 
     fn agent(&mut self, node: &str) -> &mut AgentProc {
