@@ -21,7 +21,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/kube
 BIN=$DIR/bin
 STAMP=$BIN/.ferry-version
-GO=${GO:-go}
+# The Go toolchain of this machine kind lives in /usr/local/go; a non-interactive shell (CI) may
+# not have it on PATH.
+if [ -z "${GO:-}" ]; then
+  if command -v go >/dev/null; then GO=go; elif [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; else GO=go; fi
+fi
 
 say() { echo "kube/build.sh: $*"; }
 die() { echo "kube/build.sh: $*" >&2; exit 1; }
