@@ -179,7 +179,7 @@ impl Agent {
     /// End `obj` in `phase`: write the terminal status (with `fields` added) and remove what
     /// was exposed for it. A success is written first (a cleanup failure must not cost the
     /// snapshot ID; the sweep removes leftovers); a failure or cancel is written after the
-    /// cleanup, as Velero's own mover does. With `precondition` (a resourceVersion) the write is exclusive and
+    /// cleanup, as Velero's own mover does, unless it is exclusive. With `precondition` (a resourceVersion) the write is exclusive and
     /// `Ok(false)` means someone else changed the object first; transient API errors (an API
     /// server restarting) are retried for a few minutes, so a finished job is not lost to one.
     async fn end<T: Transfer>(
@@ -205,14 +205,23 @@ impl Agent {
                 tracing::warn!(object = %obj.name_any(), "cleanup failed (the sweep retries it): {e:#}");
             }
         };
-        if phase != Phase::Completed {
+        // Removing what was exposed, and Velero's source snapshot for an upload that never
+        // moved it (it exists only for this backup).
+        let dispose = || async {
             cleanup().await;
-            // An upload that never moved its snapshot disposes of Velero's source snapshot.
-            if let Some((ns, vs)) = obj.source_snapshot() {
-                if let Err(e) = expose::dispose_source(&self.client, ns, vs).await {
-                    tracing::warn!(object = %obj.name_any(), "deleting the source snapshot {ns}/{vs}: {e:#}");
+            if phase != Phase::Completed {
+                if let Some((ns, vs)) = obj.source_snapshot() {
+                    if let Err(e) = expose::dispose_source(&self.client, ns, vs).await {
+                        tracing::warn!(object = %obj.name_any(), "deleting the source snapshot {ns}/{vs}: {e:#}");
+                    }
                 }
             }
+        };
+        // A failure or cancel is written after the cleanup, unless the write is exclusive: then
+        // only once it won (a stale view must not remove a mover another node is using).
+        let clean_first = phase != Phase::Completed && precondition.is_none();
+        if clean_first {
+            dispose().await;
         }
         let mut delay = Duration::from_millis(500);
         let deadline = std::time::Instant::now() + END_RETRY;
@@ -232,8 +241,8 @@ impl Agent {
         let _ = self.store.finish(&uid);
         self.claimed.lock().expect("claims lock").remove(&uid);
         tracing::info!(object = %obj.name_any(), kind = T::DIRECTION, phase = phase.as_str(), "{message}");
-        if phase == Phase::Completed {
-            cleanup().await;
+        if !clean_first {
+            dispose().await;
         }
         Ok(true)
     }

@@ -11,6 +11,7 @@ use ferry_engine::podvolume;
 use crate::agent::{Agent, Runner};
 use crate::expose::{self, Owner};
 use crate::snapshot_ref::SnapshotRef;
+use crate::transfer::Transfer;
 use crate::types::DataDownload;
 
 impl Runner for DataDownload {
@@ -44,6 +45,8 @@ impl Runner for DataDownload {
         }
         let t = &dd.spec.target_volume;
         let pv = expose::rebind(&a.client, owner, &t.namespace, &t.pvc).await?;
+        // Completed only once the claim is bound to it, as Velero's mover does.
+        expose::wait_bound(&a.client, &t.namespace, &t.pvc, &pv, dd.timeout(), &job.cancel).await?;
         Ok((
             json!({"progress": {"bytesDone": out.bytes_written as i64, "totalBytes": out.bytes_written as i64}}),
             format!(

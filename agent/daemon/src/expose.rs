@@ -435,6 +435,38 @@ pub async fn owners(client: &Client, namespace: &str) -> Result<std::collections
     Ok(out.difference(&young).cloned().collect())
 }
 
+/// Wait until the PV controller has bound PVC `namespace/pvc` to `pv` (Velero's mover waits
+/// for the same before it completes a restore), for at most `timeout`, or until `cancel`.
+pub async fn wait_bound(
+    client: &Client,
+    namespace: &str,
+    pvc: &str,
+    pv: &str,
+    timeout: std::time::Duration,
+    cancel: &ferry_engine::job::CancelToken,
+) -> Result<()> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let c = api.get_opt(pvc).await?;
+        let Some(c) = c else { bail!("PersistentVolumeClaim {namespace}/{pvc} (spec.targetVolume) is gone") };
+        let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        if bound && c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(pv) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > end {
+            bail!(
+                "PersistentVolume {pv} was handed to PersistentVolumeClaim {namespace}/{pvc}, which did not bind to it within {}s",
+                timeout.as_secs()
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => bail!("canceled"),
+        }
+    }
+}
+
 /// Hand the restored PV to the target PVC, as Velero does: hold the PV at `Retain`, delete
 /// the mover pod and claim, point the PV's `claimRef` at the target (without uid, so the PV
 /// controller binds it), copy the target's selector labels (`velero.io/dynamic-pv-restore`)

@@ -334,6 +334,25 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
     let out = run(
         server,
         |mut s| async move {
+            // Nobody accepted it yet, so the end is exclusive (another node may be accepting it
+            // right now); an exclusive end is written first (a stale view must not remove a
+            // mover another node uses), then what was exposed is removed.
+            let (body, to) = expect_merge_patch(&mut s, &format!("{DATAUPLOADS}/backup-1-abcde?")).await;
+            let st = &body["status"];
+            assert_recent_time(&st["completionTimestamp"], "status.completionTimestamp");
+            assert_recent_time(&st["startTimestamp"], "status.startTimestamp (never started)");
+            let mut b = body.clone();
+            b["status"]["completionTimestamp"] = json!("<now>");
+            b["status"]["startTimestamp"] = json!("<now>");
+            assert_eq!(
+                b,
+                json!({"metadata": {"resourceVersion": "7"},
+                       "status": {"phase": "Canceled", "message": "canceled",
+                                  "completionTimestamp": "<now>", "startTimestamp": "<now>"}}),
+                "the end patch"
+            );
+            answer(to, StatusCode::OK, &merged(&obj, &body, "8"));
+            expect_event(&mut s, "backup-1-abcde", "Canceled", "DataUpload").await;
             // Exposed objects are found by owner and by this agent's Velero namespace.
             let selector = "labelSelector=ferry.dev%2Fowner-uid%3Duid-4%2Cferry.dev%2Fnamespace%3Dvelero";
             for (path, api_version, kind) in [
@@ -367,25 +386,6 @@ async fn a_new_upload_canceled_is_cleaned_up_and_ends_canceled() {
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
                         "message": "volumesnapshots \"velero-data-abcde\" not found"}),
             );
-            // What was exposed is removed first (as Velero's mover does before a cancel is
-            // written), then the end is written, exclusively: another node may be accepting it
-            // right now.
-            let (body, to) = expect_merge_patch(&mut s, &format!("{DATAUPLOADS}/backup-1-abcde?")).await;
-            let st = &body["status"];
-            assert_recent_time(&st["completionTimestamp"], "status.completionTimestamp");
-            assert_recent_time(&st["startTimestamp"], "status.startTimestamp (never started)");
-            let mut b = body.clone();
-            b["status"]["completionTimestamp"] = json!("<now>");
-            b["status"]["startTimestamp"] = json!("<now>");
-            assert_eq!(
-                b,
-                json!({"metadata": {"resourceVersion": "7"},
-                       "status": {"phase": "Canceled", "message": "canceled",
-                                  "completionTimestamp": "<now>", "startTimestamp": "<now>"}}),
-                "the end patch"
-            );
-            answer(to, StatusCode::OK, &merged(&obj, &body, "8"));
-            expect_event(&mut s, "backup-1-abcde", "Canceled", "DataUpload").await;
             expect_no_more(&mut s).await;
         },
         reconcile_once(upload(&du), agent),

@@ -93,6 +93,14 @@ async fn a_filesystem_volume_round_trips_through_data_upload_and_data_download()
     w.download_phase("r1-fghij", Phase::Accepted, 60).await;
     let rpv = w.serve_mover("r1-fghij", "n1", false, |_| {}).await;
     let target = w.mount_of(&rpv);
+    // Not Completed before the PV controller bound the target claim to the restored volume.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    w.bind_restored("app2", "data", &rpv).await;
+    assert_eq!(
+        w.download("r1-fghij").await.status.unwrap().phase,
+        Some(Phase::InProgress),
+        "completed before the claim bound"
+    );
     let dd = w.download_phase("r1-fghij", Phase::Completed, 120).await;
     let st = dd.status.unwrap();
     assert_eq!(st.node.as_deref(), Some("n1"));
@@ -138,7 +146,8 @@ async fn a_block_volume_round_trips_byte_for_byte() {
     w.download_phase("r2-blk01", Phase::Accepted, 60).await;
     let dev_path = std::sync::Arc::new(std::sync::Mutex::new(None));
     let d2 = dev_path.clone();
-    w.serve_mover("r2-blk01", "n1", true, move |dev| *d2.lock().unwrap() = Some(dev.to_path_buf())).await;
+    let rpv = w.serve_mover("r2-blk01", "n1", true, move |dev| *d2.lock().unwrap() = Some(dev.to_path_buf())).await;
+    w.bind_restored("vm2", "disk", &rpv).await;
     w.download_phase("r2-blk01", Phase::Completed, 120).await;
     let dev = dev_path.lock().unwrap().clone().unwrap();
     let restored = std::fs::read(&dev).unwrap();

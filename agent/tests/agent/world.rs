@@ -582,6 +582,33 @@ impl World {
         .unwrap();
     }
 
+    /// The PV controller's part at the end of a restore: once PV `pv` points at `ns/pvc`,
+    /// bind the claim to it (its volume name, phase Bound).
+    pub async fn bind_restored(&self, ns: &str, pvc: &str, pv: &str) {
+        self.wait_handed(ns, pvc, pv).await;
+        self.bind_claim(ns, pvc, pv).await;
+    }
+
+    /// Wait until PV `pv`'s claimRef points at `ns/pvc`.
+    pub async fn wait_handed(&self, ns: &str, pvc: &str, pv: &str) {
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        self.until(&format!("PV {pv} handed to {ns}/{pvc}"), 120, || async {
+            let p = pvs.get(pv).await.unwrap();
+            let c = p.spec.and_then(|s| s.claim_ref)?;
+            (c.namespace.as_deref() == Some(ns) && c.name.as_deref() == Some(pvc)).then_some(())
+        })
+        .await;
+    }
+
+    /// Bind claim `ns/pvc` to PV `pv`, as the PV controller does.
+    pub async fn bind_claim(&self, ns: &str, pvc: &str, pv: &str) {
+        let pvcs: Api<PersistentVolumeClaim> = api(&self.client, ns);
+        pvcs.patch(pvc, &PatchParams::default(), &Patch::Merge(json!({"spec": {"volumeName": pv}}))).await.unwrap();
+        pvcs.patch_status(pvc, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
+            .await
+            .unwrap();
+    }
+
     /// The path where `serve_mover` laid out the volume `pv` of the pod `owner` on `node`.
     pub fn mount_of(&self, pv: &str) -> PathBuf {
         for b in &self.backing {
