@@ -104,6 +104,8 @@ cmd_install() {
     echo "$S3S_VERSION" >"$S3S/.ferry-version"
     say "installed s3s-fs $S3S_VERSION into $S3S ($(since "$t") s)"
   fi
+  # mkfs.xfs: the freeze tests run on loop-mounted xfs as well as ext4.
+  if command -v mkfs.xfs >/dev/null; then say "xfsprogs already installed"; else apt_install xfsprogs; fi
   t=$(now)
   bash "$(dirname "$0")/kube/build.sh"
   say "kube-apiserver + etcd (tests/kube/build.sh) took $(since "$t") s"

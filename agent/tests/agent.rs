@@ -10,6 +10,8 @@ mod common;
 mod bench;
 #[path = "agent/cluster.rs"]
 mod cluster;
+#[path = "agent/freeze.rs"]
+mod freeze;
 #[path = "agent/protocol.rs"]
 mod protocol;
 #[path = "agent/resilience.rs"]

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod backups;
 pub mod download;
 pub mod expose;
+pub mod freeze;
 pub mod machine;
 pub mod metrics;
 pub mod repos;

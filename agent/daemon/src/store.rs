@@ -36,7 +36,9 @@ impl Store {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS jobs (
                 uid TEXT PRIMARY KEY, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-                attempts INTEGER NOT NULL, done INTEGER NOT NULL, updated_s INTEGER NOT NULL)",
+                attempts INTEGER NOT NULL, done INTEGER NOT NULL, updated_s INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS freezes (
+                path TEXT PRIMARY KEY, owner TEXT NOT NULL, since_s INTEGER NOT NULL)",
         )
         .with_context(|| format!("preparing the job store {}", path.display()))?;
         Ok(Store { db: Mutex::new(db) })
@@ -83,6 +85,32 @@ impl Store {
             .optional()?)
     }
 
+    /// Record that `path` is about to be frozen for `owner` (written before the freeze, so a
+    /// crash at any later moment leaves the record for the next start to thaw).
+    pub fn freezing(&self, path: &str, owner: &str) -> Result<()> {
+        let db = self.db.lock().expect("job store lock");
+        db.execute(
+            "INSERT INTO freezes (path, owner, since_s) VALUES (?1, ?2, unixepoch())
+             ON CONFLICT(path) DO UPDATE SET owner = ?2, since_s = unixepoch()",
+            params![path, owner],
+        )?;
+        Ok(())
+    }
+
+    /// `path` is thawed: drop its record.
+    pub fn thawed(&self, path: &str) -> Result<()> {
+        self.db.lock().expect("job store lock").execute("DELETE FROM freezes WHERE path = ?1", [path])?;
+        Ok(())
+    }
+
+    /// Every recorded freeze: `(path, owner)`.
+    pub fn freezes(&self) -> Result<Vec<(String, String)>> {
+        let db = self.db.lock().expect("job store lock");
+        let mut q = db.prepare("SELECT path, owner FROM freezes ORDER BY since_s")?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Remove records of jobs that ended more than `age_s` seconds ago.
     pub fn expire(&self, age_s: i64) -> Result<usize> {
         let db = self.db.lock().expect("job store lock");
@@ -110,5 +138,19 @@ mod tests {
         assert_eq!(s.expire(-10).unwrap(), 1);
         assert_eq!(s.get("u1").unwrap(), None);
         s.forget("nothing").unwrap();
+    }
+
+    #[test]
+    fn freeze_records_survive_reopening_until_thawed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let s = Store::open(&path).unwrap();
+        s.freezing("/a", "vb1").unwrap();
+        s.freezing("/b", "vb2").unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.freezes().unwrap(), vec![("/a".into(), "vb1".into()), ("/b".into(), "vb2".into())]);
+        s.thawed("/a").unwrap();
+        assert_eq!(s.freezes().unwrap(), vec![("/b".to_string(), "vb2".to_string())]);
     }
 }

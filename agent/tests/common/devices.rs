@@ -1,4 +1,4 @@
-//! Loop devices and loop-mounted ext4 file systems (root only), each
+//! Loop devices and loop-mounted ext4 and xfs file systems (root only), each
 //! undone on drop.
 
 use std::path::{Path, PathBuf};
@@ -27,7 +27,8 @@ impl Drop for Loop {
     }
 }
 
-/// An ext4 file system in a sparse image file, mounted on a directory; unmounted on drop.
+/// A file system (ext4, or another with [`Ext4::with_mkfs`]) in a sparse image file, mounted
+/// on a directory; unmounted on drop.
 #[derive(Debug)]
 pub struct Ext4 {
     pub mnt: PathBuf,
@@ -37,12 +38,23 @@ pub struct Ext4 {
 impl Ext4 {
     /// `size` bytes, made with the extra `mkfs_args` (e.g. `-I 128`), mounted at `mnt`.
     pub fn new(image: &Path, mnt: &Path, size: u64, mkfs_args: &[&str]) -> Ext4 {
-        std::fs::File::create(image).unwrap().set_len(size).unwrap();
-        let dev = Loop::new(image);
         let mut args = vec!["-q", "-F"];
         args.extend_from_slice(mkfs_args);
+        Ext4::with_mkfs("mkfs.ext4", &args, image, mnt, size)
+    }
+
+    /// An xfs file system of `size` bytes (at least 300 MiB for mkfs.xfs) mounted at `mnt`.
+    pub fn xfs(image: &Path, mnt: &Path, size: u64) -> Ext4 {
+        Ext4::with_mkfs("mkfs.xfs", &["-q", "-f"], image, mnt, size)
+    }
+
+    /// Made by `mkfs` with `args` followed by the device.
+    pub fn with_mkfs(mkfs: &str, args: &[&str], image: &Path, mnt: &Path, size: u64) -> Ext4 {
+        std::fs::File::create(image).unwrap().set_len(size).unwrap();
+        let dev = Loop::new(image);
+        let mut args = args.to_vec();
         args.push(&dev.0);
-        run("mkfs.ext4", &args);
+        run(mkfs, &args);
         std::fs::create_dir_all(mnt).unwrap();
         run("mount", &[&dev.0, mnt.to_str().unwrap()]);
         Ext4 { mnt: mnt.to_path_buf(), _dev: dev }
