@@ -12,6 +12,8 @@ mod bench;
 mod cluster;
 #[path = "agent/freeze.rs"]
 mod freeze;
+#[path = "agent/own.rs"]
+mod own;
 #[path = "agent/protocol.rs"]
 mod protocol;
 #[path = "agent/resilience.rs"]

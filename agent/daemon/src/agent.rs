@@ -69,8 +69,12 @@ struct JobEntry {
 pub struct Agent {
     pub client: Client,
     pub s: Settings,
-    store: Store,
+    store: Arc<Store>,
     pub(crate) repos: Repos,
+    /// Freezes of this agent (their records live in the job store).
+    pub freezer: Arc<crate::freeze::Freezer>,
+    /// VolumeBackup work started by this process: `<backup uid>/<namespace>/<pod>`.
+    pub(crate) own_jobs: Mutex<std::collections::HashSet<String>>,
     jobs: Mutex<HashMap<String, JobEntry>>,
     /// Objects this agent accepted that have not ended or moved to another node: the accept
     /// limit counts them at once (the controllers' caches lag behind concurrent reconciles).
@@ -98,7 +102,11 @@ impl Agent {
     pub fn new(client: Client, s: Settings, metrics: Arc<Metrics>) -> Result<Arc<Agent>> {
         std::fs::create_dir_all(&s.state_dir)
             .with_context(|| format!("creating the state directory {}", s.state_dir.display()))?;
-        let store = Store::open(&s.state_dir.join("jobs.db"))?;
+        let store = Arc::new(Store::open(&s.state_dir.join("jobs.db"))?);
+        // Before anything else: thaw what an earlier run froze and could not thaw (a crash or
+        // `kill -9` while frozen).
+        let freezer = Arc::new(crate::freeze::Freezer::new(store.clone(), &[&s.state_dir, std::path::Path::new("/")]));
+        freezer.recover().context("thawing the freezes recorded by an earlier run")?;
         let repos =
             Repos::new(client.clone(), &s.namespace, s.password.clone(), s.state_dir.clone(), metrics.requests.clone());
         let reporter =
@@ -109,6 +117,8 @@ impl Agent {
             budget: MemoryBudget::new(s.memory_budget),
             client,
             store,
+            freezer,
+            own_jobs: Mutex::new(std::collections::HashSet::new()),
             repos,
             jobs: Mutex::new(HashMap::new()),
             claimed: Mutex::new(std::collections::HashSet::new()),
@@ -116,6 +126,16 @@ impl Agent {
             metrics,
             s,
         }))
+    }
+
+    /// A slot of `--concurrency` for a job of Ferry's own resources.
+    pub(crate) async fn own_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots.clone().acquire_owned().await.expect("semaphore never closed")
+    }
+
+    /// The chunk-memory budget shared by every job.
+    pub(crate) fn budget(&self) -> Arc<MemoryBudget> {
+        self.budget.clone()
     }
 
     fn local(&self, uid: &str) -> Local {
@@ -566,6 +586,7 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
     let pod_cfg = watcher::Config::default().labels(MOVER_LABEL);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let shutdown_backups = shutdown.clone();
+    let shutdown_own = shutdown.clone();
 
     let up = Controller::new(uploads, watcher::Config::default());
     let down = Controller::new(downloads, watcher::Config::default());
@@ -614,6 +635,27 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
             .graceful_shutdown_on(shutdown_backups)
             .run(crate::backups::reconcile, error_policy_backup, a.clone())
             .for_each(|_| futures::future::ready(()));
+    let own_backups = Controller::new(
+        Api::<crate::own::types::VolumeBackup>::namespaced(a.client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown_own.clone())
+    .run(crate::own::backup::reconcile, error_policy_own, a.clone())
+    .for_each(|_| futures::future::ready(()));
+    let own_schedules = Controller::new(
+        Api::<crate::own::types::BackupSchedule>::namespaced(a.client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown_own.clone())
+    .run(crate::own::schedules::reconcile, error_policy_own, a.clone())
+    .for_each(|_| futures::future::ready(()));
+    let own_restores = Controller::new(
+        Api::<crate::own::types::VolumeRestore>::namespaced(a.client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown_own)
+    .run(crate::own::restore::reconcile, error_policy_own, a.clone())
+    .for_each(|_| futures::future::ready(()));
     let sweeper = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -642,7 +684,12 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
         })
     };
     a.metrics.set_ready(true);
-    tokio::join!(uploads_done, downloads_done, backups_done);
+    tokio::join!(uploads_done, downloads_done, backups_done, own_backups, own_schedules, own_restores);
+    // Whatever is frozen is thawed before anything else stops.
+    let thawed = a.freezer.thaw_all();
+    if thawed > 0 {
+        tracing::warn!("stopping: thawed {thawed} frozen filesystems");
+    }
     sweeper.abort();
     node_lister.abort();
     a.metrics.set_ready(false);
@@ -657,6 +704,12 @@ fn error_policy_backup(b: Arc<crate::types::Backup>, e: &Error, a: Arc<Agent>) -
     a.metrics.error("backup-deletion");
     tracing::warn!(backup = %b.name_any(), "{e}");
     Requeue::requeue(Duration::from_secs(30))
+}
+
+fn error_policy_own<K: kube::Resource<DynamicType = ()>>(o: Arc<K>, e: &Error, a: Arc<Agent>) -> Requeue {
+    a.metrics.error(K::kind(&()).as_ref());
+    tracing::warn!(kind = %K::kind(&()), object = %o.name_any(), "{e}");
+    Requeue::requeue(Duration::from_secs(10))
 }
 
 fn error_policy<T: Transfer>(obj: Arc<T>, e: &Error, a: Arc<Agent>) -> Requeue {

@@ -53,6 +53,20 @@ pub async fn hold(client: &Client, ns: &str, name: &str) -> Result<()> {
     anyhow::bail!("Backup {ns}/{name} kept changing while a finalizer was added")
 }
 
+/// Forget (remove) the snapshots of location `location` whose tag `tag` is `value`; returns
+/// how many. Idempotent: a snapshot already gone is not an error.
+pub async fn forget_tagged(a: &Agent, location: &str, tag: &str, value: &str) -> Result<usize> {
+    let repo = a.repos.get(location).await?;
+    let snaps = repo.snapshots().await.context("listing snapshots")?;
+    let doomed: Vec<_> = snaps.iter().filter(|(_, s)| s.tag(tag) == Some(value)).map(|(id, _)| *id).collect();
+    let failed = ferry_engine::forget::remove_snapshots(repo.storage().as_ref(), &doomed).await;
+    if let Some((id, e)) = failed.first() {
+        anyhow::bail!("removing snapshot {id}: {e}");
+    }
+    repo.forget_newest();
+    Ok(doomed.len())
+}
+
 /// A Backup being deleted with the finalizer: forget its snapshots, then let it go.
 pub async fn reconcile(b: Arc<Backup>, a: Arc<Agent>) -> Result<Requeue, Error> {
     if b.metadata.deletion_timestamp.is_none() || !b.finalizers().iter().any(|f| f == FINALIZER) {
@@ -85,17 +99,9 @@ pub async fn reconcile(b: Arc<Backup>, a: Arc<Agent>) -> Result<Requeue, Error> 
     let mut forgotten = 0;
     if by_velero {
         let location = b.spec.storage_location.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| "default".into());
-        let repo =
-            a.repos.get(&location).await.with_context(|| format!("forgetting the snapshots of Backup {ns}/{name}"))?;
-        let snaps = repo.snapshots().await.context("listing snapshots")?;
-        let doomed: Vec<_> =
-            snaps.iter().filter(|(_, s)| s.tag("backup-uid") == Some(uid.as_str())).map(|(id, _)| *id).collect();
-        let failed = ferry_engine::forget::remove_snapshots(repo.storage().as_ref(), &doomed).await;
-        if let Some((id, e)) = failed.first() {
-            return Err(anyhow::anyhow!("removing snapshot {id} of Backup {ns}/{name}: {e}").into());
-        }
-        forgotten = doomed.len();
-        repo.forget_newest();
+        forgotten = forget_tagged(&a, &location, "backup-uid", &uid)
+            .await
+            .with_context(|| format!("forgetting the snapshots of Backup {ns}/{name}"))?;
     } else {
         tracing::warn!(backup = %name, "deleted without a DeleteBackupRequest (not by Velero): its snapshots are kept");
     }

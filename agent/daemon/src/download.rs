@@ -36,7 +36,7 @@ impl Runner for DataDownload {
         let sref: SnapshotRef = dd.spec.snapshot_id.parse().context("spec.snapshotID")?;
         let repo = a.repos.get(&dd.spec.backup_storage_location).await?;
         sref.check(repo.config(), &dd.spec.backup_storage_location)?;
-        let out = podvolume::restore(repo, &sref.snapshot, &volume, &job).await?;
+        let out = podvolume::restore(repo, &sref.snapshot, &volume, &Default::default(), &job).await?;
         if !out.errors.is_empty() {
             bail!("{} entries could not be restored, first: {}", out.errors.len(), out.errors[0]);
         }

@@ -8,7 +8,9 @@
 //! - `upload`/`download`: what a job does with the engine; `repos`: repositories from
 //!   BackupStorageLocations and Secrets; `store`: the SQLite job store on the node;
 //! - `backups`: a deleted Velero Backup forgets its snapshots (a finalizer);
-//! - `metrics`: Prometheus text, `/healthz`, `/readyz`.
+//! - `metrics`: Prometheus text, `/healthz`, `/readyz`;
+//! - `own`: Ferry's own resources (VolumeBackup, BackupSchedule), hooks; `freeze`: FIFREEZE
+//!   with a guaranteed thaw; `schedule`: cron expressions.
 
 pub mod agent;
 pub mod backups;
@@ -17,7 +19,9 @@ pub mod expose;
 pub mod freeze;
 pub mod machine;
 pub mod metrics;
+pub mod own;
 pub mod repos;
+pub mod schedule;
 pub mod snapshot_ref;
 pub mod store;
 pub mod transfer;

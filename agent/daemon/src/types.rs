@@ -275,6 +275,9 @@ pub struct VolumeSnapshotStatus {
     pub ready_to_use: Option<bool>,
     #[serde(default)]
     pub restore_size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// When the snapshot was cut (before it is ready to use).
+    #[serde(default)]
+    pub creation_time: Option<Time>,
     #[serde(default)]
     pub error: Option<serde_json::Value>,
 }

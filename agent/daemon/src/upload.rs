@@ -62,6 +62,17 @@ impl Runner for DataUpload {
                 tags.push((tag.to_string(), v.clone()));
             }
         }
+        // Tags asked for by whoever created it (a Ferry VolumeBackup).
+        if let Some(extra) = du.annotations().get(crate::own::backup::TAGS_ANNOTATION) {
+            let extra: std::collections::BTreeMap<String, String> = serde_json::from_str(extra).map_err(|e| {
+                anyhow!("annotation {}: not a JSON object of strings: {e}", crate::own::backup::TAGS_ANNOTATION)
+            })?;
+            for (k, v) in extra {
+                if !tags.iter().any(|(t, _)| *t == k) {
+                    tags.push((k, v));
+                }
+            }
+        }
         let vb = VolumeBackup {
             host: a.s.node.clone(),
             tags,

@@ -149,11 +149,12 @@ pub struct VolumeRestore {
 
 /// Restore snapshot `id` into the pod volume `spec`: a files snapshot into a filesystem volume,
 /// a disk snapshot onto a block volume, or as its image file into an empty filesystem volume
-/// (a KubeVirt `disk.img`).
+/// (a KubeVirt `disk.img`). `filter` selects the files of a files snapshot (a disk is whole).
 pub async fn restore(
     repo: std::sync::Arc<repo_format::Repository>,
     id: &repo_format::SnapshotId,
     spec: &Path,
+    filter: &crate::restore::Filter,
     job: &crate::Job,
 ) -> Result<VolumeRestore> {
     use anyhow::Context;
@@ -169,7 +170,7 @@ pub async fn restore(
                 keep_setuid: true,
                 max_plan_bytes: crate::restore::RestoreOptions::default().max_plan_bytes,
             };
-            let plan = crate::restore::plan(&repo, snap.tree, &crate::restore::Filter::default(), &opts)
+            let plan = crate::restore::plan(&repo, snap.tree, filter, &opts)
                 .await
                 .with_context(|| format!("planning the restore of snapshot {id}"))?;
             let out = crate::restore::execute(repo.clone(), plan, dir, job, &opts).await?;
@@ -199,9 +200,47 @@ pub async fn restore(
     Ok(VolumeRestore { target: out.target, bytes_written: out.bytes_written, files: 1, errors: out.errors })
 }
 
+/// Velero's restore-wait mark: an empty file `<volume>/.velero/<restore uid>` (directory mode
+/// 0755, file 0644), which `velero-restore-helper` in the pod's `restore-wait` init container
+/// polls for. Written without following anything the workload put in the volume (`.velero`
+/// may be a symlink planted to make a root process write elsewhere).
+pub fn write_restore_mark(volume: &Path, restore_uid: &str) -> Result<()> {
+    use std::os::fd::AsFd;
+    if restore_uid.is_empty() || !restore_uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("restore uid {restore_uid:?}: not a Kubernetes uid");
+    }
+    let root = crate::safefs::SafeRoot::open(volume, false)?;
+    root.mkdir(Path::new(".velero"))?;
+    let dir = root.dir(Path::new(".velero"))?;
+    nix::sys::stat::fchmod(dir.as_fd(), nix::sys::stat::Mode::from_bits_truncate(0o755))?;
+    let (f, _) = root.create_file(&Path::new(".velero").join(restore_uid), 0)?;
+    nix::sys::stat::fchmod(f.as_fd(), nix::sys::stat::Mode::from_bits_truncate(0o644))?;
+    f.sync_all()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_restore_mark_is_written_in_the_volume_and_never_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let vol = tempfile::tempdir().unwrap();
+        write_restore_mark(vol.path(), "0d3c-uid").unwrap();
+        let mark = vol.path().join(".velero/0d3c-uid");
+        assert_eq!(std::fs::metadata(&mark).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(&mark).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::metadata(vol.path().join(".velero")).unwrap().permissions().mode() & 0o777, 0o755);
+        // A hostile workload makes `.velero` a symlink to a directory outside the volume.
+        let outside = tempfile::tempdir().unwrap();
+        let vol2 = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), vol2.path().join(".velero")).unwrap();
+        write_restore_mark(vol2.path(), "u2").unwrap();
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "wrote outside the volume");
+        assert!(vol2.path().join(".velero/u2").is_file());
+        assert!(write_restore_mark(vol.path(), "../x").is_err());
+    }
 
     #[test]
     fn finds_csi_mount_image_and_reports_ambiguity() {

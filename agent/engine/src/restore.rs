@@ -136,6 +136,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// From glob patterns as a user writes them; a bad one is an error naming it.
+    pub fn parse(includes: &[String], excludes: &[String]) -> anyhow::Result<Filter> {
+        let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<glob::Pattern>> {
+            list.iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| anyhow::anyhow!("{what} pattern {p:?}: {e}")))
+                .collect()
+        };
+        Ok(Filter { includes: parse(includes, "include")?, excludes: parse(excludes, "exclude")? })
+    }
+
     fn opts() -> glob::MatchOptions {
         glob::MatchOptions {
             case_sensitive: true,

@@ -13,10 +13,7 @@ pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     let (r, counts) = repo::open_counted(cli).await?;
     r.load_index().await.context("loading the repository index")?;
     let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
-    let filter = Filter {
-        includes: super::patterns(&a.includes, "include")?,
-        excludes: super::patterns(&a.excludes, "exclude")?,
-    };
+    let filter = Filter::parse(&a.includes, &a.excludes)?;
     let started = std::time::Instant::now();
     if snap.tag(ferry_engine::disk::MODE_TAG) == Some(ferry_engine::disk::MODE_BLOCK) {
         return restore_disk(cli, a, r, counts, id, snap, started).await;
