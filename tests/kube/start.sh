@@ -2,8 +2,10 @@
 # start.sh -- a real etcd and kube-apiserver on 127.0.0.1 for the agent's tests.
 #
 #   tests/kube/start.sh DIR            start etcd + kube-apiserver with everything in DIR (created
-#                                      if missing), install tests/kube/crds/*.yaml, create the
-#                                      namespace velero, write DIR/env and DIR/*.kubeconfig.
+#                                      if missing), install tests/kube/crds/*.yaml and the
+#                                      repository's deploy/crds/*.yaml (if that directory
+#                                      exists), create the namespace velero, write DIR/env and
+#                                      DIR/*.kubeconfig.
 #                                      Whatever of DIR still runs is stopped first; existing
 #                                      certificates, tokens and etcd data in DIR are kept.
 #   tests/kube/start.sh DIR apiserver  (re)start only kube-apiserver: same port, certificates and
@@ -191,18 +193,26 @@ start_apiserver() {
 
 # CRDs: server-side apply of the YAML files as they are (the API server reads YAML; no
 # conversion, create-or-update in one request), then wait until each is Established and its
-# resources are served.
+# resources are served. The files: the test CRDs of crds/, then Ferry's own, deploy/crds/ of the
+# repository, if that directory exists. One CRD per file.
+shopt -s nullglob
+CRD_FILES=("$KUBE_HERE"/crds/*.yaml)
+DEPLOY_CRDS=$(cd "$KUBE_HERE/../.." && pwd)/deploy/crds
+if [ -d "$DEPLOY_CRDS" ]; then CRD_FILES+=("$DEPLOY_CRDS"/*.yaml); fi
+shopt -u nullglob
+
+crd_name() { awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$1"; }
 crd_names() {
   local f
-  for f in "$KUBE_HERE"/crds/*.yaml; do
-    awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$f"
-  done
+  for f in "${CRD_FILES[@]}"; do crd_name "$f"; done
 }
 
 apply_crds() {
   local f name code
-  for f in "$KUBE_HERE"/crds/*.yaml; do
-    name=$(awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$f")
+  for f in "${CRD_FILES[@]}"; do
+    [ "$(grep -c '^kind: *CustomResourceDefinition *$' "$f")" = 1 ] ||
+      die "$f: not one CustomResourceDefinition (one CRD per file, kind: at column 0)"
+    name=$(crd_name "$f")
     [ -n "$name" ] || die "$f: no metadata.name"
     code=$(admin_curl -o "$DIR/.apply.out" -w '%{http_code}' -X PATCH \
       -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$f" \
@@ -215,7 +225,7 @@ apply_crds() {
   rm -f "$DIR/.apply.out"
 }
 
-# Waits until every CRD of crds/ is Established and a list of its resources answers 200.
+# Waits until every CRD of CRD_FILES is Established and a list of its resources answers 200.
 wait_crds() {
   local name t0=$SECONDS path
   for name in $(crd_names); do
