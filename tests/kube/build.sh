@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# build.sh -- build kube-apiserver and etcd from Go module sources for the agent's tests.
+# build.sh -- build kube-apiserver, etcd and ferry-test-kubelet from Go module sources for the
+# agent's tests.
 #
-#   tests/kube/build.sh          idempotent: builds $FERRY_SERVERS_DIR/kube/bin/{kube-apiserver,etcd}
-#                                unless the version stamp there matches go.mod/go.sum (then it
-#                                returns at once, without running go)
-#   tests/kube/build.sh --force  rebuild even if the stamp matches
+#   tests/kube/build.sh          idempotent: builds $FERRY_SERVERS_DIR/kube/bin/{kube-apiserver,
+#                                etcd,ferry-test-kubelet} unless the version stamp there matches
+#                                go.mod/go.sum and kubelet/*.go (then it returns at once, without
+#                                running go). The stamp has one line for kube-apiserver + etcd and
+#                                one for ferry-test-kubelet: a change to kubelet/*.go alone
+#                                rebuilds only ferry-test-kubelet.
+#   tests/kube/build.sh --force  rebuild everything even if the stamp matches
 #
 # Needs: go >= 1.24 on PATH (GO=... to use another one) and a Go module proxy (GOPROXY, default
 # proxy.golang.org). go.sum is committed, so no checksum-database lookup is made; the build runs
@@ -32,15 +36,22 @@ die() { echo "kube/build.sh: $*" >&2; exit 1; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# The stamp names the versions and the exact module graph the binaries came from.
-want_stamp() {
-  echo "kube-apiserver=$KUBE_VERSION etcd=$ETCD_VERSION" \
-    "mod=$(cat "$HERE/go.mod" "$HERE/go.sum" | sha256sum | cut -c1-16)"
+# The stamp names the versions and the exact module graph the binaries came from (line 1:
+# kube-apiserver and etcd), and the test kubelet's sources (line 2).
+mod_hash() { cat "$HERE/go.mod" "$HERE/go.sum" | sha256sum | cut -c1-16; }
+want_servers() { echo "kube-apiserver=$KUBE_VERSION etcd=$ETCD_VERSION mod=$(mod_hash)"; }
+want_kubelet() {
+  echo "ferry-test-kubelet mod=$(mod_hash)" \
+    "src=$(cat "$HERE"/kubelet/*.go | sha256sum | cut -c1-16)"
 }
-built() {
+servers_built() {
   [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/etcd" ] &&
-    [ "$(cat "$STAMP" 2>/dev/null)" = "$(want_stamp)" ]
+    [ "$(sed -n 1p "$STAMP" 2>/dev/null)" = "$(want_servers)" ]
 }
+kubelet_built() {
+  [ -x "$BIN/ferry-test-kubelet" ] && [ "$(sed -n 2p "$STAMP" 2>/dev/null)" = "$(want_kubelet)" ]
+}
+built() { servers_built && kubelet_built; }
 
 force=0
 case "${1:-}" in
@@ -50,7 +61,7 @@ case "${1:-}" in
 esac
 
 if [ $force = 0 ] && built; then
-  say "kube-apiserver $KUBE_VERSION and etcd $ETCD_VERSION already built in $BIN"
+  say "kube-apiserver $KUBE_VERSION, etcd $ETCD_VERSION and ferry-test-kubelet already built in $BIN"
   exit 0
 fi
 
@@ -85,21 +96,32 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldf+=" -X $p.gitTreeState=clean"
 done
 
-t=$(now)
-nice -n 10 "$GO" build -trimpath -ldflags "$ldf" -o "$BIN/.kube-apiserver.tmp" \
-  k8s.io/kubernetes/cmd/kube-apiserver
-mv -f "$BIN/.kube-apiserver.tmp" "$BIN/kube-apiserver"
-say "built kube-apiserver $KUBE_VERSION ($(since "$t") s)"
+if [ $force = 1 ] || ! servers_built; then
+  t=$(now)
+  nice -n 10 "$GO" build -trimpath -ldflags "$ldf" -o "$BIN/.kube-apiserver.tmp" \
+    k8s.io/kubernetes/cmd/kube-apiserver
+  mv -f "$BIN/.kube-apiserver.tmp" "$BIN/kube-apiserver"
+  say "built kube-apiserver $KUBE_VERSION ($(since "$t") s)"
+
+  t=$(now)
+  nice -n 10 "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/.etcd.tmp" go.etcd.io/etcd/server/v3
+  mv -f "$BIN/.etcd.tmp" "$BIN/etcd"
+  say "built etcd $ETCD_VERSION ($(since "$t") s)"
+
+  # Check what came out before stamping it.
+  v=$("$BIN/kube-apiserver" --version)
+  [ "$v" = "Kubernetes $KUBE_VERSION" ] || die "kube-apiserver --version says '$v'"
+  v=$("$BIN/etcd" --version | sed -n 's/^etcd Version: //p')
+  [ "v$v" = "$ETCD_VERSION" ] || die "etcd --version says '$v'"
+  # Servers stamped, kubelet line cleared: it is rebuilt below in any case.
+  want_servers >"$STAMP"
+fi
 
 t=$(now)
-nice -n 10 "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/.etcd.tmp" go.etcd.io/etcd/server/v3
-mv -f "$BIN/.etcd.tmp" "$BIN/etcd"
-say "built etcd $ETCD_VERSION ($(since "$t") s)"
-
-# Check what came out before stamping it.
-v=$("$BIN/kube-apiserver" --version)
-[ "$v" = "Kubernetes $KUBE_VERSION" ] || die "kube-apiserver --version says '$v'"
-v=$("$BIN/etcd" --version | sed -n 's/^etcd Version: //p')
-[ "v$v" = "$ETCD_VERSION" ] || die "etcd --version says '$v'"
-want_stamp >"$STAMP"
+nice -n 10 "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/.ferry-test-kubelet.tmp" ./kubelet
+mv -f "$BIN/.ferry-test-kubelet.tmp" "$BIN/ferry-test-kubelet"
+v=$("$BIN/ferry-test-kubelet" --version)
+[ "$v" = "ferry-test-kubelet $KUBE_VERSION" ] || die "ferry-test-kubelet --version says '$v'"
+say "built ferry-test-kubelet ($(since "$t") s)"
+{ want_servers; want_kubelet; } >"$STAMP"
 say "done in $(since "$t0") s: $BIN"

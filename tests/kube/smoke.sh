@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # smoke.sh -- end-to-end check of tests/kube: start etcd + kube-apiserver in a scratch
 # directory, check the version, the CRDs, token authentication and RBAC, restart only the API
-# server (etcd kept), check that nothing but loopback is used, stop. Exits non-zero on any
-# failure. Needs the binaries of tests/kube/build.sh.
+# server (etcd kept), run pods/exec through ferry-test-kubelet, check that nothing but loopback
+# is used, stop. Exits non-zero on any failure. Needs the binaries of tests/kube/build.sh.
 #   FERRY_KUBE_SMOKE_DIR  use this directory instead of a fresh temporary one (kept afterwards)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,8 +17,10 @@ if [ -n "${FERRY_KUBE_SMOKE_DIR:-}" ]; then
 else
   W=$(mktemp -d -t ferry-kube-smoke.XXXXXX); keep=0
 fi
+kpid=
 cleanup() {
   local rc=$?
+  if [ -n "$kpid" ]; then kill -TERM "$kpid" 2>/dev/null || true; fi
   "$HERE/stop.sh" "$W" || true
   if [ $rc -ne 0 ]; then
     echo "--- tail of $W/apiserver.log" >&2; tail -n 20 "$W/apiserver.log" >&2 || true
@@ -150,6 +152,75 @@ expect "admin reads DataUpload after the API server restart" 200 \
 expect "ferry-agent still allowed after the restart" 200 "$(req "$FERRY_KUBE_AGENT_TOKEN" GET "$DU/smoke-du")"
 "$HERE/start.sh" "$W" apiserver >/dev/null || fail "start.sh DIR apiserver on a running API server"
 say "ok: start.sh DIR apiserver restarts a running API server"
+
+# pods/exec: kube-apiserver -> ferry-test-kubelet (its client certificate, the Node's address
+# and port), both protocols kube-apiserver speaks to a kubelet (a WebSocket v5 client is
+# translated to SPDY; a SPDY client is proxied as is).
+if [ -x "$FERRY_KUBE_TEST_KUBELET" ]; then
+  t=$(now)
+  "$FERRY_KUBE_TEST_KUBELET" --kubeconfig "$FERRY_KUBE_ADMIN_KUBECONFIG" --node smoke-node \
+    --ready-file "$W/kubelet.port" --client-ca "$FERRY_KUBE_CA" >>"$W/kubelet.log" 2>&1 </dev/null &
+  kpid=$!
+  for _ in $(seq 200); do
+    [ -s "$W/kubelet.port" ] && break
+    kill -0 "$kpid" 2>/dev/null || { cat "$W/kubelet.log" >&2; fail "ferry-test-kubelet exited"; }
+    sleep 0.1
+  done
+  [ -s "$W/kubelet.port" ] || fail "ferry-test-kubelet not ready after 20 s"
+  kport=$(cat "$W/kubelet.port")
+  say "ok: ferry-test-kubelet ready on port $kport in $(since "$t") s"
+  expect "GET node smoke-node" 200 "$(req "$FERRY_KUBE_ADMIN_TOKEN" GET /api/v1/nodes/smoke-node)"
+  [ "$(jq_ '[c["status"] for c in d["status"]["conditions"] if c["type"]=="Ready"][0], d["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], d["status"]["addresses"][0]["address"]')" = \
+    "('True', $kport, '127.0.0.1')" ] || fail "node status: $(cat "$W/out")"
+  # (nodes/NAME/proxy cannot show it: kube-apiserver refuses to proxy to a loopback address.)
+  [ "$(curl --noproxy '*' -sk -m 5 --cert "$W/certs/kubelet-client.crt" \
+    --key "$W/certs/kubelet-client.key" "https://127.0.0.1:$kport/healthz")" = ok ] ||
+    fail "the kubelet refuses kube-apiserver's client certificate"
+  curl --noproxy '*' -sk -m 5 -o /dev/null "https://127.0.0.1:$kport/healthz" &&
+    fail "the kubelet answers a client without a certificate"
+  say "ok: the kubelet takes kube-apiserver's client certificate and refuses a client without one"
+  expect "admin creates pod smoke-pod on smoke-node" 201 \
+    "$(req "$FERRY_KUBE_ADMIN_TOKEN" POST /api/v1/namespaces/velero/pods \
+      '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"smoke-pod"},"spec":{"nodeName":"smoke-node","containers":[{"name":"app","image":"none"},{"name":"side","image":"none"}]}}')"
+  kx() { "$FERRY_KUBE_TEST_KUBELET" exec --kubeconfig "$FERRY_KUBE_ADMIN_KUBECONFIG" "$@"; }
+  for proto in websocket spdy; do
+    flag=(); [ $proto = spdy ] && flag=(--spdy)
+    t=$(now); rc=0
+    # shellcheck disable=SC2016 # expanded by the exec'd shell
+    out=$(kx "${flag[@]}" --container side velero smoke-pod -- \
+      sh -c 'echo "$FERRY_POD_NAMESPACE/$FERRY_POD_NAME/$FERRY_CONTAINER"; echo err >&2; exit 3' \
+      2>"$W/exec.err") || rc=$?
+    [ "$out/$(cat "$W/exec.err")/$rc" = "velero/smoke-pod/side/err/3" ] ||
+      fail "exec ($proto): stdout '$out', stderr '$(cat "$W/exec.err")', exit $rc"
+    say "ok: exec ($proto): stdout, stderr, exit code 3 ($(since "$t") s)"
+    rc=0
+    kx "${flag[@]}" --container nope velero smoke-pod -- true 2>"$W/exec.err" || rc=$?
+    if [ $rc != 1 ] || ! grep -q 'container nope is not valid for pod smoke-pod' "$W/exec.err"; then
+      fail "exec ($proto) in an unknown container: exit $rc, $(cat "$W/exec.err")"
+    fi
+    say "ok: exec ($proto) in an unknown container: $(tail -n 1 "$W/exec.err")"
+    marker="smoke-marker-$$-$proto"
+    rc=0
+    kx "${flag[@]}" --container app --timeout 1s velero smoke-pod -- sh -c "sleep 30; : $marker" \
+      2>"$W/exec.err" || rc=$?
+    [ $rc = 124 ] || fail "exec ($proto) of sleep 30 with a 1 s timeout: exit $rc, $(cat "$W/exec.err")"
+    t=$(now)
+    for _ in $(seq 50); do pgrep -f "$marker" >/dev/null || break; sleep 0.1; done
+    pgrep -f "$marker" >/dev/null && fail "exec ($proto): the command still runs 5 s after the client left"
+    say "ok: exec ($proto): the command is killed when the client leaves (gone $(since "$t") s after)"
+  done
+  bad=$(ss -Htuanp | grep -E "pid=$kpid," |
+    awk '{ if ($5 !~ /^127\.0\.0\.1:/ || ($6 !~ /^127\.0\.0\.1:/ && $2 != "LISTEN")) print }' || true)
+  [ -z "$bad" ] || fail "non-loopback sockets of ferry-test-kubelet: $bad"
+  say "ok: all sockets of ferry-test-kubelet are on 127.0.0.1"
+  kill -TERM "$kpid"
+  rc=0; wait "$kpid" || rc=$?
+  kpid=
+  [ $rc = 0 ] || fail "ferry-test-kubelet exited with $rc on SIGTERM"
+  say "ok: ferry-test-kubelet exits 0 on SIGTERM"
+else
+  say "SKIP: pods/exec ($FERRY_KUBE_TEST_KUBELET not built)"
+fi
 
 # Loopback only: every TCP/UDP socket of both servers is on 127.0.0.1.
 apid=$(cat "$W/apiserver.pid")

@@ -2,8 +2,10 @@
 # start.sh -- a real etcd and kube-apiserver on 127.0.0.1 for the agent's tests.
 #
 #   tests/kube/start.sh DIR            start etcd + kube-apiserver with everything in DIR (created
-#                                      if missing), install tests/kube/crds/*.yaml, create the
-#                                      namespace velero, write DIR/env and DIR/*.kubeconfig.
+#                                      if missing), install tests/kube/crds/*.yaml and the
+#                                      repository's deploy/crds/*.yaml (if that directory
+#                                      exists), create the namespace velero, write DIR/env and
+#                                      DIR/*.kubeconfig.
 #                                      Whatever of DIR still runs is stopped first; existing
 #                                      certificates, tokens and etcd data in DIR are kept.
 #   tests/kube/start.sh DIR apiserver  (re)start only kube-apiserver: same port, certificates and
@@ -11,8 +13,8 @@
 #                                      where a full start ran and whose etcd still runs.
 #
 # Files in DIR: env (sourceable, see below), admin.kubeconfig, agent.kubeconfig, certs/ (ca.crt
-# and the serving certificate, service-account keys), tokens.csv, etcd/ (data), etcd.log,
-# apiserver.log, etcd.pid, apiserver.pid, ports.
+# and the serving certificate, kube-apiserver's kubelet client certificate, service-account
+# keys), tokens.csv, etcd/ (data), etcd.log, apiserver.log, etcd.pid, apiserver.pid, ports.
 #
 # DIR/env exports:
 #   FERRY_KUBE_URL            https://127.0.0.1:PORT (the certificate has IP:127.0.0.1, DNS:localhost)
@@ -23,6 +25,8 @@
 #   FERRY_KUBE_ADMIN_KUBECONFIG, FERRY_KUBE_AGENT_KUBECONFIG   the two kubeconfig files
 #   FERRY_KUBE_ETCD_URL       http://127.0.0.1:PORT (etcd's client URL)
 #   FERRY_KUBE_DIR            DIR (absolute)
+#   FERRY_KUBE_TEST_KUBELET   the ferry-test-kubelet binary (tests start it, one per Node name,
+#                             to make pods/exec work: see README.md)
 #
 # Binaries: $FERRY_SERVERS_DIR/kube/bin (tests/kube/build.sh), or FERRY_KUBE_BIN.
 #   FERRY_KUBE_WAIT  seconds to wait for each server to be ready (default 90)
@@ -86,6 +90,24 @@ make_tokens() {
   mv "$DIR/tokens.csv.tmp" "$DIR/tokens.csv"
 }
 token_of() { awk -F, -v u="$1" '$2 == u { print $1 }' "$DIR/tokens.csv"; }
+
+# The client certificate kube-apiserver shows kubelets (pods/exec, pods/log, ...): signed by
+# ca.crt, so a test kubelet run with --client-ca "$FERRY_KUBE_CA" lets only kube-apiserver in.
+# Made separately from make_certs, so a DIR from before it gets one too.
+make_kubelet_client_cert() {
+  [ -s "$CERTS/kubelet-client.crt" ] && [ -s "$CERTS/kubelet-client.key" ] && return 0
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$CERTS/kubelet-client.key" -out "$CERTS/kubelet-client.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth" >"$CERTS/kubelet-client.ext"
+  openssl x509 -req -in "$CERTS/kubelet-client.csr" -CA "$CERTS/ca.crt" -CAkey "$CERTS/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$CERTS/kubelet-client.ext" \
+    -out "$CERTS/kubelet-client.crt" 2>/dev/null
+  rm -f "$CERTS/kubelet-client.csr" "$CERTS/kubelet-client.ext" "$CERTS/ca.srl"
+  openssl verify -CAfile "$CERTS/ca.crt" "$CERTS/kubelet-client.crt" >/dev/null ||
+    die "generated kubelet client certificate does not verify against ca.crt"
+}
 
 free_ports() { # N distinct free TCP ports on 127.0.0.1
   "$PY" - "$1" <<'EOF'
@@ -154,7 +176,10 @@ start_apiserver() {
     --token-auth-file="$DIR/tokens.csv" \
     --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true \
-    --endpoint-reconciler-type=none
+    --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$CERTS/kubelet-client.crt" \
+    --kubelet-client-key="$CERTS/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname
   local pid t0=$SECONDS
   pid=$(pidof_in "$DIR" apiserver)
   until [ "$(admin_curl -o /dev/null -w '%{http_code}' "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = 200 ]; do
@@ -168,18 +193,26 @@ start_apiserver() {
 
 # CRDs: server-side apply of the YAML files as they are (the API server reads YAML; no
 # conversion, create-or-update in one request), then wait until each is Established and its
-# resources are served.
+# resources are served. The files: the test CRDs of crds/, then Ferry's own, deploy/crds/ of the
+# repository, if that directory exists. One CRD per file.
+shopt -s nullglob
+CRD_FILES=("$KUBE_HERE"/crds/*.yaml)
+DEPLOY_CRDS=$(cd "$KUBE_HERE/../.." && pwd)/deploy/crds
+if [ -d "$DEPLOY_CRDS" ]; then CRD_FILES+=("$DEPLOY_CRDS"/*.yaml); fi
+shopt -u nullglob
+
+crd_name() { awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$1"; }
 crd_names() {
   local f
-  for f in "$KUBE_HERE"/crds/*.yaml; do
-    awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$f"
-  done
+  for f in "${CRD_FILES[@]}"; do crd_name "$f"; done
 }
 
 apply_crds() {
   local f name code
-  for f in "$KUBE_HERE"/crds/*.yaml; do
-    name=$(awk '/^metadata:/ { m = 1; next } m && /^  name:/ { print $2; exit }' "$f")
+  for f in "${CRD_FILES[@]}"; do
+    [ "$(grep -c '^kind: *CustomResourceDefinition *$' "$f")" = 1 ] ||
+      die "$f: not one CustomResourceDefinition (one CRD per file, kind: at column 0)"
+    name=$(crd_name "$f")
     [ -n "$name" ] || die "$f: no metadata.name"
     code=$(admin_curl -o "$DIR/.apply.out" -w '%{http_code}' -X PATCH \
       -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$f" \
@@ -192,7 +225,7 @@ apply_crds() {
   rm -f "$DIR/.apply.out"
 }
 
-# Waits until every CRD of crds/ is Established and a list of its resources answers 200.
+# Waits until every CRD of CRD_FILES is Established and a list of its resources answers 200.
 wait_crds() {
   local name t0=$SECONDS path
   for name in $(crd_names); do
@@ -256,6 +289,7 @@ write_env() {
     printf 'export FERRY_KUBE_AGENT_KUBECONFIG=%q\n' "$DIR/agent.kubeconfig"
     printf 'export FERRY_KUBE_ETCD_URL=%q\n' "http://127.0.0.1:$ETCD_PORT"
     printf 'export FERRY_KUBE_DIR=%q\n' "$DIR"
+    printf 'export FERRY_KUBE_TEST_KUBELET=%q\n' "$KUBE_BIN/ferry-test-kubelet"
   } >"$DIR/env.tmp"
   chmod 600 "$DIR/env.tmp"
   mv "$DIR/env.tmp" "$DIR/env"
@@ -268,6 +302,7 @@ if [ "$mode" = apiserver ]; then
   fi
   read -r ETCD_PORT PEER_PORT API_PORT <"$DIR/ports"
   alive "$(pidof_in "$DIR" etcd)" etcd "$DIR" || die "etcd of $DIR is not running"
+  make_kubelet_client_cert
   stop_one "$DIR" apiserver kube-apiserver
   start_apiserver
   wait_crds
@@ -278,6 +313,7 @@ fi
 
 "$(dirname "$0")/stop.sh" "$DIR" >/dev/null
 make_certs
+make_kubelet_client_cert
 make_tokens
 read -r ETCD_PORT PEER_PORT API_PORT < <(free_ports 3)
 echo "$ETCD_PORT $PEER_PORT $API_PORT" >"$DIR/ports"
