@@ -401,7 +401,8 @@ async fn a_freeze_is_thawed_by_the_watchdog_and_after_kill_9_by_the_next_start()
     w.namespace("app").await;
     let a = app(&mut w, "n1", "app", "a-0", "a", json!({}), json!({}), true).await;
     let b = app(&mut w, "n1", "app", "b-0", "b", json!({}), json!({}), true).await;
-    let _thaw = (Unfreeze(a.clone()), Unfreeze(b.clone()));
+    let c = app(&mut w, "n1", "app", "c-0", "c", json!({}), json!({}), true).await;
+    let _thaw = (Unfreeze(a.clone()), Unfreeze(b.clone()), Unfreeze(c.clone()));
 
     // The snapshotter never answers: the watchdog thaws at maxFreeze and the volume fails.
     volume_backup(
@@ -452,6 +453,22 @@ async fn a_freeze_is_thawed_by_the_watchdog_and_after_kill_9_by_the_next_start()
     .await;
     let log = std::fs::read_to_string(&w.agents.last().unwrap().log).unwrap();
     assert!(log.contains("recovered freeze"), "{log}");
+
+    // SIGTERM while frozen: the agent thaws before it exits, and exits 0.
+    volume_backup(
+        &w,
+        "termed",
+        json!({"includedNamespaces": ["app"],
+        "podSelector": {"matchLabels": {"app": "c-0"}}, "volumeSnapshotClassName": "fake", "freeze": true,
+        "maxFreeze": "10m"}),
+    )
+    .await;
+    snapshot_created(&w, "app", "termed").await;
+    let rx = writer(&c, "w3");
+    assert!(rx.recv_timeout(Duration::from_millis(1000)).is_err(), "frozen while the snapshot is requested");
+    let status = w.stop_agent("n1");
+    assert!(status.success(), "{status:?}");
+    rx.recv_timeout(Duration::from_secs(5)).expect("thawed by the agent's shutdown");
 }
 
 async fn schedule(w: &World, name: &str, spec: Value) {
@@ -703,4 +720,145 @@ async fn a_volume_restore_writes_in_place_filters_paths_and_releases_velero_rest
     let st = vr_ended(&w, "unmapped", 60).await;
     assert_eq!(st.phase, Some(BackupPhase::Failed), "{st:?}");
     assert!(st.volumes["nowhere/db"].message.as_deref().unwrap().contains("does not exist"), "{st:?}");
+}
+
+/// A pod `app/name` on n1 with `ann` and one volume (its claim `name`), laid out on ext4 when
+/// `fs`; the volume's mount.
+async fn hooked(w: &mut World, name: &str, ann: Value, fs: bool) -> PathBuf {
+    app(w, "n1", "app", name, name, json!({}), ann, fs).await
+}
+
+/// `sh -c SCRIPT` as a hook command annotation.
+fn sh(script: &str) -> String {
+    serde_json::to_string(&["sh", "-c", script]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velero_hooks_run_through_exec_in_order_with_on_error_timeouts_and_restore_hooks() {
+    let Some(mut w) = World::new(&["n1"]).await else { return };
+    w.start_kubelet("n1");
+    own_crds(&w).await;
+    w.namespace("app").await;
+    let pre = "pre.hook.backup.velero.io";
+    let post = "post.hook.backup.velero.io";
+    // ok: the pre hook writes into the volume (the backup must see it), the post hook too (the
+    // backup must not); the restore hook runs once the container is ready.
+    let ok = hooked(&mut w, "ok", json!({}), false).await;
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), "app");
+    let ok_ann = json!({"metadata": {"annotations": {
+        format!("{pre}/command"): sh(&format!("echo flushed > {}/flushed.txt", ok.display())),
+        format!("{post}/command"): sh(&format!("echo after > {}/after.txt", ok.display())),
+        "post.hook.restore.velero.io/command": sh(&format!("echo restored > {}/restored-hook.txt", ok.display())),
+        "post.hook.restore.velero.io/wait-for-ready": "true",
+    }}});
+    pods.patch("ok", &PatchParams::default(), &Patch::Merge(ok_ann)).await.unwrap();
+    hooked(&mut w, "fail", json!({format!("{pre}/command"): sh("echo no >&2; exit 3")}), false).await;
+    hooked(
+        &mut w,
+        "cont",
+        json!({format!("{pre}/command"): sh("exit 4"), format!("{pre}/on-error"): "Continue"}),
+        false,
+    )
+    .await;
+    hooked(
+        &mut w,
+        "slow",
+        json!({format!("{pre}/command"): "[\"sleep\", \"31.25\"]", format!("{pre}/timeout"): "1s"}),
+        false,
+    )
+    .await;
+    hooked(&mut w, "bad", json!({format!("{pre}/command"): "[\"sync\""}), false).await;
+    // Frozen for its live backup; its post hook fails: the filesystem is thawed all the same.
+    let frz = hooked(
+        &mut w,
+        "frz",
+        json!({"ferry.dev/freeze": "true", format!("{post}/command"): sh("exit 5"),
+                                          format!("{post}/on-error"): "Continue"}),
+        true,
+    )
+    .await;
+    let _thaw = Unfreeze(frz.clone());
+
+    // A KubeVirt VM pod: KubeVirt's virt-freezer hooks by default (there is no virt-freezer on
+    // this machine, so the exec fails, and on-error Fail keeps an unfrozen VM out).
+    let vm: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "virt-launcher-vm1-abcde",
+                     "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/domain": "vm1"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "compute", "image": "virt-launcher:1"}],
+                 "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": "vm1-disk"}}]}}))
+    .unwrap();
+    let vm = pods.create(&PostParams::default(), &vm).await.unwrap();
+    app_volume(&mut w, "n1", "app", "vm1-disk", json!({}), &vm.metadata.uid.unwrap(), false).await;
+
+    volume_backup(&w, "hooks", json!({"includedNamespaces": ["app"]})).await;
+    let st = vb_ended(&w, "hooks", 120).await;
+    assert_eq!(st.phase, Some(BackupPhase::PartiallyFailed), "{st:?}\n{}", w.logs());
+    let vol = |k: &str| st.volumes[&format!("app/{k}")].clone();
+    let msg = |k: &str| format!("{:?} {:?}", vol(k).message, vol(k).warnings);
+
+    assert_eq!(vol("ok").phase, VolumePhase::Completed, "{}", msg("ok"));
+    let id = vol("ok").snapshot_id.unwrap();
+    let listing = w.ferry(&["ls", id.rsplit(':').next().unwrap()]);
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.contains("flushed.txt"), "the pre hook ran before the backup: {listing}");
+    assert!(!listing.contains("after.txt"), "the post hook ran after it: {listing}");
+    assert_eq!(std::fs::read_to_string(ok.join("after.txt")).unwrap(), "after\n");
+
+    assert_eq!(vol("fail").phase, VolumePhase::Failed);
+    assert!(msg("fail").contains("exit code 3") && msg("fail").contains("on-error Fail"), "{}", msg("fail"));
+    assert_eq!(vol("cont").phase, VolumePhase::Completed, "{}", msg("cont"));
+    assert!(msg("cont").contains("exit code 4") && msg("cont").contains("Continue"), "{}", msg("cont"));
+    assert_eq!(vol("slow").phase, VolumePhase::Failed);
+    assert!(msg("slow").contains("timed out after 1s"), "{}", msg("slow"));
+    assert_eq!(vol("bad").phase, VolumePhase::Failed);
+    assert!(msg("bad").contains("pre.hook.backup.velero.io/command: not a JSON array"), "{}", msg("bad"));
+    assert_eq!(vol("vm1-disk").phase, VolumePhase::Failed);
+    assert!(
+        vol("vm1-disk").message.unwrap_or_default().contains(
+            r#"["/usr/bin/virt-freezer", "--freeze", "--name", "vm1", "--namespace", "app"] in virt-launcher-vm1-abcde/compute"#
+        ),
+        "{}",
+        msg("vm1-disk")
+    );
+    assert_eq!(vol("frz").phase, VolumePhase::Completed, "{}", msg("frz"));
+    assert!(msg("frz").contains("exit code 5"), "{}", msg("frz"));
+    assert!(msg("frz").contains("frozen for the whole live backup"), "{}", msg("frz"));
+    let rx = writer(&frz, "after-hooks");
+    rx.recv_timeout(Duration::from_secs(10)).expect("thawed although the post hook failed");
+    // The timed-out hook's command was killed (its exec stream aborted).
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("pgrep").args(["-f", "sleep 31.25"]).status().unwrap().success() {
+        assert!(Instant::now() < end, "the timed-out hook still runs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // No snapshot for the failed ones.
+    let tags = snapshot_tags(&w);
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    for failed in ["pvc=fail", "pvc=slow", "pvc=bad"] {
+        assert!(!tags.iter().any(|t| t.contains(&failed.to_string())), "{failed}: {tags:?}");
+    }
+
+    // The restore hook waits for the container to be ready, then runs.
+    let uid = volume_restore(
+        &w,
+        "rh",
+        json!({"backup": "hooks", "includedNamespaces": ["app"],
+                                              "includePaths": ["data", "data/**"]}),
+    )
+    .await;
+    let _ = uid;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!ok.join("restored-hook.txt").exists(), "ran before the container was ready");
+    pods.patch_status(
+        "ok",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running",
+        "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "app:1", "imageID": "",
+                               "state": {"running": {"startedAt": k8s_openapi::chrono::Utc::now()}}}]}})),
+    )
+    .await
+    .unwrap();
+    let st = vr_ended(&w, "rh", 60).await;
+    assert_eq!(st.volumes["app/ok"].phase, VolumePhase::Completed, "{st:?}");
+    assert_eq!(std::fs::read_to_string(ok.join("restored-hook.txt")).unwrap(), "restored\n");
 }

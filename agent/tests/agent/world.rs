@@ -47,6 +47,8 @@ pub enum Backing {
 
 pub struct World {
     pub agents: Vec<AgentProc>,
+    /// Test kubelets serving pod exec (`tests/kube/kubelet`), one per node that needs hooks.
+    pub kubelets: Vec<Child>,
     pub backing: Vec<Backing>,
     pub client: Client,
     pub tmp: tempfile::TempDir,
@@ -96,7 +98,8 @@ impl World {
         let client = cluster.admin().await;
         let tmp = tempfile::Builder::new().prefix("ferry-agent-e2e-").tempdir().unwrap();
         let prefix = format!("agent-e2e/{}", tmp.path().file_name().unwrap().to_string_lossy());
-        let mut w = World { agents: Vec::new(), backing: Vec::new(), client, tmp, prefix, cluster };
+        let mut w =
+            World { agents: Vec::new(), kubelets: Vec::new(), backing: Vec::new(), client, tmp, prefix, cluster };
         w.grant_rbac().await;
         let secrets: Api<Secret> = api(&w.client, NS);
         create(
@@ -210,6 +213,29 @@ impl World {
         })
         .join()
         .unwrap();
+    }
+
+    /// Start the test kubelet of `node` (it registers the Node with its address and serves pod
+    /// exec by running the command on this machine); returns once it serves.
+    pub fn start_kubelet(&mut self, node: &str) {
+        let ready = self.tmp.path().join(format!("kubelet-{node}.port"));
+        let log = std::fs::File::create(self.tmp.path().join(format!("kubelet-{node}.log"))).unwrap();
+        let child = Command::new(self.cluster.var("FERRY_KUBE_TEST_KUBELET"))
+            .arg("--kubeconfig")
+            .arg(self.cluster.var("FERRY_KUBE_ADMIN_KUBECONFIG"))
+            .args(["--node", node, "--listen", "127.0.0.1:0", "--client-ca", self.cluster.var("FERRY_KUBE_CA")])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.kubelets.push(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < end, "the test kubelet of {node} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn agent(&mut self, node: &str) -> &mut AgentProc {
@@ -652,6 +678,10 @@ impl Drop for World {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        for k in &mut self.kubelets {
+            let _ = k.kill();
+            let _ = k.wait();
         }
         // Backing volumes unmount and detach on drop (after the agents are gone).
         self.backing.clear();

@@ -8,7 +8,10 @@
 //!   accepts it, a single word without arguments; anything else is an error;
 //! - `on-error`: `Fail` (default: the volume fails and is not backed up) or `Continue` (a
 //!   warning); `timeout`: a Go duration, default 30s, after which the command is abandoned (the
-//!   exec stream is closed, which makes kubelet kill it) and counts as failed.
+//!   exec stream is closed, which makes kubelet kill it) and counts as failed;
+//! - a KubeVirt VM pod (`kubevirt.io: virt-launcher`) without hook annotations gets KubeVirt's
+//!   own: `virt-freezer --freeze`/`--unfreeze` in `compute` (the guest agent quiesces the
+//!   guest), unless `kubevirt.io/skip-backup-hooks` is set.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -85,7 +88,7 @@ pub fn hook(pod: &Pod, when: When) -> Result<Option<Hook>> {
     let p = when.prefix();
     let key = |k: &str| format!("{p}/{k}");
     let Some(cmd) = ann.get(&key("command")) else {
-        return Ok(None);
+        return Ok(virt_freezer(pod, when));
     };
     let command = parse_command(&key("command"), cmd)?;
     let containers: Vec<&str> = pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.name.as_str()).collect();
@@ -103,6 +106,34 @@ pub fn hook(pod: &Pod, when: When) -> Result<Option<Hook>> {
     };
     let timeout = duration(ann, &key(when.timeout_key()))?.unwrap_or(DEFAULT_TIMEOUT);
     Ok(Some(Hook { container, command, on_error, timeout }))
+}
+
+/// The label of KubeVirt's VM pods, and the one naming their VMI.
+pub const VIRT_LAUNCHER: (&str, &str) = ("kubevirt.io", "virt-launcher");
+pub const VMI_LABEL: &str = "kubevirt.io/domain";
+/// On a VM pod (annotation or label): no freeze hooks.
+pub const SKIP_VM_HOOKS: &str = "kubevirt.io/skip-backup-hooks";
+
+/// A KubeVirt VM pod's default backup hooks, as KubeVirt's Velero plugin sets them: the guest
+/// agent freezes the guest's filesystems (`virt-freezer --freeze`) before the snapshot and thaws
+/// them after, in the `compute` container; none with `kubevirt.io/skip-backup-hooks`.
+fn virt_freezer(pod: &Pod, when: When) -> Option<Hook> {
+    let labels = pod.labels();
+    if labels.get(VIRT_LAUNCHER.0).map(String::as_str) != Some(VIRT_LAUNCHER.1)
+        || pod.annotations().contains_key(SKIP_VM_HOOKS)
+        || labels.contains_key(SKIP_VM_HOOKS)
+    {
+        return None;
+    }
+    let op = match when {
+        When::Pre => "--freeze",
+        When::Post => "--unfreeze",
+        When::PostRestore => return None,
+    };
+    let vmi = labels.get(VMI_LABEL)?;
+    let ns = pod.namespace().unwrap_or_default();
+    let command = ["/usr/bin/virt-freezer", op, "--name", vmi, "--namespace", &ns].map(String::from).to_vec();
+    Some(Hook { container: "compute".into(), command, on_error: OnError::Fail, timeout: Duration::from_secs(60) })
 }
 
 /// A duration annotation (a Go duration, not zero).
@@ -276,6 +307,25 @@ mod tests {
             (vec!["sync".to_string()], "app".into(), OnError::Fail, DEFAULT_TIMEOUT)
         );
         assert_eq!(hook(&pod(json!({"post.hook.backup.velero.io/command": "sync"})), When::Pre).unwrap(), None);
+    }
+
+    #[test]
+    fn a_kubevirt_vm_pod_gets_virt_freezer_hooks_unless_told_not_to() {
+        let vm = |extra: serde_json::Value| -> Pod {
+            let mut labels = json!({"kubevirt.io": "virt-launcher", "kubevirt.io/domain": "vm1"});
+            labels.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(json!({
+                "metadata": {"name": "virt-launcher-vm1-x", "namespace": "vms", "labels": labels},
+                "spec": {"containers": [{"name": "compute"}]}
+            }))
+            .unwrap()
+        };
+        let h = hook(&vm(json!({})), When::Pre).unwrap().unwrap();
+        assert_eq!(h.command, ["/usr/bin/virt-freezer", "--freeze", "--name", "vm1", "--namespace", "vms"]);
+        assert_eq!((h.container.as_str(), h.on_error), ("compute", OnError::Fail));
+        assert_eq!(hook(&vm(json!({})), When::Post).unwrap().unwrap().command[1], "--unfreeze");
+        assert_eq!(hook(&vm(json!({"kubevirt.io/skip-backup-hooks": "true"})), When::Pre).unwrap(), None);
+        assert_eq!(hook(&pod(json!({})), When::Pre).unwrap(), None, "not a VM pod");
     }
 
     #[test]
