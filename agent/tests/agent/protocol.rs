@@ -61,8 +61,11 @@ async fn cancel_is_honoured_in_new_accepted_and_prepared() {
     let st = w.upload_phase("c-new", Phase::Canceled, 60).await.status.unwrap();
     assert!(st.accepted_by_node.is_none(), "{st:?}");
     // Nothing was exposed; the snapshot Velero made for this upload is disposed of, as Velero's
-    // own mover does when it cancels.
-    assert!(w.get_in::<VolumeSnapshot>("app", "s0").await.is_none(), "the source snapshot is left");
+    // own mover does when it cancels (right after the exclusive Canceled write).
+    w.until("the source snapshot to be disposed of", 30, || async {
+        w.get_in::<VolumeSnapshot>("app", "s0").await.is_none().then_some(())
+    })
+    .await;
 
     // Accepted: exposed, the mover pod never ran.
     w.snapshot("app", "p1", "s1", false).await;
