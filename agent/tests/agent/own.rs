@@ -285,6 +285,39 @@ async fn a_volume_backup_selects_by_namespace_label_and_velero_annotations_and_r
         assert!(msg.contains(want), "{name}: {msg:?} lacks {want:?}");
     }
 
+    // The examples in deploy/examples are valid objects for the CRDs and decode into the types.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    for e in std::fs::read_dir(&examples).unwrap() {
+        let path = e.unwrap().path();
+        let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        match v["kind"].as_str().unwrap() {
+            "VolumeBackup" => {
+                let o: VolumeBackup = serde_json::from_value(v).unwrap();
+                Api::<VolumeBackup>::namespaced(w.client.clone(), NS).create(&PostParams::default(), &o).await.unwrap();
+                let st = vb_ended(&w, &name, 60).await;
+                assert!(st.message.unwrap_or_default().contains("nothing to back up"), "{}", path.display());
+            }
+            "BackupSchedule" => {
+                let o: BackupSchedule = serde_json::from_value(v).unwrap();
+                let api = Api::<BackupSchedule>::namespaced(w.client.clone(), NS);
+                api.create(&PostParams::default(), &o).await.unwrap();
+                let st = w.until("the example schedule", 30, || async { api.get(&name).await.unwrap().status }).await;
+                assert_eq!(st.phase.as_deref(), Some("Enabled"), "{}: {st:?}", path.display());
+            }
+            "VolumeRestore" => {
+                let o: VolumeRestore = serde_json::from_value(v).unwrap();
+                Api::<VolumeRestore>::namespaced(w.client.clone(), NS)
+                    .create(&PostParams::default(), &o)
+                    .await
+                    .unwrap();
+                let st = vr_ended(&w, &name, 60).await;
+                assert!(st.message.unwrap_or_default().contains("no such VolumeBackup"), "{}", path.display());
+            }
+            k => panic!("{}: unexpected kind {k}", path.display()),
+        }
+    }
+
     // Deleting the backup forgets its snapshots (its finalizer).
     let api: Api<VolumeBackup> = Api::namespaced(w.client.clone(), NS);
     api.delete("vb1", &Default::default()).await.unwrap();
