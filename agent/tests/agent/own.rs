@@ -736,8 +736,53 @@ async fn a_volume_restore_writes_in_place_filters_paths_and_releases_velero_rest
     assert_eq!(std::fs::read(src.join("deep/er/big.bin")).unwrap().len(), 2 << 20);
     assert!(src.join(".velero").is_dir(), "the mark is left for a restore-wait that is not running here");
 
+    // Into a new claim: created with the backup's class and size, filled by a DataDownload
+    // (the test plays the PV controller and kubelet for its mover), handed over.
+    w.namespace("fresh").await;
+    volume_restore(&w, "r3", json!({"backup": "src", "namespaceMapping": {"app": "fresh"}, "target": "New"})).await;
+    let dds: Api<ferry_daemon::types::DataDownload> = Api::namespaced(w.client.clone(), NS);
+    let dd = w
+        .until("r3's DataDownload", 60, || async {
+            let found = dds.list(&ListParams::default().labels("ferry.dev/volume-restore=r3")).await.unwrap().items;
+            if found.is_empty() {
+                let api: Api<VolumeRestore> = Api::namespaced(w.client.clone(), NS);
+                let st = api.get("r3").await.unwrap().status;
+                assert!(st.as_ref().and_then(|s| s.phase).is_none_or(|p| !p.is_terminal()), "r3 ended: {st:?}");
+            }
+            found.into_iter().next()
+        })
+        .await;
+    let dd_name = dd.metadata.name.clone().unwrap();
+    assert_eq!(dd.spec.target_volume.namespace, "fresh");
+    let claim: PersistentVolumeClaim = w.get_in("fresh", "db").await.expect("the new claim");
+    let cs = claim.spec.unwrap();
+    assert_eq!(cs.storage_class_name.as_deref(), Some("fast"), "the backup's class");
+    assert!(cs.selector.unwrap().match_labels.unwrap().contains_key("velero.io/dynamic-pv-restore"));
+    w.download_phase(&dd_name, Phase::Accepted, 60).await;
+    let pv = w.serve_mover(&dd_name, "n1", false, |_| {}).await;
+    let restored = w.mount_of(&pv);
+    w.bind_restored("fresh", "db", &pv).await;
+    let st = vr_ended(&w, "r3", 120).await;
+    assert_eq!(st.phase, Some(BackupPhase::Completed), "{st:?}\n{}", w.logs());
+    assert_eq!(st.volumes["fresh/db"].data_download.as_deref(), Some(dd_name.as_str()));
+    assert_eq!(
+        std::fs::read(restored.join("data/hello.txt")).unwrap(),
+        std::fs::read(src.join("data/hello.txt")).unwrap()
+    );
+    volume_restore(&w, "r4", json!({"backup": "src", "namespaceMapping": {"app": "fresh"}, "target": "New"})).await;
+    let st = vr_ended(&w, "r4", 60).await;
+    assert!(st.volumes["fresh/db"].message.as_deref().unwrap().contains("exists: target New creates"), "{st:?}");
+
     // Bad input names the field or the object.
     volume_restore(&w, "none", json!({})).await;
+    // The CRD's schema refuses an unknown target at once, naming the field.
+    let vrs: Api<VolumeRestore> = Api::namespaced(w.client.clone(), NS);
+    let bad: VolumeRestore =
+        serde_json::from_value(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "VolumeRestore",
+        "metadata": {"name": "where", "namespace": NS}, "spec": {"backup": "src", "target": "Elsewhere"}}))
+        .unwrap();
+    let e = vrs.create(&PostParams::default(), &bad).await.unwrap_err().to_string();
+    assert!(e.contains("spec.target") && e.contains("Elsewhere"), "{e}");
     volume_restore(&w, "ghost", json!({"backup": "ghost"})).await;
     volume_restore(&w, "glob", json!({"backup": "src", "includePaths": ["[oops"]})).await;
     volume_restore(&w, "unmapped", json!({"backup": "src", "namespaceMapping": {"app": "nowhere"}})).await;
@@ -894,4 +939,25 @@ async fn velero_hooks_run_through_exec_in_order_with_on_error_timeouts_and_resto
     let st = vr_ended(&w, "rh", 60).await;
     assert_eq!(st.volumes["app/ok"].phase, VolumePhase::Completed, "{st:?}");
     assert_eq!(std::fs::read_to_string(ok.join("restored-hook.txt")).unwrap(), "restored\n");
+}
+
+/// The API server prunes fields a CRD's schema does not list: every field of each spec type
+/// must be in deploy/crds (a field missing there would silently vanish from users' objects).
+#[test]
+fn the_crd_schemas_list_every_spec_field() {
+    use ferry_daemon::own::types::{BackupScheduleSpec, VolumeBackupSpec, VolumeRestoreSpec};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    for (file, spec) in [
+        ("ferry.dev_volumebackups.yaml", serde_json::to_value(VolumeBackupSpec::default()).unwrap()),
+        ("ferry.dev_backupschedules.yaml", serde_json::to_value(BackupScheduleSpec::default()).unwrap()),
+        ("ferry.dev_volumerestores.yaml", serde_json::to_value(VolumeRestoreSpec::default()).unwrap()),
+    ] {
+        let crd: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let mut in_crd: Vec<&String> = props.as_object().unwrap().keys().collect();
+        let mut in_type: Vec<&String> = spec.as_object().unwrap().keys().collect();
+        in_crd.sort();
+        in_type.sort();
+        assert_eq!(in_crd, in_type, "{file}");
+    }
 }

@@ -2,6 +2,11 @@
 //! PVCs, by the agent of the node of the pod mounting each (Velero's fs-restore model: the pod
 //! typically waits in its `restore-wait` init container).
 //!
+//! With `target: New`, the claims are created instead (class, size and mode as the backup
+//! recorded them, or from the spec), each with Velero's `velero.io/dynamic-pv-restore`
+//! selector so no provisioner binds it, and a DataDownload per claim fills a new volume and
+//! hands it over, exactly as for Velero; the selecting agent creates them and follows them.
+//!
 //! 1. `New`: one agent (exclusively) finds the sources — the completed volumes of
 //!    `spec.backup`, or the newest snapshot of each (namespace, pvc) carrying `spec.tags` —,
 //!    maps their namespaces, finds each target claim and the pod mounting it, and writes
@@ -18,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use serde_json::json;
 
@@ -28,6 +33,10 @@ use super::hooks::{self, OnError};
 use super::types::{BackupPhase, RestoreVolumeStatus, VolumeBackup, VolumePhase, VolumeRestore};
 use crate::agent::{Agent, Error};
 use crate::snapshot_ref::SnapshotRef;
+use crate::types::{DataDownload, Phase};
+
+/// Label on what a VolumeRestore creates (new claims, DataDownloads): its name.
+pub const RESTORE_LABEL: &str = "ferry.dev/volume-restore";
 
 async fn patch(a: &Agent, vr: &VolumeRestore, p: serde_json::Value) -> Result<bool> {
     let api: Api<VolumeRestore> = Api::namespaced(a.client.clone(), &a.s.namespace);
@@ -52,8 +61,19 @@ pub async fn reconcile(vr: Arc<VolumeRestore>, a: Arc<Agent>) -> Result<Requeue,
     r.map_err(Error::from)
 }
 
-/// `(location, [(source namespace, pvc, snapshot reference)])` of the spec.
-async fn sources(vr: &VolumeRestore, a: &Agent) -> Result<(String, Vec<(String, String, String)>), String> {
+/// One volume to restore, as the backup recorded it.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    namespace: String,
+    pvc: String,
+    snapshot_id: String,
+    storage_class: Option<String>,
+    size: Option<String>,
+    volume_mode: Option<String>,
+}
+
+/// `(location, sources)` of the spec.
+async fn sources(vr: &VolumeRestore, a: &Agent) -> Result<(String, Vec<Source>), String> {
     let spec = &vr.spec;
     let ns_ok = |ns: &str| {
         let inc = &spec.included_namespaces;
@@ -72,7 +92,16 @@ async fn sources(vr: &VolumeRestore, a: &Agent) -> Result<(String, Vec<(String, 
             .volumes
             .values()
             .filter(|v| v.phase == VolumePhase::Completed && ns_ok(&v.namespace))
-            .filter_map(|v| Some((v.namespace.clone(), v.pvc.clone(), v.snapshot_id.clone()?)))
+            .filter_map(|v| {
+                Some(Source {
+                    namespace: v.namespace.clone(),
+                    pvc: v.pvc.clone(),
+                    snapshot_id: v.snapshot_id.clone()?,
+                    storage_class: v.storage_class.clone(),
+                    size: v.size.clone(),
+                    volume_mode: v.volume_mode.clone(),
+                })
+            })
             .collect();
         return Ok((location, list));
     }
@@ -98,7 +127,12 @@ async fn sources(vr: &VolumeRestore, a: &Agent) -> Result<(String, Vec<(String, 
     }
     let list = newest
         .into_iter()
-        .map(|((ns, pvc), (_, id))| (ns, pvc, SnapshotRef::new(repo.config(), id).to_string()))
+        .map(|((namespace, pvc), (_, id))| Source {
+            namespace,
+            pvc,
+            snapshot_id: SnapshotRef::new(repo.config(), id).to_string(),
+            ..Default::default()
+        })
         .collect();
     Ok((location, list))
 }
@@ -142,23 +176,46 @@ async fn start(vr: &VolumeRestore, a: &Agent) -> Result<Requeue> {
         patch(a, vr, fail("nothing to restore: no completed volume matches the spec".into())).await?;
         return Ok(Requeue::await_change());
     }
+    let new = match vr.spec.target.as_deref() {
+        None | Some("Existing") => false,
+        Some("New") => true,
+        Some(o) => {
+            patch(a, vr, fail(format!("spec.target: {o:?} is neither Existing nor New"))).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
     let mut volumes = BTreeMap::new();
-    for (src_ns, pvc, snapshot_id) in list {
-        let ns = vr.spec.namespace_mapping.get(&src_ns).cloned().unwrap_or_else(|| src_ns.clone());
+    for src in list {
+        let pvc = src.pvc.clone();
+        let ns = vr.spec.namespace_mapping.get(&src.namespace).cloned().unwrap_or_else(|| src.namespace.clone());
         let mut v = RestoreVolumeStatus {
-            source_namespace: src_ns,
+            source_namespace: src.namespace.clone(),
             namespace: ns.clone(),
             pvc: pvc.clone(),
-            snapshot_id,
+            snapshot_id: src.snapshot_id.clone(),
             ..Default::default()
         };
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(a.client.clone(), &ns);
-        if claims.get_opt(&pvc).await?.is_none() {
+        let exists = claims.get_opt(&pvc).await?.is_some();
+        if new {
+            v.storage_class = vr.spec.storage_class_name.clone().or(src.storage_class);
+            v.size = vr.spec.size.clone().or(src.size);
+            v.volume_mode = src.volume_mode;
+            // The objects are created by this agent, once it won the write below.
+            v.node = a.s.node.clone();
+            if exists {
+                v.phase = VolumePhase::Failed;
+                v.message = Some(format!(
+                    "{ns}/{pvc} exists: target New creates its claims (target Existing restores into this one)"
+                ));
+            } else if v.size.is_none() {
+                v.phase = VolumePhase::Failed;
+                v.message = Some(format!("spec.size: needed to create {ns}/{pvc} (its backup did not record a size)"));
+            }
+        } else if !exists {
             v.phase = VolumePhase::Failed;
-            v.message = Some(format!(
-                "the target PVC {ns}/{pvc} does not exist: a VolumeRestore restores into existing claims \
-                 (create it, or restore through Velero)"
-            ));
+            v.message =
+                Some(format!("the target PVC {ns}/{pvc} does not exist: create it, or restore with target New"));
         } else {
             let pods = Api::<Pod>::namespaced(a.client.clone(), &ns).list(&ListParams::default()).await?.items;
             match mounting(&pods, &pvc) {
@@ -184,8 +241,24 @@ async fn start(vr: &VolumeRestore, a: &Agent) -> Result<Requeue> {
 async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
     let st = vr.status.clone().unwrap_or_default();
     let uid = vr.uid().unwrap_or_default();
-    for (key, v) in &st.volumes {
+    let new = vr.spec.target.as_deref() == Some("New");
+    for (i, (key, v)) in st.volumes.iter().enumerate() {
         if v.node != a.s.node || v.phase.is_terminal() {
+            continue;
+        }
+        if new {
+            let out = match &v.data_download {
+                None => download(vr, a, i, v).await,
+                Some(dd) => follow_download(a, dd, v).await,
+            };
+            let out = out.unwrap_or_else(|e| RestoreVolumeStatus {
+                phase: VolumePhase::Failed,
+                message: Some(format!("{e:#}")),
+                ..v.clone()
+            });
+            if out != *v {
+                patch_volume(a, vr, key, &out).await?;
+            }
             continue;
         }
         let job = format!("{uid}/{key}");
@@ -227,6 +300,77 @@ async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
     Ok(Requeue::requeue(Duration::from_secs(5)))
 }
 
+/// A new claim for `v` (with Velero's restore selector, so nothing else binds it) and the
+/// DataDownload that fills it; the entry, InProgress.
+async fn download(vr: &VolumeRestore, a: &Agent, index: usize, v: &RestoreVolumeStatus) -> Result<RestoreVolumeStatus> {
+    let uid8: String = vr.uid().unwrap_or_default().chars().take(8).collect();
+    let selector = format!("ferry-{uid8}-{index}");
+    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": v.pvc, "namespace": v.namespace, "labels": {RESTORE_LABEL: vr.name_any()}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": v.storage_class,
+                 "volumeMode": v.volume_mode.clone().unwrap_or_else(|| "Filesystem".into()),
+                 "resources": {"requests": {"storage": v.size}},
+                 "selector": {"matchLabels": {"velero.io/dynamic-pv-restore": selector}}}});
+    let claim: PersistentVolumeClaim = serde_json::from_value(claim)?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(a.client.clone(), &v.namespace);
+    match claims.create(&PostParams::default(), &claim).await {
+        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+        Err(e) => return Err(e).with_context(|| format!("creating the claim {}/{}", v.namespace, v.pvc)),
+    }
+    let location = location(vr, a).await?;
+    let name: String = format!("{}-{}-{uid8}", vr.name_any(), v.pvc).chars().take(240).collect();
+    let dd = json!({"apiVersion": "velero.io/v2alpha1", "kind": "DataDownload",
+        "metadata": {"name": name, "namespace": a.s.namespace, "labels": {RESTORE_LABEL: vr.name_any()}},
+        "spec": {"targetVolume": {"pvc": v.pvc, "namespace": v.namespace, "pv": ""},
+                 "backupStorageLocation": location, "datamover": a.s.datamover, "snapshotID": v.snapshot_id,
+                 "sourceNamespace": v.source_namespace, "operationTimeout": "10m0s"}});
+    let dd: DataDownload = serde_json::from_value(dd)?;
+    let api: Api<DataDownload> = Api::namespaced(a.client.clone(), &a.s.namespace);
+    match api.create(&PostParams::default(), &dd).await {
+        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+        Err(e) => return Err(e).context("creating the DataDownload"),
+    }
+    Ok(RestoreVolumeStatus { phase: VolumePhase::InProgress, data_download: Some(name), ..v.clone() })
+}
+
+/// A new claim's DataDownload: its end copied into the entry.
+async fn follow_download(a: &Agent, name: &str, v: &RestoreVolumeStatus) -> Result<RestoreVolumeStatus> {
+    let api: Api<DataDownload> = Api::namespaced(a.client.clone(), &a.s.namespace);
+    let mut v = v.clone();
+    let Some(dd) = api.get_opt(name).await? else {
+        v.phase = VolumePhase::Failed;
+        v.message = Some(format!("DataDownload {name} was deleted"));
+        return Ok(v);
+    };
+    let s = dd.status.unwrap_or_default();
+    match s.phase.unwrap_or_default() {
+        Phase::Completed => {
+            v.phase = VolumePhase::Completed;
+            v.bytes = s.progress.and_then(|p| p.bytes_done).map(|b| b as u64);
+        }
+        Phase::Failed | Phase::Canceled => {
+            v.phase = VolumePhase::Failed;
+            v.message = Some(format!("DataDownload {name}: {}", s.message.unwrap_or_default()));
+        }
+        _ => {}
+    }
+    Ok(v)
+}
+
+/// The location of `vr`'s snapshots: its own, else its backup's, else `default`.
+async fn location(vr: &VolumeRestore, a: &Agent) -> Result<String> {
+    if let Some(l) = &vr.spec.location {
+        return Ok(l.clone());
+    }
+    if let Some(b) = &vr.spec.backup {
+        let api: Api<VolumeBackup> = Api::namespaced(a.client.clone(), &a.s.namespace);
+        if let Some(l) = api.get_opt(b).await?.and_then(|vb| vb.spec.location) {
+            return Ok(l);
+        }
+    }
+    Ok("default".into())
+}
+
 /// Restore one volume here; its final entry.
 async fn restore_volume(vr: &VolumeRestore, a: &Agent, mut v: RestoreVolumeStatus) -> Result<RestoreVolumeStatus> {
     let pod_name = v.pod.clone().ok_or_else(|| anyhow!("no pod mounts it"))?;
@@ -235,14 +379,7 @@ async fn restore_volume(vr: &VolumeRestore, a: &Agent, mut v: RestoreVolumeStatu
     let volume = mounting(std::slice::from_ref(&pod), &v.pvc).map(|m| m.1);
     let spec = super::backup::pod_volume(a, &pod, &v.namespace, &v.pvc, volume.as_deref()).await?;
     let sref: SnapshotRef = v.snapshot_id.parse().context("snapshotID")?;
-    let location = match &vr.spec.backup {
-        Some(b) => {
-            let api: Api<VolumeBackup> = Api::namespaced(a.client.clone(), &a.s.namespace);
-            let vb = api.get_opt(b).await?;
-            vr.spec.location.clone().or(vb.and_then(|vb| vb.spec.location)).unwrap_or_else(|| "default".into())
-        }
-        None => vr.spec.location.clone().unwrap_or_else(|| "default".into()),
-    };
+    let location = location(vr, a).await?;
     let repo = a.repos.get(&location).await?;
     sref.check(repo.config(), &location)?;
     let filter = ferry_engine::restore::Filter::parse(&vr.spec.include_paths, &vr.spec.exclude_paths)?;

@@ -99,11 +99,15 @@ pub fn select(
         if chosen.is_none() && (!users.is_empty() || pod_sel.is_some()) {
             continue;
         }
+        let spec = pvc.spec.as_ref();
         let mut v = VolumeStatus {
             namespace: ns.clone(),
             pvc: name.clone(),
             mode: mode.to_string(),
             phase: VolumePhase::Pending,
+            storage_class: spec.and_then(|s| s.storage_class_name.clone()),
+            size: spec.and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())),
+            volume_mode: spec.and_then(|s| s.volume_mode.clone()),
             ..Default::default()
         };
         if let Some(m) = chosen {

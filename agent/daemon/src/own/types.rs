@@ -150,6 +150,14 @@ pub struct VolumeStatus {
     /// The DataUpload moving a CSI snapshot's data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_upload: Option<String>,
+    /// The claim as it was (what a restore into a new claim creates): its StorageClass, size
+    /// and volume mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_snapshot: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,8 +247,9 @@ pub struct BackupScheduleStatus {
 }
 
 /// What a VolumeRestore asks for: the volumes of a VolumeBackup (or the latest snapshots with
-/// some tags), restored into the existing PVCs of the same names (in mapped namespaces), in
-/// place, by the agent of the node of the pod mounting each.
+/// some tags) restored into the PVCs of the same names in mapped namespaces: existing ones in
+/// place, by the agent of the node of the pod mounting each (`target: Existing`, the default),
+/// or new ones created for it and filled through DataDownloads (`target: New`).
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "ferry.dev",
@@ -274,6 +283,15 @@ pub struct VolumeRestoreSpec {
     pub include_paths: Vec<String>,
     #[serde(default)]
     pub exclude_paths: Vec<String>,
+    /// `Existing` (default) or `New`.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// For new claims: their StorageClass and size when the backup did not record the
+    /// source's (a restore by tags), or to override it.
+    #[serde(default)]
+    pub storage_class_name: Option<String>,
+    #[serde(default)]
+    pub size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -303,6 +321,15 @@ pub struct RestoreVolumeStatus {
     pub snapshot_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// A new claim: the DataDownload filling it, and the claim as created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_download: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
     #[serde(default)]
     pub node: String,
     #[serde(default)]
