@@ -133,9 +133,9 @@ impl Agent {
         self.slots.clone().acquire_owned().await.expect("semaphore never closed")
     }
 
-    /// The chunk-memory budget shared by every job.
-    pub(crate) fn budget(&self) -> Arc<MemoryBudget> {
-        self.budget.clone()
+    /// A job's limits: its threads, and the chunk-memory budget shared by every job.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits { threads: self.s.threads, chunk_queue: self.s.threads * 2, memory: Some(self.budget.clone()) }
     }
 
     fn local(&self, uid: &str) -> Local {
@@ -489,8 +489,7 @@ fn start_job<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, owner: Owner, pod
             a.store.start(&owner.uid, T::kind(&()).as_ref(), &owner.namespace, &owner.name)?;
             let pv = expose::claim_volume(&a.client, &owner).await?;
             let volume = a.s.host_pods.join(&pod_uid).join(&pv);
-            let limits = Limits { threads: a.s.threads, chunk_queue: a.s.threads * 2, memory: Some(a.budget.clone()) };
-            let job = ferry_engine::Job { cancel, limits, ..Default::default() };
+            let job = ferry_engine::Job { cancel, limits: a.limits(), ..Default::default() };
             let counters = job.progress.clone();
             // Stops the progress reporter and counts the job out, also when the job panics.
             let _running = Running::start(&a, tokio::spawn(report_progress(obj.clone(), a.clone(), counters.clone())));
@@ -635,27 +634,31 @@ pub async fn run(a: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> 
             .graceful_shutdown_on(shutdown_backups)
             .run(crate::backups::reconcile, error_policy_backup, a.clone())
             .for_each(|_| futures::future::ready(()));
-    let own_backups = Controller::new(
-        Api::<crate::own::types::VolumeBackup>::namespaced(a.client.clone(), &ns),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown_own.clone())
-    .run(crate::own::backup::reconcile, error_policy_own, a.clone())
-    .for_each(|_| futures::future::ready(()));
-    let own_schedules = Controller::new(
-        Api::<crate::own::types::BackupSchedule>::namespaced(a.client.clone(), &ns),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown_own.clone())
-    .run(crate::own::schedules::reconcile, error_policy_own, a.clone())
-    .for_each(|_| futures::future::ready(()));
-    let own_restores = Controller::new(
-        Api::<crate::own::types::VolumeRestore>::namespaced(a.client.clone(), &ns),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown_own)
-    .run(crate::own::restore::reconcile, error_policy_own, a.clone())
-    .for_each(|_| futures::future::ready(()));
+    // Ferry's own resources: one controller each, same shutdown and error policy.
+    fn own<K, F, Fut>(
+        a: &Arc<Agent>,
+        shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+        reconcile: F,
+    ) -> impl std::future::Future<Output = ()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        F: FnMut(Arc<K>, Arc<Agent>) -> Fut,
+        Fut: std::future::Future<Output = Result<Requeue, Error>> + Send + 'static,
+    {
+        Controller::new(Api::<K>::namespaced(a.client.clone(), &a.s.namespace), watcher::Config::default())
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy_own, a.clone())
+            .for_each(|_| futures::future::ready(()))
+    }
+    let own_backups = own(&a, shutdown_own.clone(), crate::own::backup::reconcile);
+    let own_schedules = own(&a, shutdown_own.clone(), crate::own::schedules::reconcile);
+    let own_restores = own(&a, shutdown_own, crate::own::restore::reconcile);
     let sweeper = {
         let a = a.clone();
         tokio::spawn(async move {

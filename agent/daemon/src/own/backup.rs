@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::chrono::Utc;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -57,12 +57,7 @@ fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 }
 
 async fn patch(a: &Agent, vb: &VolumeBackup, p: serde_json::Value) -> Result<bool> {
-    let api: Api<VolumeBackup> = Api::namespaced(a.client.clone(), &a.s.namespace);
-    match api.patch(&vb.name_any(), &PatchParams::default(), &Patch::Merge(p)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("patching VolumeBackup {}", vb.name_any())),
-    }
+    super::patch(a, vb, p).await
 }
 
 /// Patch one volume's entry.
@@ -429,14 +424,7 @@ async fn live_volume(
         identity: Some(Identity::pvc(&v.namespace, &v.pvc)?),
         requester: Some("ferry".into()),
     };
-    let job = ferry_engine::Job {
-        limits: ferry_engine::job::Limits {
-            threads: a.s.threads,
-            chunk_queue: a.s.threads * 2,
-            memory: Some(a.budget()),
-        },
-        ..Default::default()
-    };
+    let job = ferry_engine::Job { limits: a.limits(), ..Default::default() };
     let out = podvolume::backup(repo.clone(), &spec, backup, &job).await;
     if let Some(f) = frozen {
         note_thaw(v, f.thaw(), true);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use serde_json::json;
 
@@ -39,12 +39,7 @@ use crate::types::{DataDownload, Phase};
 pub const RESTORE_LABEL: &str = "ferry.dev/volume-restore";
 
 async fn patch(a: &Agent, vr: &VolumeRestore, p: serde_json::Value) -> Result<bool> {
-    let api: Api<VolumeRestore> = Api::namespaced(a.client.clone(), &a.s.namespace);
-    match api.patch(&vr.name_any(), &PatchParams::default(), &Patch::Merge(p)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("patching VolumeRestore {}", vr.name_any())),
-    }
+    super::patch(a, vr, p).await
 }
 
 async fn patch_volume(a: &Agent, vr: &VolumeRestore, key: &str, v: &RestoreVolumeStatus) -> Result<()> {
@@ -384,14 +379,7 @@ async fn restore_volume(vr: &VolumeRestore, a: &Agent, mut v: RestoreVolumeStatu
     sref.check(repo.config(), &location)?;
     let filter = ferry_engine::restore::Filter::parse(&vr.spec.include_paths, &vr.spec.exclude_paths)?;
     let _slot = a.own_slot().await;
-    let job = ferry_engine::Job {
-        limits: ferry_engine::job::Limits {
-            threads: a.s.threads,
-            chunk_queue: a.s.threads * 2,
-            memory: Some(a.budget()),
-        },
-        ..Default::default()
-    };
+    let job = ferry_engine::Job { limits: a.limits(), ..Default::default() };
     let out = podvolume::restore(repo, &sref.snapshot, &spec, &filter, &job).await?;
     if !out.errors.is_empty() {
         anyhow::bail!("{} entries could not be restored, first: {}", out.errors.len(), out.errors[0]);

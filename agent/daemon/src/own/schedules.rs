@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{DateTime, Utc};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -37,12 +37,7 @@ pub const SLOT_ANNOTATION: &str = "ferry.dev/slot";
 pub const CREATED_ANNOTATION: &str = "ferry.dev/created-at";
 
 async fn patch(a: &Agent, bs: &BackupSchedule, p: serde_json::Value) -> Result<bool> {
-    let api: Api<BackupSchedule> = Api::namespaced(a.client.clone(), &a.s.namespace);
-    match api.patch(&bs.name_any(), &PatchParams::default(), &Patch::Merge(p)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("patching BackupSchedule {}", bs.name_any())),
-    }
+    super::patch(a, bs, p).await
 }
 
 /// The spec's problems, each naming its field.
