@@ -143,6 +143,10 @@ pub struct AgentArgs {
     /// How often a running job writes status.progress
     #[arg(long, env = "FERRY_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub progress_interval: std::time::Duration,
+    /// How long a volume of a VolumeBackup or VolumeRestore may wait for the agent of its node
+    /// to take it before any agent fails it (no agent runs there)
+    #[arg(long, env = "FERRY_PICKUP_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub pickup_timeout: std::time::Duration,
     /// A kubeconfig file (default: the in-cluster service account)
     #[arg(long, env = "FERRY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

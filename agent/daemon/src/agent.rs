@@ -56,6 +56,8 @@ pub struct Settings {
     pub pod: PodSettings,
     /// How often a running job writes `status.progress`.
     pub progress_interval: Duration,
+    /// How long a VolumeBackup/VolumeRestore entry may stay `Pending` before any agent fails it.
+    pub pickup_timeout: Duration,
 }
 
 /// One job of this process.
@@ -74,7 +76,8 @@ pub struct Agent {
     /// Freezes of this agent (their records live in the job store).
     pub freezer: Arc<crate::freeze::Freezer>,
     /// VolumeBackup work started by this process: `<backup uid>/<namespace>/<pod>`.
-    pub(crate) own_jobs: Mutex<std::collections::HashSet<String>>,
+    /// The value says whether it still runs.
+    pub(crate) own_jobs: Mutex<HashMap<String, bool>>,
     jobs: Mutex<HashMap<String, JobEntry>>,
     /// Objects this agent accepted that have not ended or moved to another node: the accept
     /// limit counts them at once (the controllers' caches lag behind concurrent reconciles).
@@ -118,7 +121,7 @@ impl Agent {
             client,
             store,
             freezer,
-            own_jobs: Mutex::new(std::collections::HashSet::new()),
+            own_jobs: Mutex::new(HashMap::new()),
             repos,
             jobs: Mutex::new(HashMap::new()),
             claimed: Mutex::new(std::collections::HashSet::new()),
@@ -428,7 +431,7 @@ async fn reconcile<T: Transfer + Runner>(obj: Arc<T>, a: Arc<Agent>, busy: usize
 
 /// `node` is not a Node of the cluster: missing from the last listing, and a GET confirms it
 /// (the listing may predate a node that just joined).
-async fn node_gone(a: &Agent, node: Option<&str>) -> bool {
+pub(crate) async fn node_gone(a: &Agent, node: Option<&str>) -> bool {
     let Some(node) = node.filter(|n| *n != a.s.node) else { return false };
     let listed_missing = a.nodes.lock().expect("nodes lock").as_ref().is_some_and(|known| !known.contains(node));
     if !listed_missing {

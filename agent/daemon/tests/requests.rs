@@ -55,6 +55,7 @@ fn agent() -> (Arc<Agent>, ApiServer, Arc<Metrics>, tempfile::TempDir) {
         password: PasswordRef { secret: "ferry-repository".into(), key: "password".into() },
         pod: PodSettings { image: "ferry:test".into(), command: vec!["ferry".into(), "hold".into()], read_only: true },
         progress_interval: Duration::from_secs(10),
+        pickup_timeout: Duration::from_secs(600),
     };
     let metrics = Arc::new(Metrics::default());
     let agent = Agent::new(client, settings, metrics.clone()).expect("the agent starts");

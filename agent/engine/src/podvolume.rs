@@ -25,10 +25,10 @@ pub enum PodVolume {
 /// Resolve `PODS_DIR/POD_UID/VOLUME_OR_PV`.
 pub fn resolve(spec: &Path) -> Result<PodVolume> {
     let (Some(pod), Some(name)) = (spec.parent(), spec.file_name()) else {
-        bail!("--pod-volume {}: expected PODS_DIR/POD_UID/VOLUME_OR_PV", spec.display());
+        bail!("pod volume {}: expected PODS_DIR/POD_UID/VOLUME_OR_PV", spec.display());
     };
     if !pod.is_dir() {
-        bail!("--pod-volume {}: no pod directory {}", spec.display(), pod.display());
+        bail!("pod volume {}: no pod directory {}", spec.display(), pod.display());
     }
     let mut found = Vec::new();
     let plugins = |sub: &str| -> Vec<PathBuf> {
@@ -47,7 +47,7 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
         if let Ok(md) = std::fs::metadata(&dev) {
             use std::os::unix::fs::FileTypeExt;
             if !md.file_type().is_block_device() {
-                bail!("--pod-volume: {} is not a block device", dev.display());
+                bail!("pod volume: {} is not a block device", dev.display());
             }
             found.push(PodVolume::Block(dev));
         }
@@ -55,9 +55,9 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
     let pattern =
         format!("{0}/volumes/*/{1}[/mount] or {0}/volumeDevices/*/{1}", pod.display(), name.to_string_lossy());
     match found.len() {
-        0 => bail!("--pod-volume: nothing matches {pattern}"),
+        0 => bail!("pod volume: nothing matches {pattern}"),
         1 => {}
-        n => bail!("--pod-volume: {n} volumes match {pattern}: {found:?}"),
+        n => bail!("pod volume: {n} volumes match {pattern}: {found:?}"),
     }
     Ok(match found.remove(0) {
         PodVolume::Filesystem(dir) => {
@@ -66,7 +66,7 @@ pub fn resolve(spec: &Path) -> Result<PodVolume> {
                 std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name()).filter(|n| n != "lost+found").collect();
             match std::fs::symlink_metadata(&img) {
                 Ok(m) if m.file_type().is_symlink() && entries.len() == 1 => bail!(
-                    "--pod-volume: {} is a symlink, not a disk image: refused (the volume's workload may have put it there)",
+                    "pod volume: {} is a symlink, not a disk image: refused (the volume's workload may have put it there)",
                     img.display()
                 ),
                 Ok(m) if m.is_file() && entries.len() == 1 => PodVolume::Image(img),

@@ -43,6 +43,7 @@ pub async fn run(a: &AgentArgs) -> Result<i32> {
             read_only: a.read_only_clones,
         },
         progress_interval: a.progress_interval,
+        pickup_timeout: a.pickup_timeout,
     };
     let metrics = Arc::new(Metrics::default());
     let agent = ferry_daemon::Agent::new(client, settings, metrics.clone())?;

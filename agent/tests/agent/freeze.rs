@@ -74,7 +74,7 @@ fn blocks_writers_until_the_guard_thaws(kind: &str) {
     assert!(blocked(&rx), "{kind}: a write went through a frozen file system");
     let thawed_at = Instant::now();
     let t = frozen.thaw();
-    assert_eq!(t.by_other, None);
+    assert_eq!((t.by_other, t.error.as_deref()), (None, None));
     let done = rx.recv_timeout(Duration::from_secs(20)).expect("the writer resumes after the thaw");
     assert!(done >= thawed_at);
     assert!(t.frozen_for >= Duration::from_millis(700), "{:?}", t.frozen_for);
@@ -178,4 +178,41 @@ fn refuses_what_must_not_be_frozen() {
     rx.recv_timeout(Duration::from_secs(20)).unwrap();
     let e = s.freezer.freeze(Path::new("/nonexistent/ferry"), "x", Duration::from_secs(5)).unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/ferry"), "{e:#}");
+    // A subdirectory of the filesystem bind-mounted as a volume (local-path provisioners):
+    // freezing it would freeze every volume on that disk.
+    let sub = s.fs.mnt.join("tenant-a");
+    std::fs::create_dir(&sub).unwrap();
+    let bind = crate::common::devices::BindMount::new(&sub, &s._dir.path().join("vol-a"));
+    let e = s.freezer.freeze(&bind.target, "x", Duration::from_secs(5)).unwrap_err().to_string();
+    assert!(e.contains("subdirectory (/tenant-a)"), "{e}");
+    assert_eq!(s.freezer.frozen(), 0);
+}
+
+#[test]
+fn two_freezes_of_one_mount_never_lose_the_record() {
+    let s = setup("ext4");
+    for _ in 0..10 {
+        let (f1, f2) = (s.freezer.clone(), s.freezer.clone());
+        let (m1, m2) = (s.fs.mnt.clone(), s.fs.mnt.clone());
+        let a = std::thread::spawn(move || f1.freeze(&m1, "vb/one", Duration::from_secs(60)));
+        let b = std::thread::spawn(move || f2.freeze(&m2, "vb/two", Duration::from_secs(60)));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        let (won, lost) = match (a, b) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l.to_string()),
+            (a, b) => panic!("exactly one freeze must win: {a:?} {b:?}"),
+        };
+        assert!(lost.contains("already frozen by this agent"), "{lost}");
+        assert_eq!(s.store.freezes().unwrap().len(), 1, "the winner's record survives the loser");
+        assert_eq!(won.thaw().error, None);
+        assert!(s.store.freezes().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn after_the_shutdown_nothing_is_frozen() {
+    let s = setup("ext4");
+    assert_eq!(s.freezer.thaw_all(), 0);
+    let e = s.freezer.freeze(&s.fs.mnt, "late", Duration::from_secs(5)).unwrap_err().to_string();
+    assert!(e.contains("the agent is stopping"), "{e}");
+    assert!(s.store.freezes().unwrap().is_empty());
 }

@@ -413,8 +413,12 @@ async fn a_csi_volume_backup_freezes_only_while_the_snapshot_is_cut_and_moves_it
     assert_eq!(du.spec.datamover.as_deref(), Some("ferry"));
     w.upload_phase(&vs, Phase::Accepted, 60).await;
     w.serve_mover(&vs, "n1", false, |d| std::fs::write(d.join("from-snapshot"), b"cut").unwrap()).await;
-    w.upload_phase(&vs, Phase::Completed, 120).await;
-    let st = vb_ended(&w, "csi1", 60).await;
+    let st = vb_ended(&w, "csi1", 120).await;
+    // Its result copied into the entry, the DataUpload is deleted (it belongs to no Velero Backup).
+    w.until("the DataUpload to go", 30, || async {
+        w.get_in::<ferry_daemon::types::DataUpload>(NS, &vs).await.is_none().then_some(())
+    })
+    .await;
     assert_eq!(st.phase, Some(BackupPhase::Completed), "{st:?}\n{}", w.logs());
     let v = &st.volumes["app/pg"];
     assert_eq!(v.mode, "CSI");

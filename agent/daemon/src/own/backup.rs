@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::chrono::Utc;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -62,6 +62,8 @@ async fn patch(a: &Agent, vb: &VolumeBackup, p: serde_json::Value) -> Result<boo
 
 /// Patch one volume's entry.
 async fn patch_volume(a: &Agent, vb: &VolumeBackup, key: &str, v: &VolumeStatus) -> Result<()> {
+    let mut v = v.clone();
+    super::bound_notes(&mut v.message, &mut v.warnings);
     patch(a, vb, json!({"status": {"volumes": {key: v}}})).await.map(drop)
 }
 
@@ -79,6 +81,7 @@ pub async fn reconcile(vb: Arc<VolumeBackup>, a: Arc<Agent>) -> Result<Requeue, 
         BackupPhase::New => start(&vb, &a).await.map_err(Error::from),
         BackupPhase::InProgress => progress(&vb, &a).await.map_err(Error::from),
         _ => {
+            super::jobs_forget(&a, &vb.uid().unwrap_or_default());
             let Some(exp) = st.expiration else { return Ok(Requeue::await_change()) };
             let left = (exp.0 - Utc::now()).to_std().unwrap_or_default();
             if !left.is_zero() {
@@ -97,18 +100,15 @@ pub async fn reconcile(vb: Arc<VolumeBackup>, a: Arc<Agent>) -> Result<Requeue, 
 
 /// Validate and select (one agent, exclusively).
 async fn start(vb: &VolumeBackup, a: &Agent) -> Result<Requeue> {
-    let rv = vb.resource_version().unwrap_or_default();
+    // One agent selects: the others would list the same pods and lose the write.
+    let Some(rv) = super::claim(a, vb).await? else { return Ok(Requeue::requeue(Duration::from_secs(5))) };
     let fail = |msg: String| {
         json!({"metadata": {"resourceVersion": rv},
                "status": {"phase": "Failed", "message": msg, "completionTimestamp": now()}})
     };
-    for (field, v) in [("spec.maxFreeze", &vb.spec.max_freeze), ("spec.ttl", &vb.spec.ttl)] {
-        if let Some(s) = v {
-            if parse_go_duration(s).is_none() {
-                patch(a, vb, fail(format!("{field}: {s:?} is not a duration such as 30s, 10m or 720h"))).await?;
-                return Ok(Requeue::await_change());
-            }
-        }
+    if let Err(msg) = super::check_backup_spec(&vb.spec, "spec") {
+        patch(a, vb, fail(msg)).await?;
+        return Ok(Requeue::await_change());
     }
     if let Err(e) = a.repos.get(&location(vb)).await {
         patch(a, vb, fail(format!("spec.location {:?}: {e:#}", location(vb)))).await?;
@@ -116,8 +116,8 @@ async fn start(vb: &VolumeBackup, a: &Agent) -> Result<Requeue> {
     }
     let csi = vb.spec.volume_snapshot_class_name.is_some();
     let mode = if csi { "CSI" } else { "Live" };
-    let pvcs = Api::<PersistentVolumeClaim>::all(a.client.clone()).list(&ListParams::default()).await?.items;
-    let pods = Api::<Pod>::all(a.client.clone()).list(&ListParams::default()).await?.items;
+    let pvcs: Vec<PersistentVolumeClaim> = super::list_in(a, &vb.spec.included_namespaces).await?;
+    let pods: Vec<Pod> = super::list_in(a, &vb.spec.included_namespaces).await?;
     let mut volumes = match select::select(&vb.spec, mode, &pvcs, &pods) {
         Ok(v) => v,
         Err(msg) => {
@@ -169,7 +169,15 @@ async fn progress(vb: &Arc<VolumeBackup>, a: &Arc<Agent>) -> Result<Requeue> {
     // Group this node's unfinished entries by pod (hooks run once per pod).
     let mut groups: BTreeMap<String, Vec<(String, VolumeStatus)>> = BTreeMap::new();
     for (key, v) in &st.volumes {
-        if v.node != a.s.node || v.phase.is_terminal() {
+        if v.phase.is_terminal() {
+            continue;
+        }
+        if v.node != a.s.node {
+            let pending = v.phase == VolumePhase::Pending;
+            if let Some(why) = super::orphaned(a, &v.node, pending, st.start_timestamp.as_ref()).await {
+                let failed = VolumeStatus { phase: VolumePhase::Failed, message: Some(why), ..v.clone() };
+                patch_volume(a, vb, key, &failed).await?;
+            }
             continue;
         }
         if v.phase == VolumePhase::InProgress && v.data_upload.is_some() {
@@ -180,9 +188,7 @@ async fn progress(vb: &Arc<VolumeBackup>, a: &Arc<Agent>) -> Result<Requeue> {
     }
     for (pod, vols) in groups {
         let job = format!("{uid}/{}/{pod}", vols[0].1.namespace);
-        // Running or already done by this process (a stale view of the object may still show
-        // it unfinished: it is not done twice).
-        if !a.own_jobs.lock().expect("own jobs lock").insert(job.clone()) {
+        if !super::job_start(a, &job) {
             continue;
         }
         let (vb, a) = (vb.clone(), a.clone());
@@ -197,8 +203,7 @@ async fn progress(vb: &Arc<VolumeBackup>, a: &Arc<Agent>) -> Result<Requeue> {
                     }
                 }
             }
-            // The key stays: this process does not redo it (a restart does, if it never ended).
-            let _ = job;
+            super::job_end(&a, &job);
         });
     }
     if st.volumes.values().all(|v| v.phase.is_terminal()) {
@@ -220,11 +225,15 @@ async fn finish(vb: &VolumeBackup, a: &Agent) -> Result<()> {
     };
     let skipped = count(VolumePhase::Skipped);
     let message = format!("{done} volumes backed up, {failed} failed, {skipped} skipped");
-    let expiration = vb.spec.ttl.as_deref().and_then(parse_go_duration).map(|d| {
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Utc::now() + k8s_openapi::chrono::Duration::from_std(d).unwrap_or_default(),
-        )
-    });
+    // Validated at the start (more than zero, at most 100 years): the sum cannot overflow, and
+    // if it could the backup would be kept rather than expire at once.
+    let expiration = vb
+        .spec
+        .ttl
+        .as_deref()
+        .and_then(parse_go_duration)
+        .and_then(|d| Utc::now().checked_add_signed(k8s_openapi::chrono::Duration::from_std(d).ok()?))
+        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
     let p = json!({"metadata": {"resourceVersion": vb.resource_version()},
                    "status": {"phase": phase, "message": message, "completionTimestamp": now(),
                               "expiration": expiration,
@@ -263,7 +272,13 @@ async fn follow_upload(vb: &VolumeBackup, a: &Agent, key: &str, v: &VolumeStatus
             }
         }
     }
-    patch_volume(a, vb, key, &v).await
+    patch_volume(a, vb, key, &v).await?;
+    // Its result is in the entry: the DataUpload has served (Velero's own stay with their
+    // Backup; these have none).
+    match api.delete(&name, &Default::default()).await {
+        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting DataUpload {name}")),
+    }
 }
 
 /// The tags of the snapshots of `vb` (besides what the data path adds).
@@ -313,7 +328,8 @@ async fn run_group(vb: Arc<VolumeBackup>, a: Arc<Agent>, mut vols: Vec<(String, 
     }
     let freeze = vb.spec.freeze == Some(true)
         || pod.as_ref().is_some_and(|p| p.annotations().get(FREEZE_ANNOTATION).is_some_and(|v| v == "true"));
-    let max_freeze = vb.spec.max_freeze.as_deref().and_then(parse_go_duration).unwrap_or(DEFAULT_MAX_FREEZE);
+    let max_freeze =
+        vb.spec.max_freeze.as_deref().and_then(parse_go_duration).unwrap_or(DEFAULT_MAX_FREEZE).min(super::MAX_FREEZE);
     let mut results = Vec::new();
     for (key, v) in vols.iter_mut() {
         v.warnings.extend(notes.iter().cloned());
@@ -396,6 +412,9 @@ async fn freeze_blocking(
 
 fn note_thaw(v: &mut VolumeStatus, t: crate::freeze::Thawed, live: bool) {
     v.frozen_ms = Some(t.frozen_for.as_millis() as u64);
+    if let Some(e) = t.error {
+        v.warnings.push(format!("{e} (the watchdog keeps trying, and the next start of the agent)"));
+    }
     if let Some(by) = t.by_other {
         v.warnings.push(format!("thawed by the {by} after {:?}, before the snapshot was taken", t.frozen_for));
     } else if live {
@@ -460,7 +479,7 @@ async fn snapshot_volume(
     };
     let snaps: Api<VolumeSnapshot> = Api::namespaced(a.client.clone(), &v.namespace);
     let vs = json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                    "metadata": {"name": name, "namespace": v.namespace, "labels": {BACKUP_LABEL: vb.name_any()}},
+                    "metadata": {"name": name, "namespace": v.namespace, "labels": {BACKUP_LABEL: super::label_value(&vb.name_any())}},
                     "spec": {"volumeSnapshotClassName": class, "source": {"persistentVolumeClaimName": v.pvc}}});
     let vs: VolumeSnapshot = serde_json::from_value(vs)?;
     match snaps.create(&PostParams::default(), &vs).await {
@@ -500,7 +519,7 @@ async fn snapshot_volume(
     let tags: BTreeMap<String, String> = tags(vb, v).into_iter().collect();
     let du = json!({"apiVersion": "velero.io/v2alpha1", "kind": "DataUpload",
         "metadata": {"name": name, "namespace": a.s.namespace,
-                     "labels": {BACKUP_LABEL: vb.name_any()},
+                     "labels": {BACKUP_LABEL: super::label_value(&vb.name_any())},
                      "annotations": {TAGS_ANNOTATION: serde_json::to_string(&tags)?}},
         "spec": {"snapshotType": "CSI", "sourcePVC": v.pvc, "sourceNamespace": v.namespace,
                  "datamover": a.s.datamover, "backupStorageLocation": location(vb), "operationTimeout": "10m0s",
@@ -521,9 +540,50 @@ async fn deleted(vb: &VolumeBackup, a: &Agent) -> Result<Requeue> {
         return Ok(Requeue::await_change());
     }
     let uid = vb.uid().unwrap_or_default();
-    let forgotten = crate::backups::forget_tagged(a, &location(vb), "volume-backup-uid", &uid)
-        .await
-        .with_context(|| format!("forgetting the snapshots of VolumeBackup {}", vb.name_any()))?;
+    // Work still under way would write snapshots after the forgetting: stop what has not
+    // started, cancel the DataUploads, let running jobs end first.
+    let st = vb.status.clone().unwrap_or_default();
+    let mut waiting = false;
+    for (key, v) in st.volumes.iter().filter(|(_, v)| !v.phase.is_terminal()) {
+        let skipped = |why: &str| VolumeStatus {
+            phase: VolumePhase::Skipped,
+            message: Some(format!("the VolumeBackup was deleted {why}")),
+            ..v.clone()
+        };
+        if v.node == a.s.node {
+            if let Some(du) = &v.data_upload {
+                let api: Api<DataUpload> = Api::namespaced(a.client.clone(), &a.s.namespace);
+                let cancel = json!({"spec": {"cancel": true}});
+                match api.patch(du, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(cancel)).await {
+                    Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => {}
+                    Err(e) => return Err(e).with_context(|| format!("canceling DataUpload {du}")),
+                }
+                patch_volume(a, vb, key, &skipped("(its DataUpload was canceled)")).await?;
+            } else if super::jobs_running(a, &uid) {
+                waiting = true;
+            } else {
+                patch_volume(a, vb, key, &skipped("before this volume was backed up")).await?;
+            }
+        } else if let Some(why) =
+            super::orphaned(a, &v.node, v.phase == VolumePhase::Pending, st.start_timestamp.as_ref()).await
+        {
+            patch_volume(a, vb, key, &skipped(&format!("and {why}"))).await?;
+        } else {
+            // Its node's agent ends it.
+            waiting = true;
+        }
+    }
+    if waiting {
+        return Ok(Requeue::requeue(Duration::from_secs(5)));
+    }
+    super::jobs_forget(a, &uid);
+    let forgotten = crate::backups::forget_tagged(a, &location(vb), "volume-backup-uid", &uid).await.with_context(|| {
+        format!(
+            "forgetting the snapshots of VolumeBackup {} (retried; to give up, remove its finalizer {FINALIZER} by hand: \
+             its snapshots then stay until forgotten with ferry forget --tag volume-backup-uid={uid})",
+            vb.name_any()
+        )
+    })?;
     let rest: Vec<String> = vb.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     if patch(a, vb, json!({"metadata": {"resourceVersion": vb.resource_version(), "finalizers": rest}})).await? {
         tracing::info!(backup = %vb.name_any(), "deleted; {forgotten} snapshots forgotten");

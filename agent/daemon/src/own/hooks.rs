@@ -97,7 +97,10 @@ pub fn hook(pod: &Pod, when: When) -> Result<Option<Hook>> {
             bail!("{}: pod {} has no container {c:?} (it has {containers:?})", key("container"), pod.name_any())
         }
         Some(c) => c.clone(),
-        None => containers.first().map(|c| c.to_string()).ok_or_else(|| anyhow!("pod has no containers"))?,
+        None => containers
+            .first()
+            .map(|c| c.to_string())
+            .ok_or_else(|| anyhow!("pod {} has no containers", pod.name_any()))?,
     };
     let on_error = match ann.get(&key("on-error")).map(String::as_str) {
         None | Some("Fail") => OnError::Fail,
@@ -136,15 +139,39 @@ fn virt_freezer(pod: &Pod, when: When) -> Option<Hook> {
     Some(Hook { container: "compute".into(), command, on_error: OnError::Fail, timeout: Duration::from_secs(60) })
 }
 
-/// A duration annotation (a Go duration, not zero).
+/// The longest a hook may run, or wait for its container: a pod's annotations must not hold the
+/// node's data-movement slot for ever.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration annotation (a Go duration, not zero, at most `MAX_TIMEOUT`).
 fn duration(ann: &BTreeMap<String, String>, key: &str) -> Result<Option<Duration>> {
-    ann.get(key)
-        .map(|t| {
-            crate::transfer::parse_go_duration(t)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| anyhow!("{key}: {t:?} is not a duration such as 30s or 2m"))
-        })
-        .transpose()
+    ann.get(key).map(|t| super::duration_field(key, t, MAX_TIMEOUT).map_err(|e| anyhow!("{e}"))).transpose()
+}
+
+/// A command as shown in a message: at most 200 characters (a pod's annotation can be huge).
+fn shown(command: &[String]) -> String {
+    let s = format!("{command:?}");
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// Everything `r` yields, keeping only the last `cap` bytes (a hook can print without end).
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut tail = std::collections::VecDeque::with_capacity(cap);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let keep = &buf[..n][n.saturating_sub(cap)..];
+        let over = (tail.len() + keep.len()).saturating_sub(cap);
+        tail.drain(..over);
+        tail.extend(keep);
+    }
+    tail.into()
 }
 
 /// A restore's post hook and how it waits for its container: `wait-for-ready` (`"true"`: until
@@ -205,6 +232,9 @@ pub struct Ran {
     pub note: String,
 }
 
+/// Bytes of each output stream of a hook kept (its end).
+const OUTPUT_TAIL: usize = 4096;
+
 /// Keep the end of a command's output for a message.
 fn tail(s: &[u8]) -> String {
     let s = String::from_utf8_lossy(s);
@@ -217,7 +247,7 @@ fn tail(s: &[u8]) -> String {
 /// stream is aborted (dropping it would not close the connection), which makes kubelet kill the
 /// command.
 pub async fn run(pods: &Api<Pod>, pod: &str, h: &Hook) -> Ran {
-    let what = format!("{:?} in {pod}/{}", h.command, h.container);
+    let what = format!("{} in {pod}/{}", shown(&h.command), h.container);
     let params = AttachParams::default().container(h.container.clone()).stdin(false).stdout(true).stderr(true);
     let deadline = tokio::time::Instant::now() + h.timeout;
     let timed_out = || Ran { ok: false, note: format!("{what}: timed out after {:?}", h.timeout) };
@@ -226,27 +256,29 @@ pub async fn run(pods: &Api<Pod>, pod: &str, h: &Hook) -> Ran {
         Ok(Err(e)) => return Ran { ok: false, note: format!("{what}: {e}") },
         Ok(Ok(p)) => p,
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
     let status = p.take_status();
     let (stdout, stderr) = (p.stdout(), p.stderr());
     let wait = async {
         let read_out = async {
-            if let Some(mut o) = stdout {
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut o, &mut out).await;
+            match stdout {
+                Some(o) => read_tail(o, OUTPUT_TAIL).await,
+                None => Vec::new(),
             }
         };
         let read_err = async {
-            if let Some(mut e) = stderr {
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut e, &mut err).await;
+            match stderr {
+                Some(e) => read_tail(e, OUTPUT_TAIL).await,
+                None => Vec::new(),
             }
         };
-        tokio::join!(read_out, read_err);
-        match status {
+        let (out, err) = tokio::join!(read_out, read_err);
+        let status = match status {
             Some(s) => s.await,
             None => None,
-        }
+        };
+        (status, out, err)
     };
-    let status = match tokio::time::timeout_at(deadline, wait).await {
+    let (status, out, err) = match tokio::time::timeout_at(deadline, wait).await {
         Err(_) => {
             p.abort();
             return timed_out();
@@ -328,6 +360,16 @@ mod tests {
         assert_eq!(hook(&pod(json!({})), When::Pre).unwrap(), None, "not a VM pod");
     }
 
+    #[tokio::test]
+    async fn output_is_kept_to_its_tail_and_commands_are_shown_short() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let tail = read_tail(&data[..], 4096).await;
+        assert_eq!(tail, data[data.len() - 4096..]);
+        assert_eq!(read_tail(&b"short"[..], 4096).await, b"short");
+        let huge = vec!["x".repeat(100_000)];
+        assert!(shown(&huge).chars().count() <= 201);
+    }
+
     #[test]
     fn bad_annotations_name_the_annotation() {
         for (ann, want) in [
@@ -351,6 +393,11 @@ mod tests {
             (
                 json!({"pre.hook.backup.velero.io/command": "[\"a\"]", "pre.hook.backup.velero.io/timeout": "soon"}),
                 "pre.hook.backup.velero.io/timeout: \"soon\"",
+            ),
+            (
+                json!({"pre.hook.backup.velero.io/command": "[\"a\"]",
+                       "pre.hook.backup.velero.io/timeout": "99999999999h"}),
+                "pre.hook.backup.velero.io/timeout: \"99999999999h\" is more than the 1h allowed",
             ),
         ] {
             let e = hook(&pod(ann), When::Pre).unwrap_err().to_string();

@@ -43,6 +43,8 @@ async fn patch(a: &Agent, vr: &VolumeRestore, p: serde_json::Value) -> Result<bo
 }
 
 async fn patch_volume(a: &Agent, vr: &VolumeRestore, key: &str, v: &RestoreVolumeStatus) -> Result<()> {
+    let mut v = v.clone();
+    super::bound_notes(&mut v.message, &mut v.warnings);
     patch(a, vr, json!({"status": {"volumes": {key: v}}})).await.map(drop)
 }
 
@@ -51,7 +53,10 @@ pub async fn reconcile(vr: Arc<VolumeRestore>, a: Arc<Agent>) -> Result<Requeue,
     let r = match phase {
         BackupPhase::New => start(&vr, &a).await,
         BackupPhase::InProgress => progress(&vr, &a).await,
-        _ => Ok(Requeue::await_change()),
+        _ => {
+            super::jobs_forget(&a, &vr.uid().unwrap_or_default());
+            Ok(Requeue::await_change())
+        }
     };
     r.map_err(Error::from)
 }
@@ -83,6 +88,10 @@ async fn sources(vr: &VolumeRestore, a: &Agent) -> Result<(String, Vec<Source>),
             .ok_or_else(|| format!("spec.backup {name:?}: no such VolumeBackup in {}", a.s.namespace))?;
         let location = spec.location.clone().or(vb.spec.location.clone()).unwrap_or_else(|| "default".into());
         let st = vb.status.unwrap_or_default();
+        let phase = st.phase.unwrap_or_default();
+        if !phase.is_terminal() {
+            return Err(format!("spec.backup {name:?}: the VolumeBackup is {phase:?}; restore it once it has ended"));
+        }
         let list = st
             .volumes
             .values()
@@ -151,7 +160,8 @@ fn mounting(pods: &[Pod], pvc: &str) -> Option<(String, String, String)> {
 }
 
 async fn start(vr: &VolumeRestore, a: &Agent) -> Result<Requeue> {
-    let rv = vr.resource_version().unwrap_or_default();
+    // One agent finds the sources and targets.
+    let Some(rv) = super::claim(a, vr).await? else { return Ok(Requeue::requeue(Duration::from_secs(5))) };
     let fail = |msg: String| {
         json!({"metadata": {"resourceVersion": rv},
                "status": {"phase": "Failed", "message": msg, "completionTimestamp": crate::transfer::now()}})
@@ -238,7 +248,15 @@ async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
     let uid = vr.uid().unwrap_or_default();
     let new = vr.spec.target.as_deref() == Some("New");
     for (i, (key, v)) in st.volumes.iter().enumerate() {
-        if v.node != a.s.node || v.phase.is_terminal() {
+        if v.phase.is_terminal() {
+            continue;
+        }
+        if v.node != a.s.node {
+            let pending = v.phase == VolumePhase::Pending;
+            if let Some(why) = super::orphaned(a, &v.node, pending, st.start_timestamp.as_ref()).await {
+                let failed = RestoreVolumeStatus { phase: VolumePhase::Failed, message: Some(why), ..v.clone() };
+                patch_volume(a, vr, key, &failed).await?;
+            }
             continue;
         }
         if new {
@@ -257,7 +275,7 @@ async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
             continue;
         }
         let job = format!("{uid}/{key}");
-        if !a.own_jobs.lock().expect("own jobs lock").insert(job) {
+        if !super::job_start(a, &job) {
             continue;
         }
         let (vr, a, key, v) = (vr.clone(), a.clone(), key.clone(), v.clone());
@@ -276,6 +294,7 @@ async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
             if let Err(e) = patch_volume(&a, &vr, &key, &end).await {
                 tracing::error!(restore = %vr.name_any(), "writing the end of {key}: {e:#}");
             }
+            super::job_end(&a, &job);
         });
     }
     if st.volumes.values().all(|v| v.phase.is_terminal()) {
@@ -301,7 +320,7 @@ async fn download(vr: &VolumeRestore, a: &Agent, index: usize, v: &RestoreVolume
     let uid8: String = vr.uid().unwrap_or_default().chars().take(8).collect();
     let selector = format!("ferry-{uid8}-{index}");
     let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": v.pvc, "namespace": v.namespace, "labels": {RESTORE_LABEL: vr.name_any()}},
+        "metadata": {"name": v.pvc, "namespace": v.namespace, "labels": {RESTORE_LABEL: super::label_value(&vr.name_any())}},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": v.storage_class,
                  "volumeMode": v.volume_mode.clone().unwrap_or_else(|| "Filesystem".into()),
                  "resources": {"requests": {"storage": v.size}},
@@ -315,7 +334,7 @@ async fn download(vr: &VolumeRestore, a: &Agent, index: usize, v: &RestoreVolume
     let location = location(vr, a).await?;
     let name: String = format!("{}-{}-{uid8}", vr.name_any(), v.pvc).chars().take(240).collect();
     let dd = json!({"apiVersion": "velero.io/v2alpha1", "kind": "DataDownload",
-        "metadata": {"name": name, "namespace": a.s.namespace, "labels": {RESTORE_LABEL: vr.name_any()}},
+        "metadata": {"name": name, "namespace": a.s.namespace, "labels": {RESTORE_LABEL: super::label_value(&vr.name_any())}},
         "spec": {"targetVolume": {"pvc": v.pvc, "namespace": v.namespace, "pv": ""},
                  "backupStorageLocation": location, "datamover": a.s.datamover, "snapshotID": v.snapshot_id,
                  "sourceNamespace": v.source_namespace, "operationTimeout": "10m0s"}});
@@ -347,7 +366,12 @@ async fn follow_download(a: &Agent, name: &str, v: &RestoreVolumeStatus) -> Resu
             v.phase = VolumePhase::Failed;
             v.message = Some(format!("DataDownload {name}: {}", s.message.unwrap_or_default()));
         }
-        _ => {}
+        _ => return Ok(v),
+    }
+    // Ended: its result is in the entry, and the DataDownload has served.
+    match api.delete(name, &Default::default()).await {
+        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => {}
+        Err(e) => tracing::warn!("deleting DataDownload {name}: {e}"),
     }
     Ok(v)
 }

@@ -28,7 +28,6 @@ use serde_json::json;
 use super::types::{BackupPhase, BackupSchedule, Retention, VolumeBackup};
 use crate::agent::{Agent, Error};
 use crate::schedule::{Due, Schedule, due};
-use crate::transfer::parse_go_duration;
 
 /// Label on the VolumeBackups a schedule creates: its name.
 pub const SCHEDULE_LABEL: &str = "ferry.dev/schedule";
@@ -42,19 +41,22 @@ async fn patch(a: &Agent, bs: &BackupSchedule, p: serde_json::Value) -> Result<b
 
 /// The spec's problems, each naming its field.
 fn validate(bs: &BackupSchedule) -> Result<Schedule, String> {
-    let s = Schedule::parse(&bs.spec.schedule).map_err(|e| format!("spec.schedule {:?}: {e}", bs.spec.schedule))?;
-    let t = &bs.spec.template;
-    for (field, v) in [("spec.template.ttl", &t.ttl), ("spec.template.maxFreeze", &t.max_freeze)] {
-        if let Some(d) = v {
-            if parse_go_duration(d).is_none() {
-                return Err(format!("{field}: {d:?} is not a duration such as 30s, 10m or 720h"));
-            }
-        }
+    if bs.name_any().len() > 238 {
+        return Err("metadata.name: at most 238 characters (its backups are named <name>-<YYYYMMDDhhmmss>)".into());
     }
+    let s = Schedule::parse(&bs.spec.schedule).map_err(|e| format!("spec.schedule {:?}: {e}", bs.spec.schedule))?;
+    super::check_backup_spec(&bs.spec.template, "spec.template")?;
     Ok(s)
 }
 
 pub async fn reconcile(bs: Arc<BackupSchedule>, a: Arc<Agent>) -> Result<Requeue, Error> {
+    // The schedule as it is now, not as a lagging cache has it: a stale `lastBackup` would make
+    // this agent create the backup of a slot that already ran (and may since have been deleted
+    // by the retention policy).
+    let api: Api<BackupSchedule> = Api::namespaced(a.client.clone(), &a.s.namespace);
+    let Some(bs) = api.get_opt(&bs.name_any()).await.map_err(|e| Error::from(anyhow::Error::from(e)))? else {
+        return Ok(Requeue::await_change());
+    };
     run(&bs, &a).await.map_err(Error::from)
 }
 
@@ -119,7 +121,11 @@ async fn run(bs: &BackupSchedule, a: &Agent) -> Result<Requeue> {
             ))
         }
         Due::Now { slot, missed } => {
-            create_backup(bs, a, slot).await?;
+            if let Err(e) = create_backup(bs, a, slot).await {
+                let msg = format!("{e:#}");
+                patch(a, bs, json!({"status": {"message": msg}})).await?;
+                return Err(e);
+            }
             let next = schedule.next_after(slot.max(now));
             let p = json!({"metadata": {"resourceVersion": rv},
                            "status": {"phase": "Enabled", "lastBackup": Time(slot), "nextRun": next.map(Time),
@@ -139,7 +145,7 @@ async fn create_backup(bs: &BackupSchedule, a: &Agent, slot: DateTime<Utc>) -> R
     // The slot and the moment it was acted on (to the millisecond): how late a run was.
     let millis = k8s_openapi::chrono::SecondsFormat::Millis;
     let vb = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "VolumeBackup",
-                    "metadata": {"name": name, "namespace": a.s.namespace, "labels": {SCHEDULE_LABEL: bs.name_any()},
+                    "metadata": {"name": name, "namespace": a.s.namespace, "labels": {SCHEDULE_LABEL: super::label_value(&bs.name_any())},
                                  "annotations": {SLOT_ANNOTATION: slot.to_rfc3339_opts(millis, true),
                                                  CREATED_ANNOTATION: Utc::now().to_rfc3339_opts(millis, true)}},
                     "spec": bs.spec.template});
@@ -209,7 +215,7 @@ pub fn doomed(ended: &[(String, DateTime<Utc>)], r: &Retention, now: DateTime<Ut
 async fn retention(bs: &BackupSchedule, a: &Agent) -> Result<()> {
     let Some(r) = bs.spec.retention.as_ref() else { return Ok(()) };
     let api: Api<VolumeBackup> = Api::namespaced(a.client.clone(), &a.s.namespace);
-    let lp = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", bs.name_any()));
+    let lp = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", super::label_value(&bs.name_any())));
     let ended: Vec<(String, DateTime<Utc>)> = api
         .list(&lp)
         .await?
@@ -232,8 +238,15 @@ async fn retention(bs: &BackupSchedule, a: &Agent) -> Result<()> {
         tracing::info!(schedule = %bs.name_any(), backup = %name, "deleted by the retention policy");
     }
     if !doomed.is_empty() {
+        // Exclusive: a count is lost rather than doubled when two agents race.
         let total = bs.status.as_ref().and_then(|s| s.retention_deleted).unwrap_or(0) + doomed.len() as u64;
-        patch(a, bs, json!({"status": {"retentionDeleted": total}})).await?;
+        patch(
+            a,
+            bs,
+            json!({"metadata": {"resourceVersion": bs.resource_version()},
+                            "status": {"retentionDeleted": total}}),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -38,6 +38,7 @@ struct Mount {
     node: String,
     /// The pod selector and the pod's annotations take it.
     wanted: bool,
+    running: bool,
 }
 
 /// Whether `ns` is selected.
@@ -63,6 +64,9 @@ pub fn select(
         if !namespace_selected(spec, &ns) {
             continue;
         }
+        if pod.labels().contains_key(crate::expose::MOVER_LABEL) {
+            continue;
+        }
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
         if node.is_empty() || matches!(phase, "Succeeded" | "Failed") || pod.metadata.deletion_timestamp.is_some() {
@@ -79,6 +83,7 @@ pub fn select(
                 volume: v.name.clone(),
                 node: node.clone(),
                 wanted,
+                running: phase == "Running",
             });
         }
     }
@@ -89,13 +94,18 @@ pub fn select(
         if !namespace_selected(spec, &ns) || !pvc_sel.as_ref().is_none_or(|s| s.matches(pvc.labels())) {
             continue;
         }
+        // Ferry's own (a mover's clone of a snapshot, a restore's staging claim): never data.
+        if pvc.labels().contains_key(crate::expose::OWNER_LABEL) {
+            continue;
+        }
         if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
             continue;
         }
         let users = mounts.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
         // A pod annotation or the pod selector excluding the volume excludes the PVC; a PVC
         // no pod mounts is taken unless a pod selector asks for mounted ones.
-        let chosen = users.iter().find(|u| u.wanted);
+        // A running pod first (its volume is mounted); a pending one only if none runs.
+        let chosen = users.iter().filter(|u| u.wanted).min_by_key(|u| !u.running);
         if chosen.is_none() && (!users.is_empty() || pod_sel.is_some()) {
             continue;
         }
@@ -157,6 +167,7 @@ mod tests {
             pvc("a", "pending", json!({"tier": "db"}), false),
             pvc("b", "data", json!({"tier": "db"}), true),
             pvc("c", "loose", json!({}), true),
+            pvc("velero", "ferry-du-1", json!({"ferry.dev/owner-uid": "u1"}), true),
         ];
         let pods = vec![
             pod(
@@ -169,8 +180,15 @@ mod tests {
             pod("a", "web", json!({"app": "web"}), json!({INCLUDE_ANNOTATION: "x"}), &[("c", "cache")]),
             pod("b", "db-0", json!({"app": "db"}), json!({}), &[("d", "data")]),
         ];
+        // A pod stuck Pending on another node, named to sort first, does not take app2's claim.
+        let mut pods = pods;
+        let mut stuck = pod("b", "a-stuck", json!({}), json!({}), &[("d", "data")]);
+        stuck.spec.as_mut().unwrap().node_name = Some("n9".into());
+        stuck.status.as_mut().unwrap().phase = Some("Pending".into());
+        pods.insert(0, stuck);
         let all = VolumeBackupSpec::default();
         let got = select(&all, "Live", &pvcs, &pods).unwrap();
+        assert_eq!(got["b/data"].pod.as_deref(), Some("db-0"), "the running pod's node");
         // logs: excluded by annotation; cache: its pod opts in only volume "x"; pending: unbound.
         assert_eq!(keys(&got), ["a/data", "b/data", "c/loose"]);
         assert_eq!(got["a/data"].pod.as_deref(), Some("db-0"));

@@ -125,17 +125,18 @@ impl VolumePhase {
     }
 }
 
-/// One selected volume.
+/// One selected volume. Every field is written, absent ones as `null`, so that a merge patch of
+/// an entry also clears what an earlier write of it set (a message, a snapshot ID).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeStatus {
     pub namespace: String,
     pub pvc: String,
     /// The pod mounting it (hooks and freeze run there), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pod: Option<String>,
     /// The pod's volume name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume: Option<String>,
     /// The node whose agent backs it up.
     #[serde(default)]
@@ -145,30 +146,30 @@ pub struct VolumeStatus {
     pub mode: String,
     #[serde(default)]
     pub phase: VolumePhase,
-    #[serde(default, rename = "snapshotID", skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "snapshotID")]
     pub snapshot_id: Option<String>,
     /// The DataUpload moving a CSI snapshot's data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub data_upload: Option<String>,
     /// The claim as it was (what a restore into a new claim creates): its StorageClass, size
     /// and volume mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub storage_class: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub size: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume_mode: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume_snapshot: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bytes: Option<u64>,
     /// How long its filesystem was frozen, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub frozen_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
     /// Hook and freeze notes, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub warnings: Vec<String>,
 }
 
@@ -319,27 +320,27 @@ pub struct RestoreVolumeStatus {
     pub pvc: String,
     #[serde(rename = "snapshotID")]
     pub snapshot_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pod: Option<String>,
     /// A new claim: the DataDownload filling it, and the claim as created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub data_download: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub storage_class: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub size: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume_mode: Option<String>,
     #[serde(default)]
     pub node: String,
     #[serde(default)]
     pub phase: VolumePhase,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub files: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub warnings: Vec<String>,
 }
