@@ -76,8 +76,8 @@ pub struct Agent {
     /// Freezes of this agent (their records live in the job store).
     pub freezer: Arc<crate::freeze::Freezer>,
     /// VolumeBackup work started by this process: `<backup uid>/<namespace>/<pod>`.
-    /// The value says whether it still runs.
-    pub(crate) own_jobs: Mutex<HashMap<String, bool>>,
+    /// The value: the cancel token of a job that still runs, `None` once it ended.
+    pub(crate) own_jobs: Mutex<HashMap<String, Option<CancelToken>>>,
     jobs: Mutex<HashMap<String, JobEntry>>,
     /// Objects this agent accepted that have not ended or moved to another node: the accept
     /// limit counts them at once (the controllers' caches lag behind concurrent reconciles).

@@ -87,27 +87,38 @@ pub(crate) fn bound_notes(message: &mut Option<String>, warnings: &mut Vec<Strin
 /// Start the job `key` (`<object uid>/…`) unless this process started it before (it may have
 /// ended: a stale view of the object may still show its work unfinished, and it is not done
 /// twice; a restart does redo what never ended).
-pub(crate) fn job_start(a: &Agent, key: &str) -> bool {
+/// Returns the job's cancel token.
+pub(crate) fn job_start(a: &Agent, key: &str) -> Option<ferry_engine::job::CancelToken> {
     let mut jobs = a.own_jobs.lock().expect("own jobs lock");
     if jobs.contains_key(key) {
-        return false;
+        return None;
     }
-    jobs.insert(key.to_string(), true);
-    true
+    let token = ferry_engine::job::CancelToken::new();
+    jobs.insert(key.to_string(), Some(token.clone()));
+    Some(token)
 }
 
 pub(crate) fn job_end(a: &Agent, key: &str) {
-    a.own_jobs.lock().expect("own jobs lock").insert(key.to_string(), false);
+    a.own_jobs.lock().expect("own jobs lock").insert(key.to_string(), None);
 }
 
 /// Whether a job of object `uid` runs in this process.
 pub(crate) fn jobs_running(a: &Agent, uid: &str) -> bool {
-    a.own_jobs.lock().expect("own jobs lock").iter().any(|(k, running)| *running && k.starts_with(&format!("{uid}/")))
+    a.own_jobs.lock().expect("own jobs lock").iter().any(|(k, t)| t.is_some() && k.starts_with(&format!("{uid}/")))
+}
+
+/// Cancel the running jobs of object `uid` (it was deleted).
+pub(crate) fn jobs_cancel(a: &Agent, uid: &str) {
+    for (k, t) in a.own_jobs.lock().expect("own jobs lock").iter() {
+        if let Some(t) = t.as_ref().filter(|_| k.starts_with(&format!("{uid}/"))) {
+            t.cancel();
+        }
+    }
 }
 
 /// Forget the jobs of an object that ended.
 pub(crate) fn jobs_forget(a: &Agent, uid: &str) {
-    a.own_jobs.lock().expect("own jobs lock").retain(|k, running| *running || !k.starts_with(&format!("{uid}/")));
+    a.own_jobs.lock().expect("own jobs lock").retain(|k, t| t.is_some() || !k.starts_with(&format!("{uid}/")));
 }
 
 /// Annotation by which one agent claims the one-time work on an object (selection): `<node>

@@ -965,3 +965,36 @@ fn the_crd_schemas_list_every_spec_field() {
         assert_eq!(in_crd, in_type, "{file}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_nobody_can_take_fail_and_a_backup_deleted_mid_way_stops() {
+    let Some(mut w) = World::new(&[]).await else { return };
+    w.start_agent("n1", &["--pickup-timeout", "3s"]);
+    w.register_node("n9");
+    own_crds(&w).await;
+    w.namespace("lost").await;
+    // A pod on a node that left the cluster, and one on a node where no agent runs.
+    app(&mut w, "ghost", "lost", "g-0", "g", json!({}), json!({}), false).await;
+    app(&mut w, "n9", "lost", "w-0", "w", json!({}), json!({}), false).await;
+    volume_backup(&w, "lost", json!({"includedNamespaces": ["lost"]})).await;
+    let st = vb_ended(&w, "lost", 60).await;
+    assert_eq!(st.phase, Some(BackupPhase::Failed), "{st:?}");
+    let msg = |k: &str| st.volumes[k].message.clone().unwrap_or_default();
+    assert!(msg("lost/g").contains("node ghost is no longer in the cluster"), "{st:?}");
+    assert!(msg("lost/w").contains("no agent on node n9 took it within 3s"), "{st:?}");
+
+    // Deleted while its snapshot is awaited: the job stops, the snapshot request goes, the
+    // finalizer is released at once (not after the 10-minute wait).
+    w.namespace("mid").await;
+    app(&mut w, "n1", "mid", "m-0", "m", json!({}), json!({}), false).await;
+    volume_backup(&w, "mid", json!({"includedNamespaces": ["mid"], "volumeSnapshotClassName": "fake"})).await;
+    let vs = snapshot_created(&w, "mid", "mid").await;
+    let api: Api<VolumeBackup> = Api::namespaced(w.client.clone(), NS);
+    api.delete("mid", &Default::default()).await.unwrap();
+    w.until("the deleted backup to go", 30, || async { api.get_opt("mid").await.unwrap().is_none().then_some(()) })
+        .await;
+    w.until("its snapshot request to go", 30, || async {
+        w.get_in::<VolumeSnapshot>("mid", &vs).await.is_none().then_some(())
+    })
+    .await;
+}

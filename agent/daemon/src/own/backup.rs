@@ -188,12 +188,10 @@ async fn progress(vb: &Arc<VolumeBackup>, a: &Arc<Agent>) -> Result<Requeue> {
     }
     for (pod, vols) in groups {
         let job = format!("{uid}/{}/{pod}", vols[0].1.namespace);
-        if !super::job_start(a, &job) {
-            continue;
-        }
+        let Some(cancel) = super::job_start(a, &job) else { continue };
         let (vb, a) = (vb.clone(), a.clone());
         tokio::spawn(async move {
-            let run = tokio::spawn(run_group(vb.clone(), a.clone(), vols.clone()));
+            let run = tokio::spawn(run_group(vb.clone(), a.clone(), vols.clone(), cancel));
             if let Err(e) = run.await.map_err(|e| anyhow!("the job panicked: {e}")).and_then(|r| r) {
                 for (key, mut v) in vols {
                     v.phase = VolumePhase::Failed;
@@ -297,7 +295,12 @@ fn tags(vb: &VolumeBackup, v: &VolumeStatus) -> Vec<(String, String)> {
 }
 
 /// One pod's volumes on this node: hooks, freeze, snapshot, thaw, hooks, data.
-async fn run_group(vb: Arc<VolumeBackup>, a: Arc<Agent>, mut vols: Vec<(String, VolumeStatus)>) -> Result<()> {
+async fn run_group(
+    vb: Arc<VolumeBackup>,
+    a: Arc<Agent>,
+    mut vols: Vec<(String, VolumeStatus)>,
+    cancel: ferry_engine::job::CancelToken,
+) -> Result<()> {
     let ns = vols[0].1.namespace.clone();
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &ns);
     let pod = match &vols[0].1.pod {
@@ -309,7 +312,10 @@ async fn run_group(vb: Arc<VolumeBackup>, a: Arc<Agent>, mut vols: Vec<(String, 
         v.phase = VolumePhase::InProgress;
         patch_volume(&a, &vb, key, v).await?;
     }
-    let _slot = a.own_slot().await;
+    let _slot = tokio::select! {
+        slot = a.own_slot() => slot,
+        _ = cancel.cancelled() => anyhow::bail!("canceled: the VolumeBackup was deleted"),
+    };
     // Pre hook: a failure with on-error Fail fails every volume of the pod.
     let (pre, post) = match &pod {
         Some(p) => (hooks::hook(p, When::Pre)?, hooks::hook(p, When::Post)?),
@@ -334,9 +340,9 @@ async fn run_group(vb: Arc<VolumeBackup>, a: Arc<Agent>, mut vols: Vec<(String, 
     for (key, v) in vols.iter_mut() {
         v.warnings.extend(notes.iter().cloned());
         let r = if csi {
-            snapshot_volume(&vb, &a, pod.as_ref(), v, freeze, max_freeze).await
+            snapshot_volume(&vb, &a, pod.as_ref(), v, freeze, max_freeze, &cancel).await
         } else {
-            live_volume(&vb, &a, pod.as_ref(), v, freeze, max_freeze).await
+            live_volume(&vb, &a, pod.as_ref(), v, freeze, max_freeze, &cancel).await
         };
         results.push((key.clone(), r));
     }
@@ -429,6 +435,7 @@ async fn live_volume(
     v: &mut VolumeStatus,
     freeze: bool,
     max_freeze: Duration,
+    cancel: &ferry_engine::job::CancelToken,
 ) -> Result<()> {
     let pod = pod.ok_or_else(|| anyhow!("no pod mounts it"))?;
     let spec = pod_volume(a, pod, &v.namespace, &v.pvc, v.volume.as_deref()).await?;
@@ -443,7 +450,7 @@ async fn live_volume(
         identity: Some(Identity::pvc(&v.namespace, &v.pvc)?),
         requester: Some("ferry".into()),
     };
-    let job = ferry_engine::Job { limits: a.limits(), ..Default::default() };
+    let job = ferry_engine::Job { limits: a.limits(), cancel: cancel.clone(), ..Default::default() };
     let out = podvolume::backup(repo.clone(), &spec, backup, &job).await;
     if let Some(f) = frozen {
         note_thaw(v, f.thaw(), true);
@@ -465,6 +472,7 @@ async fn snapshot_volume(
     v: &mut VolumeStatus,
     freeze: bool,
     max_freeze: Duration,
+    cancel: &ferry_engine::job::CancelToken,
 ) -> Result<()> {
     let class = vb.spec.volume_snapshot_class_name.clone().unwrap_or_default();
     let suffix = vb.uid().unwrap_or_default().chars().take(8).collect::<String>();
@@ -498,6 +506,9 @@ async fn snapshot_volume(
             if s.ready_to_use == Some(true) || s.creation_time.is_some() {
                 break Ok(());
             }
+        }
+        if cancel.is_cancelled() {
+            break Err(anyhow!("canceled: the VolumeBackup was deleted"));
         }
         if tokio::time::Instant::now() >= deadline {
             let why = if frozen.is_some() { " (spec.maxFreeze: the filesystem is not kept frozen longer)" } else { "" };
@@ -560,6 +571,7 @@ async fn deleted(vb: &VolumeBackup, a: &Agent) -> Result<Requeue> {
                 }
                 patch_volume(a, vb, key, &skipped("(its DataUpload was canceled)")).await?;
             } else if super::jobs_running(a, &uid) {
+                super::jobs_cancel(a, &uid);
                 waiting = true;
             } else {
                 patch_volume(a, vb, key, &skipped("before this volume was backed up")).await?;

@@ -275,7 +275,7 @@ async fn progress(vr: &Arc<VolumeRestore>, a: &Arc<Agent>) -> Result<Requeue> {
             continue;
         }
         let job = format!("{uid}/{key}");
-        if !super::job_start(a, &job) {
+        if super::job_start(a, &job).is_none() {
             continue;
         }
         let (vr, a, key, v) = (vr.clone(), a.clone(), key.clone(), v.clone());
