@@ -477,6 +477,13 @@ async fn snapshot_volume(
     let class = vb.spec.volume_snapshot_class_name.clone().unwrap_or_default();
     let suffix = vb.uid().unwrap_or_default().chars().take(8).collect::<String>();
     let name: String = format!("{}-{}-{suffix}", vb.name_any(), v.pvc).chars().take(240).collect();
+    // Redone after a restart: a DataUpload already made for this volume carries on.
+    let uploads: Api<DataUpload> = Api::namespaced(a.client.clone(), &a.s.namespace);
+    if uploads.get_opt(&name).await?.is_some() {
+        v.volume_snapshot = Some(name.clone());
+        v.data_upload = Some(name);
+        return Ok(());
+    }
     let frozen = match (freeze, pod) {
         (true, Some(pod)) => {
             let spec = pod_volume(a, pod, &v.namespace, &v.pvc, v.volume.as_deref()).await?;
