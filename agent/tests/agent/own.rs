@@ -658,20 +658,32 @@ async fn schedules_fire_on_time_catch_up_once_after_a_pause_and_apply_ttl_and_re
     }
 }
 
-/// What `velero-restore-helper` does in a pod's `restore-wait` init container: poll once a
-/// second (here every 100 ms) until every volume has `.velero/<restore uid>`, then delete each
-/// `.velero` and exit. The thread's result: how long it waited.
+/// What `velero-restore-helper` does in a pod's `restore-wait` init container, as a process of
+/// its own: poll (every 100 ms here, each second there) until every volume has
+/// `.velero/<restore uid>`, then delete each `.velero` and exit 0. The thread's result: how long
+/// the process waited.
 fn restore_wait(volumes: Vec<PathBuf>, uid: String) -> std::thread::JoinHandle<Duration> {
+    let script = r#"uid=$1; shift
+        until (for v in "$@"; do [ -f "$v/.velero/$uid" ] || exit 1; done); do sleep 0.1; done
+        for v in "$@"; do rm -rf "$v/.velero"; done"#;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script, "restore-wait", &uid])
+        .args(&volumes)
+        .spawn()
+        .unwrap();
     std::thread::spawn(move || {
         let t0 = Instant::now();
-        while !volumes.iter().all(|v| v.join(".velero").join(&uid).is_file()) {
-            assert!(t0.elapsed() < Duration::from_secs(120), "restore-wait: no mark in {volumes:?}");
-            std::thread::sleep(Duration::from_millis(100));
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "restore-wait exited {status:?}");
+                return t0.elapsed();
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("restore-wait: no mark in {volumes:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        for v in &volumes {
-            std::fs::remove_dir_all(v.join(".velero")).unwrap();
-        }
-        t0.elapsed()
     })
 }
 
