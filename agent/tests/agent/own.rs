@@ -666,11 +666,8 @@ fn restore_wait(volumes: Vec<PathBuf>, uid: String) -> std::thread::JoinHandle<D
     let script = r#"uid=$1; shift
         until (for v in "$@"; do [ -f "$v/.velero/$uid" ] || exit 1; done); do sleep 0.1; done
         for v in "$@"; do rm -rf "$v/.velero"; done"#;
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", script, "restore-wait", &uid])
-        .args(&volumes)
-        .spawn()
-        .unwrap();
+    let mut child =
+        std::process::Command::new("sh").args(["-c", script, "restore-wait", &uid]).args(&volumes).spawn().unwrap();
     std::thread::spawn(move || {
         let t0 = Instant::now();
         loop {
