@@ -128,7 +128,8 @@ pub fn node_type(k: repo_format::NodeType) -> &'static str {
 pub fn summary_json(s: &repo_format::Summary) -> serde_json::Value {
     serde_json::json!({
         "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
-        "dirs": s.dirs, "other_entries": s.other_entries, "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
+        "dirs": s.dirs, "dirs_split": s.dirs_split, "other_entries": s.other_entries,
+        "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
         "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
         "data_blobs_added": s.data_blobs_added, "tree_blobs_added": s.tree_blobs_added,
         "errors": s.errors, "duration_s": s.duration_ns as f64 / 1e9,

@@ -27,6 +27,11 @@ impl Chunker {
         self.params
     }
 
+    /// The secret seed (it also keys where big directories are cut into parts).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Chunk a reader; yields owned chunks of at most `max` bytes. Memory: one `max` buffer.
     pub fn stream<R: Read>(&self, reader: R) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
         let p = self.params;

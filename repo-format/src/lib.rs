@@ -12,6 +12,7 @@ mod codec;
 mod compress;
 mod config;
 mod crypto;
+mod dirparts;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -35,6 +36,7 @@ pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};
 pub use config::{ChunkerParams, DEFAULT_GC_GRACE_NS, RepoConfig};
 pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};
+pub use dirparts::{DirSplitter, PART_MAX, PART_MAX_BYTES, PART_MIN, SPLIT_BYTES, SPLIT_ENTRIES, ends_part};
 pub use error::{Error, ObjectRef, Result};
 pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
 pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, PackRef};
@@ -43,11 +45,15 @@ pub use marker::Marker;
 pub use object::FORMAT_VERSION;
 pub use pack::{PackEntry, TRAILER_LEN, open_blob, open_blob_into, parse_header, parse_pack, parse_trailer};
 pub use repository::{
-    FUTURE_SKEW_NS, InitOptions, KeyInfo, Repository, Resumed, current as current_index_files, marked_only,
+    FUTURE_SKEW_NS, InitOptions, KeyInfo, MAX_JOINED_ENTRIES, Repository, Resumed, current as current_index_files,
+    marked_only,
 };
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{
     Counting, FileKind, MAX_KEY_FILE_LEN, MAX_OBJECT_LEN, ObjectStorage, ReadOnly, RequestCounts, Storage, path_of,
 };
-pub use tree::{Content, Node, NodeType, Segment, Tree, decode_segment_list, encode_segment_list};
+pub use tree::{
+    Content, DIR_INDEX_MAGIC, DirPart, Directory, Node, NodeType, Segment, Tree, decode_segment_list, encode_dir_index,
+    encode_segment_list,
+};
 pub use writer::{BlobWriter, Saved, WriterOptions, WriterResult, WriterStats};

@@ -15,8 +15,9 @@ pub(crate) const HEADER_LEN: usize = 8;
 /// Newest format version this code reads, and writes where it must. Version 2 adds garbage
 /// collection (FORMAT.md §9): index objects that supersede others, and markers. Objects that
 /// need nothing of version 2 are still written as version 1, so a repository that was never
-/// pruned stays readable by version 1 software.
-pub const FORMAT_VERSION: u16 = 2;
+/// pruned stays readable by version 1 software. Version 3 adds directories stored in parts
+/// (FORMAT.md §5.7): only a snapshot whose tree has one is written as version 3.
+pub const FORMAT_VERSION: u16 = 3;
 /// The version of objects that need no version 2 feature.
 pub(crate) const BASE_VERSION: u16 = 1;
 
@@ -103,10 +104,10 @@ mod tests {
     fn newer_version_is_refused_by_name() {
         let c = Cipher::new(&[3; 32]);
         let mut sealed = seal(&c, ObjectType::Config, b"x", 0);
-        sealed[6] = 3;
+        sealed[6] = 4;
         assert!(matches!(
             open(&c, ObjectType::Config, &sealed, "c"),
-            Err(Error::UnsupportedVersion { found: 3, supported: 2 })
+            Err(Error::UnsupportedVersion { found: 4, supported: 3 })
         ));
     }
 }

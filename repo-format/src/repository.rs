@@ -36,6 +36,7 @@ use crate::pack;
 use crate::snapshot::Snapshot;
 use crate::storage::{FileKind, Storage};
 use crate::tree::Tree;
+use crate::tree::{DirPart, Directory};
 use crate::writer::{BlobWriter, WriterOptions, WriterResult, write_index};
 
 /// Under the repository's cache directory: journals of packs not yet indexed.
@@ -70,6 +71,11 @@ const KEY_TRY_FLOOR: u64 = 32 << 10;
 
 /// Snapshots dated later than now plus this are not trusted to be the newest (clock skew
 /// between nodes is allowed for).
+/// Most entries `read_tree` joins from a directory's parts (a `Node` takes about 200 bytes in
+/// memory: about 400 MiB at the limit). A forged index may name one part many times; this
+/// bounds what it can make a whole-tree reader hold.
+pub const MAX_JOINED_ENTRIES: u64 = 2 << 20;
+
 pub const FUTURE_SKEW_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// A key file as `key list` shows it.
@@ -613,15 +619,57 @@ impl Repository {
             .map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack: loc.pack.0 }))
     }
 
+    /// A directory's tree, whole: a directory stored in parts is joined, up to
+    /// `MAX_JOINED_ENTRIES` entries (walks over whole snapshots read the parts one by one
+    /// instead: `read_dir`, `read_tree_part`).
     pub async fn read_tree(&self, id: &TreeId) -> Result<Tree> {
-        let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
-        let pack = self.lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
-        Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack }))
+        let parts = match self.read_dir(id).await? {
+            Directory::Tree(t) => return Ok(t),
+            Directory::Parts(p) => p,
+        };
+        let total: u64 = parts.iter().map(|p| u64::from(p.entries)).sum();
+        if total > MAX_JOINED_ENTRIES {
+            return Err(Error::Invalid(format!(
+                "directory {} holds {total} entries in {} parts, more than {MAX_JOINED_ENTRIES} can be listed at once",
+                id.0.short(),
+                parts.len()
+            )));
+        }
+        let mut nodes = Vec::new();
+        for p in &parts {
+            nodes.extend(self.read_tree_part(p).await?.nodes);
+        }
+        Ok(Tree { nodes })
     }
 
-    /// Write a snapshot (after the writer holding its blobs has finished).
+    /// A directory's blob as stored: a tree, or the index of its parts.
+    pub async fn read_dir(&self, id: &TreeId) -> Result<Directory> {
+        let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
+        let pack = self.lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
+        Directory::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack }))
+    }
+
+    /// One part of a directory stored in parts: a tree (never another index) with as many
+    /// entries as the index says.
+    pub async fn read_tree_part(&self, part: &DirPart) -> Result<Tree> {
+        let id = &part.id;
+        let b = self.read_blob(BlobKind::Tree, &BlobId(id.0)).await?;
+        let pack = self.lookup(BlobKind::Tree, &BlobId(id.0)).map(|l| l.pack.0).unwrap_or(Id::ZERO);
+        let t = Tree::decode(&b).map_err(|e| e.locate(ObjectRef::Blob { id: id.0, pack }))?;
+        if t.nodes.len() != part.entries as usize {
+            let msg = format!("a directory part of {} entries where its index says {}", t.nodes.len(), part.entries);
+            return Err(Error::corrupt("tree", msg).locate(ObjectRef::Blob { id: id.0, pack }));
+        }
+        Ok(t)
+    }
+
+    /// Write a snapshot (after the writer holding its blobs has finished). A snapshot whose
+    /// tree has directories in parts is written as format version 3, so that older software
+    /// refuses it by name (and never prunes what it cannot follow) instead of calling its trees
+    /// corrupt.
     pub async fn save_snapshot(&self, s: &Snapshot) -> Result<SnapshotId> {
-        let b = object::seal(&self.master.object_cipher(), ObjectType::Snapshot, &s.encode()?, 3);
+        let version = if s.summary.dirs_split > 0 { 3 } else { object::BASE_VERSION };
+        let b = object::seal_version(&self.master.object_cipher(), ObjectType::Snapshot, &s.encode()?, 3, version);
         let id = Id::of_stored(&b);
         self.storage.create(FileKind::Snapshot, &id, Bytes::from(b)).await?;
         Ok(SnapshotId(id))

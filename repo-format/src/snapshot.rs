@@ -32,10 +32,12 @@ pub struct Summary {
     /// Source entries that could not be read.
     pub errors: u64,
     pub duration_ns: u64,
+    /// Directories stored in parts (format version 3); 0 in older snapshots.
+    pub dirs_split: u64,
 }
 
 impl Summary {
-    fn fields(&self) -> [u64; 13] {
+    fn fields(&self) -> [u64; 14] {
         [
             self.files_new,
             self.files_changed,
@@ -50,6 +52,7 @@ impl Summary {
             self.tree_blobs_added,
             self.errors,
             self.duration_ns,
+            self.dirs_split,
         ]
     }
 
@@ -69,6 +72,7 @@ impl Summary {
             tree_blobs_added: g(10),
             errors: g(11),
             duration_ns: g(12),
+            dirs_split: g(13),
         }
     }
 }
@@ -191,16 +195,17 @@ mod tests {
 
     #[test]
     fn fewer_summary_fields_default_to_zero() {
-        let s =
-            Snapshot { summary: Summary { files_new: 7, duration_ns: 9, ..Default::default() }, ..Default::default() };
+        let summary = Summary { files_new: 7, duration_ns: 9, dirs_split: 2, ..Default::default() };
+        let s = Snapshot { summary, ..Default::default() };
+        assert_eq!(Snapshot::decode(&s.encode().unwrap()).unwrap(), s, "all 14 fields round-trip");
         let mut b = s.encode().unwrap();
         // rewrite as an older writer with 1 summary field
-        let at = b.len() - 13 * 8 - 2;
+        let at = b.len() - 14 * 8 - 2;
         b.truncate(at);
         b.extend_from_slice(&1u16.to_le_bytes());
         b.extend_from_slice(&7u64.to_le_bytes());
         let d = Snapshot::decode(&b).unwrap();
         assert_eq!(d.summary.files_new, 7);
-        assert_eq!(d.summary.duration_ns, 0);
+        assert_eq!((d.summary.duration_ns, d.summary.dirs_split), (0, 0));
     }
 }

@@ -10,6 +10,11 @@
 //! blob), or `2 ‖ tree blob id[32] ‖ length u64` (a tree-kind blob holding a further segment
 //! list, `count u32 ‖ segments`, for files and disks with very many chunks).
 //!
+//! A directory too large for one tree blob is a **directory index** (`Directory::Parts`):
+//! `0xFFFFFFFF u32 ‖ part count u32 ‖ parts (tree id[32] ‖ entry count u32)`, each part an
+//! ordinary tree holding a run of the directory's entries, the runs in ascending name order
+//! (format version 3; docs/FORMAT.md §5.7).
+//!
 //! Names are raw bytes: non-UTF-8 names round-trip. Decoding never trusts names; the restorer
 //! checks `Node::has_safe_name` before touching the file system.
 
@@ -20,6 +25,13 @@ use crate::id::{BlobId, TreeId};
 /// The smallest encoded entry: its length prefix and every fixed field, with an empty name,
 /// no symlink target, no xattrs and no content (4 + 2 + 1 + 3·4 + 3·8 + 3·8 + 4 + 8 + 4 + 2 + 1).
 const MIN_ENTRY: usize = 86;
+
+/// The first word of a directory index, where a tree has its entry count (no tree can hold
+/// that many entries: it would need 344 GiB).
+pub const DIR_INDEX_MAGIC: u32 = u32::MAX;
+
+/// Size of one part reference in a directory index.
+const PART_LEN: usize = 36;
 
 /// Type of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,6 +140,26 @@ impl Node {
         }
     }
 
+    /// Bytes this entry takes in a tree payload, its length prefix included.
+    pub fn encoded_len(&self) -> usize {
+        let xattrs: usize = self.xattrs.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
+        let content = match &self.content {
+            Content::None => 0,
+            Content::Tree(_) => 32,
+            Content::Segments(s) => {
+                4 + s
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Zero { .. } => 9,
+                        Segment::Blob { .. } => 37,
+                        Segment::Indirect { .. } => 41,
+                    })
+                    .sum::<usize>()
+            }
+        };
+        MIN_ENTRY + self.name.len() + self.link_target.len() + xattrs + content
+    }
+
     /// A name that is one path component: not empty, not `.` or `..`, no `/` and no NUL.
     pub fn has_safe_name(&self) -> bool {
         let n = &self.name[..];
@@ -181,6 +213,50 @@ pub fn decode_segment_list(b: &[u8]) -> Result<Vec<Segment>> {
     Ok(v)
 }
 
+/// One part of a directory stored in parts: a tree blob and how many entries it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirPart {
+    pub id: TreeId,
+    pub entries: u32,
+}
+
+/// What a directory's tree-kind blob holds: its entries, or the parts that hold them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Directory {
+    Tree(Tree),
+    Parts(Vec<DirPart>),
+}
+
+impl Directory {
+    /// Decode a directory's blob: a tree, or a directory index.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() >= 4 && b[..4] == DIR_INDEX_MAGIC.to_le_bytes() {
+            let mut d = Dec::new(&b[4..], "directory index");
+            let n = d.count(PART_LEN)?;
+            if n == 0 {
+                return Err(Error::corrupt("directory index", "no parts"));
+            }
+            let mut parts = Vec::with_capacity(n);
+            for _ in 0..n {
+                parts.push(DirPart { id: TreeId(d.id()?), entries: d.u32()? });
+            }
+            d.finish()?;
+            return Ok(Directory::Parts(parts));
+        }
+        Tree::decode(b).map(Directory::Tree)
+    }
+}
+
+/// Encode a directory index over `parts` (at least one).
+pub fn encode_dir_index(parts: &[DirPart]) -> Vec<u8> {
+    let mut e = Enc::with_capacity(8 + parts.len() * PART_LEN);
+    e.u32(DIR_INDEX_MAGIC).u32(parts.len() as u32);
+    for p in parts {
+        e.id(&p.id.0).u32(p.entries);
+    }
+    e.buf
+}
+
 impl Tree {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut e = Enc::with_capacity(64 + self.nodes.len() * 160);
@@ -224,7 +300,13 @@ impl Tree {
         Ok(e.buf)
     }
 
+    /// Decode a tree payload. A directory index is refused here (see `Directory::decode`):
+    /// where a tree is expected (a part of a directory index, a file system's tree in a
+    /// caller that reads whole trees) one cannot stand.
     pub fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() >= 4 && b[..4] == DIR_INDEX_MAGIC.to_le_bytes() {
+            return Err(Error::corrupt("tree", "a directory index where a tree was expected"));
+        }
         let mut d = Dec::new(b, "tree");
         let n = d.count(MIN_ENTRY)?;
         // A `Node` in memory is several times its smallest encoding: grow as entries arrive
@@ -346,6 +428,30 @@ mod tests {
         fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Tree::decode(&b);
             let _ = decode_segment_list(&b);
+            let mut index = DIR_INDEX_MAGIC.to_le_bytes().to_vec();
+            index.extend_from_slice(&b);
+            let _ = Directory::decode(&index);
+        }
+
+        #[test]
+        fn encoded_len_is_exact(node in arb_node()) {
+            let n = node.encoded_len();
+            prop_assert_eq!(Tree { nodes: vec![node] }.encode().unwrap().len(), 4 + n);
+        }
+
+        #[test]
+        fn dir_index_round_trip(parts in proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 1..50)) {
+            let parts: Vec<DirPart> = parts.into_iter().map(|(i, entries)| DirPart { id: TreeId(Id(i)), entries }).collect();
+            let b = encode_dir_index(&parts);
+            prop_assert_eq!(b.len(), 8 + 36 * parts.len());
+            prop_assert_eq!(Directory::decode(&b).unwrap(), Directory::Parts(parts));
+            prop_assert!(Tree::decode(&b).unwrap_err().is_corrupt());
+        }
+
+        #[test]
+        fn a_tree_decodes_as_a_directory(nodes in proptest::collection::vec(arb_node(), 0..5)) {
+            let t = Tree { nodes };
+            prop_assert_eq!(Directory::decode(&t.encode().unwrap()).unwrap(), Directory::Tree(t));
         }
     }
 
@@ -358,6 +464,21 @@ mod tests {
         assert!(Tree::decode(&b).unwrap_err().is_corrupt());
         let t = Tree { nodes: vec![Node::new(Vec::new(), NodeType::Fifo)] };
         assert_eq!(t.encode().unwrap().len(), 4 + MIN_ENTRY, "MIN_ENTRY is the real minimum");
+    }
+
+    #[test]
+    fn a_dir_index_without_parts_or_with_a_hostile_count_is_corrupt() {
+        assert!(Directory::decode(&encode_dir_index(&[])).unwrap_err().is_corrupt());
+        let mut b = DIR_INDEX_MAGIC.to_le_bytes().to_vec();
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&[0; 36]);
+        assert!(Directory::decode(&b).unwrap_err().is_corrupt(), "count beyond the bytes");
+        let mut short = encode_dir_index(&[DirPart { id: TreeId(Id([1; 32])), entries: 2 }]);
+        short.pop();
+        assert!(Directory::decode(&short).unwrap_err().is_corrupt());
+        let mut long = encode_dir_index(&[DirPart { id: TreeId(Id([1; 32])), entries: 2 }]);
+        long.push(0);
+        assert!(Directory::decode(&long).unwrap_err().is_corrupt(), "no extension bytes");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! Memory bound: `CHUNK_QUEUE` chunks of at most the chunker's max size (4 MiB by default)
 //! waiting, one chunk per worker in progress, the writer's open packs' buffers (1 MiB each) and
-//! `DIR_QUEUE` directory records. With the defaults and 2 cores: about 8 × 4 MiB + 2 × 4 MiB +
+//! `DIR_QUEUE` directory records of at most `DIR_RECORD` entries. With the defaults and 2 cores: about 8 × 4 MiB + 2 × 4 MiB +
 //! 5 MiB + uploads (two 8 MiB parts each) ≈ 80 MiB at worst; typical is much less since most
 //! chunks are far below the maximum. `FERRY_CHUNK_QUEUE` overrides the queue length.
 
@@ -34,6 +34,8 @@ use crate::report::{EntryError, EntryErrorKind};
 
 /// Directory records waiting for the tree builder.
 const DIR_QUEUE: usize = 256;
+/// Most entries in one directory record: a big directory is sent in runs of this many.
+const DIR_RECORD: usize = 512;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -77,6 +79,9 @@ pub struct BackupReport {
     pub files_changed: u64,
     pub files_unchanged: u64,
     pub dirs: u64,
+    /// Directories stored in parts (each more than 65536 entries or 16 MiB of metadata).
+    #[serde(default)]
+    pub dirs_split: u64,
     pub other_entries: u64,
     pub bytes_read: u64,
     pub bytes_total: u64,
@@ -103,6 +108,7 @@ impl Outcome {
             files_changed: s.files_changed,
             files_unchanged: s.files_unchanged,
             dirs: s.dirs,
+            dirs_split: s.dirs_split,
             other_entries: s.other_entries,
             bytes_read: s.bytes_read,
             bytes_total: s.bytes_total,
@@ -129,6 +135,8 @@ pub(crate) struct Tally {
     pub other: std::sync::atomic::AtomicU64,
     pub bytes_total: std::sync::atomic::AtomicU64,
     pub bytes_read: std::sync::atomic::AtomicU64,
+    /// Directories stored in parts.
+    pub dirs_split: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn now_ns() -> i64 {
@@ -319,6 +327,7 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
         tree_blobs_added: st.tree_blobs.load(Relaxed),
         errors: errors.len() as u64,
         duration_ns: started.elapsed().as_nanos() as u64,
+        dirs_split: tally.dirs_split.load(Relaxed),
     };
     let mut tags = cfg.tags.clone();
     if let Some(id) = &cfg.identity {

@@ -29,8 +29,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use repo_format::{
-    BlobId, BlobKind, Content, Error as RepoError, FileKind, Id, Index, IndexFile, IndexId, NodeType, PackEntry,
-    PackId, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list, open_blob, parse_pack,
+    BlobId, BlobKind, Content, Directory, Error as RepoError, FileKind, Id, Index, IndexFile, IndexId, NodeType,
+    PackEntry, PackId, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list, open_blob,
+    parse_pack,
 };
 use serde::Serialize;
 
@@ -650,45 +651,95 @@ impl Walk<'_> {
             if let Some(d) = self.unreadable(BlobKind::Tree, &bid, &path, f) {
                 own.push(d);
             } else {
-                match self.repo.read_tree(&id).await {
+                match self.repo.read_dir(&id).await {
                     Err(e) if e.is_corrupt() => {
                         own.push(f.add(DamageKind::Tree, format!("tree {}", id.0), format!("at {path}: {e}")) as u32)
                     }
                     Err(e) => return Err(anyhow::Error::new(e).context(format!("reading tree {} at {path}", id.0))),
-                    Ok(tree) => {
-                        for node in &tree.nodes {
-                            let name = String::from_utf8_lossy(&node.name);
-                            let at = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
-                            match &node.content {
-                                Content::Tree(t) if node.kind == NodeType::Dir => {
-                                    if let Some(d) = self.memo.get(t) {
-                                        own.extend(d.iter().copied());
-                                    } else if on_stack.contains(t) || depth + 1 > MAX_DEPTH {
-                                        own.push(f.add(
-                                            DamageKind::Tree,
-                                            format!("tree {}", id.0),
-                                            format!("at {at}: a directory cycle or nesting deeper than {MAX_DEPTH}"),
-                                        ) as u32);
-                                    } else {
-                                        children.push(*t);
-                                        frames.push((*t, at));
+                    Ok(dir) => {
+                        // A directory in parts: each part read and checked in turn, its entries
+                        // in strictly ascending order across the parts.
+                        let (mut whole, parts) = match dir {
+                            Directory::Tree(t) => (Some(t), Vec::new()),
+                            Directory::Parts(p) => (None, p),
+                        };
+                        let (mut next, mut prev): (usize, Option<Vec<u8>>) = (0, None);
+                        loop {
+                            let tree = match whole.take() {
+                                Some(t) => t,
+                                None => {
+                                    let Some(p) = parts.get(next) else { break };
+                                    next += 1;
+                                    if let Some(d) = self.unreadable(BlobKind::Tree, &BlobId(p.id.0), &path, f) {
+                                        own.push(d);
+                                        continue;
+                                    }
+                                    match self.repo.read_tree_part(p).await {
+                                        Err(e) if e.is_corrupt() => {
+                                            own.push(f.add(
+                                                DamageKind::Tree,
+                                                format!("tree {}", p.id.0),
+                                                format!("at {path}: {e}"),
+                                            ) as u32);
+                                            continue;
+                                        }
+                                        Err(e) => {
+                                            return Err(anyhow::Error::new(e)
+                                                .context(format!("reading tree {} at {path}", p.id.0)));
+                                        }
+                                        Ok(t) => {
+                                            let first = t.nodes.first().map(|n| n.name.as_slice());
+                                            let ordered = t.nodes.windows(2).all(|w| w[0].name < w[1].name)
+                                                && prev.as_deref().zip(first).is_none_or(|(a, b)| a < b);
+                                            if !ordered {
+                                                own.push(f.add(
+                                                DamageKind::Tree,
+                                                format!("tree {}", p.id.0),
+                                                format!("at {path}: a directory part's entries are not in ascending order"),
+                                            ) as u32);
+                                            }
+                                            prev = t.nodes.last().map(|n| n.name.clone()).or(prev);
+                                            t
+                                        }
                                     }
                                 }
-                                Content::Segments(segs) => {
-                                    let covered = self.segments(segs, &at, f, &mut own).await?;
-                                    if covered.is_some_and(|c| c != node.size) {
-                                        own.push(f.add(
-                                            DamageKind::Tree,
-                                            format!("tree {}", id.0),
-                                            format!(
-                                                "at {at}: the parts cover {} bytes, the file is {} bytes",
-                                                covered.unwrap_or(0),
-                                                node.size
-                                            ),
-                                        ) as u32);
+                            };
+                            for node in &tree.nodes {
+                                let name = String::from_utf8_lossy(&node.name);
+                                let at = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
+                                match &node.content {
+                                    Content::Tree(t) if node.kind == NodeType::Dir => {
+                                        if let Some(d) = self.memo.get(t) {
+                                            own.extend(d.iter().copied());
+                                        } else if on_stack.contains(t) || depth + 1 > MAX_DEPTH {
+                                            own.push(f.add(
+                                                DamageKind::Tree,
+                                                format!("tree {}", id.0),
+                                                format!(
+                                                    "at {at}: a directory cycle or nesting deeper than {MAX_DEPTH}"
+                                                ),
+                                            ) as u32);
+                                        } else {
+                                            children.push(*t);
+                                            frames.push((*t, at));
+                                        }
                                     }
+                                    Content::Segments(segs) => {
+                                        let covered = self.segments(segs, &at, f, &mut own).await?;
+                                        if covered.is_some_and(|c| c != node.size) {
+                                            own.push(f.add(
+                                                DamageKind::Tree,
+                                                format!("tree {}", id.0),
+                                                format!(
+                                                    "at {at}: the parts cover {} bytes, the file is {} bytes",
+                                                    covered.unwrap_or(0),
+                                                    node.size
+                                                ),
+                                            ) as u32);
+                                        }
+                                    }
+                                    _ => {}
                                 }
-                                _ => {}
                             }
                         }
                     }

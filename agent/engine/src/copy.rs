@@ -182,7 +182,7 @@ pub async fn execute(
     }
     let tmp_dir = crate::backup::pack_tmp_dir(dst, opts.cache_dir.as_deref())?;
     let reads = (job.limits.threads * 2).clamp(2, 16);
-    let mut walk = walk::Walk::new(src, shared, reads);
+    let mut walk = walk::Walk::new(src, shared, reads, dst.master_key().chunker_seed());
     let items = std::mem::take(&mut plan.items);
     for item in items {
         let origin = Origin::of(&item.snapshot);

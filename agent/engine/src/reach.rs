@@ -1,5 +1,5 @@
-//! What snapshots reference: a walk over trees, subtrees, indirect segment lists and data
-//! blobs, each tree-kind blob visited once however many snapshots share it.
+//! What snapshots reference: a walk over trees, the parts of directories stored in parts,
+//! subtrees, indirect segment lists and data blobs, each tree-kind blob visited once however many snapshots share it.
 //!
 //! The caller says where each blob is (`locate`): the current index, or for garbage
 //! collection's re-checks also packs marked for deletion. A tree-kind blob that cannot be
@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use repo_format::{BlobId, BlobKind, BlobLocation, Content, FileKind, Repository, Segment, Tree, TreeId};
+use repo_format::{BlobId, BlobKind, BlobLocation, Content, Directory, FileKind, Repository, Segment, TreeId};
 
 use crate::Job;
 
@@ -43,7 +43,21 @@ pub async fn walk(
             segments(&segs, seen, &mut stack, &mut locate);
             continue;
         }
-        let tree = Tree::decode(&plain).with_context(|| format!("decoding tree {}", id.0))?;
+        let tree = match Directory::decode(&plain).with_context(|| format!("decoding tree {}", id.0))? {
+            Directory::Tree(t) => t,
+            // A directory in parts: its parts are reachable. (A forged part that is an index
+            // again is followed too: for garbage collection, keeping more is the safe side;
+            // readers refuse it.)
+            Directory::Parts(parts) => {
+                for p in parts {
+                    let b = BlobId(p.id.0);
+                    if seen.insert((b, false)) {
+                        stack.push((b, false));
+                    }
+                }
+                continue;
+            }
+        };
         for node in &tree.nodes {
             match &node.content {
                 Content::Tree(t) => {

@@ -252,7 +252,17 @@ impl Fixer<'_> {
             let new = if !changed || self.dry_run {
                 id
             } else {
-                let bytes = Tree { nodes }.encode()?;
+                // Cut again as a backup would (a directory in parts stays in parts).
+                let writer = &self.writer;
+                let mut save_part = |t: &Tree| Ok(TreeId(writer.save(BlobKind::Tree, &t.encode()?)?.id.0));
+                let mut splitter = repo_format::DirSplitter::new(self.repo.master_key().chunker_seed());
+                for node in nodes {
+                    splitter.push(node, &mut save_part)?;
+                }
+                let bytes = match splitter.finish(&mut save_part)? {
+                    repo_format::Directory::Tree(t) => t.encode()?,
+                    repo_format::Directory::Parts(parts) => repo_format::encode_dir_index(&parts),
+                };
                 TreeId(self.writer.save(BlobKind::Tree, &bytes)?.id.0)
             };
             self.memo.insert(id, (Some(new), changed));

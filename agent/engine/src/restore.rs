@@ -106,6 +106,12 @@ impl Budget {
     }
 }
 
+/// A directory as the planner reads it: a tree, or the parts it is stored in.
+enum Listed {
+    Tree(Arc<Tree>),
+    Parts(Vec<repo_format::DirPart>),
+}
+
 /// Decoded small trees by id, so a subtree that appears many times is read and decoded once.
 #[derive(Default)]
 struct TreeMemo(HashMap<TreeId, Arc<Tree>>);
@@ -113,18 +119,21 @@ struct TreeMemo(HashMap<TreeId, Arc<Tree>>);
 impl TreeMemo {
     const MAX_TREES: usize = 4096;
     const MAX_NODES: usize = 32;
-    async fn get(&mut self, repo: &Repository, id: TreeId) -> repo_format::Result<Arc<Tree>> {
+    async fn get(&mut self, repo: &Repository, id: TreeId) -> repo_format::Result<Listed> {
         if let Some(t) = self.0.get(&id) {
-            return Ok(t.clone());
+            return Ok(Listed::Tree(t.clone()));
         }
-        let t = Arc::new(repo.read_tree(&id).await?);
+        let t = match repo.read_dir(&id).await? {
+            repo_format::Directory::Tree(t) => Arc::new(t),
+            repo_format::Directory::Parts(p) => return Ok(Listed::Parts(p)),
+        };
         if t.nodes.len() <= Self::MAX_NODES {
             if self.0.len() >= Self::MAX_TREES {
                 self.0.clear();
             }
             self.0.insert(id, t.clone());
         }
-        Ok(t)
+        Ok(Listed::Tree(t))
     }
 }
 
@@ -233,105 +242,141 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
             );
             continue;
         }
-        let tree = memo.get(repo, tree_id).await.with_context(|| format!("reading the tree of {:?}", rel))?;
-        let mut seen = HashSet::new();
-        for node in tree.nodes.iter() {
-            let shown = rel.join(path_of(&node.name));
-            if !node.has_safe_name() {
-                reject(
-                    &mut p,
-                    EntryError::new(
-                        EntryErrorKind::Refused,
-                        &rel,
-                        format!("unsafe name {:?} refused", String::from_utf8_lossy(&node.name)),
-                    ),
-                );
-                continue;
-            }
-            if !seen.insert(&node.name) {
-                reject(&mut p, EntryError::new(EntryErrorKind::Refused, &shown, "duplicate entry refused"));
-                continue;
-            }
-            if filter.excluded(&shown) {
-                continue;
-            }
-            let selected = inherited || filter.included(&shown);
-            match (&node.kind, &node.content) {
-                (NodeType::Dir, Content::Tree(sub)) => {
-                    budget.node(node, &shown)?;
-                    stack.push((*sub, shown.clone(), depth + 1, selected));
-                    if selected {
-                        mark_parents(&mut wanted_dirs, &shown);
-                    }
-                    dir_index.push((shown, node.clone()));
+        let (mut whole, parts) =
+            match memo.get(repo, tree_id).await.with_context(|| format!("reading the tree of {rel:?}"))? {
+                Listed::Tree(t) => (Some(t), Vec::new()),
+                Listed::Parts(p) => (None, p),
+            };
+        // A directory in parts is read one part at a time; its entries must come in strictly
+        // ascending order, which also refuses duplicates without remembering every name.
+        let (mut next, mut prev): (usize, Option<Vec<u8>>) = (0, None);
+        loop {
+            let tree = match whole.take() {
+                Some(t) => t,
+                None => {
+                    let Some(part) = parts.get(next) else { break };
+                    next += 1;
+                    // Reading costs work whatever the entries turn out to be: a forged index
+                    // naming one big part many times runs out of budget, not of time.
+                    budget.take(u64::from(part.entries) * 16)?;
+                    let t = repo
+                        .read_tree_part(part)
+                        .await
+                        .with_context(|| format!("reading a part of the tree of {rel:?}"))?;
+                    Arc::new(t)
                 }
-                (NodeType::Dir, _) => {
+            };
+            let mut seen = HashSet::new();
+            for node in tree.nodes.iter() {
+                let shown = rel.join(path_of(&node.name));
+                if !node.has_safe_name() {
                     reject(
                         &mut p,
-                        EntryError::new(EntryErrorKind::Refused, &shown, "directory without a tree refused"),
+                        EntryError::new(
+                            EntryErrorKind::Refused,
+                            &rel,
+                            format!("unsafe name {:?} refused", String::from_utf8_lossy(&node.name)),
+                        ),
                     );
+                    continue;
                 }
-                _ if !selected => {}
-                (NodeType::File, Content::Segments(segs)) => {
-                    budget.node(node, &shown)?;
-                    let segments =
-                        expand(repo, segs, &mut budget).await.with_context(|| format!("{}", shown.display()))?;
-                    let covered = segments.iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
-                    if covered != Some(node.size) {
+                if let Some(before) = prev.as_ref().filter(|_| !parts.is_empty()) {
+                    if before.as_slice() >= node.name.as_slice() {
+                        reject(
+                            &mut p,
+                            EntryError::new(EntryErrorKind::Refused, &shown, "duplicate or out-of-order entry refused"),
+                        );
+                        continue;
+                    }
+                }
+                if !parts.is_empty() {
+                    prev = Some(node.name.clone());
+                }
+                if !seen.insert(&node.name) {
+                    reject(&mut p, EntryError::new(EntryErrorKind::Refused, &shown, "duplicate entry refused"));
+                    continue;
+                }
+                if filter.excluded(&shown) {
+                    continue;
+                }
+                let selected = inherited || filter.included(&shown);
+                match (&node.kind, &node.content) {
+                    (NodeType::Dir, Content::Tree(sub)) => {
+                        budget.node(node, &shown)?;
+                        stack.push((*sub, shown.clone(), depth + 1, selected));
+                        if selected {
+                            mark_parents(&mut wanted_dirs, &shown);
+                        }
+                        dir_index.push((shown, node.clone()));
+                    }
+                    (NodeType::Dir, _) => {
+                        reject(
+                            &mut p,
+                            EntryError::new(EntryErrorKind::Refused, &shown, "directory without a tree refused"),
+                        );
+                    }
+                    _ if !selected => {}
+                    (NodeType::File, Content::Segments(segs)) => {
+                        budget.node(node, &shown)?;
+                        let segments =
+                            expand(repo, segs, &mut budget).await.with_context(|| format!("{}", shown.display()))?;
+                        let covered = segments.iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
+                        if covered != Some(node.size) {
+                            reject(
+                                &mut p,
+                                EntryError::new(
+                                    EntryErrorKind::Refused,
+                                    &shown,
+                                    format!(
+                                        "its content covers {} bytes but its size is {}: the snapshot is damaged; refused",
+                                        covered.map_or("more than 2^64".to_string(), |c| c.to_string()),
+                                        node.size
+                                    ),
+                                ),
+                            );
+                            continue;
+                        }
+                        mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
+                        if node.nlink > 1 {
+                            if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
+                                p.hardlinks.push((shown, first, node.clone()));
+                                continue;
+                            }
+                            inodes.insert((node.dev, node.ino), p.files.len());
+                        }
+                        p.bytes += node.size;
+                        p.files.push(FilePlan { rel: shown, node: node.clone(), segments });
+                    }
+                    (NodeType::File, _) if node.size != 0 => {
                         reject(
                             &mut p,
                             EntryError::new(
                                 EntryErrorKind::Refused,
                                 &shown,
-                                format!(
-                                    "its content covers {} bytes but its size is {}: the snapshot is damaged; refused",
-                                    covered.map_or("more than 2^64".to_string(), |c| c.to_string()),
-                                    node.size
-                                ),
+                                format!("a file of {} bytes without content refused", node.size),
                             ),
                         );
-                        continue;
                     }
-                    mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    if node.nlink > 1 {
-                        if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
-                            p.hardlinks.push((shown, first, node.clone()));
-                            continue;
-                        }
-                        inodes.insert((node.dev, node.ino), p.files.len());
+                    (NodeType::File, _) => {
+                        budget.node(node, &shown)?;
+                        mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
+                        p.files.push(FilePlan { rel: shown, node: node.clone(), segments: Vec::new() });
                     }
-                    p.bytes += node.size;
-                    p.files.push(FilePlan { rel: shown, node: node.clone(), segments });
-                }
-                (NodeType::File, _) if node.size != 0 => {
-                    reject(
-                        &mut p,
-                        EntryError::new(
-                            EntryErrorKind::Refused,
-                            &shown,
-                            format!("a file of {} bytes without content refused", node.size),
-                        ),
-                    );
-                }
-                (NodeType::File, _) => {
-                    budget.node(node, &shown)?;
-                    mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    p.files.push(FilePlan { rel: shown, node: node.clone(), segments: Vec::new() });
-                }
-                (NodeType::CharDev | NodeType::BlockDev, _) if !opts.allow_devices => {
-                    reject(
-                        &mut p,
-                        EntryError::new(
-                            EntryErrorKind::Refused,
-                            &shown,
-                            "device node refused (restore with --allow-devices to create it)",
-                        ),
-                    );
-                }
-                _ => {
-                    budget.node(node, &shown)?;
-                    mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                    p.specials.push((shown, node.clone()));
+                    (NodeType::CharDev | NodeType::BlockDev, _) if !opts.allow_devices => {
+                        reject(
+                            &mut p,
+                            EntryError::new(
+                                EntryErrorKind::Refused,
+                                &shown,
+                                "device node refused (restore with --allow-devices to create it)",
+                            ),
+                        );
+                    }
+                    _ => {
+                        budget.node(node, &shown)?;
+                        mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
+                        p.specials.push((shown, node.clone()));
+                    }
                 }
             }
         }

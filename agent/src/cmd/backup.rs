@@ -115,7 +115,7 @@ pub async fn run(cli: &Cli, a: &BackupArgs) -> Result<i32> {
             "snapshot_id": id.to_string(),
             "parent": out.snapshot.parent.map(|p| p.to_string()),
             "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
-            "dirs": s.dirs, "other_entries": s.other_entries,
+            "dirs": s.dirs, "dirs_split": s.dirs_split, "other_entries": s.other_entries,
             "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
             "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
             "data_blobs_added": s.data_blobs_added, "tree_blobs_added": s.tree_blobs_added,

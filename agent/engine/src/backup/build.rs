@@ -2,15 +2,22 @@
 //!
 //! For each directory record the builder waits for its files' chunk ids (in order), turns runs
 //! of zeros into zero segments, moves very long segment lists into indirect blobs, encodes the
-//! tree and saves it. Subdirectory tree ids come from the records that preceded (post-order).
+//! tree and saves it — a big directory as parts and an index of them (`DirSplitter`), its
+//! entries arriving in several records. Subdirectory tree ids come from the records that
+//! preceded (post-order).
 //! Files whose content could not be stored are dropped from the tree and reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Result, anyhow};
 use crossbeam_channel::Receiver;
-use repo_format::{BlobKind, BlobWriter, Content, Node, Saved, Segment, Tree, TreeId, encode_segment_list};
+use repo_format::{
+    BlobKind, BlobWriter, Content, DirSplitter, Directory, Node, Saved, Segment, Tree, TreeId, encode_dir_index,
+    encode_segment_list,
+};
 
 use crate::filescache::{self, FileKey};
 use crate::report::{EntryError, EntryErrorKind};
@@ -55,25 +62,35 @@ pub(crate) enum Pending {
     },
 }
 
-/// One directory's entries, sorted by name.
+/// A run of one directory's entries, sorted by name, continuing the runs sent before it; the
+/// directory is complete with the record marked `last`. A big directory comes in several
+/// records, so neither the queue nor the builder ever holds all of its entries.
 pub(crate) struct DirRecord {
     pub rel: PathBuf,
     pub nodes: Vec<(Node, Pending)>,
     pub root: bool,
+    pub last: bool,
 }
 
 type BuildResult = (TreeId, Option<filescache::Writer>, Vec<EntryError>);
 
+/// Build the trees of the records from `rx`. `seed` keys where big directories are cut into
+/// parts (`DirSplitter`); `split` counts the directories stored in parts.
 pub(crate) fn run(
     rx: Receiver<DirRecord>,
     writer: &BlobWriter,
     mut cache: Option<filescache::Writer>,
+    seed: u64,
+    split: &AtomicU64,
 ) -> Result<BuildResult> {
     let mut done: HashMap<PathBuf, TreeId> = HashMap::new();
+    // Directories whose first records arrived, not their last.
+    let mut open: HashMap<PathBuf, DirSplitter> = HashMap::new();
     let mut errors = Vec::new();
     let mut root = None;
+    let mut save_part = |t: &Tree| writer.save(BlobKind::Tree, &t.encode()?).map(|s| TreeId(s.id.0));
     for dir in rx {
-        let mut nodes = Vec::with_capacity(dir.nodes.len());
+        let mut splitter = open.remove(&dir.rel).unwrap_or_else(|| DirSplitter::new(seed));
         for (mut node, pending) in dir.nodes {
             node.content = match pending {
                 Pending::Ready(c) => c,
@@ -108,16 +125,29 @@ pub(crate) fn run(
                     }
                 },
             };
-            nodes.push(node);
+            splitter.push(node, &mut save_part)?;
         }
-        let tree = Tree { nodes };
-        let saved = writer.save(BlobKind::Tree, &tree.encode()?)?;
+        if !dir.last {
+            open.insert(dir.rel, splitter);
+            continue;
+        }
+        let bytes = match splitter.finish(&mut save_part)? {
+            Directory::Tree(tree) => tree.encode()?,
+            Directory::Parts(parts) => {
+                split.fetch_add(1, Relaxed);
+                encode_dir_index(&parts)
+            }
+        };
+        let saved = writer.save(BlobKind::Tree, &bytes)?;
         let id = TreeId(saved.id.0);
         if dir.root {
             root = Some(id);
         } else {
             done.insert(dir.rel, id);
         }
+    }
+    if let Some(rel) = open.keys().next() {
+        anyhow::bail!("internal: directory {} was not finished", rel.display());
     }
     let root = root.ok_or_else(|| anyhow!("the scan ended before the root directory"))?;
     Ok((root, cache, errors))

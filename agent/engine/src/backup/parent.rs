@@ -8,20 +8,21 @@
 //!
 //! The scan is depth-first in name order, so only the chain of the parent's trees along the
 //! current directory is kept: memory is one tree per level, loaded on the first file of a
-//! directory that the cache does not answer.
+//! directory that the cache does not answer. Of a directory stored in parts, one part is held:
+//! names are looked up in ascending order, so a cursor moves through the parts.
 
 use std::path::{Component, Path};
 use std::sync::Arc;
 
-use repo_format::{Content, Node, NodeType, Repository, Segment, Tree, TreeId};
+use repo_format::{Content, DirPart, Directory, Node, NodeType, Repository, Segment, Tree, TreeId};
 
 /// The parent's trees along the directory being scanned.
 pub(crate) struct ParentTrees {
     repo: Arc<Repository>,
     rt: tokio::runtime::Handle,
     /// Directory names below the root, each with its tree in the parent (None: not there).
-    chain: Vec<(Vec<u8>, Option<Tree>)>,
-    root: Option<Tree>,
+    chain: Vec<(Vec<u8>, Option<ParentDir>)>,
+    root: Option<ParentDir>,
     root_id: TreeId,
     root_loaded: bool,
     /// Files modified at or after this (the parent's start, less a second) are not trusted:
@@ -43,9 +44,10 @@ impl ParentTrees {
         }
     }
 
-    fn load(&self, id: &TreeId) -> Option<Tree> {
-        match self.rt.block_on(self.repo.read_tree(id)) {
-            Ok(t) => Some(t),
+    fn load(&self, id: &TreeId) -> Option<ParentDir> {
+        match self.rt.block_on(self.repo.read_dir(id)) {
+            Ok(Directory::Tree(t)) => Some(ParentDir::Whole(t)),
+            Ok(Directory::Parts(parts)) => Some(ParentDir::Parts { parts, next: 0, part: None }),
             Err(e) => {
                 tracing::warn!("parent snapshot: tree {}: {e} (its files are read again)", id.0.short());
                 None
@@ -53,11 +55,12 @@ impl ParentTrees {
         }
     }
 
-    fn subtree(&self, tree: Option<&Tree>, name: &[u8]) -> Option<Tree> {
-        match find(tree?, name)? {
-            Node { kind: NodeType::Dir, content: Content::Tree(id), .. } => self.load(id),
-            _ => None,
-        }
+    fn subtree(&self, dir: Option<&mut ParentDir>, name: &[u8]) -> Option<ParentDir> {
+        let id = match dir?.find(&self.repo, &self.rt, name)? {
+            Node { kind: NodeType::Dir, content: Content::Tree(id), .. } => *id,
+            _ => return None,
+        };
+        self.load(&id)
     }
 
     /// The parent's node for the file `name` in directory `dir` (relative to the snapshot root).
@@ -77,19 +80,57 @@ impl ParentTrees {
         self.chain.truncate(keep);
         while self.chain.len() < parts.len() {
             let name = parts[self.chain.len()];
-            let up = match self.chain.last() {
-                Some((_, t)) => t.as_ref(),
-                None => self.root.as_ref(),
+            let mut up = match self.chain.last_mut() {
+                Some((_, t)) => t.take(),
+                None => self.root.take(),
             };
-            let t = self.subtree(up, name);
+            let t = self.subtree(up.as_mut(), name);
+            match self.chain.last_mut() {
+                Some((_, slot)) => *slot = up,
+                None => self.root = up,
+            }
             self.chain.push((name.to_vec(), t));
         }
-        let tree = match self.chain.last() {
-            Some((_, t)) => t.as_ref(),
-            None => self.root.as_ref(),
-        };
         let before = self.trusted_before_ns;
-        find(tree?, name).filter(|n| n.kind == NodeType::File && n.mtime_ns < before && n.ctime_ns < before)
+        let (repo, rt) = (&self.repo, &self.rt);
+        let dir = match self.chain.last_mut() {
+            Some((_, t)) => t.as_mut(),
+            None => self.root.as_mut(),
+        };
+        dir?.find(repo, rt, name).filter(|n| n.kind == NodeType::File && n.mtime_ns < before && n.ctime_ns < before)
+    }
+}
+
+/// A directory of the parent snapshot: its whole tree, or a cursor over its parts.
+enum ParentDir {
+    Whole(Tree),
+    Parts { parts: Vec<DirPart>, next: usize, part: Option<Tree> },
+}
+
+impl ParentDir {
+    /// The entry `name`. Of a directory in parts, names must be asked in ascending order (a
+    /// name before the current part's is not found).
+    fn find(&mut self, repo: &Repository, rt: &tokio::runtime::Handle, name: &[u8]) -> Option<&Node> {
+        match self {
+            ParentDir::Whole(t) => find(t, name),
+            ParentDir::Parts { parts, next, part } => {
+                while part.as_ref().and_then(|t| t.nodes.last()).is_none_or(|last| last.name.as_slice() < name) {
+                    let p = parts.get(*next)?;
+                    *next += 1;
+                    match rt.block_on(repo.read_tree_part(p)) {
+                        Ok(t) => *part = Some(t),
+                        Err(e) => {
+                            tracing::warn!(
+                                "parent snapshot: directory part {}: {e} (its files are read again)",
+                                p.id.0.short()
+                            );
+                            *part = None;
+                        }
+                    }
+                }
+                find(part.as_ref()?, name)
+            }
+        }
     }
 }
 

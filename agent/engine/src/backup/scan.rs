@@ -19,7 +19,7 @@ use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, Nod
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::parent::{ParentTrees, same_file};
-use super::{BackupConfig, DIR_QUEUE, Tally};
+use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
 use crate::job::{CancelToken, Cancelled, Job, Permit};
@@ -140,8 +140,9 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
         spawn_workers(s, p.workers, &chunk_rx, p.writer, &pool);
         drop(chunk_rx);
         let builder = {
-            let w = p.writer;
-            s.spawn(move || build::run(dir_rx, w, cache_writer))
+            let (w, tally) = (p.writer, p.tally);
+            let seed = p.chunker.seed();
+            s.spawn(move || build::run(dir_rx, w, cache_writer, seed, &tally.dirs_split))
         };
         let mut sc = Scanner {
             cfg: p.cfg,
@@ -198,6 +199,53 @@ struct Scanner<'a> {
     cache_by_rel: bool,
 }
 
+/// A directory's names in one buffer: a million entries take about 12 bytes each plus their
+/// names, not a vector and an allocation per name.
+#[derive(Default)]
+struct Names {
+    buf: Vec<u8>,
+    /// (start, length) in `buf`.
+    at: Vec<(u32, u16)>,
+    /// Names that do not fit the compact form (a buffer beyond 4 GiB).
+    long: Vec<Vec<u8>>,
+}
+
+impl Names {
+    fn push(&mut self, name: &[u8]) {
+        match (u32::try_from(self.buf.len()), u16::try_from(name.len())) {
+            (Ok(start), Ok(len)) if self.long.is_empty() => {
+                self.buf.extend_from_slice(name);
+                self.at.push((start, len));
+            }
+            _ => self.long.push(name.to_vec()),
+        }
+    }
+    fn len(&self) -> usize {
+        self.at.len() + self.long.len()
+    }
+    /// Sort by name bytes; afterwards `get(i)` is the i-th name in order.
+    fn sort(&mut self) {
+        if !self.long.is_empty() {
+            // Rare (4 GiB of names): everything as vectors.
+            let mut all: Vec<Vec<u8>> = (0..self.at.len()).map(|i| self.get(i).to_vec()).collect();
+            all.append(&mut self.long);
+            all.sort_unstable();
+            self.buf.clear();
+            self.at.clear();
+            self.long = all;
+            return;
+        }
+        let buf = &self.buf;
+        self.at.sort_unstable_by(|a, b| buf[a.0 as usize..][..a.1 as usize].cmp(&buf[b.0 as usize..][..b.1 as usize]));
+    }
+    fn get(&self, i: usize) -> &[u8] {
+        match self.at.get(i) {
+            Some(&(start, len)) => &self.buf[start as usize..][..len as usize],
+            None => &self.long[i - self.at.len()],
+        }
+    }
+}
+
 fn is_excluded(excludes: &[glob::Pattern], abs: &Path, name: &[u8]) -> bool {
     let opts = glob::MatchOptions {
         case_sensitive: true,
@@ -239,7 +287,7 @@ impl Scanner<'_> {
             }
         }
         nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        self.send_dir(DirRecord { rel: PathBuf::new(), nodes, root: true })
+        self.send_dir(DirRecord { rel: PathBuf::new(), nodes, root: true, last: true })
     }
 
     fn send_dir(&mut self, d: DirRecord) -> Result<()> {
@@ -247,30 +295,32 @@ impl Scanner<'_> {
     }
 
     fn scan_dir(&mut self, abs: &Path, rel: PathBuf, root: bool) -> Result<()> {
-        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(abs) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
-                    Err(err) => {
-                        self.error(abs, err);
-                        None
+        let mut names = Names::default();
+        match std::fs::read_dir(abs) {
+            Ok(rd) => {
+                for e in rd {
+                    match e {
+                        Ok(e) => names.push(e.file_name().as_bytes()),
+                        Err(err) => self.error(abs, err),
                     }
-                })
-                .collect(),
-            Err(e) => {
-                self.error(abs, e);
-                Vec::new()
+                }
             }
-        };
-        names.sort_unstable();
-        let mut nodes = Vec::with_capacity(names.len());
-        for name in names {
-            let child = abs.join(fsmeta::path_of(&name));
-            if let Some(n) = self.entry(&child, &name, &rel)? {
+            Err(e) => self.error(abs, e),
+        }
+        names.sort();
+        let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
+        for i in 0..names.len() {
+            let name = names.get(i);
+            let child = abs.join(fsmeta::path_of(name));
+            if let Some(n) = self.entry(&child, name, &rel)? {
                 nodes.push(n);
             }
+            if nodes.len() == DIR_RECORD {
+                let run = std::mem::replace(&mut nodes, Vec::with_capacity(DIR_RECORD));
+                self.send_dir(DirRecord { rel: rel.clone(), nodes: run, root, last: false })?;
+            }
         }
-        self.send_dir(DirRecord { rel, nodes, root })
+        self.send_dir(DirRecord { rel, nodes, root, last: true })
     }
 
     /// One entry: its node and how its content will be known. `None` when skipped.

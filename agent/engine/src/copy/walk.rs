@@ -10,6 +10,10 @@
 //! re-keying, source to destination blob ids): it grows with the source's index, never with the
 //! data, and lets the next snapshot skip every subtree it shares with one copied before.
 //!
+//! A directory stored in parts is held whole while it is on the stack (its parts decoded and
+//! joined, within `MAX_STACK_BYTES`), and written back as parts: as they are with a shared id
+//! key, else cut again for the destination (`DirSplitter`, keyed with its chunker seed).
+//!
 //! This walk never writes a snapshot and never finishes the writer: `copy::execute` does both,
 //! in that order.
 
@@ -19,7 +23,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use repo_format::{
-    BlobId, BlobKind, BlobWriter, Content, Repository, Segment, Tree, TreeId, decode_segment_list, encode_segment_list,
+    BlobId, BlobKind, BlobWriter, Content, DirPart, DirSplitter, Directory, Repository, Segment, Tree, TreeId,
+    decode_segment_list, encode_dir_index, encode_segment_list,
 };
 
 use crate::Job;
@@ -41,6 +46,9 @@ struct Frame {
     next: usize,
     /// File bytes below it (for progress).
     bytes: u64,
+    /// A directory stored in parts: its parts, each with its stored bytes when they are to be
+    /// copied as they are (then `raw` is the index's).
+    parts: Option<Vec<(DirPart, Option<Vec<u8>>)>>,
 }
 
 /// The walk's memory across the snapshots of one copy.
@@ -55,11 +63,14 @@ pub(crate) struct Walk<'a> {
     lists: HashMap<TreeId, TreeId>,
     /// Re-keying: source data blob → destination data blob, for blobs already copied.
     blobs: HashMap<BlobId, BlobId>,
+    /// The destination's chunker seed: where re-keyed big directories are cut into parts.
+    seed: u64,
 }
 
 impl<'a> Walk<'a> {
-    pub(crate) fn new(src: &'a Repository, shared: bool, reads: usize) -> Self {
-        Walk { src, shared, reads: reads.max(1), trees: HashMap::new(), lists: HashMap::new(), blobs: HashMap::new() }
+    pub(crate) fn new(src: &'a Repository, shared: bool, reads: usize, seed: u64) -> Self {
+        let (trees, lists, blobs) = (HashMap::new(), HashMap::new(), HashMap::new());
+        Walk { src, shared, reads: reads.max(1), trees, lists, blobs, seed }
     }
 
     /// Copy the tree `root` and everything below it; the destination id of the root (equal to
@@ -117,13 +128,38 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Read and decode a source tree.
+    /// Read and decode a source tree (a directory in parts: all its parts, joined).
     async fn open(&self, writer: &BlobWriter, id: TreeId) -> Result<Frame> {
         let raw =
             self.src.read_blob(BlobKind::Tree, &BlobId(id.0)).await.with_context(|| format!("reading tree {id}"))?;
-        let tree = Tree::decode(&raw).with_context(|| format!("decoding tree {id}"))?;
         let keep = self.shared && !writer.is_known(BlobKind::Tree, &BlobId(id.0));
-        Ok(Frame { src: id, tree, len: raw.len(), raw: keep.then_some(raw), next: 0, bytes: 0 })
+        let (tree, len, parts) = match Directory::decode(&raw).with_context(|| format!("decoding tree {id}"))? {
+            Directory::Tree(tree) => (tree, raw.len(), None),
+            Directory::Parts(list) => {
+                let (mut nodes, mut len, mut parts) = (Vec::new(), raw.len(), Vec::with_capacity(list.len()));
+                for p in list {
+                    let b = BlobId(p.id.0);
+                    let part = self
+                        .src
+                        .read_blob(BlobKind::Tree, &b)
+                        .await
+                        .with_context(|| format!("reading tree {}", p.id))?;
+                    let t = Tree::decode(&part).with_context(|| format!("decoding directory part {}", p.id))?;
+                    if t.nodes.len() != p.entries as usize {
+                        bail!("directory part {}: {} entries where its index says {}", p.id, t.nodes.len(), p.entries);
+                    }
+                    len += part.len();
+                    if len > MAX_STACK_BYTES {
+                        bail!("tree {id}: a directory of more than {MAX_STACK_BYTES} bytes in parts");
+                    }
+                    nodes.extend(t.nodes);
+                    let keep_part = self.shared && !writer.is_known(BlobKind::Tree, &b);
+                    parts.push((p, keep_part.then_some(part)));
+                }
+                (Tree { nodes }, len, Some(parts))
+            }
+        };
+        Ok(Frame { src: id, tree, len, raw: keep.then_some(raw), next: 0, bytes: 0, parts })
     }
 
     /// Copy a tree whose subtrees are done: its files' blobs, their indirect lists, then the
@@ -163,10 +199,33 @@ impl<'a> Walk<'a> {
         job.progress.bytes_done.fetch_add(own, Relaxed);
         f.bytes = f.bytes.saturating_add(own);
         let id = if self.shared {
+            for (p, raw) in f.parts.take().into_iter().flatten() {
+                if let Some(raw) = raw {
+                    save(writer, BlobKind::Tree, Some(BlobId(p.id.0)), raw).await?;
+                }
+            }
             if let Some(raw) = f.raw.take() {
                 save(writer, BlobKind::Tree, Some(BlobId(f.src.0)), raw).await?;
             }
             f.src
+        } else if f.parts.is_some() {
+            let tree = std::mem::take(&mut f.tree);
+            let w = writer.clone();
+            let seed = self.seed;
+            let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                let mut save_part = |t: &Tree| Ok(TreeId(w.save(BlobKind::Tree, &t.encode()?)?.id.0));
+                let mut splitter = DirSplitter::new(seed);
+                for node in tree.nodes {
+                    splitter.push(node, &mut save_part)?;
+                }
+                Ok(match splitter.finish(&mut save_part)? {
+                    Directory::Tree(t) => t.encode()?,
+                    Directory::Parts(parts) => encode_dir_index(&parts),
+                })
+            })
+            .await
+            .expect("directory parts task")?;
+            TreeId(save(writer, BlobKind::Tree, None, bytes).await?.0)
         } else {
             TreeId(save(writer, BlobKind::Tree, None, f.tree.encode()?).await?.0)
         };
