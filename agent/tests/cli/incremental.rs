@@ -102,3 +102,40 @@ fn eight_volumes_in_turn_each_reread_only_their_changed_file() {
         assert_eq!(num(&s, "bytes_read"), 777, "{}: {s}", dir.display());
     }
 }
+
+/// A file of 80 MiB is chunked by several threads (files of 64 MiB and more); the same file
+/// chunked on one thread (`FERRY_PARALLEL_CHUNKING=0`, read again with `--force`) gives the same
+/// chunks: nothing new is stored, not a blob nor a tree.
+#[test]
+fn parallel_chunking_cuts_a_big_file_where_one_thread_does() {
+    if crate::common::under_qemu() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    // Random data with runs of zeros and of text between, so that cuts come from every branch
+    // of the chunker (candidates, the maximum size, long runs without candidates).
+    let mut data = Vec::with_capacity(80 << 20);
+    for i in 0..40 {
+        data.extend_from_slice(&random_bytes(&format!("big-{i}"), 1 << 20));
+        match i % 3 {
+            0 => data.resize(data.len() + (1 << 20), 0),
+            1 => data.extend_from_slice(&b"ferry chunks a big file in parallel\n".repeat(29_128)),
+            _ => data.extend_from_slice(&random_bytes(&format!("more-{i}"), 1 << 20)),
+        }
+    }
+    write(&src.join("big.img"), &data);
+    let parallel = env.backup(&src, &[]);
+    assert!(num(&parallel, "data_blobs_added") > 40, "{parallel}");
+    let out = env
+        .ferry()
+        .env("FERRY_PARALLEL_CHUNKING", "0")
+        .args(["backup", "--json", "--force"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let serial = crate::common::summary_of(&out.stdout);
+    assert_eq!(num(&serial, "bytes_read"), data.len() as u64, "{serial}");
+    assert_eq!((num(&serial, "data_blobs_added"), num(&serial, "tree_blobs_added")), (0, 0), "{serial}");
+}

@@ -479,6 +479,8 @@ impl Scanner<'_> {
             if !data.is_empty() {
                 self.queue_chunk(data, &mut out)?;
             }
+        } else if size >= PARALLEL_CHUNKING_MIN && self.job.limits.threads > 1 && parallel_chunking() {
+            self.chunk_stream_parallel(&file, &mut out)?;
         } else {
             self.chunk_stream(&file, &mut out)?;
         }
@@ -494,6 +496,26 @@ impl Scanner<'_> {
         self.reader = Some(reader);
         r
     }
+
+    /// A big file: its cut points found by as many threads as there are blob workers, so one
+    /// file is not held to one core's chunking speed. Its own reader (a window of several
+    /// chunks per thread), dropped afterwards.
+    fn chunk_stream_parallel<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+        let mut reader = self.chunker.reader();
+        reader.chunk_parallel(r, self.job.limits.threads, |chunk| {
+            let data = self.pool.filled(chunk);
+            self.queue_chunk(data, out)
+        })
+    }
+}
+
+/// Files at least this big are chunked by several threads (`chunk_stream_parallel`).
+const PARALLEL_CHUNKING_MIN: u64 = 64 << 20;
+
+/// `FERRY_PARALLEL_CHUNKING=0` chunks every file on the scanner's thread (for comparison).
+fn parallel_chunking() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRY_PARALLEL_CHUNKING").map_or(true, |v| v != "0"))
 }
 
 fn segs_known(w: &BlobWriter, segs: &[repo_format::Segment]) -> bool {
