@@ -8,11 +8,26 @@
 # the cross-endian repository exchange), arm64 and ppc64le.
 #   FERRY_CROSS  targets to cross-test (default "s390x arm64 ppc64le"; e.g. "s390x"; "none")
 #   FUZZ_SECONDS seconds per fuzz target (default 10)
+#   STAGE_TIMEOUT_TEST / _FUZZ / _CROSS  seconds a stage may take (defaults 2400 / 900 / 1500)
+# Every stage runs even when one before it failed (a stage that does not compile or times out
+# counts as a failure); the summary at the end lists each stage's time and exit status, the
+# tests passed, failed and skipped, and the script exits non-zero if anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 t0=$(date +%s)
-step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
+stage_start=$t0
+stage_name=""
+stages=()
+step() {
+  local now; now=$(date +%s)
+  [ -n "$stage_name" ] && stages+=("$(printf '%-48s %5d s' "$stage_name" $(( now - stage_start )))")
+  stage_name="$*"; stage_start=$now
+  echo; echo "=== $* ($(( now - t0 )) s)"
+}
+# failed_stage NAME RC: a stage's command failed as a whole (did not build, timed out, crashed).
+stage_failures=0
+failed_stage() { echo "run.sh: $1 exited $2 (124: timed out)"; stage_failures=$((stage_failures + 1)); }
 
 step "toolchain"
 command -v cargo >/dev/null || { echo "run.sh: cargo (rustup) is needed" >&2; exit 1; }
@@ -32,32 +47,37 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 step "cargo fmt --check"
-cargo fmt --all -- --check
+cargo fmt --all -- --check || failed_stage "cargo fmt --check" $?
 
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings || failed_stage "cargo clippy" $?
 
 step "object-storage servers on loopback (moto for S3, Azurite for Azure Blob)"
-bash tests/servers.sh install
-bash tests/servers.sh start
 trap 'bash tests/servers.sh stop >/dev/null 2>&1 || true' EXIT
-set -a
-. "${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/run/env"
-set +a
+if bash tests/servers.sh install && bash tests/servers.sh start; then
+  set -a
+  . "${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/run/env"
+  set +a
+else
+  failed_stage "tests/servers.sh" $?
+fi
 
 # Tests that cannot run somewhere record it here (agent/tests/common/skip.rs); counted below.
 export FERRY_TEST_SKIPS=/tmp/ferry-test-skips.log
 rm -f "$FERRY_TEST_SKIPS"
 
 step "cargo test (workspace)"
-cargo test --workspace 2>&1 | tee /tmp/ferry-test.log
-passed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$4} END {print s+0}')
-failed=$(grep -E '^test result:' /tmp/ferry-test.log | awk '{s+=$6} END {print s+0}')
+# --no-fail-fast: every test binary runs and counts, not only those before the first failure.
+rc=0
+timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/ferry-test.log || rc=$?
+passed=$(awk '/^test result:/ {s+=$4} END {print s+0}' /tmp/ferry-test.log)
+failed=$(awk '/^test result:/ {s+=$6} END {print s+0}' /tmp/ferry-test.log)
+[ "$rc" -eq 0 ] || [ "$failed" -gt 0 ] || failed_stage "cargo test" "$rc"
 
 # Every decoder of stored bytes under libFuzzer for a short, bounded time (repo-format/fuzz;
 # long campaigns: FUZZ_SECONDS=900 FUZZ_RUNS=10000000 bash tests/fuzz.sh).
 step "fuzz: each decoder target for ${FUZZ_SECONDS:-10} s"
-if FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash tests/fuzz.sh 2>&1 | tee /tmp/ferry-fuzz.log; then :; fi
+if FUZZ_SECONDS=${FUZZ_SECONDS:-10} timeout -k 30 "${STAGE_TIMEOUT_FUZZ:-900}" bash tests/fuzz.sh 2>&1 | tee /tmp/ferry-fuzz.log; then :; fi
 fp=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\1/p' /tmp/ferry-fuzz.log | tail -1)
 ff=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\2/p' /tmp/ferry-fuzz.log | tail -1)
 [ -n "$fp" ] || { fp=0; ff=1; echo "fuzz: no result line (build or install failed)"; }
@@ -73,16 +93,17 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   [ "$target" = none ] && break
   if [ -x crossbuild/test.sh ]; then
     step "cross: $target (rustc 1.85 + qemu)"
-    bash crossbuild/install.sh
+    bash crossbuild/install.sh || { failed_stage "crossbuild/install.sh" $?; continue; }
     # The library's whole suite and the engine's unit tests under qemu (the end-to-end tests need
     # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
     # s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
     # library's suite only (the format's code paths): building the whole engine from scratch
     # under the 1.85 cross toolchain costs about 10 minutes per target on 2 cores.
     if [ "$target" = s390x ]; then scope=all; else scope=lib; fi
-    FERRY_CROSS_SCOPE=$scope bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
-    p=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$4} END {print s+0}')
-    f=$(grep -E '^test result:' "/tmp/ferry-cross-$target.log" | awk '{s+=$6} END {print s+0}')
+    FERRY_CROSS_SCOPE=$scope timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/test.sh "$target" 2>&1 |
+      tee "/tmp/ferry-cross-$target.log" || true
+    p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-cross-$target.log")
+    f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-cross-$target.log")
     grep -q "finished with exit 0" "/tmp/ferry-cross-$target.log" || f=$((f + 1))
     passed=$((passed + p)); failed=$((failed + f))
     # ... and the binaries themselves: repositories written by one architecture, read by the
@@ -90,12 +111,19 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
     # code paths as x86_64, and CI time is better spent on their test suites.
     if [ "$target" = s390x ]; then
       step "cross-endian: x86_64 <-> $target"
-      if bash crossbuild/cross-endian.sh "$target"; then passed=$((passed + 2)); else failed=$((failed + 1)); fi
+      if timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/cross-endian.sh "$target"; then
+        passed=$((passed + 2))
+      else
+        failed=$((failed + 1))
+      fi
     fi
   fi
 done
 
 step "done"
+echo "stages:"
+printf '  %s\n' "${stages[@]}"
+failed=$((failed + stage_failures))
 skipped=0
 if [ -s "$FERRY_TEST_SKIPS" ]; then
   skipped=$(wc -l < "$FERRY_TEST_SKIPS")
