@@ -27,15 +27,24 @@ async fn two_agents_race_and_each_upload_is_accepted_by_exactly_one() {
         let by = du.status.unwrap().accepted_by_node.unwrap();
         assert!(by == "n1" || by == "n2", "{n} accepted by {by}");
     }
-    // Exactly one agent logged each accept: the other's exclusive patch got a 409.
-    let logs: Vec<String> = w.agents.iter().map(|a| std::fs::read_to_string(&a.log).unwrap()).collect();
-    for n in &names {
-        let accepted = logs
+    // Exactly one agent logged each accept: the other's exclusive patch got a 409. (The log
+    // line follows the patch: a loaded machine may show the phase before the line is written,
+    // so wait for every line, then count.)
+    let count = |n: &str| {
+        w.agents
             .iter()
+            .map(|a| std::fs::read_to_string(&a.log).unwrap())
             .map(|l| {
                 l.lines().filter(|line| line.contains("accepted") && line.contains(&format!("object={n} "))).count()
             })
-            .sum::<usize>();
+            .sum::<usize>()
+    };
+    let t0 = std::time::Instant::now();
+    while names.iter().any(|n| count(n) == 0) && t0.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for n in &names {
+        let accepted = count(n);
         assert_eq!(accepted, 1, "{n} accepted {accepted} times\n{}", w.logs());
     }
     // Velero cancels them all (its server restarted): every one ends Canceled, nothing left.
