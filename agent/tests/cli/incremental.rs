@@ -103,9 +103,9 @@ fn eight_volumes_in_turn_each_reread_only_their_changed_file() {
     }
 }
 
-/// A file of 80 MiB is chunked by several threads (files of 64 MiB and more); the same file
-/// chunked on one thread (`FERRY_PARALLEL_CHUNKING=0`, read again with `--force`) gives the same
-/// chunks: nothing new is stored, not a blob nor a tree.
+/// A file of 80 MiB chunked by several threads (`FERRY_PARALLEL_CHUNKING=1`: by default only
+/// with 4 or more workers) and the same file chunked on one thread (`=0`, read again with
+/// `--force`) give the same chunks: nothing new is stored, not a blob nor a tree.
 #[test]
 fn parallel_chunking_cuts_a_big_file_where_one_thread_does() {
     if crate::common::under_qemu() {
@@ -125,7 +125,9 @@ fn parallel_chunking_cuts_a_big_file_where_one_thread_does() {
         }
     }
     write(&src.join("big.img"), &data);
-    let parallel = env.backup(&src, &[]);
+    let out = env.ferry().env("FERRY_PARALLEL_CHUNKING", "1").args(["backup", "--json"]).arg(&src).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let parallel = crate::common::summary_of(&out.stdout);
     assert!(num(&parallel, "data_blobs_added") > 40, "{parallel}");
     let out = env
         .ferry()

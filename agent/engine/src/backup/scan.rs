@@ -479,7 +479,7 @@ impl Scanner<'_> {
             if !data.is_empty() {
                 self.queue_chunk(data, &mut out)?;
             }
-        } else if size >= PARALLEL_CHUNKING_MIN && self.job.limits.threads > 1 && parallel_chunking() {
+        } else if size >= PARALLEL_CHUNKING_MIN && parallel_chunking(self.job.limits.threads) {
             self.chunk_stream_parallel(&file, &mut out)?;
         } else {
             self.chunk_stream(&file, &mut out)?;
@@ -498,7 +498,7 @@ impl Scanner<'_> {
     }
 
     /// A big file: its cut points found by as many threads as there are blob workers, so one
-    /// file is not held to one core's chunking speed. Its own reader (a window of several
+    /// file is not held to one core's chunking speed on a machine with many cores. Its own reader (a window of several
     /// chunks per thread), dropped afterwards.
     fn chunk_stream_parallel<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
         let mut reader = self.chunker.reader();
@@ -509,13 +509,21 @@ impl Scanner<'_> {
     }
 }
 
-/// Files at least this big are chunked by several threads (`chunk_stream_parallel`).
+/// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).
 const PARALLEL_CHUNKING_MIN: u64 = 64 << 20;
+/// Blob workers from which a big file is chunked in parallel. One thread chunks about
+/// 2.2 GB/s and a worker stores 200–500 MB/s, so below about four workers the chunker keeps
+/// up on its own; measured on 2 cores (benches/bigfile.sh, 8 GiB in one file), chunking in
+/// parallel there took 5–12 % more CPU for the same wall time.
+const PARALLEL_CHUNKING_WORKERS: usize = 4;
 
-/// `FERRY_PARALLEL_CHUNKING=0` chunks every file on the scanner's thread (for comparison).
-fn parallel_chunking() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FERRY_PARALLEL_CHUNKING").map_or(true, |v| v != "0"))
+/// Whether a big file is chunked by several threads with `threads` blob workers:
+/// `FERRY_PARALLEL_CHUNKING=1` always (with 2 or more), `=0` never, unset from
+/// `PARALLEL_CHUNKING_WORKERS` workers.
+fn parallel_chunking(threads: usize) -> bool {
+    static SET: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let set = *SET.get_or_init(|| std::env::var("FERRY_PARALLEL_CHUNKING").ok().map(|v| v != "0"));
+    threads > 1 && set.unwrap_or(threads >= PARALLEL_CHUNKING_WORKERS)
 }
 
 fn segs_known(w: &BlobWriter, segs: &[repo_format::Segment]) -> bool {
