@@ -51,13 +51,8 @@ impl Chunker {
         })
     }
 
-    /// A streaming chunker that keeps its buffer across files (see `ChunkReader`).
-    pub fn reader(&self) -> ChunkReader {
-        ChunkReader { chunker: *self, buf: Vec::new() }
-    }
-
-    /// Chunk lengths of an in-memory buffer.
-    pub fn lengths(&self, data: &[u8]) -> Vec<usize> {
+    /// FastCDC over an in-memory buffer with this chunker's parameters and seed.
+    fn cdc<'a>(&self, data: &'a [u8]) -> FastCDC<'a> {
         let p = self.params;
         FastCDC::with_level_and_seed(
             data,
@@ -67,8 +62,16 @@ impl Chunker {
             Normalization::Level1,
             self.seed,
         )
-        .map(|c| c.length)
-        .collect()
+    }
+
+    /// A streaming chunker that keeps its buffer across files (see `ChunkReader`).
+    pub fn reader(&self) -> ChunkReader {
+        ChunkReader { chunker: *self, buf: Vec::new() }
+    }
+
+    /// Chunk lengths of an in-memory buffer.
+    pub fn lengths(&self, data: &[u8]) -> Vec<usize> {
+        self.cdc(data).map(|c| c.length).collect()
     }
 }
 
@@ -112,15 +115,7 @@ impl ChunkReader {
                 return Ok(());
             }
             let window = &self.buf[start..end];
-            let cdc = FastCDC::with_level_and_seed(
-                window,
-                p.min as usize,
-                p.avg as usize,
-                max,
-                Normalization::Level1,
-                self.chunker.seed,
-            );
-            let (_, cut) = cdc.cut(0, window.len());
+            let (_, cut) = self.chunker.cdc(window).cut(0, window.len());
             emit(&window[..cut])?;
             start += cut;
         }
@@ -145,10 +140,10 @@ impl Chunker {
     /// thread, are chunked serially).
     pub fn lengths_parallel(&self, data: &[u8], eof: bool, threads: usize) -> Vec<usize> {
         let p = self.params;
-        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        let (avg, max) = (p.avg as usize, p.max as usize);
         let len = data.len();
         let segments = threads.min(len / (8 * avg).max(1)).max(1);
-        let cdc = FastCDC::with_level_and_seed(data, min, avg, max, Normalization::Level1, self.seed);
+        let cdc = self.cdc(data);
         // Ends of the chunks of a chain starting at `from`, until a chunk ends at or past `until`.
         let chain = |cdc: &FastCDC<'_>, from: usize, until: usize| {
             let (mut ends, mut at) = (Vec::new(), from);
@@ -166,11 +161,7 @@ impl Chunker {
                 let handles: Vec<_> = (1..segments)
                     .map(|t| {
                         let (from, until, chain) = (bounds[t], bounds[t + 1], &chain);
-                        s.spawn(move || {
-                            let cdc =
-                                FastCDC::with_level_and_seed(data, min, avg, max, Normalization::Level1, self.seed);
-                            chain(&cdc, from, until)
-                        })
+                        s.spawn(move || chain(&self.cdc(data), from, until))
                     })
                     .collect();
                 let mut chains = vec![chain(&cdc, 0, bounds[1])];

@@ -17,7 +17,7 @@
 
 use crate::error::Result;
 use crate::id::TreeId;
-use crate::tree::{DirPart, Directory, Node, Tree};
+use crate::tree::{DirPart, Directory, Node, Tree, encode_dir_index};
 
 /// A directory with more entries than this is stored in parts.
 pub const SPLIT_ENTRIES: usize = 65536;
@@ -96,6 +96,15 @@ impl DirSplitter {
             self.store_part(self.nodes.len(), save)?;
         }
         Ok(Directory::Parts(self.parts))
+    }
+
+    /// `finish`, encoded: the bytes of the directory's own blob (its tree, or the index of its
+    /// stored parts), and whether it is in parts.
+    pub fn finish_encoded(self, save: &mut impl FnMut(&Tree) -> Result<TreeId>) -> Result<(Vec<u8>, bool)> {
+        Ok(match self.finish(save)? {
+            Directory::Tree(t) => (t.encode()?, false),
+            Directory::Parts(parts) => (encode_dir_index(&parts), true),
+        })
     }
 
     /// Entries in the next part, if a cut is found among the entries held.

@@ -259,10 +259,7 @@ impl Fixer<'_> {
                 for node in nodes {
                     splitter.push(node, &mut save_part)?;
                 }
-                let bytes = match splitter.finish(&mut save_part)? {
-                    repo_format::Directory::Tree(t) => t.encode()?,
-                    repo_format::Directory::Parts(parts) => repo_format::encode_dir_index(&parts),
-                };
+                let (bytes, _) = splitter.finish_encoded(&mut save_part)?;
                 TreeId(self.writer.save(BlobKind::Tree, &bytes)?.id.0)
             };
             self.memo.insert(id, (Some(new), changed));

@@ -15,8 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::{Result, anyhow};
 use crossbeam_channel::Receiver;
 use repo_format::{
-    BlobKind, BlobWriter, Content, DirSplitter, Directory, Node, Saved, Segment, Tree, TreeId, encode_dir_index,
-    encode_segment_list,
+    BlobKind, BlobWriter, Content, DirSplitter, Node, Saved, Segment, Tree, TreeId, encode_segment_list,
 };
 
 use crate::filescache::{self, FileKey};
@@ -131,13 +130,10 @@ pub(crate) fn run(
             open.insert(dir.rel, splitter);
             continue;
         }
-        let bytes = match splitter.finish(&mut save_part)? {
-            Directory::Tree(tree) => tree.encode()?,
-            Directory::Parts(parts) => {
-                split.fetch_add(1, Relaxed);
-                encode_dir_index(&parts)
-            }
-        };
+        let (bytes, in_parts) = splitter.finish_encoded(&mut save_part)?;
+        if in_parts {
+            split.fetch_add(1, Relaxed);
+        }
         let saved = writer.save(BlobKind::Tree, &bytes)?;
         let id = TreeId(saved.id.0);
         if dir.root {

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use repo_format::{
     BlobId, BlobKind, BlobWriter, Content, DirPart, DirSplitter, Directory, Repository, Segment, Tree, TreeId,
-    decode_segment_list, encode_dir_index, encode_segment_list,
+    decode_segment_list, encode_segment_list,
 };
 
 use crate::Job;
@@ -218,10 +218,7 @@ impl<'a> Walk<'a> {
                 for node in tree.nodes {
                     splitter.push(node, &mut save_part)?;
                 }
-                Ok(match splitter.finish(&mut save_part)? {
-                    Directory::Tree(t) => t.encode()?,
-                    Directory::Parts(parts) => encode_dir_index(&parts),
-                })
+                Ok(splitter.finish_encoded(&mut save_part)?.0)
             })
             .await
             .expect("directory parts task")?;
