@@ -78,7 +78,7 @@ impl MasterKey {
 
     /// The id of a blob: BLAKE3 keyed with the id key, over the plaintext.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
-        BlobId(Id(*blake3::keyed_hash(&self.idk, plaintext).as_bytes()))
+        BlobId(Id(crate::hash::keyed_hash(&self.idk, plaintext)))
     }
 
     /// The secret FastCDC gear-table seed (first 8 bytes of a KDF output, little-endian).

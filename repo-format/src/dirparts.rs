@@ -154,7 +154,7 @@ mod tests {
         let mut stored = Vec::new();
         let mut save = |t: &Tree| {
             stored.push(t.clone());
-            Ok(TreeId(Id(*blake3::hash(&t.encode()?).as_bytes())))
+            Ok(TreeId(Id(crate::hash::hash(&t.encode()?))))
         };
         let mut s = DirSplitter::new(42);
         for n in names {

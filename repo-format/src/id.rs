@@ -21,7 +21,7 @@ impl Id {
 
     /// Unkeyed BLAKE3 of stored bytes: the storage name of an object.
     pub fn of_stored(bytes: &[u8]) -> Id {
-        Id(*blake3::hash(bytes).as_bytes())
+        Id(crate::hash::hash(bytes))
     }
 
     /// Lowercase hex, 64 characters.

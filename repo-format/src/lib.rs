@@ -16,6 +16,7 @@ mod dirparts;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hash;
 mod id;
 mod index;
 mod journal;

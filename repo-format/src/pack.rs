@@ -52,7 +52,7 @@ pub(crate) struct PackWriter {
     salt: [u8; SALT_LEN],
     cipher: Cipher,
     file: BufWriter<File>,
-    hasher: blake3::Hasher,
+    hasher: crate::hash::Hasher,
     len: u64,
     entries: Vec<PackEntry>,
     sealed: Vec<u8>,
@@ -69,7 +69,7 @@ impl PackWriter {
             salt,
             cipher: master.pack_cipher(&salt),
             file: BufWriter::with_capacity(1 << 20, file),
-            hasher: blake3::Hasher::new(),
+            hasher: crate::hash::Hasher::new(),
             len: 0,
             entries: Vec::new(),
             sealed: Vec::new(),
@@ -132,7 +132,7 @@ impl PackWriter {
             self.file.into_inner().map_err(|e| Error::io("flushing a temporary pack file", e.into_error()))?;
         file.rewind().map_err(|e| Error::io("rewinding a temporary pack file", e))?;
         Ok(FinishedPack {
-            id: PackId(crate::id::Id(*self.hasher.finalize().as_bytes())),
+            id: PackId(crate::id::Id(self.hasher.finalize())),
             file,
             len: self.len,
             salt: self.salt,
