@@ -46,12 +46,12 @@ struct Want {
     targets: Vec<(usize, u64)>,
 }
 
-/// A contiguous read of one pack.
+/// A contiguous read of one pack: `blobs` indexes the restore's wants, sorted by pack and offset.
 struct Range {
     pack: PackId,
     start: u64,
     end: u64,
-    blobs: Vec<Want>,
+    blobs: std::ops::Range<usize>,
 }
 
 /// What `write_all` did.
@@ -63,11 +63,16 @@ pub(crate) struct Written {
     pub failed: HashSet<usize>,
 }
 
-fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Range>, Written) {
+/// Every blob the targets need, once (sorted by pack and offset), and the reads that fetch them.
+/// Memory per blob: one `Want` and, while the list is built, one map entry; the wants are
+/// never copied into per-pack or per-range lists (at a million small files those copies were
+/// a third of a restore's peak).
+fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Want>, Vec<Range>, Written) {
     let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
     let (index, fallback) = (repo.index(), repo.fallback());
     let mut done = Written::default();
-    let mut wants: HashMap<BlobId, Want> = HashMap::new();
+    let mut wants: Vec<Want> = Vec::new();
+    let mut at: HashMap<BlobId, usize> = HashMap::new();
     for fi in 0..targets.count() {
         if skip.contains(&fi) {
             continue;
@@ -75,7 +80,7 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
         let mut off = 0u64;
         for s in targets.segments(fi) {
             if let Segment::Blob { id, len } = s {
-                match wants.get_mut(id) {
+                match at.get(id).map(|&i| &mut wants[i]) {
                     Some(w) if w.len == *len => w.targets.push((fi, off)),
                     Some(_) => {
                         done.errors.push(EntryError::new(
@@ -87,7 +92,8 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
                     }
                     None => match index.lookup(BlobKind::Data, id).or_else(|| fallback.lookup(BlobKind::Data, id)) {
                         Some(loc) => {
-                            wants.insert(*id, Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
+                            at.insert(*id, wants.len());
+                            wants.push(Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
                         }
                         None => {
                             done.errors.push(EntryError::new(
@@ -103,32 +109,26 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
             off += s.len();
         }
     }
-    let mut by_pack: HashMap<PackId, Vec<Want>> = HashMap::new();
-    for w in wants.into_values() {
-        by_pack.entry(w.loc.pack).or_default().push(w);
-    }
+    drop(at);
+    // Pack order, then offset: reads of one pack go out together.
+    wants.sort_unstable_by_key(|w| (w.loc.pack, w.loc.offset));
     let mut out = Vec::new();
-    for (pack, mut ws) in by_pack {
-        ws.sort_by_key(|w| w.loc.offset);
-        let mut cur: Option<Range> = None;
-        for w in ws {
-            let (s, e) = (u64::from(w.loc.offset), u64::from(w.loc.offset) + u64::from(w.loc.stored_len));
-            match &mut cur {
-                Some(r) if s <= r.end + MAX_GAP && e - r.start <= max_range => {
-                    r.end = r.end.max(e);
-                    r.blobs.push(w);
-                }
-                _ => {
-                    out.extend(cur.take());
-                    cur = Some(Range { pack, start: s, end: e, blobs: vec![w] });
-                }
+    let mut cur: Option<Range> = None;
+    for (i, w) in wants.iter().enumerate() {
+        let (s, e) = (u64::from(w.loc.offset), u64::from(w.loc.offset) + u64::from(w.loc.stored_len));
+        match &mut cur {
+            Some(r) if r.pack == w.loc.pack && s <= r.end + MAX_GAP && e - r.start <= max_range => {
+                r.end = r.end.max(e);
+                r.blobs.end = i + 1;
+            }
+            _ => {
+                out.extend(cur.take());
+                cur = Some(Range { pack: w.loc.pack, start: s, end: e, blobs: i..i + 1 });
             }
         }
-        out.extend(cur);
     }
-    // Pack order, then offset: reads of one pack go out together.
-    out.sort_by_key(|r| (r.pack, r.start));
-    (out, done)
+    out.extend(cur);
+    (wants, out, done)
 }
 
 /// Write all content (targets in `skip` are left out): bytes written, error lines, and the
@@ -140,33 +140,31 @@ pub(crate) async fn write_all(
     job: &Job,
 ) -> Written {
     let counters = job.progress.clone();
-    let (ranges, mut done) = ranges(&repo, &*targets, skip);
+    let (wants, ranges, mut done) = ranges(&repo, &*targets, skip);
+    let wants = Arc::new(wants);
     let bufs: Arc<Bufs> = Arc::default();
     let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
-        let bufs = bufs.clone();
+        let (bufs, wants) = (bufs.clone(), wants.clone());
         async move {
+            let all_targets = |wants: &[Want]| wants.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect();
             if cancel.is_cancelled() {
                 // Not read: its files are incomplete (the caller reports the cancellation).
-                return RangeResult {
-                    bytes: 0,
-                    errors: Vec::new(),
-                    failed: r.blobs.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect(),
-                };
+                return RangeResult { bytes: 0, errors: Vec::new(), failed: all_targets(&wants[r.blobs.clone()]) };
             }
             match repo.storage().read_range(FileKind::Pack, &r.pack.0, r.start, r.end - r.start).await {
-                Ok(bytes) => {
-                    tokio::task::spawn_blocking(move || write_range(&repo, &*targets, &r, &bytes, &counters, &bufs))
-                        .await
-                        .expect("write task")
-                }
+                Ok(bytes) => tokio::task::spawn_blocking(move || {
+                    write_range(&repo, &*targets, &r, &wants[r.blobs.clone()], &bytes, &counters, &bufs)
+                })
+                .await
+                .expect("write task"),
                 Err(e) => RangeResult {
                     bytes: 0,
                     errors: vec![EntryError::general(
                         EntryErrorKind::Content,
                         format!("pack {}: {e}", r.pack.0.short()),
                     )],
-                    failed: r.blobs.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect(),
+                    failed: all_targets(&wants[r.blobs.clone()]),
                 },
             }
         }
@@ -193,6 +191,7 @@ fn write_range(
     repo: &Repository,
     targets: &dyn Targets,
     r: &Range,
+    blobs: &[Want],
     bytes: &[u8],
     counters: &Counters,
     bufs: &Bufs,
@@ -204,7 +203,7 @@ fn write_range(
     // Decryption and decompression buffers, reused for every blob (one pair per range in
     // flight, so their memory is bounded like the ranges').
     let (mut scratch, mut plain) = bufs.lock().expect("lock").pop().unwrap_or_default();
-    for w in &r.blobs {
+    for w in blobs {
         let at = (u64::from(w.loc.offset) - r.start) as usize;
         let stored = &bytes[at..at + w.loc.stored_len as usize];
         let key = repo.master_key();
