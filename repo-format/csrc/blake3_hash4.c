@@ -5,10 +5,11 @@
  * emits VSX with -mcpu=power8, z13 vector instructions with -march=z13, SSE2 on x86_64 (where it
  * is only compiled so the native tests exercise the same code).
  *
- * Contract (src/hash/kernel.rs calls it): for i in 0..4, inputs[i] points at 1024 bytes, a whole
- * BLAKE3 chunk; out + 32*i receives that chunk's chaining value (little-endian words) as if
- * compressed with key words `key`, chunk counter `counter + i`, and `flags` (CHUNK_START on the
- * first block and CHUNK_END on the last are added here). The caller never passes the root chunk.
+ * Contract of ferry_blake3_hash4 (src/hash/kernel.rs calls it): for i in 0..4, inputs[i] points
+ * at 1024 bytes, a whole BLAKE3 chunk; out + 32*i receives that chunk's chaining value
+ * (little-endian words) as if compressed with key words `key`, chunk counter `counter + i`, and
+ * `flags` (CHUNK_START on the first block and CHUNK_END on the last are added here). The caller
+ * never passes the root chunk. ferry_blake3_parent4 does the same for four parent nodes.
  * The caller checks the CPU (AT_HWCAP) before calling; nothing here runs at load time.
  */
 #include <stdint.h>
@@ -92,6 +93,32 @@ static inline void transpose_block(const unsigned char *const in[4], size_t bloc
   }
 }
 
+/* One compression of four independent blocks, one per lane: h (the input chaining values) becomes
+ * the output chaining values. */
+static inline __attribute__((always_inline)) void compress4(v4u h[8], const v4u m[16], v4u ctr_lo, v4u ctr_hi, uint32_t block_len, uint32_t flags) {
+  v4u v[16] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+               splat(IV[0]), splat(IV[1]), splat(IV[2]), splat(IV[3]),
+               ctr_lo, ctr_hi, splat(block_len), splat(flags)};
+#pragma GCC unroll 7
+  for (int r = 0; r < 7; r++) {
+    const uint8_t *s = SCHEDULE[r];
+    G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+    G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+    G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+    G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+    G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+    G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+    G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+    G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+  }
+  for (int i = 0; i < 8; i++) h[i] = v[i] ^ v[i + 8];
+}
+
+static inline void store_cvs(const v4u h[8], unsigned char out[128]) {
+  for (int lane = 0; lane < 4; lane++)
+    for (int i = 0; i < 8; i++) store_le32(out + 32 * lane + 4 * i, h[i][lane]);
+}
+
 void ferry_blake3_hash4(const unsigned char *const inputs[4], const uint32_t key[8], uint64_t counter,
                         uint32_t flags, unsigned char out[128]) {
   v4u h[8];
@@ -103,23 +130,19 @@ void ferry_blake3_hash4(const unsigned char *const inputs[4], const uint32_t key
     uint32_t f = flags | (block == 0 ? CHUNK_START : 0) | (block == 15 ? CHUNK_END : 0);
     v4u m[16];
     transpose_block(inputs, block, m);
-    v4u v[16] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-                 splat(IV[0]), splat(IV[1]), splat(IV[2]), splat(IV[3]),
-                 ctr_lo, ctr_hi, splat(64), splat(f)};
-#pragma GCC unroll 7
-    for (int r = 0; r < 7; r++) {
-      const uint8_t *s = SCHEDULE[r];
-      G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-      G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-      G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-      G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-      G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-      G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-      G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-      G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
-    for (int i = 0; i < 8; i++) h[i] = v[i] ^ v[i + 8];
+    compress4(h, m, ctr_lo, ctr_hi, 64, f);
   }
-  for (int lane = 0; lane < 4; lane++)
-    for (int i = 0; i < 8; i++) store_le32(out + 32 * lane + 4 * i, h[i][lane]);
+  store_cvs(h, out);
+}
+
+/* Four parent nodes: blocks[i] is 64 bytes, the left child's chaining value then the right's;
+ * out + 32*i receives the parent's chaining value. `flags` includes PARENT (never ROOT). */
+void ferry_blake3_parent4(const unsigned char *const blocks[4], const uint32_t key[8], uint32_t flags,
+                          unsigned char out[128]) {
+  v4u h[8];
+  for (int i = 0; i < 8; i++) h[i] = splat(key[i]);
+  v4u m[16];
+  transpose_block(blocks, 0, m);
+  compress4(h, m, splat(0), splat(0), 64, flags);
+  store_cvs(h, out);
 }

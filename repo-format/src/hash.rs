@@ -16,12 +16,12 @@ mod tree;
 
 use std::sync::OnceLock;
 
-use tree::Hash4;
+use tree::Kernel;
 
 #[derive(Clone, Copy)]
 enum Engine {
     Crate,
-    Kernel(Hash4, &'static str),
+    Kernel(Kernel, &'static str),
 }
 
 fn engine() -> Engine {

@@ -6,13 +6,14 @@
 //! CPU is asked at run time through the auxiliary vector: a binary built for the base ISA runs
 //! the kernel where the CPU has it and the portable code where it does not.
 
-use super::tree::{CHUNK_LEN, Hash4};
+use super::tree::{CHUNK_LEN, Kernel};
 
 unsafe extern "C" {
     fn ferry_blake3_hash4(inputs: *const *const u8, key: *const u32, counter: u64, flags: u32, out: *mut u8);
+    fn ferry_blake3_parent4(blocks: *const *const u8, key: *const u32, flags: u32, out: *mut u8);
 }
 
-/// The C kernel behind the `Hash4` signature.
+/// The C kernel behind the `Hash4` signature (`tree::Hash4`).
 ///
 /// # Safety
 /// The CPU must have the vector unit the kernel was compiled for (`available()`).
@@ -23,24 +24,36 @@ unsafe fn hash4_c(inputs: &[&[u8; CHUNK_LEN]; 4], key: &[u32; 8], counter: u64, 
     unsafe { ferry_blake3_hash4(ptrs.as_ptr(), key.as_ptr(), counter, flags, out.as_mut_ptr()) }
 }
 
+/// The C kernel behind the `Parent4` signature.
+///
+/// # Safety
+/// As `hash4_c`.
+unsafe fn parent4_c(blocks: &[&[u8; 64]; 4], key: &[u32; 8], flags: u32, out: &mut [u8; 128]) {
+    let ptrs: [*const u8; 4] = std::array::from_fn(|i| blocks[i].as_ptr());
+    // Safety: four valid 64-byte blocks, 8 key words, 128 writable bytes.
+    unsafe { ferry_blake3_parent4(ptrs.as_ptr(), key.as_ptr(), flags, out.as_mut_ptr()) }
+}
+
+const C_KERNEL: Kernel = Kernel { hash4: hash4_c, parent4: parent4_c };
+
 /// Everywhere but Power and Z the C is compiled for the target's base ISA and any CPU runs it:
 /// used only when forced (`FERRY_BLAKE3=kernel4`), so the native tests exercise the same C.
-pub(crate) fn base_isa() -> Option<(Hash4, &'static str)> {
+pub(crate) fn base_isa() -> Option<(Kernel, &'static str)> {
     if cfg!(any(target_arch = "powerpc64", target_arch = "s390x")) {
         None
     } else {
-        Some((hash4_c, "4-way C kernel, generic vectors (forced)"))
+        Some((C_KERNEL, "4-way C kernel, generic vectors (forced)"))
     }
 }
 
 /// The kernel for the tests, where this CPU runs it.
 #[cfg(test)]
-pub(crate) fn for_tests() -> Option<Hash4> {
+pub(crate) fn for_tests() -> Option<Kernel> {
     available().or_else(base_isa).map(|k| k.0)
 }
 
 /// What the kernel is on this architecture, and whether this CPU runs it.
-pub(crate) fn available() -> Option<(Hash4, &'static str)> {
+pub(crate) fn available() -> Option<(Kernel, &'static str)> {
     #[cfg(target_arch = "powerpc64")]
     {
         // PPC_FEATURE_HAS_VSX (AT_HWCAP) and PPC_FEATURE2_ARCH_2_07, POWER8 (AT_HWCAP2).
@@ -48,7 +61,7 @@ pub(crate) fn available() -> Option<(Hash4, &'static str)> {
         const ARCH_2_07: libc_ulong = 0x8000_0000;
         let (hw, hw2) = (hwcap(AT_HWCAP), hwcap(AT_HWCAP2));
         if hw & HAS_VSX != 0 && hw2 & ARCH_2_07 != 0 {
-            return Some((hash4_c, "vsx (power8), 4-way"));
+            return Some((C_KERNEL, "vsx (power8), 4-way"));
         }
         None
     }
@@ -57,7 +70,7 @@ pub(crate) fn available() -> Option<(Hash4, &'static str)> {
         // HWCAP_S390_VXRS: the vector facility (z13).
         const VXRS: libc_ulong = 1 << 11;
         if hwcap(AT_HWCAP) & VXRS != 0 {
-            return Some((hash4_c, "z vector (z13), 4-way"));
+            return Some((C_KERNEL, "z vector (z13), 4-way"));
         }
         None
     }
@@ -117,7 +130,7 @@ mod tests {
         let base = (1u64 << 32) - 2;
         let mut out = [0u8; 128];
         // Safety: for_tests gives the kernel only where this CPU runs it.
-        unsafe { k(&refs, &key, base, 16, &mut out) };
+        unsafe { (k.hash4)(&refs, &key, base, 16, &mut out) };
         for (i, cv) in out.chunks_exact(32).enumerate() {
             let want = super::super::tree::chunk_cv(refs[i], base + i as u64, &key, 16);
             let want: Vec<u8> = want.iter().flat_map(|w| w.to_le_bytes()).collect();

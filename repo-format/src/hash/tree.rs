@@ -1,6 +1,6 @@
 //! BLAKE3 (hash and keyed hash, 32-byte output) written out, for the CPUs whose vector units the
-//! blake3 crate leaves unused: whole chunks go four at a time through a `Hash4` kernel, the rest
-//! (a last partial chunk, parent nodes, the root) through the portable compression below.
+//! blake3 crate leaves unused: whole chunks and their parents go four at a time through a `Kernel`,
+//! the rest (a last partial chunk, the top parents, the root) through the portable compression.
 //!
 //! The bytes are BLAKE3's: the tests compare every length class with the blake3 crate, which
 //! stays the implementation everywhere else. Only what Ferry needs is here: one 32-byte output,
@@ -9,8 +9,9 @@
 /// Bytes in a BLAKE3 chunk.
 pub const CHUNK_LEN: usize = 1024;
 const BLOCK_LEN: usize = 64;
-/// Bytes taken at once by a 4-way kernel.
-const GROUP_LEN: usize = 4 * CHUNK_LEN;
+/// Bytes held back (the input's end may be in them) and hashed at once: 16 chunks, a subtree
+/// the kernel hashes whole (16 chunks four at a time, then 8, 4 and 2 parents four at a time).
+const GROUP_LEN: usize = 16 * CHUNK_LEN;
 
 const IV: [u32; 8] =
     [0x6A09_E667, 0xBB67_AE85, 0x3C6E_F372, 0xA54F_F53A, 0x510E_527F, 0x9B05_688C, 0x1F83_D9AB, 0x5BE0_CD19];
@@ -26,6 +27,23 @@ const KEYED_HASH: u32 = 16;
 /// gets its chaining value (little-endian). See csrc/blake3_hash4.c.
 pub type Hash4 =
     unsafe fn(inputs: &[&[u8; CHUNK_LEN]; 4], key: &[u32; 8], counter: u64, flags: u32, out: &mut [u8; 128]);
+
+/// Four parent nodes at once: `blocks[i]` is a left and a right chaining value (little-endian),
+/// `out[32 i..]` gets the parent's; `flags` includes PARENT.
+pub type Parent4 = unsafe fn(blocks: &[&[u8; 64]; 4], key: &[u32; 8], flags: u32, out: &mut [u8; 128]);
+
+/// A vector kernel: chunks and parents four at a time.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub hash4: Hash4,
+    pub parent4: Parent4,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kernel")
+    }
+}
 
 fn g(s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize, x: u32, y: u32) {
     s[a] = s[a].wrapping_add(s[b]).wrapping_add(x);
@@ -142,16 +160,20 @@ pub(crate) fn chunk_cv(chunk: &[u8], counter: u64, key: &[u32; 8], flags: u32) -
     chunk_output(chunk, counter, key, flags).chaining_value()
 }
 
+fn cv_words(cv: &[u8]) -> [u32; 8] {
+    std::array::from_fn(|i| u32::from_le_bytes(cv[4 * i..4 * i + 4].try_into().expect("4 bytes")))
+}
+
 fn key_words(key: &[u8; 32]) -> [u32; 8] {
     std::array::from_fn(|i| u32::from_le_bytes(key[4 * i..4 * i + 4].try_into().expect("4 bytes")))
 }
 
 /// Incremental BLAKE3 with a 32-byte output. Input is held back until it is known not to be the
-/// last chunk (the root is compressed differently), so up to 4 KiB waits in `buf`.
+/// last chunk (the root is compressed differently), so up to 16 KiB waits in `buf`.
 pub struct Hasher {
     key: [u32; 8],
     flags: u32,
-    hash4: Option<Hash4>,
+    kernel: Option<Kernel>,
     /// Chaining values of complete subtrees, left to right (at most 54 for 2^64 bytes).
     stack: Vec<[u32; 8]>,
     /// Chunks already folded into `stack`.
@@ -160,24 +182,26 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    /// Unkeyed BLAKE3; `hash4`, if any, takes whole chunks four at a time.
-    pub fn new(hash4: Option<Hash4>) -> Hasher {
-        Hasher::with(IV, 0, hash4)
+    /// Unkeyed BLAKE3; `kernel`, if any, takes whole chunks and parents four at a time.
+    pub fn new(kernel: Option<Kernel>) -> Hasher {
+        Hasher::with(IV, 0, kernel)
     }
 
     /// Keyed BLAKE3.
-    pub fn new_keyed(key: &[u8; 32], hash4: Option<Hash4>) -> Hasher {
-        Hasher::with(key_words(key), KEYED_HASH, hash4)
+    pub fn new_keyed(key: &[u8; 32], kernel: Option<Kernel>) -> Hasher {
+        Hasher::with(key_words(key), KEYED_HASH, kernel)
     }
 
-    fn with(key: [u32; 8], flags: u32, hash4: Option<Hash4>) -> Hasher {
-        Hasher { key, flags, hash4, stack: Vec::with_capacity(8), chunks: 0, buf: Vec::with_capacity(GROUP_LEN) }
+    fn with(key: [u32; 8], flags: u32, kernel: Option<Kernel>) -> Hasher {
+        Hasher { key, flags, kernel, stack: Vec::with_capacity(8), chunks: 0, buf: Vec::with_capacity(GROUP_LEN) }
     }
 
-    /// Fold one non-final chunk's chaining value into the stack, merging complete subtrees.
-    fn push(&mut self, mut cv: [u32; 8]) {
-        self.chunks += 1;
-        let mut total = self.chunks;
+    /// Fold the chaining value of a complete subtree of 2^`log` non-final chunks into the
+    /// stack, merging complete subtrees (`chunks` is a multiple of 2^`log`).
+    fn push(&mut self, mut cv: [u32; 8], log: u32) {
+        debug_assert_eq!(self.chunks % (1 << log), 0);
+        self.chunks += 1 << log;
+        let mut total = self.chunks >> log;
         while total & 1 == 0 {
             let left = self.stack.pop().expect("a complete left subtree");
             cv = parent(&left, &cv, &self.key, self.flags).chaining_value();
@@ -191,25 +215,54 @@ impl Hasher {
     fn chunks_of(&mut self, group: &[u8]) {
         debug_assert_eq!(group.len() % CHUNK_LEN, 0);
         let mut rest = group;
-        if let Some(hash4) = self.hash4 {
-            while rest.len() >= GROUP_LEN {
+        if let Some(k) = self.kernel {
+            // Safety (every call below): the kernel was chosen for this CPU (kernel.rs); it reads
+            // exactly the four inputs given and writes the 128 bytes given.
+            let (key, pflags) = (self.key, self.flags | PARENT);
+            /// Blocks `first..first + 4` of 64 bytes (two chaining values each) of `cvs`.
+            fn pairs(cvs: &[u8], first: usize) -> [&[u8; 64]; 4] {
+                std::array::from_fn(|i| cvs[(first + i) * 64..(first + i + 1) * 64].try_into().expect("two cvs"))
+            }
+            while rest.len() >= GROUP_LEN && self.chunks % 16 == 0 {
+                // 16 chunks -> 16, 8, 4 and 2 chaining values four at a time; the last parent here.
+                let mut leaves = [[0u8; 128]; 4];
+                for (q, out) in leaves.iter_mut().enumerate() {
+                    let c: [&[u8; CHUNK_LEN]; 4] = std::array::from_fn(|i| {
+                        let at = (4 * q + i) * CHUNK_LEN;
+                        rest[at..at + CHUNK_LEN].try_into().expect("a chunk")
+                    });
+                    unsafe { (k.hash4)(&c, &key, self.chunks + 4 * q as u64, self.flags, out) };
+                }
+                let mut eight = [[0u8; 128]; 2];
+                for (h, out) in eight.iter_mut().enumerate() {
+                    unsafe { (k.parent4)(&pairs(leaves.as_flattened(), 4 * h), &key, pflags, out) };
+                }
+                let mut four = [0u8; 128];
+                unsafe { (k.parent4)(&pairs(eight.as_flattened(), 0), &key, pflags, &mut four) };
+                // Two parents: lanes 2 and 3 repeat lanes 0 and 1.
+                let mut two = [0u8; 256];
+                two[..128].copy_from_slice(&four);
+                two[128..].copy_from_slice(&four);
+                let mut top = [0u8; 128];
+                unsafe { (k.parent4)(&pairs(&two, 0), &key, pflags, &mut top) };
+                let cv = parent(&cv_words(&top[..32]), &cv_words(&top[32..64]), &key, self.flags).chaining_value();
+                self.push(cv, 4);
+                rest = &rest[GROUP_LEN..];
+            }
+            while rest.len() >= 4 * CHUNK_LEN {
                 let c: [&[u8; CHUNK_LEN]; 4] =
                     std::array::from_fn(|i| rest[i * CHUNK_LEN..(i + 1) * CHUNK_LEN].try_into().expect("a chunk"));
                 let mut out = [0u8; 128];
-                // Safety: the kernel was chosen for this CPU (kernel.rs) and reads exactly the
-                // four 1024-byte chunks and writes the 128 bytes given.
-                unsafe { hash4(&c, &self.key, self.chunks, self.flags, &mut out) };
+                unsafe { (k.hash4)(&c, &key, self.chunks, self.flags, &mut out) };
                 for cv in out.chunks_exact(32) {
-                    let cv: [u32; 8] =
-                        std::array::from_fn(|i| u32::from_le_bytes(cv[4 * i..4 * i + 4].try_into().expect("4")));
-                    self.push(cv);
+                    self.push(cv_words(cv), 0);
                 }
-                rest = &rest[GROUP_LEN..];
+                rest = &rest[4 * CHUNK_LEN..];
             }
         }
         for chunk in rest.chunks_exact(CHUNK_LEN) {
             let cv = chunk_output(chunk, self.chunks, &self.key, self.flags).chaining_value();
-            self.push(cv);
+            self.push(cv, 0);
         }
     }
 
@@ -234,11 +287,11 @@ impl Hasher {
     }
 
     pub fn finalize(&self) -> [u8; 32] {
-        // buf: the input's last 0..=4096 bytes; every chunk in it but the last is whole.
+        // buf: the input's last 0..=16384 bytes; every chunk in it but the last is whole.
         let mut me = Hasher {
             key: self.key,
             flags: self.flags,
-            hash4: None,
+            kernel: self.kernel,
             stack: self.stack.clone(),
             chunks: self.chunks,
             buf: Vec::new(),
@@ -255,7 +308,7 @@ impl Hasher {
 
 impl std::fmt::Debug for Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hasher").field("chunks", &self.chunks).field("kernel", &self.hash4.is_some()).finish()
+        f.debug_struct("Hasher").field("chunks", &self.chunks).field("kernel", &self.kernel.is_some()).finish()
     }
 }
 
