@@ -5,6 +5,8 @@
 //! snapshots work (they read the index, not the packs); check and prune would report them.
 //!
 //!   synth_repo REPO_DIR BLOBS SNAPSHOTS      (password in FERRY_PASSWORD)
+//!   synth_repo REPO_DIR load|load-whole      load the index object by object (as Ferry does)
+//!                                            or from all objects at once; print time and peak RSS
 use std::sync::Arc;
 
 use repo_format::{BlobId, BlobKind, Id, IndexFile, IndexPack, ObjectStorage, PackEntry, PackId, Repository};
@@ -19,6 +21,9 @@ fn made_up(tag: &[u8], n: u64) -> Id {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, dir, mode] = args.as_slice() {
+        return load(dir, mode).await;
+    }
     let [_, dir, blobs, snapshots] = args.as_slice() else {
         eprintln!("usage: synth_repo REPO_DIR BLOBS SNAPSHOTS   (password in FERRY_PASSWORD)");
         std::process::exit(2)
@@ -65,6 +70,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{written} made-up blobs in {} index objects; {} snapshots",
         written.div_ceil(PER_INDEX),
         snapshots.max(existing.len())
+    );
+    Ok(())
+}
+
+/// Load the index and report what it cost.
+async fn load(dir: &str, mode: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let password = std::env::var("FERRY_PASSWORD").map_err(|_| "FERRY_PASSWORD is not set")?;
+    let storage = Arc::new(ObjectStorage::local(std::path::Path::new(dir))?);
+    let repo = Repository::open(storage, password.as_bytes(), None).await?;
+    let t = std::time::Instant::now();
+    let index = match mode {
+        "load" => repo.load_index().await?,
+        "load-whole" => {
+            let files = repo.index_files().await?;
+            Arc::new(repo_format::Index::build(repo_format::current_index_files(&files))?)
+        }
+        _ => return Err(format!("unknown mode {mode:?}").into()),
+    };
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?");
+    println!(
+        "{mode}: {} entries, {} MiB of index ({} B each), {:.2} s, peak {hwm}",
+        index.len(),
+        index.memory_bytes() >> 20,
+        index.memory_bytes() / index.len().max(1),
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! In memory, `Index` is one sorted vector of 48-byte entries (no per-entry allocation) plus a
 //! table of packs. It is immutable once built: lookups are a binary search with no lock.
 
+use std::collections::HashSet;
+
 use crate::blob::BlobKind;
 use crate::codec::{Dec, Enc};
 use crate::compress::MAX_BLOB_LEN;
@@ -156,10 +158,7 @@ impl Index {
 
     fn add_file(&mut self, f: &IndexFile) -> Result<()> {
         for p in &f.packs {
-            let pi = u32::try_from(self.packs.len())
-                .ok()
-                .filter(|n| *n < TREE_BIT)
-                .ok_or_else(|| Error::Invalid("more than 2^31 packs".into()))?;
+            let pi = Index::pack_index(self.packs.len())?;
             self.packs.push(PackRef { id: p.id, salt: p.salt });
             self.entries.extend(p.blobs.iter().map(|b| Entry {
                 id: b.id.0.0,
@@ -170,6 +169,11 @@ impl Index {
             }));
         }
         Ok(())
+    }
+
+    /// Pack number `n` as an entry stores it, or an error past 2^31 packs.
+    fn pack_index(n: usize) -> Result<u32> {
+        u32::try_from(n).ok().filter(|n| *n < TREE_BIT).ok_or_else(|| Error::Invalid("more than 2^31 packs".into()))
     }
 
     fn seal(&mut self) {
@@ -241,6 +245,88 @@ impl Index {
             let id = BlobId(Id(e.id));
             (id, self.lookup(e.kind(), &id).expect("entry is indexed"))
         })
+    }
+}
+
+/// Builds the index of a repository from its index objects one at a time, so that the decoded
+/// objects are never all held next to the index (at 10M blobs they were as large as it: the
+/// peak was twice the 48 B per blob). Which objects are current (not superseded by another) is
+/// only known at the end: entries carry their object through their pack, and the superseded
+/// ones are dropped in place.
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    entries: Vec<Entry>,
+    /// Every pack seen, with the number of the object that listed it.
+    packs: Vec<(PackRef, u32)>,
+    /// Every object seen, with what it supersedes.
+    objects: Vec<(IndexId, Vec<IndexId>)>,
+}
+
+impl IndexBuilder {
+    /// Take one index object's blobs (in any order of objects).
+    pub fn add(&mut self, id: IndexId, file: IndexFile) -> Result<()> {
+        let object =
+            u32::try_from(self.objects.len()).map_err(|_| Error::Invalid("more than 2^32 index objects".into()))?;
+        for p in &file.packs {
+            let pi = Index::pack_index(self.packs.len())?;
+            self.packs.push((PackRef { id: p.id, salt: p.salt }, object));
+            self.entries.extend(p.blobs.iter().map(|b| Entry {
+                id: b.id.0.0,
+                pack: pi | if b.kind == BlobKind::Tree { TREE_BIT } else { 0 },
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            }));
+        }
+        self.objects.push((id, file.supersedes));
+        Ok(())
+    }
+
+    /// The index of the current objects, and the fallback index of the packs that only
+    /// superseded objects list (what `current` and `marked_only` give from whole objects).
+    pub fn finish(self) -> Result<(Index, Index)> {
+        let IndexBuilder { mut entries, packs, objects } = self;
+        let superseded: HashSet<IndexId> = objects.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        let current: Vec<bool> = objects.iter().map(|(id, _)| !superseded.contains(id)).collect();
+        let listed: HashSet<PackId> = packs.iter().filter(|(_, o)| current[*o as usize]).map(|(p, _)| p.id).collect();
+        // New pack numbers: the current objects' packs in one index, the marked-only packs
+        // (first listing of each) in the other; None: left out.
+        let (mut main, mut fallback) = (Vec::new(), Vec::new());
+        let mut marked_seen = HashSet::new();
+        let renumber: Vec<(bool, Option<u32>)> = packs
+            .iter()
+            .map(|(p, o)| {
+                if current[*o as usize] {
+                    main.push(*p);
+                    Ok((true, Some(Index::pack_index(main.len() - 1)?)))
+                } else if !listed.contains(&p.id) && marked_seen.insert(p.id) {
+                    fallback.push(*p);
+                    Ok((false, Some(Index::pack_index(fallback.len() - 1)?)))
+                } else {
+                    Ok((false, None))
+                }
+            })
+            .collect::<Result<_>>()?;
+        let with_pack = |e: &Entry, n: u32| Entry { pack: n | (e.pack & TREE_BIT), ..*e };
+        let fallback_entries: Vec<Entry> = entries
+            .iter()
+            .filter_map(|e| match renumber[(e.pack & !TREE_BIT) as usize] {
+                (false, Some(n)) => Some(with_pack(e, n)),
+                _ => None,
+            })
+            .collect();
+        entries.retain_mut(|e| match renumber[(e.pack & !TREE_BIT) as usize] {
+            (true, Some(n)) => {
+                *e = with_pack(e, n);
+                true
+            }
+            _ => false,
+        });
+        let mut idx = Index { entries, packs: main };
+        idx.seal();
+        let mut fb = Index { entries: fallback_entries, packs: fallback };
+        fb.seal();
+        Ok((idx, fb))
     }
 }
 

@@ -40,7 +40,7 @@ pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};
 pub use dirparts::{DirSplitter, PART_MAX, PART_MAX_BYTES, PART_MIN, SPLIT_BYTES, SPLIT_ENTRIES, ends_part};
 pub use error::{Error, ObjectRef, Result};
 pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
-pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexFile, IndexPack, PackRef};
+pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile, IndexPack, PackRef};
 pub use keyfile::KdfParams;
 pub use marker::Marker;
 pub use object::FORMAT_VERSION;
