@@ -25,7 +25,7 @@ command -v /usr/bin/time >/dev/null || { echo "bigrepo.sh: needs /usr/bin/time (
 synth=$here/target/release/examples/synth_repo
 
 rm -rf "$WORK" && mkdir -p "$WORK"
-python3 "$here/../shared/bench/make-smallfiles.py" "$WORK/src" "$SRC_FILES" > /dev/null
+python3 "$here/benches/make-smallfiles.py" "$WORK/src" "$SRC_FILES" > /dev/null
 find "$WORK/src" -type f | sort | awk 'NR % 100 == 0' > "$WORK/changed"
 repo=$WORK/repo
 "$ferry" init --repo "$repo" > /dev/null

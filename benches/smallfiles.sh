@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# smallfiles.sh -- many small files (Velero #7840's shape): ../shared/bench/make-smallfiles.py's
+# smallfiles.sh -- many small files (Velero #7840's shape): benches/make-smallfiles.py's
 # tree (default 1,000,000 files, 20,000 directories plus one of 100,000 entries, ~2 GB), backed up
 # by each binary given, interleaved run by run: initial backup, backup with nothing changed, backup
 # after 1 % of the files changed, restore. Wall time, CPU (user+sys), CPU/wall and peak RSS per step,
@@ -12,8 +12,8 @@
 #   WORK      work directory (default /tmp/ferry-smallfiles); as root, a fresh journaled ext4 in a
 #             loop-mounted sparse image is made there (SCRATCH=0: use the directory as it is) --
 #             on this machine's journal-less root ext4, creating many files right after deleting
-#             many was several times slower for minutes (../shared/bench/README.md)
-#   MAKE      path of make-smallfiles.py (default ../shared/bench/make-smallfiles.py)
+#             many was several times slower for minutes (seen on this kind of machine)
+#   MAKE      path of make-smallfiles.py (default benches/make-smallfiles.py)
 # A binary named restic* is driven with restic's commands, anything else with ferry's. Each tool
 # starts every run with a fresh repository and cache; the change step appends a line to every
 # 100th file (in a fixed order) and gives it a new mtime, so every tool sees the same change.
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 FILES=${FILES:-1000000}
 RUNS=${RUNS:-3}
 WORK=${WORK:-/tmp/ferry-smallfiles}
-MAKE=${MAKE:-$here/../../shared/bench/make-smallfiles.py}
+MAKE=${MAKE:-$here/make-smallfiles.py}
 SCRATCH=${SCRATCH:-1}
 export FERRY_PASSWORD=smallfiles-bench RESTIC_PASSWORD=smallfiles-bench
 command -v /usr/bin/time >/dev/null || { echo "smallfiles.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
