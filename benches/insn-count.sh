@@ -43,15 +43,15 @@ for target in "${@:-s390x ppc64le}"; do
     exe=$CARGO_TARGET_DIR/$T/release/examples/insn_count
     [ -n "$cpu" ] && Q+=(-cpu "$cpu")
     echo "== $t (${cpu:-qemu default cpu}): guest instructions per MiB"
-    for row in "baseline crate" "hash crate" "hash kernel4" "keyed crate" "keyed kernel4" "aes-gcm crate"; do
+    for row in "baseline crate" "hash crate" "hash kernel4" "keyed crate" "keyed kernel4" "aes-gcm crate" "aes-gcm kernel"; do
       read -r prim path <<< "$row"
-      export FERRY_BLAKE3=$path
+      export FERRY_BLAKE3=$path FERRY_AES=$path
       args=("$prim" 0); zero=$(count "${Q[@]}")
       args=("$prim" "$MIB"); one=$(count "${Q[@]}")
       args=("$prim" "$MIB"); via=$("${Q[@]}" "$exe" "${args[@]}" | sed 's/.* via \(.*\): ..$/\1/')
       printf '  %-8s %-34s %12d instructions/MiB  (%.2f per byte)\n' "$prim" "$via" $((one - zero)) \
         "$(awk -v a="$one" -v b="$zero" 'BEGIN {print (a - b) / 1048576}')"
     done
-    unset FERRY_BLAKE3
+    unset FERRY_BLAKE3 FERRY_AES
   done
 done

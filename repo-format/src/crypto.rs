@@ -12,11 +12,17 @@
 //! random-nonce bound of 2^32 messages per key is unreachable; the object key encrypts one
 //! message per config/index/snapshot object. This module must never log or expose key bytes.
 
+use std::sync::OnceLock;
+
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, Id};
+
+// AES-256-GCM composed from csrc/gcm.c's kernels where the crate has no hardware path (FFI).
+#[allow(unsafe_code)]
+mod gcm;
 
 /// Bytes a sealed message adds to its plaintext: nonce and tag.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
@@ -99,9 +105,79 @@ impl MasterKey {
     }
 }
 
+/// Which AES-256-GCM this process uses: the aes-gcm crate (AES-NI + CLMUL, ARMv8 AES + PMULL,
+/// or bitsliced software), or `gcm`'s composition on Power and Z when the CPU has the vector
+/// unit. `FERRY_AES=crate` forces the crate, `FERRY_AES=kernel` forces `gcm` where it can run
+/// (on x86_64 and aarch64 too, for the tests); read once per process.
+fn engine() -> Option<(gcm::AesImpl, &'static str)> {
+    static ENGINE: OnceLock<Option<(gcm::AesImpl, &'static str)>> = OnceLock::new();
+    *ENGINE.get_or_init(|| {
+        let forced = std::env::var("FERRY_AES").unwrap_or_default();
+        match forced.as_str() {
+            "crate" => None,
+            "kernel" => gcm::available().or_else(gcm::base_isa),
+            _ => gcm::available(),
+        }
+    })
+}
+
+/// The AES-256-GCM code path in use, for `ferry version` and `ferry bench`.
+pub fn path() -> &'static str {
+    if let Some((_, name)) = engine() {
+        return name;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let aes = std::arch::is_x86_feature_detected!("aes");
+        let clmul = std::arch::is_x86_feature_detected!("pclmulqdq");
+        let vaes = std::arch::is_x86_feature_detected!("vaes") && std::arch::is_x86_feature_detected!("vpclmulqdq");
+        match (aes && clmul, vaes) {
+            (true, true) => "aes-ni + clmul (vaes available)",
+            (true, false) => "aes-ni + clmul",
+            _ => "software (bitsliced)",
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull") {
+            "armv8 aes + pmull"
+        } else {
+            "software (bitsliced)"
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "software (bitsliced)"
+    }
+}
+
+/// AES-256-GCM on the repository's code path (`path()`) under one key, for benchmarks and the
+/// instruction counts: sealed bytes are `nonce ‖ ciphertext ‖ tag` as in packs and objects.
+#[derive(Debug)]
+pub struct Aead(Cipher);
+
+impl Aead {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Aead(Cipher::new(key))
+    }
+
+    /// Append `nonce ‖ E(plaintext) ‖ tag` to `out` (random nonce).
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        self.0.seal_into(aad, plaintext, out)
+    }
+
+    /// Authenticate and decrypt `sealed` into `buf`.
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], buf: &mut Vec<u8>) -> Result<()> {
+        self.0.open_into(aad, sealed, "sealed message", buf)
+    }
+}
+
 /// AES-256-GCM under one key.
 #[derive(Clone)]
-pub(crate) struct Cipher(Aes256Gcm);
+pub(crate) enum Cipher {
+    Crate(Box<Aes256Gcm>),
+    Kernel(Box<gcm::Gcm>),
+}
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +187,10 @@ impl std::fmt::Debug for Cipher {
 
 impl Cipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        Cipher(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))
+        match engine() {
+            Some((aes, _)) => Cipher::Kernel(Box::new(gcm::Gcm::new(key, aes))),
+            None => Cipher::Crate(Box::new(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))),
+        }
     }
 
     /// Append `nonce ‖ E(plaintext) ‖ tag` to `out`.
@@ -122,11 +201,14 @@ impl Cipher {
         out.extend_from_slice(&nonce);
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let tag = self
-            .0
-            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start..]).into())
-            .expect("AES-GCM accepts messages below 64 GiB");
-        out.extend_from_slice(tag.as_slice());
+        let tag: [u8; TAG_LEN] = match self {
+            Cipher::Crate(c) => c
+                .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start..]).into())
+                .expect("AES-GCM accepts messages below 64 GiB")
+                .into(),
+            Cipher::Kernel(g) => g.seal_in_place(&nonce, aad, &mut out[start..]),
+        };
+        out.extend_from_slice(&tag);
     }
 
     #[cfg(test)]
@@ -154,9 +236,13 @@ impl Cipher {
         buf.extend_from_slice(ct);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
         let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
-        self.0
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[..]).into(), &Tag::from(tag))
-            .map_err(|_| Error::corrupt(what, "authentication failed (wrong key, or modified bytes)"))
+        let ok = match self {
+            Cipher::Crate(c) => {
+                c.decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[..]).into(), &Tag::from(tag)).is_ok()
+            }
+            Cipher::Kernel(g) => g.open_in_place(&nonce, aad, buf, &tag),
+        };
+        if ok { Ok(()) } else { Err(Error::corrupt(what, "authentication failed (wrong key, or modified bytes)")) }
     }
 }
 

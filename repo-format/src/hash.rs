@@ -14,6 +14,9 @@
 mod kernel;
 mod tree;
 
+#[cfg(any(target_arch = "powerpc64", target_arch = "s390x"))]
+pub(crate) use kernel::hwcap;
+
 use std::sync::OnceLock;
 
 use tree::Kernel;

@@ -36,7 +36,7 @@ pub use cache::Cache;
 pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};
 pub use config::{ChunkerParams, DEFAULT_GC_GRACE_NS, RepoConfig};
-pub use crypto::{MasterKey, SALT_LEN, SEAL_OVERHEAD};
+pub use crypto::{Aead, MasterKey, SALT_LEN, SEAL_OVERHEAD, path as aes_gcm_path};
 pub use dirparts::{DirSplitter, PART_MAX, PART_MAX_BYTES, PART_MIN, SPLIT_BYTES, SPLIT_ENTRIES, ends_part};
 pub use error::{Error, ObjectRef, Result};
 pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};

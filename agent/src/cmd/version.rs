@@ -5,34 +5,6 @@ use anyhow::Result;
 use crate::cli::Cli;
 use crate::output::print_json;
 
-fn aes_path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let aes = std::arch::is_x86_feature_detected!("aes");
-        let clmul = std::arch::is_x86_feature_detected!("pclmulqdq");
-        let vaes = std::arch::is_x86_feature_detected!("vaes") && std::arch::is_x86_feature_detected!("vpclmulqdq");
-        match (aes && clmul, vaes) {
-            (true, true) => "aes-ni + clmul (vaes available)",
-            (true, false) => "aes-ni + clmul",
-            _ => "software (bitsliced)",
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull") {
-            "armv8 aes + pmull"
-        } else {
-            "software (bitsliced)"
-        }
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        // POWER8's vcipher/vpmsumd and z's CPACF are not used yet (the aes-gcm crate has no
-        // code path for them).
-        "software (bitsliced)"
-    }
-}
-
 /// What `version --json` prints (also part of the bench report).
 pub fn info() -> serde_json::Value {
     serde_json::json!({
@@ -42,7 +14,7 @@ pub fn info() -> serde_json::Value {
         "endian": if cfg!(target_endian = "big") { "big" } else { "little" },
         "format_version": repo_format::FORMAT_VERSION,
         "blake3": repo_format::hash::path(),
-        "aes_gcm": aes_path(),
+        "aes_gcm": repo_format::aes_gcm_path(),
         "zstd": zstd::zstd_safe::version_string(),
     })
 }
@@ -60,7 +32,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
             v["endian"].as_str().unwrap_or("")
         );
         println!("repository format {}", repo_format::FORMAT_VERSION);
-        println!("blake3: {}; aes-256-gcm: {}; zstd {zstd_version}", repo_format::hash::path(), aes_path());
+        println!(
+            "blake3: {}; aes-256-gcm: {}; zstd {zstd_version}",
+            repo_format::hash::path(),
+            repo_format::aes_gcm_path()
+        );
     }
     Ok(crate::exit::OK)
 }

@@ -88,8 +88,9 @@ const AT_HWCAP: libc_ulong = 16;
 #[cfg(target_arch = "powerpc64")]
 const AT_HWCAP2: libc_ulong = 26;
 
+/// `getauxval(kind)`: the CPU's capability bits (also read by crypto/gcm.rs).
 #[cfg(any(target_arch = "powerpc64", target_arch = "s390x"))]
-fn hwcap(kind: libc_ulong) -> libc_ulong {
+pub(crate) fn hwcap(kind: libc_ulong) -> libc_ulong {
     unsafe extern "C" {
         fn getauxval(kind: std::ffi::c_ulong) -> std::ffi::c_ulong;
     }
@@ -100,6 +101,17 @@ fn hwcap(kind: libc_ulong) -> libc_ulong {
 #[cfg(test)]
 mod tests {
     use super::super::tree::Hasher;
+
+    #[test]
+    fn the_cpu_check_agrees_with_what_the_runner_promises() {
+        // As crypto::gcm's: FERRY_EXPECT_KERNEL comes from crossbuild/test.sh's CPU model.
+        eprintln!("BLAKE3 kernel here: {:?}", super::available().map(|k| k.1));
+        match std::env::var("FERRY_EXPECT_KERNEL").as_deref() {
+            Ok("1") => assert!(super::available().is_some(), "the CPU has the vector unit but the kernel is not used"),
+            Ok("0") => assert!(super::available().is_none(), "the CPU lacks the vector unit but the kernel is chosen"),
+            _ => {}
+        }
+    }
 
     #[test]
     fn the_c_kernel_matches_the_crate() {
