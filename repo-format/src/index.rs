@@ -109,6 +109,17 @@ struct Entry {
 }
 
 impl Entry {
+    /// The entry of `b`, stored in pack number `pack`.
+    fn of(b: &PackEntry, pack: u32) -> Entry {
+        Entry {
+            id: b.id.0.0,
+            pack: pack | if b.kind == BlobKind::Tree { TREE_BIT } else { 0 },
+            offset: b.offset,
+            stored_len: b.stored_len,
+            raw_len: b.raw_len,
+        }
+    }
+
     fn kind(&self) -> BlobKind {
         if self.pack & TREE_BIT != 0 { BlobKind::Tree } else { BlobKind::Data }
     }
@@ -160,13 +171,7 @@ impl Index {
         for p in &f.packs {
             let pi = Index::pack_index(self.packs.len())?;
             self.packs.push(PackRef { id: p.id, salt: p.salt });
-            self.entries.extend(p.blobs.iter().map(|b| Entry {
-                id: b.id.0.0,
-                pack: pi | if b.kind == BlobKind::Tree { TREE_BIT } else { 0 },
-                offset: b.offset,
-                stored_len: b.stored_len,
-                raw_len: b.raw_len,
-            }));
+            self.entries.extend(p.blobs.iter().map(|b| Entry::of(b, pi)));
         }
         Ok(())
     }
@@ -270,13 +275,7 @@ impl IndexBuilder {
         for p in &file.packs {
             let pi = Index::pack_index(self.packs.len())?;
             self.packs.push((PackRef { id: p.id, salt: p.salt }, object));
-            self.entries.extend(p.blobs.iter().map(|b| Entry {
-                id: b.id.0.0,
-                pack: pi | if b.kind == BlobKind::Tree { TREE_BIT } else { 0 },
-                offset: b.offset,
-                stored_len: b.stored_len,
-                raw_len: b.raw_len,
-            }));
+            self.entries.extend(p.blobs.iter().map(|b| Entry::of(b, pi)));
         }
         self.objects.push((id, file.supersedes));
         Ok(())
