@@ -86,8 +86,11 @@ passed=$((passed + fp)); failed=$((failed + ff))
 # The 1.85 cross builds keep their target directory across runs on this machine (like the
 # servers under /var/cache): cargo rebuilds what changed, and a second run costs minutes, not
 # the half hour of compiling every dependency for three targets. FERRY_CROSS_TARGET_DIR=""
-# builds inside the clone instead.
-export FERRY_CROSS_TARGET_DIR=${FERRY_CROSS_TARGET_DIR-/var/cache/ferry-build/cross}
+# builds inside the clone instead. One directory per checkout path: cargo trusts file times for
+# the workspace's own crates, so a directory shared with another checkout that built later would
+# pass off that checkout's build-script output (or objects) as this one's.
+cross_key=$(pwd -P | sha256sum | cut -c1-12)
+export FERRY_CROSS_TARGET_DIR=${FERRY_CROSS_TARGET_DIR-/var/cache/ferry-build/cross-$cross_key}
 [ -n "$FERRY_CROSS_TARGET_DIR" ] && mkdir -p "$FERRY_CROSS_TARGET_DIR"
 for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
   [ "$target" = none ] && break
@@ -117,6 +120,16 @@ for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
         failed=$((failed + 1))
       fi
     fi
+    # ... and the target's own ferry binary through the native end-to-end tests (fidelity,
+    # hostile snapshots, repositories and targets, disk round trips on loop devices), each ferry
+    # process under qemu-user.
+    step "e2e: the $target ferry binary through the native end-to-end tests"
+    timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/e2e.sh "$target" 2>&1 |
+      tee "/tmp/ferry-e2e-$target.log" || true
+    p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-e2e-$target.log")
+    f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-e2e-$target.log")
+    grep -q "finished with exit 0" "/tmp/ferry-e2e-$target.log" || f=$((f + 1))
+    passed=$((passed + p)); failed=$((failed + f))
   fi
 done
 

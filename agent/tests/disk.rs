@@ -39,7 +39,11 @@ impl Env {
         self.dir.path().join(name)
     }
     fn ferry(&self, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("ferry").unwrap();
+        // FERRY_TEST_BIN: another architecture's build under qemu-user (crossbuild/e2e.sh).
+        let mut c = match std::env::var_os("FERRY_TEST_BIN") {
+            Some(bin) => Command::new(bin),
+            None => Command::cargo_bin("ferry").unwrap(),
+        };
         c.env("FERRY_PASSWORD", "pw")
             .env("FERRY_CACHE_DIR", self.p("cache"))
             .env("FERRY_REPOSITORY", self.p("repo"))

@@ -125,7 +125,7 @@ pub fn object_path(repo: &Path, rel: &str) -> PathBuf {
 /// and the process dies by a signal instead of growing), with the test environment.
 pub fn ferry_capped(env: &Env, as_bytes: u64, args: &[&str]) -> std::process::Output {
     let mut c = std::process::Command::new("prlimit");
-    c.arg(format!("--as={as_bytes}")).arg("--").arg(env!("CARGO_BIN_EXE_ferry"));
+    c.arg(format!("--as={as_bytes}")).arg("--").arg(super::ferry_bin());
     for v in ["FERRY_REPOSITORY", "FERRY_PASSWORD_FILE", "FERRY_NEW_PASSWORD", "FERRY_CHUNK_QUEUE"] {
         c.env_remove(v);
     }

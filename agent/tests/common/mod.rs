@@ -34,6 +34,13 @@ pub fn under_qemu() -> bool {
     q
 }
 
+/// The `ferry` binary under test: this build's, or `FERRY_TEST_BIN` when set. crossbuild/e2e.sh
+/// sets it to a wrapper that runs another architecture's build under qemu-user, so these native
+/// test binaries drive the arm64, ppc64le or s390x `ferry` through the same checks.
+pub fn ferry_bin() -> PathBuf {
+    std::env::var_os("FERRY_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")))
+}
+
 /// One test's world: a temporary directory holding a repository, a cache and anything else.
 #[derive(Debug)]
 pub struct Env {
@@ -81,7 +88,7 @@ impl Env {
 
     /// As `ferry`, with another password.
     pub fn ferry_pw(&self, password: &str) -> assert_cmd::Command {
-        let mut c = assert_cmd::Command::cargo_bin("ferry").unwrap();
+        let mut c = assert_cmd::Command::new(ferry_bin());
         for v in INHERITED {
             c.env_remove(v);
         }
@@ -91,7 +98,7 @@ impl Env {
 
     /// A `std::process::Command` for `ferry` (for processes that must run at the same time).
     pub fn ferry_std(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        let mut c = std::process::Command::new(ferry_bin());
         for v in INHERITED {
             c.env_remove(v);
         }
