@@ -12,12 +12,11 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WS="$(dirname "$HERE")"
+. "$HERE/targets.sh"
 case "${1:-s390x}" in
-  s390x) T=s390x-unknown-linux-gnu; Q="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
-  arm64|aarch64) T=aarch64-unknown-linux-gnu; Q="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
-  ppc64le) T=powerpc64le-unknown-linux-gnu; Q="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
-  native) T=native; Q="" ;;
-  *) echo "cross-endian.sh: unknown target $1" >&2; exit 2 ;;
+  native) T=native; QEMU="" ;;
+  amd64|x86_64) echo "cross-endian.sh: amd64 is the native side (use native)" >&2; exit 2 ;;
+  *) cross_target "${1:-s390x}" || { echo "cross-endian.sh: unknown target $1" >&2; exit 2; } ;;
 esac
 cd "$WS"
 cargo build -q -p ferry-agent
@@ -35,10 +34,9 @@ NATIVE="$WS/target/debug/ferry"
 if [ "$T" = native ]; then
   CROSS="$NATIVE"
 else
-  XDIR="${FERRY_CROSS_TARGET_DIR:-$WS/target/cross}"
-  ( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$XDIR"
-    /usr/bin/cargo build -q --target "$T" --config "$HERE/cargo-config.toml" -p ferry-agent )
-  CROSS="$Q $XDIR/$T/debug/ferry"
+  # The same build as crossbuild/prebuild.sh's and e2e.sh's.
+  cross_cargo build -q --target "$T" -p ferry-agent --bin ferry
+  CROSS="$QEMU $(cross_dir)/$T/debug/ferry"
 fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT

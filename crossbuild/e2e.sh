@@ -14,20 +14,15 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WS="$(dirname "$HERE")"
-case "${1:-}" in
-  s390x) T=s390x-unknown-linux-gnu; Q="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
-  arm64|aarch64) T=aarch64-unknown-linux-gnu; Q="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
-  ppc64le) T=powerpc64le-unknown-linux-gnu; Q="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
-  *) echo "usage: e2e.sh s390x|arm64|ppc64le" >&2; exit 2 ;;
-esac
+. "$HERE/targets.sh"
+case "${1:-}" in amd64|x86_64|"") false ;; *) cross_target "$1" ;; esac ||
+  { echo "usage: e2e.sh s390x|arm64|ppc64le" >&2; exit 2; }
 cd "$WS"
-XDIR="${FERRY_CROSS_TARGET_DIR:-$WS/target/cross}"
-( export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$XDIR"
-  unset RUSTUP_TOOLCHAIN
-  /usr/bin/cargo build -q --target "$T" --config "$HERE/cargo-config.toml" -p ferry-agent --bin ferry )
+# The same build as crossbuild/prebuild.sh's (which tests/run.sh starts early, in the background).
+cross_cargo build -q --target "$T" -p ferry-agent --bin ferry
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-printf '#!/bin/sh\nexec %s %s "$@"\n' "$Q" "$XDIR/$T/debug/ferry" > "$W/ferry"
+printf '#!/bin/sh\nexec %s %s "$@"\n' "$QEMU" "$(cross_dir)/$T/debug/ferry" > "$W/ferry"
 chmod +x "$W/ferry"
 "$W/ferry" version >&2
 unset FERRY_UNDER_QEMU FERRY_QEMU_RUNNER

@@ -26,27 +26,18 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORKSPACE="${WORKSPACE:-$(dirname "$HERE")}"
-CONFIG="$HERE/cargo-config.toml"
+. "$HERE/targets.sh"
 
 usage() { sed -n '2,8p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
-case "$1" in
-  amd64|x86_64)                   T=x86_64-unknown-linux-gnu;      QEMU="" ;;
-  arm64|aarch64)                  T=aarch64-unknown-linux-gnu;     QEMU="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
-  ppc64le|ppc64el|powerpc64le)    T=powerpc64le-unknown-linux-gnu; QEMU="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
-  s390x)                          T=s390x-unknown-linux-gnu;       QEMU="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
-  *) usage ;;
-esac
+cross_target "$1" || usage
 shift
 
 [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || { echo "test.sh: run crossbuild/install.sh first" >&2; exit 1; }
 [ -f "$WORKSPACE/Cargo.toml" ] || { echo "test.sh: no Cargo.toml in $WORKSPACE" >&2; exit 1; }
 
-# Only the Debian toolchain: a rustup cargo/rustc earlier in PATH would silently be used instead.
-export PATH=/usr/bin:/bin
-export RUSTC=/usr/bin/rustc
-unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER
-export CARGO_TARGET_DIR="${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}}"
+# cross_cargo (targets.sh) runs only the Debian toolchain, in this target directory.
+export FERRY_CROSS_TARGET_DIR; FERRY_CROSS_TARGET_DIR="${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$WORKSPACE/target/cross}}"
 # CARGO_HOME stays ~/.cargo: the registry cache is shared with rustup's cargo.
 if [ -n "$QEMU" ]; then
   # Property tests look for byte-order and width mistakes, which any case shows; under emulation
@@ -67,7 +58,7 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   # ferry binary (no binfmt here) or loop devices, so they could only skip, at the cost of
   # compiling the largest test binaries three times. The cross-endian exchange runs the binaries.
   case "$T" in s390x-* | powerpc64le-*) expect=1 ;; *) expect= ;; esac
-  FERRY_EXPECT_KERNEL=$expect /usr/bin/cargo test --target "$T" --config "$CONFIG" -p ferry-repo-format || rc=$?
+  FERRY_EXPECT_KERNEL=$expect cross_cargo test --target "$T" -p ferry-repo-format || rc=$?
   # qemu's default CPU has the vector unit, so the suite above ran BLAKE3 through the 4-way
   # kernel and AES-GCM through csrc/gcm.c (FERRY_EXPECT_KERNEL makes the tests check that the
   # CPU check said yes); those tests again where the kernels must not be used (s390x without
@@ -80,15 +71,15 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   esac
   for entry in $cpus; do
     echo "test.sh: BLAKE3 and AES-GCM tests with QEMU_CPU=${entry%:*}" >&2
-    QEMU_CPU="${entry%:*}" FERRY_EXPECT_KERNEL="${entry##*:}" /usr/bin/cargo test --target "$T" --config "$CONFIG" \
+    QEMU_CPU="${entry%:*}" FERRY_EXPECT_KERNEL="${entry##*:}" cross_cargo test --target "$T" \
       -p ferry-repo-format --lib -- hash:: crypto:: || rc=$?
   done
   # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the engine's units.
   if [ "${FERRY_CROSS_SCOPE:-all}" != lib ]; then
-    /usr/bin/cargo test --target "$T" --config "$CONFIG" -p ferry-engine --lib || rc=$?
+    cross_cargo test --target "$T" -p ferry-engine --lib || rc=$?
   fi
 else
-  /usr/bin/cargo test --workspace --target "$T" --config "$CONFIG" "$@" || rc=$?
+  cross_cargo test --workspace --target "$T" "$@" || rc=$?
 fi
 echo "test.sh: $T finished with exit $rc in $(( $(date +%s) - start ))s" >&2
 exit "$rc"

@@ -12,6 +12,10 @@
 # Every stage runs even when one before it failed (a stage that does not compile or times out
 # counts as a failure); the summary at the end lists each stage's time and exit status, the
 # tests passed, failed and skipped, and the script exits non-zero if anything failed.
+# On 2 cores, time is won by overlapping: installing the servers (network, and building
+# kube-apiserver with Go) and the cross toolchain runs in the background beside clippy; the
+# fuzz stage and the cross builds (crossbuild/prebuild.sh) run at a lower priority while the
+# native tests run, which leave CPU idle. Their own times are listed as "background" stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -46,43 +50,35 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-step "cargo fmt --check"
-cargo fmt --all -- --check || failed_stage "cargo fmt --check" $?
+# Background jobs: bg NAME NICE CMD... runs CMD at nice NICE with its output in $BG/NAME.log,
+# then writes its time and exit status ($BG/NAME.time, $BG/NAME.rc); await NAME waits for it,
+# prints its log and returns its exit status.
+BG=$(mktemp -d /tmp/ferry-run.XXXXXX)
+bg_pids=()
+cleanup() {
+  [ ${#bg_pids[@]} -eq 0 ] || kill "${bg_pids[@]}" 2>/dev/null || true
+  bash tests/servers.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+run_logged() { # NAME NICE CMD...
+  local name=$1 nice=$2 s rc=0; shift 2
+  s=$(date +%s)
+  nice -n "$nice" "$@" >"$BG/$name.log" 2>&1 || rc=$?
+  echo $(( $(date +%s) - s )) >"$BG/$name.time"
+  echo "$rc" >"$BG/$name.rc"
+}
+bg() { run_logged "$@" & bg_pids+=($!); }
+await() { # NAME
+  while [ ! -f "$BG/$1.rc" ]; do sleep 2; done
+  cat "$BG/$1.log"
+  stages+=("$(printf '%-48s %5d s' "(background) $1" "$(cat "$BG/$1.time")")")
+  return "$(cat "$BG/$1.rc")"
+}
 
-step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings || failed_stage "cargo clippy" $?
-
-step "object-storage servers on loopback (moto for S3, Azurite for Azure Blob)"
-trap 'bash tests/servers.sh stop >/dev/null 2>&1 || true' EXIT
-if bash tests/servers.sh install && bash tests/servers.sh start; then
-  set -a
-  . "${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/run/env"
-  set +a
-else
-  failed_stage "tests/servers.sh" $?
-fi
-
-# Tests that cannot run somewhere record it here (agent/tests/common/skip.rs); counted below.
-export FERRY_TEST_SKIPS=/tmp/ferry-test-skips.log
-rm -f "$FERRY_TEST_SKIPS"
-
-step "cargo test (workspace)"
-# --no-fail-fast: every test binary runs and counts, not only those before the first failure.
-rc=0
-timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/ferry-test.log || rc=$?
-passed=$(awk '/^test result:/ {s+=$4} END {print s+0}' /tmp/ferry-test.log)
-failed=$(awk '/^test result:/ {s+=$6} END {print s+0}' /tmp/ferry-test.log)
-[ "$rc" -eq 0 ] || [ "$failed" -gt 0 ] || failed_stage "cargo test" "$rc"
-
-# Every decoder of stored bytes under libFuzzer for a short, bounded time (repo-format/fuzz;
-# long campaigns: FUZZ_SECONDS=900 FUZZ_RUNS=10000000 bash tests/fuzz.sh).
-step "fuzz: each decoder target for ${FUZZ_SECONDS:-10} s"
-if FUZZ_SECONDS=${FUZZ_SECONDS:-10} timeout -k 30 "${STAGE_TIMEOUT_FUZZ:-900}" bash tests/fuzz.sh 2>&1 | tee /tmp/ferry-fuzz.log; then :; fi
-fp=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\1/p' /tmp/ferry-fuzz.log | tail -1)
-ff=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\2/p' /tmp/ferry-fuzz.log | tail -1)
-[ -n "$fp" ] || { fp=0; ff=1; echo "fuzz: no result line (build or install failed)"; }
-passed=$((passed + fp)); failed=$((failed + ff))
-
+# Background, beside fmt and clippy: the servers, then the cross toolchain, then each cross
+# target's builds. The servers first: the native tests need them.
+cross_targets=${FERRY_CROSS-s390x arm64 ppc64le}
+[ "$cross_targets" = none ] && cross_targets=""
 # The 1.85 cross builds keep their target directory across runs on this machine (like the
 # servers under /var/cache): cargo rebuilds what changed, and a second run costs minutes, not
 # the half hour of compiling every dependency for three targets. FERRY_CROSS_TARGET_DIR=""
@@ -92,45 +88,78 @@ passed=$((passed + fp)); failed=$((failed + ff))
 cross_key=$(pwd -P | sha256sum | cut -c1-12)
 export FERRY_CROSS_TARGET_DIR=${FERRY_CROSS_TARGET_DIR-/var/cache/ferry-build/cross-$cross_key}
 [ -n "$FERRY_CROSS_TARGET_DIR" ] && mkdir -p "$FERRY_CROSS_TARGET_DIR"
-for target in ${FERRY_CROSS-s390x arm64 ppc64le}; do
-  [ "$target" = none ] && break
-  if [ -x crossbuild/test.sh ]; then
-    step "cross: $target (rustc 1.85 + qemu)"
-    bash crossbuild/install.sh || { failed_stage "crossbuild/install.sh" $?; continue; }
-    # The library's whole suite and the engine's unit tests under qemu (the end-to-end tests need
-    # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
-    # s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
-    # library's suite only (the format's code paths): building the whole engine from scratch
-    # under the 1.85 cross toolchain costs about 10 minutes per target on 2 cores.
-    if [ "$target" = s390x ]; then scope=all; else scope=lib; fi
-    FERRY_CROSS_SCOPE=$scope timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/test.sh "$target" 2>&1 |
-      tee "/tmp/ferry-cross-$target.log" || true
-    p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-cross-$target.log")
-    f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-cross-$target.log")
-    grep -q "finished with exit 0" "/tmp/ferry-cross-$target.log" || f=$((f + 1))
-    passed=$((passed + p)); failed=$((failed + f))
-    # ... and the binaries themselves: repositories written by one architecture, read by the
-    # other. Only where the byte order differs: the little-endian targets run the same format
-    # code paths as x86_64, and CI time is better spent on their test suites.
-    if [ "$target" = s390x ]; then
-      step "cross-endian: x86_64 <-> $target"
-      if timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/cross-endian.sh "$target"; then
-        passed=$((passed + 2))
-      else
-        failed=$((failed + 1))
-      fi
+# s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
+# library's suite only (the format's code paths).
+cross_scope() { if [ "$1" = s390x ]; then echo all; else echo lib; fi; }
+setup_chain() {
+  run_logged servers-install 5 bash tests/servers.sh install
+  [ -n "$cross_targets" ] || return 0
+  run_logged cross-install 0 bash crossbuild/install.sh
+  [ "$(cat "$BG/cross-install.rc")" = 0 ] || return 0
+  for t in $cross_targets; do
+    run_logged "cross-build-$t" 19 timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" \
+      bash crossbuild/prebuild.sh "$t" "$(cross_scope "$t")"
+  done
+}
+setup_chain &
+bg_pids+=($!)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check || failed_stage "cargo fmt --check" $?
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || failed_stage "cargo clippy" $?
+
+step "cargo test: build (workspace)"
+# Built before the servers are awaited: compiling needs no server.
+timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-run 2>&1 | tail -5 || true
+
+step "fuzz: each decoder target for ${FUZZ_SECONDS:-10} s (ran in the background)"
+await fuzz >/tmp/ferry-fuzz.log || true
+cat /tmp/ferry-fuzz.log
+fp=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\1/p' /tmp/ferry-fuzz.log | tail -1)
+ff=$(sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\2/p' /tmp/ferry-fuzz.log | tail -1)
+[ -n "$fp" ] || { fp=0; ff=1; echo "fuzz: no result line (build or install failed)"; }
+passed=$((passed + fp)); failed=$((failed + ff))
+
+if [ -n "$cross_targets" ]; then
+  step "cross: toolchain (crossbuild/install.sh, ran in the background)"
+  await cross-install || { failed_stage "crossbuild/install.sh" $?; cross_targets=""; }
+fi
+for target in $cross_targets; do
+  step "cross: $target (rustc 1.85 + qemu)"
+  # Built in the background by crossbuild/prebuild.sh; a build that failed is a failure here
+  # (the scripts below build again, so its errors show in their logs too).
+  await "cross-build-$target" || failed_stage "crossbuild/prebuild.sh $target" $?
+  # The library's whole suite and the engine's unit tests under qemu (the end-to-end tests need
+  # the ferry binary or loop devices: no binfmt, no loop ioctls in qemu-user) ...
+  FERRY_CROSS_SCOPE=$(cross_scope "$target") timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" \
+    bash crossbuild/test.sh "$target" 2>&1 | tee "/tmp/ferry-cross-$target.log" || true
+  p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-cross-$target.log")
+  f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-cross-$target.log")
+  grep -q "finished with exit 0" "/tmp/ferry-cross-$target.log" || f=$((f + 1))
+  passed=$((passed + p)); failed=$((failed + f))
+  # ... and the binaries themselves: repositories written by one architecture, read by the
+  # other. Only where the byte order differs: the little-endian targets run the same format
+  # code paths as x86_64.
+  if [ "$target" = s390x ]; then
+    step "cross-endian: x86_64 <-> $target"
+    if timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/cross-endian.sh "$target"; then
+      passed=$((passed + 2))
+    else
+      failed=$((failed + 1))
     fi
-    # ... and the target's own ferry binary through the native end-to-end tests (fidelity,
-    # hostile snapshots, repositories and targets, disk round trips on loop devices), each ferry
-    # process under qemu-user.
-    step "e2e: the $target ferry binary through the native end-to-end tests"
-    timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/e2e.sh "$target" 2>&1 |
-      tee "/tmp/ferry-e2e-$target.log" || true
-    p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-e2e-$target.log")
-    f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-e2e-$target.log")
-    grep -q "finished with exit 0" "/tmp/ferry-e2e-$target.log" || f=$((f + 1))
-    passed=$((passed + p)); failed=$((failed + f))
   fi
+  # ... and the target's own ferry binary through the native end-to-end tests (fidelity,
+  # hostile snapshots, repositories and targets, disk round trips on loop devices), each ferry
+  # process under qemu-user.
+  step "e2e: the $target ferry binary through the native end-to-end tests"
+  timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" bash crossbuild/e2e.sh "$target" 2>&1 |
+    tee "/tmp/ferry-e2e-$target.log" || true
+  p=$(awk '/^test result:/ {s+=$4} END {print s+0}' "/tmp/ferry-e2e-$target.log")
+  f=$(awk '/^test result:/ {s+=$6} END {print s+0}' "/tmp/ferry-e2e-$target.log")
+  grep -q "finished with exit 0" "/tmp/ferry-e2e-$target.log" || f=$((f + 1))
+  passed=$((passed + p)); failed=$((failed + f))
 done
 
 step "done"

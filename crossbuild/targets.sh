@@ -1,0 +1,36 @@
+# targets.sh -- sourced by the crossbuild scripts: the one table of cross targets, and the one way
+# to run the Debian 1.85 cargo for them.
+#
+#   cross_target NAME   NAME: s390x | arm64 (aarch64) | ppc64le (ppc64el, powerpc64le) |
+#                       amd64 (x86_64, native). Sets T (Rust triple) and QEMU (the qemu-user
+#                       command line that runs a T binary; empty for amd64). Returns 2 for an
+#                       unknown NAME.
+#   cross_cargo ARGS... /usr/bin/cargo with only the Debian toolchain on PATH (a rustup
+#                       cargo/rustc earlier in PATH would silently be used instead), the
+#                       cross linker/runner configuration, and CARGO_TARGET_DIR =
+#                       FERRY_CROSS_TARGET_DIR, else CARGO_TARGET_DIR, else
+#                       <workspace>/target/cross. Runs in a subshell: the caller's PATH stays.
+#   cross_dir           that target directory.
+# shellcheck shell=bash
+CROSSBUILD_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+cross_target() {
+  case "$1" in
+    amd64|x86_64)                T=x86_64-unknown-linux-gnu;      QEMU="" ;;
+    s390x)                       T=s390x-unknown-linux-gnu;       QEMU="qemu-s390x-static -L /usr/s390x-linux-gnu" ;;
+    arm64|aarch64)               T=aarch64-unknown-linux-gnu;     QEMU="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
+    ppc64le|ppc64el|powerpc64le) T=powerpc64le-unknown-linux-gnu; QEMU="qemu-ppc64le-static -L /usr/powerpc64le-linux-gnu" ;;
+    *) return 2 ;;
+  esac
+}
+
+cross_dir() {
+  echo "${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$(dirname "$CROSSBUILD_DIR")/target/cross}}"
+}
+
+cross_cargo() {
+  ( export CARGO_TARGET_DIR; CARGO_TARGET_DIR="$(cross_dir)"
+    export PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc
+    unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER
+    exec /usr/bin/cargo --config "$CROSSBUILD_DIR/cargo-config.toml" "$@" )
+}
