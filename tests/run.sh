@@ -62,13 +62,15 @@ cleanup() {
 trap cleanup EXIT
 run_logged() { # NAME NICE CMD...
   local name=$1 nice=$2 s rc=0; shift 2
+  : >"$BG/$name.started"
   s=$(date +%s)
   nice -n "$nice" "$@" >"$BG/$name.log" 2>&1 || rc=$?
   echo $(( $(date +%s) - s )) >"$BG/$name.time"
   echo "$rc" >"$BG/$name.rc"
 }
-bg() { run_logged "$@" & bg_pids+=($!); }
+bg() { : >"$BG/$1.started"; run_logged "$@" & bg_pids+=($!); }
 await() { # NAME
+  [ -f "$BG/$1.started" ] || { echo "run.sh: no background job $1 was started"; return 127; }
   while [ ! -f "$BG/$1.rc" ]; do sleep 2; done
   cat "$BG/$1.log"
   stages+=("$(printf '%-48s %5d s' "(background) $1" "$(cat "$BG/$1.time")")")
@@ -91,14 +93,22 @@ export FERRY_CROSS_TARGET_DIR=${FERRY_CROSS_TARGET_DIR-/var/cache/ferry-build/cr
 # s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
 # library's suite only (the format's code paths).
 cross_scope() { if [ "$1" = s390x ]; then echo all; else echo lib; fi; }
+# Every job of the chain is registered before it starts (so it can be awaited at once), and
+# every one ends with a status, run or not.
+chain_jobs="servers-install"
+[ -z "$cross_targets" ] || chain_jobs+=" cross-install$(printf ' cross-build-%s' $cross_targets)"
+for j in $chain_jobs; do : >"$BG/$j.started"; done
 setup_chain() {
   run_logged servers-install 5 bash tests/servers.sh install
   [ -n "$cross_targets" ] || return 0
   run_logged cross-install 0 bash crossbuild/install.sh
-  [ "$(cat "$BG/cross-install.rc")" = 0 ] || return 0
   for t in $cross_targets; do
-    run_logged "cross-build-$t" 19 timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" \
-      bash crossbuild/prebuild.sh "$t" "$(cross_scope "$t")"
+    if [ "$(cat "$BG/cross-install.rc")" = 0 ]; then
+      run_logged "cross-build-$t" 19 timeout -k 30 "${STAGE_TIMEOUT_CROSS:-1500}" \
+        bash crossbuild/prebuild.sh "$t" "$(cross_scope "$t")"
+    else
+      run_logged "cross-build-$t" 0 sh -c 'echo "not built: crossbuild/install.sh failed"; exit 1'
+    fi
   done
 }
 setup_chain &
@@ -113,6 +123,33 @@ cargo clippy --workspace --all-targets -- -D warnings || failed_stage "cargo cli
 step "cargo test: build (workspace)"
 # Built before the servers are awaited: compiling needs no server.
 timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-run 2>&1 | tail -5 || true
+
+# Every decoder of stored bytes under libFuzzer for a short, bounded time (repo-format/fuzz;
+# long campaigns: FUZZ_SECONDS=900 FUZZ_RUNS=10000000 bash tests/fuzz.sh), in the background
+# while the native tests run.
+export FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+bg fuzz 10 timeout -k 30 "${STAGE_TIMEOUT_FUZZ:-900}" bash tests/fuzz.sh
+
+step "object-storage servers on loopback (moto for S3, Azurite for Azure Blob)"
+if await servers-install && bash tests/servers.sh start; then
+  set -a
+  . "${FERRY_SERVERS_DIR:-/var/cache/ferry-servers}/run/env"
+  set +a
+else
+  failed_stage "tests/servers.sh" $?
+fi
+
+# Tests that cannot run somewhere record it here (agent/tests/common/skip.rs); counted below.
+export FERRY_TEST_SKIPS=/tmp/ferry-test-skips.log
+rm -f "$FERRY_TEST_SKIPS"
+
+step "cargo test (workspace)"
+# --no-fail-fast: every test binary runs and counts, not only those before the first failure.
+rc=0
+timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/ferry-test.log || rc=$?
+passed=$(awk '/^test result:/ {s+=$4} END {print s+0}' /tmp/ferry-test.log)
+failed=$(awk '/^test result:/ {s+=$6} END {print s+0}' /tmp/ferry-test.log)
+[ "$rc" -eq 0 ] || [ "$failed" -gt 0 ] || failed_stage "cargo test" "$rc"
 
 step "fuzz: each decoder target for ${FUZZ_SECONDS:-10} s (ran in the background)"
 await fuzz >/tmp/ferry-fuzz.log || true
