@@ -123,10 +123,19 @@ EOF
 
 # ---- processes ----
 launch() { # NAME LOG BINARY ARGS...: detached (own session), PID recorded in DIR/NAME.pid
-  local name=$1 log=$2
+  local name=$1 log=$2 pid i
   shift 2
   setsid "$@" >>"$log" 2>&1 </dev/null &
-  echo $! >"$DIR/$name.pid"
+  pid=$!
+  echo "$pid" >"$DIR/$name.pid"
+  # Until the child has exec'd, /proc shows this shell's command line, and `alive` would call
+  # the server dead: wait for the binary's (a loaded machine can take a while to schedule the
+  # child; CI once failed an agent test here, with an empty etcd.log).
+  for ((i = 0; i < 300; i++)); do
+    case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in *"$1"*) return 0 ;; esac
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
 }
 
 fail_with_log() { # NAME LOG MESSAGE

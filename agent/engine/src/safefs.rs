@@ -37,6 +37,8 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat
 
 use repo_format::{Node, NodeType};
 
+use crate::restore::FileMeta;
+
 /// What an entry was when this restore made it: (device, inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
@@ -69,8 +71,13 @@ fn swapped(rel: &Path) -> io::Error {
 /// The permission bits to give an entry: setuid and setgid are dropped from everything but
 /// directories unless `keep_setuid` (a forged snapshot must not plant setuid-root programs).
 pub fn restored_mode(node: &Node, keep_setuid: bool) -> u32 {
-    let m = node.mode & 0o7777;
-    if keep_setuid || node.kind == NodeType::Dir { m } else { m & !(libc::S_ISUID | libc::S_ISGID) }
+    if node.kind == NodeType::Dir { node.mode & 0o7777 } else { file_mode(node.mode, keep_setuid) }
+}
+
+/// A non-directory's permission bits as restored: setuid/setgid dropped unless asked.
+fn file_mode(mode: u32, keep_setuid: bool) -> u32 {
+    let m = mode & 0o7777;
+    if keep_setuid { m } else { m & !(libc::S_ISUID | libc::S_ISGID) }
 }
 
 /// The root of a restore target.
@@ -277,17 +284,32 @@ impl SafeRoot {
     /// comes after it; times come last because the others change ctime only), applied to the
     /// entry only if it is still `expect` (what this restore created; directories are checked
     /// against what `mkdir` recorded).
+    /// `set_metadata` of a regular file from a restore plan's compact metadata.
+    pub fn set_file_metadata(&self, rel: &Path, meta: &FileMeta, expect: Option<FileId>) -> io::Result<()> {
+        let f = self.open_file(rel, false, expect)?;
+        let mode = file_mode(meta.mode, self.keep_setuid);
+        let a = Attrs {
+            uid: meta.uid,
+            gid: meta.gid,
+            mode,
+            atime_ns: meta.atime_ns,
+            mtime_ns: meta.mtime_ns,
+            xattrs: &meta.xattrs,
+        };
+        apply_fd(&f, &a)
+    }
+
     pub fn set_metadata(&self, rel: &Path, node: &Node, expect: Option<FileId>) -> io::Result<()> {
         let name_rel = if rel.as_os_str().is_empty() { None } else { Some(rel) };
         let mode = restored_mode(node, self.keep_setuid);
         match (node.kind, name_rel) {
             (NodeType::File, Some(r)) => {
                 let f = self.open_file(r, false, expect)?;
-                apply_fd(&f, node, mode)
+                apply_fd(&f, &Attrs::of_node(node, mode))
             }
             (NodeType::Dir, _) => {
                 let f = File::from(self.dir(rel)?.try_clone()?);
-                apply_fd(&f, node, mode)
+                apply_fd(&f, &Attrs::of_node(node, mode))
             }
             (_, Some(r)) => {
                 let parent = self.dir(r.parent().unwrap_or(Path::new("")))?;
@@ -363,22 +385,45 @@ fn is_dir_at(parent: &OwnedFd, name: &OsStr) -> bool {
         .unwrap_or(false)
 }
 
-fn apply_fd(f: &File, node: &Node, mode: u32) -> io::Result<()> {
+/// What `apply_fd` sets: owner, permissions (already filtered), xattrs and times.
+struct Attrs<'a> {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    atime_ns: i64,
+    mtime_ns: i64,
+    xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+impl<'a> Attrs<'a> {
+    fn of_node(node: &'a Node, mode: u32) -> Attrs<'a> {
+        Attrs {
+            uid: node.uid,
+            gid: node.gid,
+            mode,
+            atime_ns: node.atime_ns,
+            mtime_ns: node.mtime_ns,
+            xattrs: &node.xattrs,
+        }
+    }
+}
+
+fn apply_fd(f: &File, a: &Attrs<'_>) -> io::Result<()> {
     use xattr::FileExt;
-    nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(node.uid)), Some(Gid::from_raw(node.gid)))?;
-    nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode))?;
+    nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)))?;
+    nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(a.mode))?;
     // Remove xattrs the snapshot does not have (restoring over an existing directory).
     if let Ok(existing) = f.list_xattr() {
         for k in existing {
-            if !node.xattrs.iter().any(|(n, _)| n[..] == *k.as_bytes()) {
+            if !a.xattrs.iter().any(|(n, _)| n[..] == *k.as_bytes()) {
                 let _ = f.remove_xattr(&k);
             }
         }
     }
-    for (k, v) in &node.xattrs {
+    for (k, v) in a.xattrs {
         f.set_xattr(OsStr::from_bytes(k), v)?;
     }
-    nix::sys::stat::futimens(f.as_fd(), &ts(node.atime_ns), &ts(node.mtime_ns))?;
+    nix::sys::stat::futimens(f.as_fd(), &ts(a.atime_ns), &ts(a.mtime_ns))?;
     Ok(())
 }
 

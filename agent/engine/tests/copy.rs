@@ -13,42 +13,9 @@ use ferry_engine::copy::{self, Copied, CopyOptions};
 use ferry_engine::restore::{self, Filter, RestoreOptions};
 use ferry_engine::{Cancelled, Job};
 use repo_format::{
-    BlobKind, Content, InitOptions, KdfParams, Node, NodeType, ObjectStorage, RepoConfig, Repository, Segment,
-    Snapshot, SnapshotId, Storage, Tree, TreeId, encode_segment_list,
+    BlobKind, InitOptions, KdfParams, ObjectStorage, RepoConfig, Repository, Segment, Snapshot, SnapshotId, Storage,
+    Tree, TreeId, encode_segment_list,
 };
-
-/// Deterministic incompressible bytes.
-fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
-    out
-}
-
-/// Save blobs through a writer (on a blocking thread, as the engines do).
-async fn save(repo: &Repository, blobs: Vec<(BlobKind, Vec<u8>)>) -> Vec<repo_format::BlobId> {
-    let w = repo.writer(Default::default());
-    let w2 = w.clone();
-    let ids = tokio::task::spawn_blocking(move || blobs.iter().map(|(k, b)| w2.save(*k, b).unwrap().id).collect())
-        .await
-        .unwrap();
-    repo.finish_writer(w).await.unwrap();
-    ids
-}
-
-fn file(name: &str, segs: Vec<Segment>) -> Node {
-    let mut n = Node::new(name, NodeType::File);
-    n.mode = 0o644;
-    n.size = segs.iter().map(Segment::len).sum();
-    n.content = Content::Segments(segs);
-    n
-}
-
-fn dir(name: &str, tree: TreeId) -> Node {
-    let mut n = Node::new(name, NodeType::Dir);
-    n.mode = 0o755;
-    n.content = Content::Tree(tree);
-    n
-}
 
 /// A snapshot at `time_ns`: `a/f` and `b/f` (one subtree), and `big` = A ‖ [B ‖ 100 zeros ‖ C] ‖ A
 /// with the bracket an indirect list. Returns its id and the expected bytes of `big` and `f`.

@@ -5,7 +5,8 @@
 //! request: fewer, larger ones), `LOCAL_RANGE` from a local directory (a read is a `pread`:
 //! smaller ones hold less memory at the same speed). `IN_FLIGHT` ranges are read at once;
 //! decryption, verification and the positioned writes run on blocking threads. Memory: about
-//! `IN_FLIGHT ×` the range size plus one pair of decoding buffers per range in flight.
+//! `IN_FLIGHT ×` the range size plus one pair of decoding buffers per range in flight, and 72
+//! bytes per use of a blob (`Want`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures::StreamExt;
-use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, Segment};
+use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, Repository, SALT_LEN, Segment};
 
 use crate::job::Job;
 use crate::progress::Counters;
@@ -37,18 +38,52 @@ pub(crate) trait Targets: Send + Sync {
     fn name(&self, i: usize) -> String;
 }
 
-/// One blob and where it goes: (file index, offset in the file).
+/// One use of a blob: where it is stored and where it goes. A blob used several times has one
+/// `Want` per use; sorted by pack, offset and id, its uses are neighbours, read and decrypted
+/// once. 72 bytes, no allocation of its own and no map from ids (a million small files are a
+/// million wants).
 struct Want {
     id: BlobId,
-    loc: BlobLocation,
-    /// The length every segment using it gives (a blob must fill its segment exactly).
+    /// Index into the restore's table of packs (`Packs`).
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    /// The length the segment gives (a blob must fill its segment exactly).
     len: u32,
-    targets: Vec<(usize, u64)>,
+    /// Target index, and offset in it.
+    target: usize,
+    at: u64,
+}
+
+impl Want {
+    /// Same blob at the same place: one read and decryption serves both.
+    fn same_blob(&self, other: &Want) -> bool {
+        self.pack == other.pack && self.offset == other.offset && self.id == other.id
+    }
+}
+
+/// The packs a restore reads, with the salt their index entries gave (a pack listed twice with
+/// two salts is two entries: each blob is opened with the salt its own lookup gave).
+#[derive(Default)]
+struct Packs {
+    list: Vec<(PackId, [u8; SALT_LEN])>,
+    at: HashMap<(PackId, [u8; SALT_LEN]), u32>,
+}
+
+impl Packs {
+    fn of(&mut self, loc: &BlobLocation) -> u32 {
+        *self.at.entry((loc.pack, loc.salt)).or_insert_with(|| {
+            self.list.push((loc.pack, loc.salt));
+            (self.list.len() - 1) as u32
+        })
+    }
 }
 
 /// A contiguous read of one pack: `blobs` indexes the restore's wants, sorted by pack and offset.
 struct Range {
     pack: PackId,
+    salt: [u8; SALT_LEN],
     start: u64,
     end: u64,
     blobs: std::ops::Range<usize>,
@@ -63,16 +98,15 @@ pub(crate) struct Written {
     pub failed: HashSet<usize>,
 }
 
-/// Every blob the targets need, once (sorted by pack and offset), and the reads that fetch them.
-/// Memory per blob: one `Want` and, while the list is built, one map entry; the wants are
-/// never copied into per-pack or per-range lists (at a million small files those copies were
-/// a third of a restore's peak).
+/// Every use of a blob by the targets (sorted by pack, offset and id), and the reads that fetch
+/// them. The wants are never copied into per-pack or per-range lists (at a million small files
+/// those copies were a third of a restore's peak).
 fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (Vec<Want>, Vec<Range>, Written) {
     let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
     let (index, fallback) = (repo.index(), repo.fallback());
     let mut done = Written::default();
     let mut wants: Vec<Want> = Vec::new();
-    let mut at: HashMap<BlobId, usize> = HashMap::new();
+    let mut packs = Packs::default();
     for fi in 0..targets.count() {
         if skip.contains(&fi) {
             continue;
@@ -80,50 +114,48 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
         let mut off = 0u64;
         for s in targets.segments(fi) {
             if let Segment::Blob { id, len } = s {
-                match at.get(id).map(|&i| &mut wants[i]) {
-                    Some(w) if w.len == *len => w.targets.push((fi, off)),
-                    Some(_) => {
+                match index.lookup(BlobKind::Data, id).or_else(|| fallback.lookup(BlobKind::Data, id)) {
+                    Some(loc) => wants.push(Want {
+                        id: *id,
+                        pack: packs.of(&loc),
+                        offset: loc.offset,
+                        stored_len: loc.stored_len,
+                        raw_len: loc.raw_len,
+                        len: *len,
+                        target: fi,
+                        at: off,
+                    }),
+                    None => {
                         done.errors.push(EntryError::new(
                             EntryErrorKind::Content,
                             targets.name(fi),
-                            format!("blob {id} is used with two different lengths"),
+                            format!("blob {id} is not in the index"),
                         ));
                         done.failed.insert(fi);
                     }
-                    None => match index.lookup(BlobKind::Data, id).or_else(|| fallback.lookup(BlobKind::Data, id)) {
-                        Some(loc) => {
-                            at.insert(*id, wants.len());
-                            wants.push(Want { id: *id, loc, len: *len, targets: vec![(fi, off)] });
-                        }
-                        None => {
-                            done.errors.push(EntryError::new(
-                                EntryErrorKind::Content,
-                                targets.name(fi),
-                                format!("blob {id} is not in the index"),
-                            ));
-                            done.failed.insert(fi);
-                        }
-                    },
                 }
             }
             off += s.len();
         }
     }
-    drop(at);
-    // Pack order, then offset: reads of one pack go out together.
-    wants.sort_unstable_by_key(|w| (w.loc.pack, w.loc.offset));
+    // Pack order, then offset: reads of one pack go out together, and the uses of one blob
+    // are neighbours.
+    wants.sort_unstable_by(|a, b| (a.pack, a.offset, &a.id).cmp(&(b.pack, b.offset, &b.id)));
     let mut out = Vec::new();
     let mut cur: Option<Range> = None;
     for (i, w) in wants.iter().enumerate() {
-        let (s, e) = (u64::from(w.loc.offset), u64::from(w.loc.offset) + u64::from(w.loc.stored_len));
+        let (s, e) = (u64::from(w.offset), u64::from(w.offset) + u64::from(w.stored_len));
+        let (pack, salt) = packs.list[w.pack as usize];
         match &mut cur {
-            Some(r) if r.pack == w.loc.pack && s <= r.end + MAX_GAP && e - r.start <= max_range => {
+            Some(r)
+                if r.pack == pack && r.salt == salt && s <= r.end + MAX_GAP && e.max(r.end) - r.start <= max_range =>
+            {
                 r.end = r.end.max(e);
                 r.blobs.end = i + 1;
             }
             _ => {
                 out.extend(cur.take());
-                cur = Some(Range { pack: w.loc.pack, start: s, end: e, blobs: i..i + 1 });
+                cur = Some(Range { pack, salt, start: s, end: e, blobs: i..i + 1 });
             }
         }
     }
@@ -147,7 +179,7 @@ pub(crate) async fn write_all(
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
         let (bufs, wants) = (bufs.clone(), wants.clone());
         async move {
-            let all_targets = |wants: &[Want]| wants.iter().flat_map(|w| w.targets.iter().map(|t| t.0)).collect();
+            let all_targets = |wants: &[Want]| wants.iter().map(|w| w.target).collect();
             if cancel.is_cancelled() {
                 // Not read: its files are incomplete (the caller reports the cancellation).
                 return RangeResult { bytes: 0, errors: Vec::new(), failed: all_targets(&wants[r.blobs.clone()]) };
@@ -203,35 +235,44 @@ fn write_range(
     // Decryption and decompression buffers, reused for every blob (one pair per range in
     // flight, so their memory is bounded like the ranges').
     let (mut scratch, mut plain) = bufs.lock().expect("lock").pop().unwrap_or_default();
-    for w in blobs {
-        let at = (u64::from(w.loc.offset) - r.start) as usize;
-        let stored = &bytes[at..at + w.loc.stored_len as usize];
+    let mut rest = blobs;
+    while let Some(w) = rest.first() {
+        // This blob's uses: it is decrypted and checked once, then written to each.
+        let n = rest.iter().take_while(|u| u.same_blob(w)).count();
+        let (uses, next) = rest.split_at(n);
+        rest = next;
+        let at = (u64::from(w.offset) - r.start) as usize;
+        let stored = &bytes[at..at + w.stored_len as usize];
         let key = repo.master_key();
-        match repo_format::open_blob_into(key, &w.loc.salt, BlobKind::Data, &w.id, stored, &mut scratch, &mut plain) {
-            Ok(()) => {}
-            Err(e) => {
-                errors.push(EntryError::general(
-                    EntryErrorKind::Content,
-                    format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()),
-                ));
-                failed.extend(w.targets.iter().map(|t| t.0));
-                continue;
-            }
-        };
-        if plain.len() != w.loc.raw_len as usize || plain.len() != w.len as usize {
+        if let Err(e) =
+            repo_format::open_blob_into(key, &r.salt, BlobKind::Data, &w.id, stored, &mut scratch, &mut plain)
+        {
             errors.push(EntryError::general(
                 EntryErrorKind::Content,
-                format!(
-                    "blob {}: length {} differs from the index's {} or the file's segment",
-                    w.id.0.short(),
-                    plain.len(),
-                    w.loc.raw_len
-                ),
+                format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()),
             ));
-            failed.extend(w.targets.iter().map(|t| t.0));
+            failed.extend(uses.iter().map(|u| u.target));
             continue;
         }
-        for &(fi, off) in &w.targets {
+        if plain.len() != w.raw_len as usize {
+            errors.push(EntryError::general(
+                EntryErrorKind::Content,
+                format!("blob {}: length {} differs from the index's {}", w.id.0.short(), plain.len(), w.raw_len),
+            ));
+            failed.extend(uses.iter().map(|u| u.target));
+            continue;
+        }
+        for u in uses {
+            let fi = u.target;
+            if plain.len() != u.len as usize {
+                errors.push(EntryError::new(
+                    EntryErrorKind::Content,
+                    targets.name(fi),
+                    format!("blob {} has {} bytes but its segment {}", w.id.0.short(), plain.len(), u.len),
+                ));
+                failed.push(fi);
+                continue;
+            }
             let f = match files.entry(fi) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => match targets.open(fi) {
@@ -243,7 +284,7 @@ fn write_range(
                     }
                 },
             };
-            if let Err(e) = f.write_all_at(&plain, off) {
+            if let Err(e) = f.write_all_at(&plain, u.at) {
                 errors.push(EntryError::new(EntryErrorKind::Write, targets.name(fi), e));
                 failed.push(fi);
                 continue;

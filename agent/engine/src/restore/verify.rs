@@ -88,8 +88,8 @@ pub(crate) fn zeros_at(f: &std::fs::File, off: u64, len: u64) -> std::io::Result
 fn check(master: &MasterKey, root: &SafeRoot, f: &super::FilePlan, id: FileId) -> Result<(), String> {
     let file = root.open_file(&f.rel, false, Some(id)).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    if len != f.node.size {
-        return Err(format!("length {len}, snapshot says {}", f.node.size));
+    if len != f.meta.size {
+        return Err(format!("length {len}, snapshot says {}", f.meta.size));
     }
     let mut buf = Vec::new();
     let mut off = 0u64;

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_engine::backup::BackupConfig;
-use repo_format::{KdfParams, ObjectStorage, RepoConfig, Repository, Storage};
+use repo_format::{
+    BlobKind, Content, KdfParams, Node, NodeType, ObjectStorage, RepoConfig, Repository, Segment, Storage, TreeId,
+};
 
 pub const PASSWORD: &[u8] = b"engine-test";
 
@@ -68,4 +70,39 @@ pub async fn data_in_index(repo: &Repository) -> (usize, u64) {
         .iter()
         .filter(|(_, l)| l.kind == repo_format::BlobKind::Data)
         .fold((0, 0), |(n, b), (_, l)| (n + 1, b + u64::from(l.raw_len)))
+}
+
+// Forging snapshots by hand: blobs saved directly, trees built node by node.
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+/// Save blobs through a writer (on a blocking thread, as the engines do).
+pub async fn save(repo: &Repository, blobs: Vec<(BlobKind, Vec<u8>)>) -> Vec<repo_format::BlobId> {
+    let w = repo.writer(Default::default());
+    let w2 = w.clone();
+    let ids = tokio::task::spawn_blocking(move || blobs.iter().map(|(k, b)| w2.save(*k, b).unwrap().id).collect())
+        .await
+        .unwrap();
+    repo.finish_writer(w).await.unwrap();
+    ids
+}
+
+pub fn file(name: &str, segs: Vec<Segment>) -> Node {
+    let mut n = Node::new(name, NodeType::File);
+    n.mode = 0o644;
+    n.size = segs.iter().map(Segment::len).sum();
+    n.content = Content::Segments(segs);
+    n
+}
+
+pub fn dir(name: &str, tree: TreeId) -> Node {
+    let mut n = Node::new(name, NodeType::Dir);
+    n.mode = 0o755;
+    n.content = Content::Tree(tree);
+    n
 }

@@ -1,0 +1,45 @@
+//! Restore's content phase on a forged snapshot: one blob used by many files, and twice in one,
+//! is written everywhere it goes; a segment that gives a blob the wrong length fails only the
+//! file that has it (emptied and listed), never the others sharing the blob. (The content
+//! phase keeps one entry per use of a blob, sorted so that a blob's uses are neighbours and it
+//! is decrypted once for all of them.)
+
+mod common;
+
+use common::*;
+use ferry_engine::Job;
+use ferry_engine::restore::{self, Filter, RestoreOptions};
+use repo_format::{BlobKind, Node, Segment, Tree, TreeId};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_shared_by_many_files_reaches_each_and_a_wrong_length_fails_only_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    let (x, y) = (random_bytes("x", 50_000), random_bytes("y", 3_000));
+    let ids = save(&repo, vec![(BlobKind::Data, x.clone()), (BlobKind::Data, y.clone())]).await;
+    let bx = Segment::Blob { id: ids[0], len: x.len() as u32 };
+    let by = Segment::Blob { id: ids[1], len: y.len() as u32 };
+    let wrong = Segment::Blob { id: ids[0], len: x.len() as u32 - 1 };
+    let mut nodes: Vec<Node> = (0..40).map(|i| file(&format!("f{i:02}"), vec![bx])).collect();
+    nodes.push(file("twice", vec![bx, by, bx]));
+    nodes.push(file("wrong", vec![by, wrong]));
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let root = TreeId(save(&repo, vec![(BlobKind::Tree, Tree { nodes }.encode().unwrap())]).await[0].0);
+
+    repo.load_index().await.unwrap();
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
+    assert_eq!(plan.files.len(), 42);
+    let target = dir.path().join("out");
+    let out = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+
+    assert_eq!(out.incomplete, 1, "{:?}", out.errors);
+    assert!(!out.errors.is_empty() && out.errors.iter().all(|e| e.path.contains("wrong")), "{:?}", out.errors);
+    for i in 0..40 {
+        assert!(std::fs::read(target.join(format!("f{i:02}"))).unwrap() == x, "f{i:02} differs");
+    }
+    assert!(std::fs::read(target.join("twice")).unwrap() == [&x[..], &y, &x].concat(), "twice differs");
+    assert_eq!(std::fs::metadata(target.join("wrong")).unwrap().len(), 0, "the failed file is emptied");
+    // Every use was written: 40 + 2 copies of x, y in `twice` and in `wrong` (before it failed).
+    assert_eq!(out.bytes_written, (42 * x.len() + 2 * y.len()) as u64);
+}
