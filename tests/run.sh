@@ -8,7 +8,8 @@
 # the cross-endian repository exchange), arm64 and ppc64le.
 #   FERRY_CROSS  targets to cross-test (default "s390x arm64 ppc64le"; e.g. "s390x"; "none")
 #   FUZZ_SECONDS seconds per fuzz target (default 10)
-#   STAGE_TIMEOUT_TEST / _FUZZ / _CROSS  seconds a stage may take (defaults 2400 / 900 / 1500)
+#   STAGE_TIMEOUT_TEST / _FUZZ / _CROSS  seconds a stage may take (defaults 2400 / 1800 / 1500; the
+#                fuzz stage runs at low priority beside the tests, so its wall time includes waiting)
 # Every stage runs even when one before it failed (a stage that does not compile or times out
 # counts as a failure); the summary at the end lists each stage's time and exit status, the
 # tests passed, failed and skipped, and the script exits non-zero if anything failed.
@@ -78,7 +79,9 @@ await() { # NAME
 }
 
 # Background, beside fmt and clippy: the servers, then the cross toolchain, then each cross
-# target's builds. The servers first: the native tests need them.
+# target's builds. The servers first: the native tests need them. Priorities follow need: the
+# servers' install as the foreground (it builds kube-apiserver at nice 10 itself), fuzz at
+# 15, the cross builds at 19 (their results are needed last).
 cross_targets=${FERRY_CROSS-s390x arm64 ppc64le}
 [ "$cross_targets" = none ] && cross_targets=""
 # The 1.85 cross builds keep their target directory across runs on this machine (like the
@@ -99,7 +102,7 @@ chain_jobs="servers-install"
 [ -z "$cross_targets" ] || chain_jobs+=" cross-install$(printf ' cross-build-%s' $cross_targets)"
 for j in $chain_jobs; do : >"$BG/$j.started"; done
 setup_chain() {
-  run_logged servers-install 5 bash tests/servers.sh install
+  run_logged servers-install 0 bash tests/servers.sh install
   [ -n "$cross_targets" ] || return 0
   run_logged cross-install 0 bash crossbuild/install.sh
   for t in $cross_targets; do
@@ -128,7 +131,7 @@ timeout -k 30 "${STAGE_TIMEOUT_TEST:-2400}" cargo test --workspace --no-run 2>&1
 # long campaigns: FUZZ_SECONDS=900 FUZZ_RUNS=10000000 bash tests/fuzz.sh), in the background
 # while the native tests run.
 export FUZZ_SECONDS=${FUZZ_SECONDS:-10}
-bg fuzz 10 timeout -k 30 "${STAGE_TIMEOUT_FUZZ:-900}" bash tests/fuzz.sh
+bg fuzz 15 timeout -k 30 "${STAGE_TIMEOUT_FUZZ:-1800}" bash tests/fuzz.sh
 
 step "object-storage servers on loopback (moto for S3, Azurite for Azure Blob)"
 if await servers-install && bash tests/servers.sh start; then
