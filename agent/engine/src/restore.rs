@@ -24,6 +24,7 @@ pub(crate) mod content;
 pub(crate) mod verify;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -98,7 +99,7 @@ impl Budget {
     fn node(&mut self, n: &Node, rel: &Path) -> Result<(), PlanTooLarge> {
         let xattrs: usize = n.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
         let path = rel.as_os_str().len() * if n.kind == NodeType::Dir { 2 } else { 1 };
-        let bytes = std::mem::size_of::<FilePlan>() + 64 + n.name.len() + path + n.link_target.len() + xattrs;
+        let bytes = std::mem::size_of::<FileEntry>() + 64 + n.name.len() + path + n.link_target.len() + xattrs;
         self.take(bytes as u64)
     }
     fn segments(&mut self, n: usize) -> Result<(), PlanTooLarge> {
@@ -173,14 +174,83 @@ impl Filter {
     }
 }
 
-/// One regular file to write. A plan may hold millions, so it keeps only what the restore
-/// uses: the path and segments without spare capacity, and `FileMeta` rather than the node
-/// (88 bytes here instead of about 240).
-#[derive(Debug, Clone)]
-pub struct FilePlan {
-    pub rel: Box<Path>,
-    pub meta: FileMeta,
-    pub segments: Box<[Segment]>,
+/// The regular files of a plan. A plan may hold millions, so it keeps only what the restore
+/// uses (`FileMeta`, not the node), and every path and segment list in one shared buffer each
+/// rather than one allocation per file: 80 bytes a file here, plus its path and 48 bytes per
+/// segment, where a path and a segment list of their own cost about 50 bytes more.
+#[derive(Debug, Default)]
+pub struct Files {
+    entries: Vec<FileEntry>,
+    paths: Vec<u8>,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    meta: FileMeta,
+    path: u64,
+    segments: u64,
+    path_len: u32,
+    segments_len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<FileEntry>() <= 80);
+
+/// One regular file of a plan, as `Files` gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePlan<'a> {
+    pub rel: &'a Path,
+    pub meta: &'a FileMeta,
+    pub segments: &'a [Segment],
+}
+
+impl Files {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn get(&self, i: usize) -> Option<FilePlan<'_>> {
+        let e = self.entries.get(i)?;
+        let path = &self.paths[e.path as usize..][..e.path_len as usize];
+        Some(FilePlan {
+            rel: Path::new(std::ffi::OsStr::from_bytes(path)),
+            meta: &e.meta,
+            segments: &self.segments[e.segments as usize..][..e.segments_len as usize],
+        })
+    }
+    /// File `i`, which must exist.
+    pub fn at(&self, i: usize) -> FilePlan<'_> {
+        self.get(i).expect("file index within the plan")
+    }
+    pub fn iter(&self) -> impl Iterator<Item = FilePlan<'_>> {
+        (0..self.len()).map(|i| self.at(i))
+    }
+    /// Add a file whose segments are the last `segments` of the shared list (put there by
+    /// `expand_into`). Past 2^32 files, or a path or list too long to count, is refused.
+    fn push(&mut self, rel: &Path, meta: FileMeta, segments: usize) -> Result<()> {
+        let bytes = rel.as_os_str().as_bytes();
+        let (Ok(path_len), Ok(segments_len), true) =
+            (u32::try_from(bytes.len()), u32::try_from(segments), self.entries.len() < u32::MAX as usize)
+        else {
+            anyhow::bail!(
+                "{}: more than 2^32 files, or a path or segment list too long to count, in one restore; \
+                 restore part of the snapshot (--include)",
+                rel.display()
+            );
+        };
+        let entry = FileEntry {
+            meta,
+            path: self.paths.len() as u64,
+            segments: (self.segments.len() - segments) as u64,
+            path_len,
+            segments_len,
+        };
+        self.paths.extend_from_slice(bytes);
+        self.entries.push(entry);
+        Ok(())
+    }
 }
 
 /// What a restore sets on a regular file: its length, then owner, permissions, xattrs and times.
@@ -215,7 +285,7 @@ impl FileMeta {
 pub struct RestorePlan {
     /// Directories, parents before children (the root "" first).
     pub dirs: Vec<(PathBuf, Node)>,
-    pub files: Vec<FilePlan>,
+    pub files: Files,
     /// (path, index into `files` of the first path of the same inode).
     pub hardlinks: Vec<(PathBuf, usize, Node)>,
     pub specials: Vec<(PathBuf, Node)>,
@@ -347,10 +417,15 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                     _ if !selected => {}
                     (NodeType::File, Content::Segments(segs)) => {
                         budget.node(node, &shown)?;
-                        let segments =
-                            expand(repo, segs, &mut budget).await.with_context(|| format!("{}", shown.display()))?;
-                        let covered = segments.iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
+                        let all = &mut p.files.segments;
+                        let before = all.len();
+                        expand_into(repo, segs, &mut budget, all)
+                            .await
+                            .with_context(|| format!("{}", shown.display()))?;
+                        let covered = all[before..].iter().try_fold(0u64, |a, s| a.checked_add(s.len()));
+                        let segments = all.len() - before;
                         if covered != Some(node.size) {
+                            all.truncate(before);
                             reject(
                                 &mut p,
                                 EntryError::new(
@@ -368,17 +443,14 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                         mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
                         if node.nlink > 1 {
                             if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
+                                p.files.segments.truncate(before);
                                 p.hardlinks.push((shown, first, node.clone()));
                                 continue;
                             }
                             inodes.insert((node.dev, node.ino), p.files.len());
                         }
                         p.bytes += node.size;
-                        p.files.push(FilePlan {
-                            rel: shown.into_boxed_path(),
-                            meta: FileMeta::of(node),
-                            segments: segments.into_boxed_slice(),
-                        });
+                        p.files.push(&shown, FileMeta::of(node), segments)?;
                     }
                     (NodeType::File, _) if node.size != 0 => {
                         reject(
@@ -393,11 +465,7 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                     (NodeType::File, _) => {
                         budget.node(node, &shown)?;
                         mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
-                        p.files.push(FilePlan {
-                            rel: shown.into_boxed_path(),
-                            meta: FileMeta::of(node),
-                            segments: Box::default(),
-                        });
+                        p.files.push(&shown, FileMeta::of(node), 0)?;
                     }
                     (NodeType::CharDev | NodeType::BlockDev, _) if !opts.allow_devices => {
                         reject(
@@ -440,11 +508,18 @@ fn mark_parents(set: &mut HashSet<PathBuf>, dir: &Path) {
 
 /// Replace indirect segments by the lists they point to, taking their memory from `budget`.
 pub(crate) async fn expand(repo: &Repository, segs: &[Segment], budget: &mut Budget) -> Result<Vec<Segment>> {
+    let mut out = Vec::new();
+    expand_into(repo, segs, budget, &mut out).await?;
+    Ok(out)
+}
+
+/// `expand`, appending to `out` (on an error, part of the list may have been appended).
+async fn expand_into(repo: &Repository, segs: &[Segment], budget: &mut Budget, out: &mut Vec<Segment>) -> Result<()> {
     budget.segments(segs.len())?;
     if !segs.iter().any(|s| matches!(s, Segment::Indirect { .. })) {
-        return Ok(segs.to_vec());
+        out.extend_from_slice(segs);
+        return Ok(());
     }
-    let mut out = Vec::new();
     for s in segs {
         match s {
             Segment::Indirect { id, len } => {
@@ -463,7 +538,7 @@ pub(crate) async fn expand(repo: &Repository, segs: &[Segment], budget: &mut Bud
             other => out.push(*other),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Carry out a plan into `target`.
@@ -534,13 +609,13 @@ impl content::Targets for PlanTargets {
         self.plan.files.len()
     }
     fn segments(&self, i: usize) -> &[Segment] {
-        &self.plan.files[i].segments
+        self.plan.files.at(i).segments
     }
     fn open(&self, i: usize) -> std::io::Result<std::fs::File> {
-        self.root.open_file(&self.plan.files[i].rel, true, self.ids[i])
+        self.root.open_file(self.plan.files.at(i).rel, true, self.ids[i])
     }
     fn name(&self, i: usize) -> String {
-        self.plan.files[i].rel.display().to_string()
+        self.plan.files.at(i).rel.display().to_string()
     }
 }
 
@@ -595,20 +670,20 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     // The file is closed at once (only its identity is kept): a plan may hold millions.
     let mut files = vec![None; plan.files.len()];
     errors.extend(par_fill(&mut files, |i, id| {
-        let f = &plan.files[i];
-        match root.create_file(&f.rel, f.meta.size) {
+        let f = plan.files.at(i);
+        match root.create_file(f.rel, f.meta.size) {
             Ok((_, made)) => {
                 *id = Some(made);
                 None
             }
-            Err(e) => Some(EntryError::new(EntryErrorKind::Write, &f.rel, e)),
+            Err(e) => Some(EntryError::new(EntryErrorKind::Write, f.rel, e)),
         }
     }));
     for (rel, first, _) in &plan.hardlinks {
         if files[*first].is_none() {
             continue;
         }
-        if let Err(e) = root.hardlink(&plan.files[*first].rel, rel) {
+        if let Err(e) = root.hardlink(plan.files.at(*first).rel, rel) {
             errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
         }
     }
@@ -654,22 +729,22 @@ fn metadata(
         }
     }
     let per_file = par_each(plan.files.len(), |i| {
-        let f = &plan.files[i];
+        let f = plan.files.at(i);
         let id = files[i]?;
         if failed.contains(&i) {
-            let emptied = root.open_file(&f.rel, true, Some(id)).and_then(|file| file.set_len(0));
+            let emptied = root.open_file(f.rel, true, Some(id)).and_then(|file| file.set_len(0));
             return Some(EntryError::new(
                 EntryErrorKind::Incomplete,
-                &f.rel,
+                f.rel,
                 match emptied {
                     Ok(()) => "content incomplete: the file was emptied (see the errors above)".to_string(),
                     Err(e) => format!("content incomplete, and emptying it failed: {e}"),
                 },
             ));
         }
-        root.set_file_metadata(&f.rel, &f.meta, Some(id))
+        root.set_file_metadata(f.rel, f.meta, Some(id))
             .err()
-            .map(|e| EntryError::new(EntryErrorKind::Metadata, &f.rel, e))
+            .map(|e| EntryError::new(EntryErrorKind::Metadata, f.rel, e))
     });
     errors.extend(per_file);
     for (i, (rel, node)) in plan.specials.iter().enumerate() {

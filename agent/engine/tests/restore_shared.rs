@@ -2,7 +2,9 @@
 //! is written everywhere it goes; a segment that gives a blob the wrong length fails only the
 //! file that has it (emptied and listed), never the others sharing the blob. (The content
 //! phase keeps one entry per use of a blob, sorted so that a blob's uses are neighbours and it
-//! is decrypted once for all of them.)
+//! is decrypted once for all of them.) And the plan's shared lists of paths and segments:
+//! around a file refused for its size, a second hardlink and an empty file, every file gets its
+//! own path and segments.
 
 mod common;
 
@@ -42,4 +44,51 @@ async fn a_blob_shared_by_many_files_reaches_each_and_a_wrong_length_fails_only_
     assert_eq!(std::fs::metadata(target.join("wrong")).unwrap().len(), 0, "the failed file is emptied");
     // Every use was written: 40 + 2 copies of x, y in `twice` and in `wrong` (before it failed).
     assert_eq!(out.bytes_written, (42 * x.len() + 2 * y.len()) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_files_and_hardlinks_leave_the_plans_lists_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    let blobs: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(&format!("b{i}"), 1000 + 700 * i)).collect();
+    let ids = save(&repo, blobs.iter().map(|b| (BlobKind::Data, b.clone())).collect()).await;
+    let seg = |i: usize| Segment::Blob { id: ids[i], len: blobs[i].len() as u32 };
+    let linked = |name: &str| {
+        let mut n = file(name, vec![seg(1), seg(2)]);
+        (n.nlink, n.dev, n.ino) = (2, 7, 42);
+        n
+    };
+    let mut oversized = file("b-oversized", vec![seg(3), seg(0)]);
+    oversized.size += 1;
+    let nodes = vec![
+        file("a", vec![seg(0)]),
+        oversized,
+        linked("c-link1"),
+        linked("d-link2"),
+        file("e", vec![seg(3), seg(2)]),
+        file("f-empty", vec![]),
+        file("g", vec![seg(2), seg(0), seg(1)]),
+    ];
+    let root = TreeId(save(&repo, vec![(BlobKind::Tree, Tree { nodes }.encode().unwrap())]).await[0].0);
+
+    repo.load_index().await.unwrap();
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
+    let planned: Vec<(String, usize)> =
+        plan.files.iter().map(|f| (f.rel.display().to_string(), f.segments.len())).collect();
+    let want = [("a", 1), ("c-link1", 2), ("e", 2), ("f-empty", 0), ("g", 3)];
+    assert_eq!(planned, want.map(|(n, s)| (n.to_string(), s)));
+    assert_eq!(plan.hardlinks.len(), 1);
+    assert_eq!(plan.rejected.len(), 1, "{:?}", plan.rejected);
+    let target = dir.path().join("out");
+    let out = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+    assert_eq!(out.incomplete, 0, "{:?}", out.errors);
+    let read = |n: &str| std::fs::read(target.join(n)).unwrap();
+    let b = &blobs;
+    assert!(read("a") == b[0]);
+    assert!(read("c-link1") == [&b[1][..], &b[2]].concat() && read("d-link2") == read("c-link1"));
+    assert!(read("e") == [&b[3][..], &b[2]].concat());
+    assert!(read("f-empty").is_empty());
+    assert!(read("g") == [&b[2][..], &b[0], &b[1]].concat());
+    assert!(!target.join("b-oversized").exists());
 }

@@ -5,7 +5,7 @@
 //! request: fewer, larger ones), `LOCAL_RANGE` from a local directory (a read is a `pread`:
 //! smaller ones hold less memory at the same speed). `IN_FLIGHT` ranges are read at once;
 //! decryption, verification and the positioned writes run on blocking threads. Memory: about
-//! `IN_FLIGHT ×` the range size plus one pair of decoding buffers per range in flight, and 72
+//! `IN_FLIGHT ×` the range size plus one pair of decoding buffers per range in flight, and 64
 //! bytes per use of a blob (`Want`).
 
 use std::collections::{HashMap, HashSet};
@@ -40,7 +40,7 @@ pub(crate) trait Targets: Send + Sync {
 
 /// One use of a blob: where it is stored and where it goes. A blob used several times has one
 /// `Want` per use; sorted by pack, offset and id, its uses are neighbours, read and decrypted
-/// once. 72 bytes, no allocation of its own and no map from ids (a million small files are a
+/// once. 64 bytes, no allocation of its own and no map from ids (a million small files are a
 /// million wants).
 struct Want {
     id: BlobId,
@@ -51,10 +51,12 @@ struct Want {
     raw_len: u32,
     /// The length the segment gives (a blob must fill its segment exactly).
     len: u32,
-    /// Target index, and offset in it.
-    target: usize,
+    /// Target index (a plan holds fewer than 2^32 files), and offset in it.
+    target: u32,
     at: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Want>() <= 64);
 
 impl Want {
     /// Same blob at the same place: one read and decryption serves both.
@@ -122,7 +124,7 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
                         stored_len: loc.stored_len,
                         raw_len: loc.raw_len,
                         len: *len,
-                        target: fi,
+                        target: u32::try_from(fi).expect("fewer than 2^32 targets"),
                         at: off,
                     }),
                     None => {
@@ -179,7 +181,7 @@ pub(crate) async fn write_all(
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
         let (bufs, wants) = (bufs.clone(), wants.clone());
         async move {
-            let all_targets = |wants: &[Want]| wants.iter().map(|w| w.target).collect();
+            let all_targets = |wants: &[Want]| wants.iter().map(|w| w.target as usize).collect();
             if cancel.is_cancelled() {
                 // Not read: its files are incomplete (the caller reports the cancellation).
                 return RangeResult { bytes: 0, errors: Vec::new(), failed: all_targets(&wants[r.blobs.clone()]) };
@@ -251,7 +253,7 @@ fn write_range(
                 EntryErrorKind::Content,
                 format!("blob {} in pack {}: {e}", w.id.0.short(), r.pack.0.short()),
             ));
-            failed.extend(uses.iter().map(|u| u.target));
+            failed.extend(uses.iter().map(|u| u.target as usize));
             continue;
         }
         if plain.len() != w.raw_len as usize {
@@ -259,11 +261,11 @@ fn write_range(
                 EntryErrorKind::Content,
                 format!("blob {}: length {} differs from the index's {}", w.id.0.short(), plain.len(), w.raw_len),
             ));
-            failed.extend(uses.iter().map(|u| u.target));
+            failed.extend(uses.iter().map(|u| u.target as usize));
             continue;
         }
         for u in uses {
-            let fi = u.target;
+            let fi = u.target as usize;
             if plain.len() != u.len as usize {
                 errors.push(EntryError::new(
                     EntryErrorKind::Content,

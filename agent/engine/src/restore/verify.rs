@@ -39,7 +39,7 @@ pub(super) async fn verify(
                         if let Err(e) = check(&master, &root, f, id) {
                             errors.lock().expect("lock").push(EntryError::new(
                                 EntryErrorKind::Verify,
-                                &f.rel,
+                                f.rel,
                                 format!("verify failed: {e}"),
                             ));
                         }
@@ -85,15 +85,15 @@ pub(crate) fn zeros_at(f: &std::fs::File, off: u64, len: u64) -> std::io::Result
     Ok(true)
 }
 
-fn check(master: &MasterKey, root: &SafeRoot, f: &super::FilePlan, id: FileId) -> Result<(), String> {
-    let file = root.open_file(&f.rel, false, Some(id)).map_err(|e| e.to_string())?;
+fn check(master: &MasterKey, root: &SafeRoot, f: super::FilePlan<'_>, id: FileId) -> Result<(), String> {
+    let file = root.open_file(f.rel, false, Some(id)).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len != f.meta.size {
         return Err(format!("length {len}, snapshot says {}", f.meta.size));
     }
     let mut buf = Vec::new();
     let mut off = 0u64;
-    for s in &f.segments {
+    for s in f.segments {
         match s {
             Segment::Blob { id, len } => {
                 buf.resize(*len as usize, 0);
