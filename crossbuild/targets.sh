@@ -7,10 +7,16 @@
 #                       unknown NAME.
 #   cross_cargo ARGS... /usr/bin/cargo with only the Debian toolchain on PATH (a rustup
 #                       cargo/rustc earlier in PATH would silently be used instead), the
-#                       cross linker/runner configuration, and CARGO_TARGET_DIR =
-#                       FERRY_CROSS_TARGET_DIR, else CARGO_TARGET_DIR, else
-#                       <workspace>/target/cross. Runs in a subshell: the caller's PATH stays.
-#   cross_dir           that target directory.
+#                       cross linker/runner configuration, and CARGO_TARGET_DIR = cross_dir.
+#                       Runs in a subshell: the caller's PATH stays.
+#   cross_dir           that target directory: FERRY_CROSS_TARGET_DIR, else CARGO_TARGET_DIR,
+#                       else <workspace>/target/cross, then /by-target/T when cross_target
+#                       has set T.
+#                       One directory per target: cargo locks a target directory for a whole
+#                       build or test run, host part included, so with one directory a build
+#                       of one target in the background held up another target's tests
+#                       (tests/run.sh overlaps them); the price is the host tools (build
+#                       scripts, proc macros) built once per target.
 # shellcheck shell=bash
 CROSSBUILD_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -25,7 +31,7 @@ cross_target() {
 }
 
 cross_dir() {
-  echo "${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$(dirname "$CROSSBUILD_DIR")/target/cross}}"
+  echo "${FERRY_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$(dirname "$CROSSBUILD_DIR")/target/cross}}${T:+/by-target/$T}"
 }
 
 cross_cargo() {

@@ -11,7 +11,7 @@
 #
 # Environment:
 #   WORKSPACE=/path      workspace to test (default: the repository holding this script)
-#   FERRY_CROSS_TARGET_DIR or CARGO_TARGET_DIR   default: $WORKSPACE/target/cross (kept apart
+#   FERRY_CROSS_TARGET_DIR or CARGO_TARGET_DIR   default: $WORKSPACE/target/cross, with one directory per target in it (kept apart
 #                        from rustup builds; tests/run.sh keeps one under /var/cache across runs)
 #   FERRY_*              passed through to the tests unchanged.
 #   FERRY_UNDER_QEMU=1   exported by this script for emulated targets. Tests that cannot work
