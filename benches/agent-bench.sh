@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # agent-bench.sh -- the node agent against the CLI on the same volumes: N volumes shaped like the
 # peer corpus (scaled down), backed up (1) by `ferry backup` back to back and (2) by one
-# `ferry agent` through N DataUploads with --concurrency 2, against a real kube-apiserver and an
-# s3s-fs server on loopback. Prints each run's line and the medians.
+# `ferry agent` through N DataUploads with --concurrency C (FERRY_AGENT_BENCH_CONCURRENCY, 2),
+# against a real kube-apiserver and an s3s-fs server on loopback. Prints each run's line and the
+# medians.
 #
 #   benches/agent-bench.sh                 3 runs, 10 volumes
-#   RUNS=5 FERRY_AGENT_BENCH_VOLUMES=4 benches/agent-bench.sh
+#   RUNS=5 FERRY_AGENT_BENCH_VOLUMES=4 FERRY_AGENT_BENCH_CONCURRENCY=4 benches/agent-bench.sh
 #
 # Per-volume sizes: FERRY_AGENT_BENCH_SOURCES_MIB (24), FERRY_AGENT_BENCH_IMAGE_MIB (32, in a
 # 256 MiB sparse image), FERRY_AGENT_BENCH_MEDIA_MIB (16). Needs root (loop devices, mounts).

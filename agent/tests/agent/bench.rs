@@ -2,14 +2,15 @@
 //! shaped like the peer corpus (scaled down: crate sources, a sparse VM-style image, incompressible
 //! media), each on its own loop-mounted ext4, backed up
 //! 1. by `ferry backup` run back to back, one volume after the other (the CLI baseline), and
-//! 2. by one `ferry agent` through N DataUploads created at once (`--concurrency 2`),
+//! 2. by one `ferry agent` through N DataUploads created at once (`--concurrency C`),
 //!
 //! each into a fresh repository on an s3s-fs server on loopback. Reports both wall times, their
 //! ratio and the peak RSS of the agent (VmHWM) and of the largest CLI run (GNU time's %M).
 //!
 //! Settings: `FERRY_AGENT_BENCH_VOLUMES` (10), `FERRY_AGENT_BENCH_SOURCES_MIB` (24 per volume),
 //! `FERRY_AGENT_BENCH_IMAGE_MIB` (32 of data in a 256 MiB sparse image), `FERRY_AGENT_BENCH_MEDIA_MIB`
-//! (16), `FERRY_AGENT_BENCH_OUT` (a file for the result line).
+//! (16), `FERRY_AGENT_BENCH_CONCURRENCY` (C, 2), `FERRY_AGENT_BENCH_OUT` (a file for the result
+//! line).
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -179,8 +180,9 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
         cli_rss = cli_rss.max(rss);
     }
 
-    // 2. One agent, concurrency 2, all DataUploads at once.
-    w.start_agent("n1", &["--concurrency", "2"]);
+    // 2. One agent, all DataUploads at once.
+    let concurrency = env_or("FERRY_AGENT_BENCH_CONCURRENCY", 2).to_string();
+    w.start_agent("n1", &["--concurrency", &concurrency]);
     w.namespace("app").await;
     for i in 0..n {
         w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
@@ -213,7 +215,7 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
 
     let line = format!(
         "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s (largest RSS {} MiB), \
-         agent --concurrency 2 {agent_wall:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
+         agent --concurrency {concurrency} {agent_wall:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
         data as f64 / (1 << 20) as f64,
         cli_rss / 1024,
         agent_rss / 1024,
