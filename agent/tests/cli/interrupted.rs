@@ -53,6 +53,12 @@ fn files_under(dir: &Path) -> usize {
 }
 
 /// Wait until `dir` holds `n` files more than `before`; panics if `child` ends first.
+/// Packs seen on the storage before a backup is interrupted, so that at least 3 are journaled:
+/// the writer runs at most 2 uploads at once and starts one only after a finished one was
+/// journaled, so the n-th pack seen guarantees n - 2 journaled (with 4, a loaded machine
+/// resumed only 2). Fewer than `INDEX_EVERY` (8), after which an index replaces the journal.
+const UNDER_WAY_PACKS: usize = 5;
+
 fn wait_for_packs(child: &mut Child, dir: &Path, before: usize, n: usize) {
     let t = Instant::now();
     while files_under(dir) < before + n {
@@ -124,8 +130,8 @@ fn first_snapshot(env: &Env, extra_env: &[(&str, &str)], src: &Path) -> String {
 }
 
 /// A first snapshot of a small source, then big files added and a backup of them started and
-/// under way (4 packs uploaded): the source, the first snapshot, the running backup and the
-/// number of pack files before it started.
+/// under way (`UNDER_WAY_PACKS` uploaded): the source, the first snapshot, the running backup
+/// and the number of pack files before it started.
 fn backup_under_way(env: &Env, stderr: Stdio) -> (PathBuf, String, Child, usize) {
     init_small_packs(env, &[]);
     let src = first_source(env);
@@ -134,7 +140,7 @@ fn backup_under_way(env: &Env, stderr: Stdio) -> (PathBuf, String, Child, usize)
     let data = env.repo.join("data");
     let before = files_under(&data);
     let mut child = env.ferry_std().args(["backup", "-q"]).arg(&src).stderr(stderr).spawn().unwrap();
-    wait_for_packs(&mut child, &data, before, 4);
+    wait_for_packs(&mut child, &data, before, UNDER_WAY_PACKS);
     (src, first, child, before)
 }
 
@@ -273,7 +279,7 @@ fn s3_server_killed_mid_backup_then_restarted() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_packs(&mut child, &data, before, 4);
+    wait_for_packs(&mut child, &data, before, UNDER_WAY_PACKS);
     server.kill();
     let killed = Instant::now();
     let out = wait_exit(&mut child, Duration::from_secs(150));
