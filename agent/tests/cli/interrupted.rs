@@ -52,13 +52,13 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
-/// Wait until `dir` holds `n` files more than `before`; panics if `child` ends first.
 /// Packs seen on the storage before a backup is interrupted, so that at least 3 are journaled:
 /// the writer runs at most 2 uploads at once and starts one only after a finished one was
 /// journaled, so the n-th pack seen guarantees n - 2 journaled (with 4, a loaded machine
 /// resumed only 2). Fewer than `INDEX_EVERY` (8), after which an index replaces the journal.
 const UNDER_WAY_PACKS: usize = 5;
 
+/// Wait until `dir` holds `n` files more than `before`; panics if `child` ends first.
 fn wait_for_packs(child: &mut Child, dir: &Path, before: usize, n: usize) {
     let t = Instant::now();
     while files_under(dir) < before + n {
