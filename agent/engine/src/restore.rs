@@ -4,13 +4,15 @@
 //! 1. walk the snapshot's trees, reject unsafe names and duplicates, apply include/exclude, and
 //!    list directories, files (with their segment lists expanded), hardlink groups and special
 //!    entries;
-//! 2. create directories, then empty files sized to their length (holes), hardlinks and special
-//!    files (symlinks last of all, so no write can pass through one);
+//! 2. create directories, then empty files sized to their length (holes) and special files
+//!    (symlinks last of all, so no write can pass through one) — but not files whose content is
+//!    one blob (most small files), which step 3 creates, writes and completes in one visit;
 //! 3. fetch content pack by pack — each needed byte range of a pack is read once, blobs are
 //!    decrypted, verified and written with positioned writes to every place that uses them,
 //!    several ranges in flight (`content`);
-//! 4. set metadata: files, special entries, then directories deepest first (so their mtimes
-//!    survive), and optionally re-read and verify every file (`verify`).
+//! 4. set metadata: files, then hardlinks (to files that now exist), special entries, then
+//!    directories deepest first (so their mtimes survive), and optionally re-read and verify
+//!    every file (`verify`).
 //!
 //! A snapshot may be hostile (a bucket someone else controls) and the target may be written by
 //! others while the restore runs. So: planning has a memory budget (`Budget`: a tree that repeats
@@ -26,8 +28,8 @@ pub(crate) mod verify;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, Tree, TreeId, decode_segment_list};
@@ -202,6 +204,14 @@ pub struct FilePlan<'a> {
     pub rel: &'a Path,
     pub meta: &'a FileMeta,
     pub segments: &'a [Segment],
+}
+
+impl FilePlan<'_> {
+    /// Whether the content is one blob (most small files): the restore then creates, writes and
+    /// completes the file in one visit during the content phase.
+    pub fn is_one_blob(&self) -> bool {
+        self.segments.iter().filter(|s| matches!(s, Segment::Blob { .. })).count() == 1
+    }
 }
 
 impl Files {
@@ -417,6 +427,15 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                     _ if !selected => {}
                     (NodeType::File, Content::Segments(segs)) => {
                         budget.node(node, &shown)?;
+                        // A further link to an inode already planned is only a link: its
+                        // segments are not expanded (an indirect list would cost a read).
+                        if node.nlink > 1 {
+                            if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
+                                mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
+                                p.hardlinks.push((shown, first, node.clone()));
+                                continue;
+                            }
+                        }
                         let all = &mut p.files.segments;
                         let before = all.len();
                         expand_into(repo, segs, &mut budget, all)
@@ -442,11 +461,6 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
                         }
                         mark_parents(&mut wanted_dirs, shown.parent().unwrap_or(Path::new("")));
                         if node.nlink > 1 {
-                            if let Some(&first) = inodes.get(&(node.dev, node.ino)) {
-                                p.files.segments.truncate(before);
-                                p.hardlinks.push((shown, first, node.clone()));
-                                continue;
-                            }
                             inodes.insert((node.dev, node.ino), p.files.len());
                         }
                         p.bytes += node.size;
@@ -559,27 +573,41 @@ pub async fn execute(
     let mut out = Outcome { errors: plan.rejected.clone(), ..Default::default() };
 
     // Phase 2: the skeleton.
+    let started = std::time::Instant::now();
     let (root2, plan2) = (root.clone(), plan.clone());
     let made = tokio::task::spawn_blocking(move || skeleton(&root2, &plan2)).await.expect("skeleton task");
     out.errors.extend(made.errors);
-    let ids = Arc::new(made.files);
+    let skeleton_done = started.elapsed();
 
-    // Phase 3: content.
-    let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone(), ids: ids.clone() });
-    let skip: HashSet<usize> = ids.iter().enumerate().filter(|(_, id)| id.is_none()).map(|(i, _)| i).collect();
-    let written = content::write_all(repo.clone(), targets, &skip, job).await;
+    // Phase 3: content (and the whole of each one-blob file).
+    let skip: HashSet<usize> =
+        (0..plan.files.len()).filter(|&i| made.files[i].is_none() && !plan.files.at(i).is_one_blob()).collect();
+    let targets = Arc::new(PlanTargets { root: root.clone(), plan: plan.clone(), ids: Mutex::new(made.files) });
+    let written = content::write_all(repo.clone(), targets.clone(), &skip, job).await;
     out.bytes_written = written.bytes;
     out.errors.extend(written.errors);
+    let content_done = started.elapsed();
 
-    // Phase 4: files whose content failed are emptied and keep no metadata; then metadata.
+    // Phase 4: files whose content failed are emptied and keep no metadata; then hardlinks and
+    // metadata.
     let failed = Arc::new(written.failed);
-    let (root2, plan2, ids2, failed2) = (root.clone(), plan.clone(), ids.clone(), failed.clone());
-    let errs = tokio::task::spawn_blocking(move || metadata(&root2, &plan2, &ids2, &made.specials, &failed2))
+    let ids = std::mem::take(&mut *targets.ids.lock().expect("lock"));
+    let (root2, plan2, failed2) = (root.clone(), plan.clone(), failed.clone());
+    let (ids, errs) = tokio::task::spawn_blocking(move || metadata(&root2, &plan2, ids, &made.specials, &failed2))
         .await
         .expect("metadata task");
+    let ids = Arc::new(ids);
     out.errors.extend(errs);
-    out.incomplete = failed.len() as u64;
-    let missing = skip.len() + failed.iter().filter(|i| !skip.contains(i)).count();
+    let metadata_done = started.elapsed();
+    tracing::info!(
+        "restore phases: skeleton {:.2} s, content {:.2} s, metadata {:.2} s",
+        skeleton_done.as_secs_f64(),
+        (content_done - skeleton_done).as_secs_f64(),
+        (metadata_done - content_done).as_secs_f64()
+    );
+    // Incomplete: there, but emptied; missing: not there, or incomplete.
+    out.incomplete = failed.iter().filter(|&&i| ids[i].is_some()).count() as u64;
+    let missing = (0..plan.files.len()).filter(|&i| ids[i].is_none() || failed.contains(&i)).count();
     out.files = (plan.files.len() - missing + plan.hardlinks.len()) as u64;
     out.dirs = plan.dirs.len().saturating_sub(1) as u64;
     out.specials = plan.specials.len() as u64;
@@ -597,11 +625,12 @@ pub async fn execute(
 }
 
 /// The files of a plan as content targets, opened safely under the target root (each must
-/// still be the file the skeleton created).
+/// still be the file the skeleton created); one-blob files are created here instead.
 struct PlanTargets {
     root: Arc<SafeRoot>,
     plan: Arc<RestorePlan>,
-    ids: Arc<Vec<Option<FileId>>>,
+    /// Each file's identity once created (by the skeleton, or by `create`).
+    ids: Mutex<Vec<Option<FileId>>>,
 }
 
 impl content::Targets for PlanTargets {
@@ -612,14 +641,30 @@ impl content::Targets for PlanTargets {
         self.plan.files.at(i).segments
     }
     fn open(&self, i: usize) -> std::io::Result<std::fs::File> {
-        self.root.open_file(self.plan.files.at(i).rel, true, self.ids[i])
+        let id = self.ids.lock().expect("lock")[i];
+        self.root.open_file(self.plan.files.at(i).rel, true, id)
     }
     fn name(&self, i: usize) -> String {
         self.plan.files.at(i).rel.display().to_string()
     }
+    fn single(&self, i: usize) -> bool {
+        self.plan.files.at(i).is_one_blob()
+    }
+    fn create(&self, i: usize) -> std::io::Result<std::fs::File> {
+        let f = self.plan.files.at(i);
+        // A blob that is the whole file gives it its length; holes around it need `set_len`.
+        let size = if f.segments.len() == 1 { 0 } else { f.meta.size };
+        let (file, id) = self.root.create_file(f.rel, size)?;
+        self.ids.lock().expect("lock")[i] = Some(id);
+        Ok(file)
+    }
+    fn finish(&self, i: usize, file: &std::fs::File) -> std::io::Result<()> {
+        self.root.set_file_metadata_of(file, self.plan.files.at(i).meta)
+    }
 }
 
-/// What the skeleton made: the identity of each file (`None`: not created) and special entry.
+/// What the skeleton made: the identity of each file (`None`: not created, or a one-blob file,
+/// which the content phase creates) and special entry.
 struct Made {
     files: Vec<Option<FileId>>,
     specials: Vec<Option<FileId>>,
@@ -654,12 +699,7 @@ fn par_fill<T: Send, E: Send>(out: &mut [T], f: impl Fn(usize, &mut T) -> Option
     })
 }
 
-/// `f(i)` for `i` in `0..n` as `par_fill` runs it, keeping what it returns.
-fn par_each<E: Send>(n: usize, f: impl Fn(usize) -> Option<E> + Sync) -> Vec<E> {
-    par_fill(&mut vec![(); n], |i, _| f(i))
-}
-
-/// Directories, empty files, hardlinks, FIFOs and devices.
+/// Directories, files of more than one blob or none, FIFOs and devices.
 fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut errors = Vec::new();
     for (rel, _) in plan.dirs.iter().skip(1) {
@@ -671,6 +711,9 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     let mut files = vec![None; plan.files.len()];
     errors.extend(par_fill(&mut files, |i, id| {
         let f = plan.files.at(i);
+        if f.is_one_blob() {
+            return None;
+        }
         match root.create_file(f.rel, f.meta.size) {
             Ok((_, made)) => {
                 *id = Some(made);
@@ -679,14 +722,6 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
             Err(e) => Some(EntryError::new(EntryErrorKind::Write, f.rel, e)),
         }
     }));
-    for (rel, first, _) in &plan.hardlinks {
-        if files[*first].is_none() {
-            continue;
-        }
-        if let Err(e) = root.hardlink(plan.files.at(*first).rel, rel) {
-            errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
-        }
-    }
     let mut specials = Vec::with_capacity(plan.specials.len());
     for (rel, node) in &plan.specials {
         if node.kind == NodeType::Symlink {
@@ -704,15 +739,17 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
     Made { files, specials, errors }
 }
 
-/// Symlinks, then metadata: files, special entries, directories deepest first. Files whose
-/// content failed are emptied instead, so nothing incomplete looks restored.
+/// Symlinks, then metadata: files, hardlinks, special entries, directories deepest first.
+/// Files whose content failed are emptied instead (a one-blob file never created is created
+/// empty), so nothing incomplete looks restored; one-blob files that were written got their
+/// metadata then. Returns every file's identity as it ends.
 fn metadata(
     root: &SafeRoot,
     plan: &RestorePlan,
-    files: &[Option<FileId>],
+    mut files: Vec<Option<FileId>>,
     specials: &[Option<FileId>],
     failed: &HashSet<usize>,
-) -> Vec<EntryError> {
+) -> (Vec<Option<FileId>>, Vec<EntryError>) {
     let mut errors = Vec::new();
     let note = |errors: &mut Vec<EntryError>, rel: &Path, r: std::io::Result<()>| {
         if let Err(e) = r {
@@ -728,11 +765,24 @@ fn metadata(
             }
         }
     }
-    let per_file = par_each(plan.files.len(), |i| {
+    let per_file = par_fill(&mut files, |i, id| {
         let f = plan.files.at(i);
-        let id = files[i]?;
+        let one_blob = f.is_one_blob();
+        if id.is_none() && !one_blob {
+            return None; // not created: reported by the skeleton
+        }
         if failed.contains(&i) {
-            let emptied = root.open_file(f.rel, true, Some(id)).and_then(|file| file.set_len(0));
+            let emptied = match *id {
+                Some(made) => root.open_file(f.rel, true, Some(made)).and_then(|file| file.set_len(0)),
+                // A one-blob file whose content never came: created empty, as the others are left.
+                None => match root.create_file(f.rel, 0) {
+                    Ok((_, made)) => {
+                        *id = Some(made);
+                        Ok(())
+                    }
+                    Err(e) => return Some(EntryError::new(EntryErrorKind::Write, f.rel, e)),
+                },
+            };
             return Some(EntryError::new(
                 EntryErrorKind::Incomplete,
                 f.rel,
@@ -742,11 +792,20 @@ fn metadata(
                 },
             ));
         }
-        root.set_file_metadata(f.rel, f.meta, Some(id))
-            .err()
-            .map(|e| EntryError::new(EntryErrorKind::Metadata, f.rel, e))
+        if one_blob {
+            return None; // completed with its content
+        }
+        root.set_file_metadata(f.rel, f.meta, *id).err().map(|e| EntryError::new(EntryErrorKind::Metadata, f.rel, e))
     });
     errors.extend(per_file);
+    for (rel, first, _) in &plan.hardlinks {
+        if files[*first].is_none() {
+            continue;
+        }
+        if let Err(e) = root.hardlink(plan.files.at(*first).rel, rel) {
+            errors.push(EntryError::new(EntryErrorKind::Write, rel, e));
+        }
+    }
     for (i, (rel, node)) in plan.specials.iter().enumerate() {
         if let Some(id) = specials[i] {
             note(&mut errors, rel, root.set_metadata(rel, node, Some(id)));
@@ -755,5 +814,5 @@ fn metadata(
     for (rel, node) in plan.dirs.iter().skip(1).rev() {
         note(&mut errors, rel, root.set_metadata(rel, node, None));
     }
-    errors
+    (files, errors)
 }

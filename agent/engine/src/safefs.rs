@@ -286,7 +286,12 @@ impl SafeRoot {
     /// against what `mkdir` recorded).
     /// `set_metadata` of a regular file from a restore plan's compact metadata.
     pub fn set_file_metadata(&self, rel: &Path, meta: &FileMeta, expect: Option<FileId>) -> io::Result<()> {
-        let f = self.open_file(rel, false, expect)?;
+        self.set_file_metadata_of(&self.open_file(rel, false, expect)?, meta)
+    }
+
+    /// `set_file_metadata` through a descriptor the caller holds (of a file this restore
+    /// created and still has open: nothing to check).
+    pub fn set_file_metadata_of(&self, f: &File, meta: &FileMeta) -> io::Result<()> {
         let mode = file_mode(meta.mode, self.keep_setuid);
         let a = Attrs {
             uid: meta.uid,
@@ -296,7 +301,7 @@ impl SafeRoot {
             mtime_ns: meta.mtime_ns,
             xattrs: &meta.xattrs,
         };
-        apply_fd(&f, &a)
+        apply_fd(f, &a)
     }
 
     pub fn set_metadata(&self, rel: &Path, node: &Node, expect: Option<FileId>) -> io::Result<()> {

@@ -4,7 +4,9 @@
 //! phase keeps one entry per use of a blob, sorted so that a blob's uses are neighbours and it
 //! is decrypted once for all of them.) And the plan's shared lists of paths and segments:
 //! around a file refused for its size, a second hardlink and an empty file, every file gets its
-//! own path and segments.
+//! own path and segments. And files whose content is one blob, which the content phase creates,
+//! writes and completes in one visit: metadata, holes, hardlinks, a failed blob and a planted
+//! symlink handled as for any file.
 
 mod common;
 
@@ -91,4 +93,71 @@ async fn refused_files_and_hardlinks_leave_the_plans_lists_aligned() {
     assert!(read("f-empty").is_empty());
     assert!(read("g") == [&b[2][..], &b[0], &b[1]].concat());
     assert!(!target.join("b-oversized").exists());
+}
+
+/// Files whose content is one blob are created, written and completed in one visit of the
+/// content phase (the skeleton leaves them out): they still get their metadata, the holes
+/// around the blob, a second hardlink; one whose blob fails is left empty, listed and without
+/// the snapshot's time; a symlink planted where one goes is replaced, never followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_blob_files_are_made_whole_in_one_visit() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    let (x, y) = (random_bytes("x", 5_000), random_bytes("y", 3_000));
+    let ids = save(&repo, vec![(BlobKind::Data, x.clone()), (BlobKind::Data, y.clone())]).await;
+    let bx = Segment::Blob { id: ids[0], len: x.len() as u32 };
+    let by = Segment::Blob { id: ids[1], len: y.len() as u32 };
+    let wrong = Segment::Blob { id: ids[1], len: y.len() as u32 - 1 };
+    let me = std::fs::metadata(dir.path()).unwrap();
+    let mtime = 1_500_000_000_123_456_789i64;
+    let node = |name: &str, segs: Vec<Segment>| {
+        let mut n = file(name, segs);
+        (n.uid, n.gid, n.mode, n.mtime_ns, n.atime_ns) = (me.uid(), me.gid(), 0o640, mtime, mtime);
+        n
+    };
+    let linked = |name: &str| {
+        let mut n = node(name, vec![bx]);
+        (n.nlink, n.dev, n.ino) = (2, 7, 42);
+        n
+    };
+    let nodes = vec![
+        node("a-plain", vec![bx]),
+        node("b-holes", vec![Segment::Zero { len: 4096 }, by, Segment::Zero { len: 100 }]),
+        linked("c-link1"),
+        linked("d-link2"),
+        node("e-bad", vec![wrong]),
+        node("f-planted", vec![by]),
+    ];
+    let root = TreeId(save(&repo, vec![(BlobKind::Tree, Tree { nodes }.encode().unwrap())]).await[0].0);
+    let target = dir.path().join("out");
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, b"keep").unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("f-planted")).unwrap();
+
+    repo.load_index().await.unwrap();
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
+    assert_eq!(plan.files.iter().filter(|f| f.is_one_blob()).count(), 5);
+    let out = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+
+    assert_eq!(out.incomplete, 1, "{:?}", out.errors);
+    assert!(out.errors.iter().all(|e| e.path.contains("e-bad")), "{:?}", out.errors);
+    assert_eq!(out.files, 5, "a, b, c, its link d and f; e is incomplete");
+    let md = |n: &str| std::fs::symlink_metadata(target.join(n)).unwrap();
+    let read = |n: &str| std::fs::read(target.join(n)).unwrap();
+    for n in ["a-plain", "b-holes", "c-link1", "f-planted"] {
+        let m = md(n);
+        assert!(m.is_file(), "{n} is not a regular file");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640, "{n}'s mode");
+        assert_eq!((m.mtime(), m.mtime_nsec()), (mtime / 1_000_000_000, mtime % 1_000_000_000), "{n}'s mtime");
+    }
+    assert!(read("a-plain") == x && read("c-link1") == x);
+    assert_eq!(md("d-link2").ino(), md("c-link1").ino(), "d-link2 is a hardlink of c-link1");
+    assert!(read("b-holes") == [&[0u8; 4096][..], &y, &[0u8; 100]].concat(), "b-holes differs");
+    assert!(read("f-planted") == y, "f-planted differs");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep", "the planted symlink was followed");
+    assert_eq!(md("e-bad").len(), 0, "the failed file is left empty");
+    assert_ne!(md("e-bad").mtime(), mtime / 1_000_000_000, "the failed file got the snapshot's time");
 }
