@@ -12,6 +12,9 @@
 //!   threads + `finish`. Repository creation is not timed.
 //! * `read/*`: every data blob through `Repository::read_blob` (several tasks at once), and every
 //!   pack read whole, parsed and all its blobs opened.
+//! * `index/lookup_1M_of_2M`: an in-memory index of 2,000,000 random blob ids (`Index::build`)
+//!   and a million lookups of present ids in random order: what a restore plan or a deduplicating
+//!   backup does per blob once the index is bigger than the CPU caches.
 //!
 //! Run: `cargo bench -p ferry-repo-format --bench pipeline`; check that it works:
 //! `cargo bench -p ferry-repo-format --bench pipeline -- --test`. Environment: `FERRY_BENCH_MB`
@@ -23,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use repo_format::{
-    BlobKind, Chunker, ChunkerParams, FileKind, KdfParams, MasterKey, ObjectStorage, RepoConfig, Repository, Storage,
-    WriterOptions, compress_into, open_blob, parse_pack,
+    BlobId, BlobKind, Chunker, ChunkerParams, FileKind, Id, Index, IndexFile, IndexPack, KdfParams, MasterKey,
+    ObjectStorage, PackEntry, PackId, RepoConfig, Repository, Storage, WriterOptions, compress_into, open_blob,
+    parse_pack,
 };
 use std::hint::black_box;
 
@@ -281,6 +285,30 @@ fn read_path(c: &mut Criterion) {
     g.finish();
 }
 
+fn index(c: &mut Criterion) {
+    const BLOBS: usize = 2_000_000;
+    const LOOKUPS: usize = 1_000_000;
+    let id = |i: usize| BlobId(Id(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes()));
+    let packs = (0..BLOBS / 1000)
+        .map(|p| IndexPack {
+            id: PackId(Id([p as u8; 32])),
+            salt: [1; 32],
+            blobs: (p * 1000..(p + 1) * 1000)
+                .map(|i| PackEntry { kind: BlobKind::Data, id: id(i), offset: 0, stored_len: 1, raw_len: 1 })
+                .collect(),
+        })
+        .collect();
+    let idx = Index::build([&IndexFile { packs, supersedes: Vec::new() }]).unwrap();
+    // Present ids in an order unrelated to the index's (a multiplicative stride modulo BLOBS).
+    let wanted: Vec<BlobId> = (0..LOOKUPS).map(|i| id(i.wrapping_mul(7_919) % BLOBS)).collect();
+    let mut g = c.benchmark_group("index");
+    g.throughput(Throughput::Elements(LOOKUPS as u64));
+    g.bench_function("lookup_1M_of_2M", |b| {
+        b.iter(|| wanted.iter().filter(|w| idx.lookup(BlobKind::Data, w).is_some()).count())
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -292,6 +320,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = primitives, write_path, read_path
+    targets = primitives, write_path, read_path, index
 }
 criterion_main!(benches);

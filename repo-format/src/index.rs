@@ -7,8 +7,12 @@
 //! superseded list is empty in version 1 writers; a future compaction lists the objects a new
 //! index replaces (see FORMAT.md, garbage collection).
 //!
-//! In memory, `Index` is one sorted vector of 48-byte entries (no per-entry allocation) plus a
-//! table of packs. It is immutable once built: lookups are a binary search with no lock.
+//! In memory, `Index` is one sorted vector of 48-byte entries (no per-entry allocation), a table
+//! of packs, and a fan-out table: where the entries of each value of an id's first bits start
+//! (about 8 entries per bucket, half a byte per blob). It is immutable once built: a lookup reads
+//! the fan-out and binary-searches one bucket, with no lock. Ids are keyed hashes, so buckets
+//! are even; a forged index that piles its ids into one bucket only brings back the binary
+//! search over everything (never worse than without the table).
 
 use std::collections::HashSet;
 
@@ -151,7 +155,18 @@ pub struct PackRef {
 pub struct Index {
     entries: Vec<Entry>,
     packs: Vec<PackRef>,
+    /// Entries whose id starts with the `fan_bits`-bit value `b` are
+    /// `entries[fan[b]..fan[b + 1]]`; empty (and `fan_bits` 0) for a small index.
+    fan: Vec<u32>,
+    fan_bits: u32,
 }
+
+/// Entries per fan-out bucket, on average (a bucket is searched by bisection within a few
+/// neighbouring cache lines; the table costs `4 / FAN_ENTRIES` bytes per blob).
+const FAN_ENTRIES: usize = 8;
+
+/// Largest fan-out table: 2^24 buckets (64 MiB, at 128 M blobs).
+const FAN_MAX_BITS: u32 = 24;
 
 /// Bytes of memory one indexed blob costs (the entry; packs are counted apart).
 pub const INDEX_ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
@@ -185,6 +200,51 @@ impl Index {
         self.entries.sort_unstable_by_key(|e| e.key());
         self.entries.dedup_by_key(|e| e.key());
         self.entries.shrink_to_fit();
+        self.build_fan();
+    }
+
+    /// The fan-out table of the sorted entries (none below 64 entries, or past 2^32).
+    fn build_fan(&mut self) {
+        let n = self.entries.len();
+        self.fan = Vec::new();
+        self.fan_bits = 0;
+        if n < 64 || u32::try_from(n).is_err() {
+            return;
+        }
+        let bits = (n / FAN_ENTRIES).ilog2().min(FAN_MAX_BITS);
+        let mut fan = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0usize;
+        for b in 0..1u32 << bits {
+            while at < n && Self::bucket_of(&self.entries[at].id, bits) < b {
+                at += 1;
+            }
+            fan.push(at as u32);
+        }
+        fan.push(n as u32);
+        self.fan = fan;
+        self.fan_bits = bits;
+    }
+
+    /// The value of the first `bits` bits of `id` (1 ≤ bits ≤ 32).
+    fn bucket_of(id: &[u8; 32], bits: u32) -> u32 {
+        u32::from_be_bytes([id[0], id[1], id[2], id[3]]) >> (32 - bits)
+    }
+
+    /// The range of entries that can hold `id`.
+    fn candidates(&self, id: &[u8; 32]) -> std::ops::Range<usize> {
+        if self.fan_bits == 0 {
+            return 0..self.entries.len();
+        }
+        let b = Self::bucket_of(id, self.fan_bits) as usize;
+        self.fan[b] as usize..self.fan[b + 1] as usize
+    }
+
+    /// Position of the entry of `(kind, id)`.
+    fn search(&self, kind: BlobKind, id: &BlobId) -> Option<usize> {
+        let key = (id.0.0, kind == BlobKind::Tree);
+        let r = self.candidates(&id.0.0);
+        let start = r.start;
+        self.entries[r].binary_search_by(|e| e.key().cmp(&key)).ok().map(|i| start + i)
     }
 
     /// A new index with the blobs of `more` added (used after a writer flushes).
@@ -196,8 +256,7 @@ impl Index {
     }
 
     fn find(&self, kind: BlobKind, id: &BlobId) -> Option<&Entry> {
-        let key = (id.0.0, kind == BlobKind::Tree);
-        self.entries.binary_search_by(|e| e.key().cmp(&key)).ok().map(|i| &self.entries[i])
+        self.search(kind, id).map(|i| &self.entries[i])
     }
 
     pub fn contains(&self, kind: BlobKind, id: &BlobId) -> bool {
@@ -207,8 +266,7 @@ impl Index {
     /// The blob's position in `0..len()`, stable for this index: callers that mark blobs (check,
     /// garbage collection) keep one bit per blob instead of a set of ids.
     pub fn position(&self, kind: BlobKind, id: &BlobId) -> Option<usize> {
-        let key = (id.0.0, kind == BlobKind::Tree);
-        self.entries.binary_search_by(|e| e.key().cmp(&key)).ok()
+        self.search(kind, id)
     }
 
     pub fn lookup(&self, kind: BlobKind, id: &BlobId) -> Option<BlobLocation> {
@@ -241,7 +299,9 @@ impl Index {
 
     /// Bytes of heap the index holds.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * INDEX_ENTRY_BYTES + self.packs.capacity() * std::mem::size_of::<PackRef>()
+        self.entries.capacity() * INDEX_ENTRY_BYTES
+            + self.packs.capacity() * std::mem::size_of::<PackRef>()
+            + self.fan.capacity() * 4
     }
 
     /// Every blob with its location (for check and statistics).
@@ -321,9 +381,9 @@ impl IndexBuilder {
             }
             _ => false,
         });
-        let mut idx = Index { entries, packs: main };
+        let mut idx = Index { entries, packs: main, ..Default::default() };
         idx.seal();
-        let mut fb = Index { entries: fallback_entries, packs: fallback };
+        let mut fb = Index { entries: fallback_entries, packs: fallback, ..Default::default() };
         fb.seal();
         Ok((idx, fb))
     }
@@ -337,6 +397,66 @@ mod tests {
     #[test]
     fn entry_is_48_bytes() {
         assert_eq!(INDEX_ENTRY_BYTES, 48);
+    }
+
+    /// An index of `ids` (data blobs, and a tree blob of the same id for every third), each at
+    /// its own offset.
+    fn index_of(ids: &[[u8; 32]]) -> Index {
+        let blobs = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(i, id)| {
+                let data = PackEntry {
+                    kind: BlobKind::Data,
+                    id: BlobId(Id(*id)),
+                    offset: i as u32,
+                    stored_len: 1,
+                    raw_len: 1,
+                };
+                let tree = PackEntry { kind: BlobKind::Tree, offset: u32::MAX - i as u32, ..data };
+                std::iter::once(data).chain((i % 3 == 0).then_some(tree))
+            })
+            .collect();
+        let pack = IndexPack { id: PackId(Id([9; 32])), salt: [0; 32], blobs };
+        Index::build([&IndexFile { packs: vec![pack], supersedes: Vec::new() }]).unwrap()
+    }
+
+    /// Every id is found at its place and its position is its rank among the entries, absent
+    /// ids (and kinds) are not found: with ids spread evenly (the fan-out table's buckets are
+    /// small), and with ids forged to share their first bytes (all in one bucket, or at the ends
+    /// of the table).
+    #[test]
+    fn lookups_through_the_fan_out_table_find_exactly_what_is_there() {
+        let hash = |i: u64| *blake3::hash(&i.to_le_bytes()).as_bytes();
+        let even: Vec<[u8; 32]> = (0..20_000).map(hash).collect();
+        let piled: Vec<[u8; 32]> = (0..5_000)
+            .map(|i| {
+                let mut id = hash(i);
+                let lead = match i % 3 {
+                    0 => [0x00; 4],
+                    1 => [0xff; 4],
+                    _ => [0x5a; 4],
+                };
+                id[..4].copy_from_slice(&lead);
+                id
+            })
+            .collect();
+        for ids in [&even, &piled] {
+            let idx = index_of(ids);
+            assert!(idx.fan_bits > 0, "the table is built for {} entries", idx.len());
+            let mut keys: Vec<([u8; 32], bool)> = idx.entries.iter().map(|e| e.key()).collect();
+            keys.sort_unstable();
+            for (i, id) in ids.iter().enumerate() {
+                let b = BlobId(Id(*id));
+                assert_eq!(idx.lookup(BlobKind::Data, &b).unwrap().offset, i as u32);
+                assert_eq!(idx.lookup(BlobKind::Tree, &b).map(|l| l.offset), (i % 3 == 0).then(|| u32::MAX - i as u32));
+                let rank = keys.binary_search(&(*id, false)).unwrap();
+                assert_eq!(idx.position(BlobKind::Data, &b), Some(rank));
+                let mut other = *id;
+                other[31] ^= 1;
+                assert!(!idx.contains(BlobKind::Data, &BlobId(Id(other))));
+            }
+        }
     }
 
     fn arb_entry() -> impl Strategy<Value = PackEntry> {
