@@ -4,8 +4,11 @@
 //! input:
 //! 1. the scanner (`scan`, one thread) walks the sources in name order, stats every entry,
 //!    asks the files cache, and reads and chunks only new or changed files, queueing each chunk;
+//!    a new or changed file below the chunker's minimum it does not read: it queues it in a
+//!    batch of small files (`small`);
 //! 2. blob workers (one per core) hash, dedup, compress, encrypt and pack the chunks
-//!    (`BlobWriter::save`), answering each chunk's one-shot channel with its id;
+//!    (`BlobWriter::save`), answering each chunk's one-shot channel with its id; a batch of
+//!    small files they read and store file by file, so small files are read by every worker;
 //! 3. the tree builder (`build`, one thread) receives directories in post-order, waits for their
 //!    files' chunk ids, encodes and saves each tree blob, and records files in the files cache.
 //!
@@ -13,11 +16,13 @@
 //! waiting, one chunk per worker in progress, the writer's open packs' buffers (1 MiB each) and
 //! `DIR_QUEUE` directory records of at most `DIR_RECORD` entries. With the defaults and 2 cores: about 8 × 4 MiB + 2 × 4 MiB +
 //! 5 MiB + uploads (two 8 MiB parts each) ≈ 80 MiB at worst; typical is much less since most
-//! chunks are far below the maximum. `FERRY_CHUNK_QUEUE` overrides the queue length.
+//! chunks are far below the maximum. A queued batch of small files holds paths, not data (its
+//! worker reads one file at a time, below the chunker's minimum). `FERRY_CHUNK_QUEUE` overrides the queue length.
 
 pub(crate) mod build;
 pub(crate) mod parent;
 pub(crate) mod scan;
+pub(crate) mod small;
 pub(crate) mod stream;
 
 use std::path::PathBuf;

@@ -18,6 +18,7 @@ use repo_format::{
     BlobKind, BlobWriter, Content, DirSplitter, Node, Saved, Segment, Tree, TreeId, encode_segment_list,
 };
 
+use super::small::SmallRead;
 use crate::filescache::{self, FileKey};
 use crate::report::{EntryError, EntryErrorKind};
 
@@ -54,6 +55,12 @@ pub(crate) enum Pending {
         segs: Vec<Segment>,
         cache: Option<(Vec<u8>, FileKey)>,
     },
+    /// A small file a blob worker reads and stores (`super::small`); `cache` says where to
+    /// record it in the files cache if it did not change while read.
+    Small {
+        rx: Receiver<SmallRead>,
+        cache: Option<(Vec<u8>, FileKey)>,
+    },
     /// Being stored; `cache` says where to record it in the files cache.
     Chunks {
         segs: Vec<PendingSeg>,
@@ -71,7 +78,8 @@ pub(crate) struct DirRecord {
     pub last: bool,
 }
 
-type BuildResult = (TreeId, Option<filescache::Writer>, Vec<EntryError>);
+/// The root tree, the files cache, error lines and warning lines.
+type BuildResult = (TreeId, Option<filescache::Writer>, Vec<EntryError>, Vec<EntryError>);
 
 /// Build the trees of the records from `rx`. `seed` keys where big directories are cut into
 /// parts (`DirSplitter`); `split` counts the directories stored in parts.
@@ -86,6 +94,7 @@ pub(crate) fn run(
     // Directories whose first records arrived, not their last.
     let mut open: HashMap<PathBuf, DirSplitter> = HashMap::new();
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut root = None;
     let mut save_part = |t: &Tree| writer.save(BlobKind::Tree, &t.encode()?).map(|s| TreeId(s.id.0));
     for dir in rx {
@@ -109,6 +118,39 @@ pub(crate) fn run(
                     }
                     Content::Segments(segs)
                 }
+                Pending::Small { rx, cache: key } => match rx.recv() {
+                    Ok(SmallRead::Read { saved, len, changed }) => {
+                        node.size = u64::from(len);
+                        let segs: Vec<Segment> = saved.map(|s| Segment::Blob { id: s.id, len }).into_iter().collect();
+                        match changed {
+                            Some(w) => warnings.push(w),
+                            None => {
+                                if let (Some(c), Some((path, key))) = (cache.as_mut(), key) {
+                                    c.put(&path, &key, &segs)?;
+                                }
+                            }
+                        }
+                        Content::Segments(segs)
+                    }
+                    Ok(SmallRead::Unreadable(e)) => {
+                        errors.push(e);
+                        continue;
+                    }
+                    Ok(SmallRead::NotStored(e)) => {
+                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
+                        errors.push(EntryError::new(EntryErrorKind::NotStored, &name, format!("not stored: {e}")));
+                        continue;
+                    }
+                    Err(_) => {
+                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
+                        errors.push(EntryError::new(
+                            EntryErrorKind::NotStored,
+                            &name,
+                            "not stored: a blob worker stopped",
+                        ));
+                        continue;
+                    }
+                },
                 Pending::Chunks { segs, cache: key } => match resolve(segs) {
                     Ok(segs) => {
                         let segs = indirect(writer, segs)?;
@@ -146,7 +188,7 @@ pub(crate) fn run(
         anyhow::bail!("internal: directory {} was not finished", rel.display());
     }
     let root = root.ok_or_else(|| anyhow!("the scan ended before the root directory"))?;
-    Ok((root, cache, errors))
+    Ok((root, cache, errors, warnings))
 }
 
 /// Wait for every chunk id; merge adjacent zero runs.

@@ -19,6 +19,7 @@ use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, Nod
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::parent::{ParentTrees, same_file};
+use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
@@ -32,6 +33,12 @@ pub(crate) struct ChunkJob {
     pub reply: Sender<repo_format::Result<Saved>>,
     /// The chunk's bytes held from the job's memory budget, given back once it is saved.
     pub permit: Option<Permit>,
+}
+
+/// Work for the blob workers: one chunk, or a batch of small files to read and store whole.
+pub(crate) enum Work {
+    Chunk(ChunkJob),
+    Files(FileBatch),
 }
 
 /// Chunk buffers the blob workers hand back for the reader to fill again. A fresh buffer per
@@ -84,22 +91,27 @@ pub(crate) fn idle_buffers(l: &crate::job::Limits) -> usize {
 }
 
 /// Start `n` blob workers: each saves the chunks it receives, answers with the id and hands
-/// the buffer back to `pool`.
+/// the buffer back to `pool`; a batch of small files it reads and stores file by file.
 pub(crate) fn spawn_workers<'scope>(
     s: &'scope std::thread::Scope<'scope, '_>,
     n: usize,
-    rx: &Receiver<ChunkJob>,
+    rx: &Receiver<Work>,
     writer: &'scope BlobWriter,
     pool: &BufPool,
 ) {
     for _ in 0..n {
         let (rx, pool) = (rx.clone(), pool.clone());
         s.spawn(move || {
-            for job in rx {
-                let r = writer.save(BlobKind::Data, &job.data);
-                let _ = job.reply.send(r);
-                pool.give(job.data);
-                drop(job.permit);
+            for work in rx {
+                match work {
+                    Work::Chunk(job) => {
+                        let r = writer.save(BlobKind::Data, &job.data);
+                        let _ = job.reply.send(r);
+                        pool.give(job.data);
+                        drop(job.permit);
+                    }
+                    Work::Files(batch) => batch.run(writer, &pool),
+                }
             }
         });
     }
@@ -129,7 +141,7 @@ type PipelineResult = (TreeId, Vec<EntryError>, Vec<EntryError>, Option<filescac
 /// Run the three stages to completion; returns the root tree and the error and warning lines.
 pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
     let queue = p.job.limits.chunk_queue.max(1);
-    let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(queue.max(1));
+    let (chunk_tx, chunk_rx) = bounded::<Work>(queue.max(1));
     let (dir_tx, dir_rx) = bounded::<DirRecord>(DIR_QUEUE);
     let (cache_reader, cache_writer) = match p.files_cache {
         Some((r, w)) => (Some(r), Some(w)),
@@ -157,6 +169,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             dirs: dir_tx,
             errors: Vec::new(),
             warnings: Vec::new(),
+            batch: Batcher::default(),
             recent_ns: p.start_ns - 1_000_000_000,
             force: p.cfg.force,
             job: p.job,
@@ -169,9 +182,13 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
         drop(dirs);
         let built = builder.join().expect("tree builder thread");
         scanned?;
-        let (root, cache_writer, build_errors) = built?;
+        let (root, cache_writer, build_errors, build_warnings) = built?;
         let mut errors = errors;
         errors.extend(build_errors);
+        // Small files are read by the workers, so their lines come from the builder: one order
+        // for all, by path.
+        errors.sort_by(|a, b| a.path.cmp(&b.path));
+        warnings.extend(build_warnings);
         warnings.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((root, errors, warnings, cache_writer))
     })
@@ -187,10 +204,12 @@ struct Scanner<'a> {
     counters: &'a Arc<Counters>,
     tally: &'a Arc<Tally>,
     cache: Option<filescache::Reader>,
-    chunks: Sender<ChunkJob>,
+    chunks: Sender<Work>,
     dirs: Sender<DirRecord>,
     errors: Vec<EntryError>,
     warnings: Vec<EntryError>,
+    /// Small files waiting to be sent to the workers as one batch.
+    batch: Batcher,
     /// Files modified after this are not trusted to the files cache (same-second edits).
     recent_ns: i64,
     force: bool,
@@ -290,7 +309,9 @@ impl Scanner<'_> {
         self.send_dir(DirRecord { rel: PathBuf::new(), nodes, root: true, last: true })
     }
 
+    /// Send the directory record, after the batch of small files its entries may wait for.
     fn send_dir(&mut self, d: DirRecord) -> Result<()> {
+        self.send_batch()?;
         self.dirs.send(d).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
     }
 
@@ -406,6 +427,14 @@ impl Scanner<'_> {
             Lookup::Miss => self.tally.files_new.fetch_add(1, Relaxed),
             _ => self.tally.files_changed.fetch_add(1, Relaxed),
         };
+        if md.size() > 0 && md.size() < u64::from(self.chunker.params().min) && md.blocks() * 512 >= md.size() {
+            let cache = self.cacheable(node).then(|| (path.to_vec(), key));
+            let (rx, full) = self.batch.push(abs.to_path_buf(), md);
+            if full {
+                self.send_batch()?;
+            }
+            return Ok(Pending::Small { rx, cache });
+        }
         let segs = self.read_file(abs, md)?;
         // A file that changed while it was read is kept as read, but not cached.
         let after = std::fs::symlink_metadata(abs).ok();
@@ -420,6 +449,14 @@ impl Scanner<'_> {
         self.counters.files_done.fetch_add(1, Relaxed);
         let cache = (stable && self.cacheable(node)).then(|| (path.to_vec(), key));
         Ok(Pending::Chunks { segs, cache })
+    }
+
+    /// Send the small files collected so far to the workers, their bytes held from the budget.
+    fn send_batch(&mut self) -> std::io::Result<()> {
+        let Some((files, bytes)) = self.batch.take() else { return Ok(()) };
+        let permit = self.job.limits.memory.as_ref().map(|b| b.acquire(bytes));
+        let batch = FileBatch { files, permit, counters: self.counters.clone(), tally: self.tally.clone() };
+        self.chunks.send(Work::Files(batch)).map_err(|_| std::io::Error::other("the blob workers stopped"))
     }
 
     fn unchanged(&self, size: u64) {
@@ -444,18 +481,14 @@ impl Scanner<'_> {
         let (tx, rx) = bounded(1);
         let permit = self.job.limits.memory.as_ref().map(|b| b.acquire(u64::from(len)));
         self.chunks
-            .send(ChunkJob { data, reply: tx, permit })
+            .send(Work::Chunk(ChunkJob { data, reply: tx, permit }))
             .map_err(|_| std::io::Error::other("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rx, len));
         Ok(())
     }
 
     fn read_file(&mut self, abs: &Path, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
-            .open(abs)
-            .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(abs))?;
+        let file = open_for_read(abs)?;
         let mut out = Vec::new();
         let size = md.size();
         if size == 0 {
@@ -507,6 +540,16 @@ impl Scanner<'_> {
             self.queue_chunk(data, out)
         })
     }
+}
+
+/// Open a file to back it up: without updating its atime where allowed, never through a
+/// symlink put in its place.
+pub(crate) fn open_for_read(abs: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+        .open(abs)
+        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(abs))
 }
 
 /// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).

@@ -13,7 +13,7 @@ use repo_format::{BlobKind, Content, Node, NodeType, Repository, Segment, Snapsh
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
 use crate::backup::build::PendingSeg;
-use crate::backup::scan::{BufPool, ChunkJob, data_ranges, spawn_workers};
+use crate::backup::scan::{BufPool, ChunkJob, Work, data_ranges, spawn_workers};
 use crate::backup::stream::StreamResolver;
 use crate::backup::{Outcome, now_ns, parent_of, snapshot, start_writer};
 use crate::disk::parent::ParentCursor;
@@ -86,7 +86,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
         let job = job.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<Segment>> {
             let queue = job.limits.chunk_queue.max(1);
-            let (tx, rx) = bounded::<ChunkJob>(queue);
+            let (tx, rx) = bounded::<Work>(queue);
             let pool = BufPool::new(crate::backup::scan::idle_buffers(&job.limits), chunk as usize);
             std::thread::scope(|s| {
                 spawn_workers(s, workers, &rx, &writer, &pool);
@@ -163,7 +163,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
 
 /// Where the reader's chunks and counts go.
 struct Io<'a> {
-    tx: &'a crossbeam_channel::Sender<ChunkJob>,
+    tx: &'a crossbeam_channel::Sender<Work>,
     pool: &'a BufPool,
     counters: &'a Counters,
     bytes_read: &'a std::sync::atomic::AtomicU64,
@@ -230,7 +230,7 @@ fn read_chunks(
         }
         let (rtx, rrx) = bounded(1);
         let permit = job.limits.memory.as_ref().map(|m| m.acquire(len));
-        tx.send(ChunkJob { data: pool.filled(b), reply: rtx, permit })
+        tx.send(Work::Chunk(ChunkJob { data: pool.filled(b), reply: rtx, permit }))
             .map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rrx, len as u32))?;
     }

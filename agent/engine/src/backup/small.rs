@@ -1,0 +1,217 @@
+//! Small files read by the blob workers, in batches.
+//!
+//! A file smaller than the chunker's minimum is one blob. When the scan read each one itself
+//! and handed its bytes to a worker, a backup of many small files was one thread's syscalls
+//! and waits on the disk, plus a worker woken for every file (measured on a million files:
+//! the scan thread was the busiest and about a quarter of all CPU was the scheduler). Instead,
+//! the scan only stats: it collects small files into a batch (`Batcher`) and a blob worker
+//! opens, reads, re-stats and stores every file of the batch, answering each file on its own
+//! channel. Reads then run on every worker at once, and a worker is woken once per batch.
+//!
+//! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
+//! is sent before every directory record), so the builder never waits for a batch that is not
+//! on its way.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use repo_format::{BlobKind, BlobWriter, Saved};
+
+use super::Tally;
+use super::scan::{BufPool, open_for_read};
+use crate::job::Permit;
+use crate::progress::Counters;
+use crate::report::{EntryError, EntryErrorKind};
+
+/// Files per batch at most.
+const BATCH_FILES: usize = 64;
+/// Bytes per batch at most (a batch's bytes are held from the job's memory budget at once).
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// One small file to read and store whole.
+pub(crate) struct SmallFile {
+    pub path: PathBuf,
+    /// Size, inode and mtime when it was stat'ed: a file that differs afterwards changed while
+    /// it was read.
+    pub size: u64,
+    pub ino: u64,
+    pub mtime: (i64, i64),
+    pub reply: Sender<SmallRead>,
+}
+
+/// What became of a small file.
+pub(crate) enum SmallRead {
+    /// `len` bytes read and stored (`saved` is `None` for a file found empty); `changed` is the
+    /// warning when the file changed while it was read.
+    Read { saved: Option<Saved>, len: u32, changed: Option<EntryError> },
+    /// It could not be read: the error line (the file is left out of the snapshot).
+    Unreadable(EntryError),
+    /// It was read but could not be stored.
+    NotStored(repo_format::Error),
+}
+
+/// A batch for one blob worker.
+pub(crate) struct FileBatch {
+    pub files: Vec<SmallFile>,
+    /// The batch's bytes held from the job's memory budget.
+    pub permit: Option<Permit>,
+    pub counters: Arc<Counters>,
+    pub tally: Arc<Tally>,
+}
+
+impl FileBatch {
+    /// Read and store every file, answering each (by a blob worker).
+    pub(crate) fn run(self, writer: &BlobWriter, pool: &BufPool) {
+        for f in &self.files {
+            let r = self.one(f, writer, pool);
+            let _ = f.reply.send(r);
+        }
+        drop(self.permit);
+    }
+
+    fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
+        let mut data = pool.take();
+        let read = open_for_read(&f.path).and_then(|file| (&file).take(f.size).read_to_end(&mut data));
+        if let Err(e) = read {
+            pool.give(data);
+            self.counters.errors.fetch_add(1, Relaxed);
+            let error = EntryError::new(EntryErrorKind::Read, &f.path, e);
+            tracing::warn!("{error}");
+            return SmallRead::Unreadable(error);
+        }
+        let len = data.len() as u32;
+        self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
+        self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
+        let stable = std::fs::symlink_metadata(&f.path)
+            .is_ok_and(|a| a.size() == f.size && (a.mtime(), a.mtime_nsec()) == f.mtime && a.ino() == f.ino);
+        let changed = (!stable).then(|| EntryError::new(EntryErrorKind::Changed, &f.path, "changed while it was read"));
+        let saved = if data.is_empty() { Ok(None) } else { writer.save(BlobKind::Data, &data).map(Some) };
+        pool.give(data);
+        self.counters.files_done.fetch_add(1, Relaxed);
+        match saved {
+            Ok(saved) => SmallRead::Read { saved, len, changed },
+            Err(e) => SmallRead::NotStored(e),
+        }
+    }
+}
+
+/// The scan's batch being filled.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    files: Vec<SmallFile>,
+    bytes: u64,
+}
+
+impl Batcher {
+    /// Add a file; the receiver gets its answer once the batch is sent and read. Returns
+    /// whether the batch is full (send it).
+    pub(crate) fn push(&mut self, path: PathBuf, md: &std::fs::Metadata) -> (Receiver<SmallRead>, bool) {
+        let (reply, rx) = bounded(1);
+        self.bytes += md.size();
+        self.files.push(SmallFile {
+            path,
+            size: md.size(),
+            ino: md.ino(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            reply,
+        });
+        (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES)
+    }
+
+    /// The batch so far, with its byte count (`None` when empty); the batcher starts again.
+    pub(crate) fn take(&mut self) -> Option<(Vec<SmallFile>, u64)> {
+        if self.files.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        Some((std::mem::take(&mut self.files), bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use repo_format::{KdfParams, ObjectStorage, RepoConfig, Repository, Storage, WriterOptions};
+
+    use super::*;
+
+    /// Every file of a batch gets its own answer: a file read as stat'ed is stored under the id
+    /// of its bytes, a file rewritten after its stat is stored as read with a `changed`
+    /// warning, a file gone is an error line; the counters count what was read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_answers_every_file_stored_changed_or_unreadable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&tmp.path().join("repo")).unwrap());
+        let repo = Repository::init(storage, b"pw", KdfParams::insecure_for_tests(), RepoConfig::new(1), "test")
+            .await
+            .unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let (a, b) = (src.join("a"), src.join("b"));
+        std::fs::write(&a, b"a small file, read as it was stat'ed").unwrap();
+        std::fs::write(&b, b"before").unwrap();
+        let (md_a, md_b) = (std::fs::metadata(&a).unwrap(), std::fs::metadata(&b).unwrap());
+
+        let mut batcher = Batcher::default();
+        let (ra, full_a) = batcher.push(a.clone(), &md_a);
+        let (rb, _) = batcher.push(b.clone(), &md_b);
+        let (rc, _) = batcher.push(src.join("gone"), &md_a);
+        assert!(!full_a, "one file is not a full batch");
+        std::fs::write(&b, b"rewritten after the stat").unwrap();
+        let (files, bytes) = batcher.take().unwrap();
+        assert_eq!((files.len(), bytes), (3, 2 * md_a.len() + md_b.len()));
+        assert!(batcher.take().is_none(), "the batcher starts again empty");
+
+        let writer = repo.writer(WriterOptions::default());
+        let (counters, tally) = (Arc::new(Counters::default()), Arc::new(Tally::default()));
+        let batch = FileBatch { files, permit: None, counters: counters.clone(), tally };
+        let writer = tokio::task::spawn_blocking(move || {
+            batch.run(&writer, &BufPool::new(2, 1 << 20));
+            writer
+        })
+        .await
+        .unwrap();
+
+        match ra.recv().unwrap() {
+            SmallRead::Read { saved: Some(s), len, changed: None } => {
+                assert_eq!(len as u64, md_a.len());
+                assert_eq!(s.id, writer.id_of(b"a small file, read as it was stat'ed"));
+            }
+            _ => panic!("the unchanged file is stored without a warning"),
+        }
+        match rb.recv().unwrap() {
+            SmallRead::Read { saved: Some(s), len, changed: Some(w) } => {
+                assert_eq!(len as u64, md_b.len(), "read up to the size it was stat'ed with");
+                assert_eq!(s.id, writer.id_of(b"rewrit"));
+                assert_eq!((w.kind, w.path.as_str()), (EntryErrorKind::Changed, b.to_str().unwrap()));
+            }
+            _ => panic!("the rewritten file is stored as read, with a warning"),
+        }
+        match rc.recv().unwrap() {
+            SmallRead::Unreadable(e) => assert!(e.kind == EntryErrorKind::Read && e.path.ends_with("gone"), "{e}"),
+            _ => panic!("the file gone is an error line"),
+        }
+        assert_eq!(counters.files_done.load(Relaxed), 2);
+        assert_eq!(counters.errors.load(Relaxed), 1);
+        assert_eq!(counters.bytes_done.load(Relaxed), md_a.len() + md_b.len());
+    }
+
+    /// A batch is full at `BATCH_FILES` files, or earlier at `BATCH_BYTES` bytes.
+    #[test]
+    fn a_batch_is_full_by_count_or_by_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (small, big) = (tmp.path().join("small"), tmp.path().join("big"));
+        std::fs::write(&small, b"x").unwrap();
+        std::fs::File::create(&big).unwrap().set_len(BATCH_BYTES / 2).unwrap();
+        let (small, big) = (std::fs::metadata(&small).unwrap(), std::fs::metadata(&big).unwrap());
+        let mut batcher = Batcher::default();
+        let fulls: Vec<bool> = (0..BATCH_FILES).map(|_| batcher.push(PathBuf::new(), &small).1).collect();
+        assert_eq!(fulls.iter().position(|f| *f), Some(BATCH_FILES - 1));
+        batcher.take();
+        assert!(!batcher.push(PathBuf::new(), &big).1);
+        assert!(batcher.push(PathBuf::new(), &big).1, "two halves of the byte limit fill a batch");
+    }
+}
