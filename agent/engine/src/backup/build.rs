@@ -137,17 +137,11 @@ pub(crate) fn run(
                         continue;
                     }
                     Ok(SmallRead::NotStored(e)) => {
-                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
-                        errors.push(EntryError::new(EntryErrorKind::NotStored, &name, format!("not stored: {e}")));
+                        errors.push(not_stored(&dir.rel, &node, e));
                         continue;
                     }
                     Err(_) => {
-                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
-                        errors.push(EntryError::new(
-                            EntryErrorKind::NotStored,
-                            &name,
-                            "not stored: a blob worker stopped",
-                        ));
+                        errors.push(not_stored(&dir.rel, &node, WORKER_STOPPED));
                         continue;
                     }
                 },
@@ -160,8 +154,7 @@ pub(crate) fn run(
                         Content::Segments(segs)
                     }
                     Err(e) => {
-                        let name = dir.rel.join(crate::fsmeta::path_of(&node.name));
-                        errors.push(EntryError::new(EntryErrorKind::NotStored, &name, format!("not stored: {e}")));
+                        errors.push(not_stored(&dir.rel, &node, e));
                         continue;
                     }
                 },
@@ -191,6 +184,18 @@ pub(crate) fn run(
     Ok((root, cache, errors, warnings))
 }
 
+/// Why a blob has no answer: its worker is gone (it panicked, or the pipeline is stopping).
+const WORKER_STOPPED: &str = "a blob worker stopped";
+
+/// The error line of a file of directory `dir` whose content could not be stored.
+fn not_stored(dir: &std::path::Path, node: &Node, why: impl std::fmt::Display) -> EntryError {
+    EntryError::new(
+        EntryErrorKind::NotStored,
+        dir.join(crate::fsmeta::path_of(&node.name)),
+        format!("not stored: {why}"),
+    )
+}
+
 /// Wait for every chunk id; merge adjacent zero runs.
 pub(crate) fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>> {
     let mut out: Vec<Segment> = Vec::with_capacity(segs.len());
@@ -199,7 +204,7 @@ pub(crate) fn resolve(segs: Vec<PendingSeg>) -> repo_format::Result<Vec<Segment>
             PendingSeg::Zero(len) => Segment::Zero { len },
             PendingSeg::Known(id, len) => Segment::Blob { id, len },
             PendingSeg::Blob(rx, len) => {
-                let saved = rx.recv().map_err(|_| repo_format::Error::Invalid("a blob worker stopped".into()))??;
+                let saved = rx.recv().map_err(|_| repo_format::Error::Invalid(WORKER_STOPPED.into()))??;
                 Segment::Blob { id: saved.id, len }
             }
         };

@@ -437,12 +437,9 @@ impl Scanner<'_> {
         }
         let segs = self.read_file(abs, md)?;
         // A file that changed while it was read is kept as read, but not cached.
-        let after = std::fs::symlink_metadata(abs).ok();
-        let stable = after.as_ref().is_some_and(|a| {
-            a.size() == md.size() && a.mtime() == md.mtime() && a.mtime_nsec() == md.mtime_nsec() && a.ino() == md.ino()
-        });
+        let stable = Stamp::of(md).still(abs);
         if !stable {
-            self.warnings.push(EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read"));
+            self.warnings.push(changed_while_read(abs));
         }
         let read_len: u64 = segs.iter().map(PendingSeg::len).sum();
         node.size = read_len;
@@ -544,6 +541,31 @@ impl Scanner<'_> {
 
 /// Open a file to back it up: without updating its atime where allowed, never through a
 /// symlink put in its place.
+/// What a file looked like when it was stat'ed before its read: size, inode and mtime. A file
+/// that differs afterwards changed while it was read (kept as read, not cached, warned about).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    size: u64,
+    ino: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    pub(crate) fn of(md: &std::fs::Metadata) -> Stamp {
+        Stamp { size: md.size(), ino: md.ino(), mtime: (md.mtime(), md.mtime_nsec()) }
+    }
+
+    /// Whether `abs`, stat'ed again now, is still the file of this stamp.
+    pub(crate) fn still(&self, abs: &Path) -> bool {
+        std::fs::symlink_metadata(abs).is_ok_and(|a| Stamp::of(&a) == *self)
+    }
+}
+
+/// The warning for a file that changed while it was read.
+pub(crate) fn changed_while_read(abs: &Path) -> EntryError {
+    EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read")
+}
+
 pub(crate) fn open_for_read(abs: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)

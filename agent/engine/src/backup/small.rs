@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use repo_format::{BlobKind, BlobWriter, Saved};
 
 use super::Tally;
-use super::scan::{BufPool, open_for_read};
+use super::scan::{BufPool, Stamp, changed_while_read, open_for_read};
 use crate::job::Permit;
 use crate::progress::Counters;
 use crate::report::{EntryError, EntryErrorKind};
@@ -35,11 +35,9 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// One small file to read and store whole.
 pub(crate) struct SmallFile {
     pub path: PathBuf,
-    /// Size, inode and mtime when it was stat'ed: a file that differs afterwards changed while
-    /// it was read.
+    /// Size (what is read at most), inode and mtime when it was stat'ed.
+    pub stamp: Stamp,
     pub size: u64,
-    pub ino: u64,
-    pub mtime: (i64, i64),
     pub reply: Sender<SmallRead>,
 }
 
@@ -86,9 +84,7 @@ impl FileBatch {
         let len = data.len() as u32;
         self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
         self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
-        let stable = std::fs::symlink_metadata(&f.path)
-            .is_ok_and(|a| a.size() == f.size && (a.mtime(), a.mtime_nsec()) == f.mtime && a.ino() == f.ino);
-        let changed = (!stable).then(|| EntryError::new(EntryErrorKind::Changed, &f.path, "changed while it was read"));
+        let changed = (!f.stamp.still(&f.path)).then(|| changed_while_read(&f.path));
         let saved = if data.is_empty() { Ok(None) } else { writer.save(BlobKind::Data, &data).map(Some) };
         pool.give(data);
         self.counters.files_done.fetch_add(1, Relaxed);
@@ -112,13 +108,7 @@ impl Batcher {
     pub(crate) fn push(&mut self, path: PathBuf, md: &std::fs::Metadata) -> (Receiver<SmallRead>, bool) {
         let (reply, rx) = bounded(1);
         self.bytes += md.size();
-        self.files.push(SmallFile {
-            path,
-            size: md.size(),
-            ino: md.ino(),
-            mtime: (md.mtime(), md.mtime_nsec()),
-            reply,
-        });
+        self.files.push(SmallFile { path, stamp: Stamp::of(md), size: md.size(), reply });
         (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES)
     }
 
