@@ -14,12 +14,16 @@
 #             on this machine's journal-less root ext4, creating many files right after deleting
 #             many was several times slower for minutes (seen on this kind of machine)
 #   MAKE      path of make-smallfiles.py (default benches/make-smallfiles.py)
+#   SETTLE    seconds of pause after each run's restored trees are deleted (default 20)
 # A binary named restic* is driven with restic's commands, anything else with ferry's. Each tool
 # starts every run with a fresh repository and cache; the change step appends a line to every
 # 100th file (in a fixed order) and gives it a new mtime, so every tool sees the same change.
 # Restores are checked: same number of files and same total file size as the source.
+# The order of the tools rotates from run to run (run 2 starts with the second binary), and the
+# restored trees are deleted only after every tool has finished the run, followed by a sync and a
+# pause: deleting a million files right before another tool's backup slowed that backup.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,24p' "$0" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 FILES=${FILES:-1000000}
 RUNS=${RUNS:-3}
@@ -37,7 +41,7 @@ if [ "$SCRATCH" = 1 ]; then
   mountpoint -q "$WORK/scratch" && umount "$WORK/scratch"
   rm -f "$WORK/scratch.img"
   truncate -s 40G "$WORK/scratch.img"
-  mkfs.ext4 -q -F "$WORK/scratch.img"
+  mkfs.ext4 -q -F -i 4096 "$WORK/scratch.img" # inodes for the source and every tool's restore
   mkdir -p "$WORK/scratch"
   mount -o loop "$WORK/scratch.img" "$WORK/scratch"
   trap 'cd /; umount "$WORK/scratch" 2>/dev/null; rm -f "$WORK/scratch.img"' EXIT
@@ -72,8 +76,11 @@ measure() {
     "$tool" "$run" "$step" "$wall" "$cpu" "$(awk -v c="$cpu" -v w="$wall" 'BEGIN {printf "%.2f", (w > 0 ? c / w : 0)}')" $(( kib / 1024 ))
 }
 
+SETTLE=${SETTLE:-20}
 for run in $(seq 1 "$RUNS"); do
-  for bin in "${bins[@]}"; do
+  order=()
+  for i in "${!bins[@]}"; do order+=("${bins[$(( (i + run - 1) % ${#bins[@]} ))]}"); done
+  for bin in "${order[@]}"; do
     tool=$(basename "$bin")
     repo=$W/repo-$tool target=$W/restore-$tool
     rm -rf "$repo" "$target" "$W/cache-$tool"
@@ -97,8 +104,10 @@ for run in $(seq 1 "$RUNS"); do
     [ "$n" -eq "$want_n" ] && [ "$bytes" -eq "$now_bytes" ] ||
       { echo "$tool: restored $n files / $bytes bytes, source has $want_n / $now_bytes" >&2; exit 1; }
     printf '%-10s run %s  repository %d MiB\n' "$tool" "$run" $(( $(du -sb "$repo" | cut -f1) / 1048576 ))
-    rm -rf "$target"
   done
+  for bin in "${bins[@]}"; do rm -rf "$W/restore-$(basename "$bin")"; done
+  sync
+  sleep "$SETTLE"
 done
 
 echo
