@@ -44,7 +44,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
 /// The engine job of a command: its progress counters, the limits from the environment, and
 /// a cancellation token that Ctrl-C (SIGINT) or SIGTERM trips. A second signal exits at once.
 pub(crate) fn job(progress: &crate::progress::Progress) -> ferry_engine::Job {
-    let job = ferry_engine::Job::new().with_progress(progress.counters.clone()).with_limits(crate::env::limits());
+    let job = ferry_engine::Job::new()
+        .with_progress(progress.counters.clone())
+        .with_limits(crate::env::limits())
+        .with_totals(progress.shown());
     let token = job.cancel.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};

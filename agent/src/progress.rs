@@ -31,7 +31,7 @@ impl Mode {
 #[derive(Debug)]
 pub struct Progress {
     pub counters: Arc<Counters>,
-    _watch: Option<Watch>,
+    watch: Option<Watch>,
 }
 
 impl Progress {
@@ -42,7 +42,13 @@ impl Progress {
             Mode::Bar => Some(watch(counters.clone(), Arc::new(Bar::new(what)), Duration::from_millis(200))),
             Mode::Json => Some(watch(counters.clone(), Arc::new(JsonLines { what }), Duration::from_secs(1))),
         };
-        Progress { counters, _watch: watch }
+        Progress { counters, watch }
+    }
+
+    /// Whether anything shows the counters (a bar or status lines): the engine then also
+    /// counts totals.
+    pub fn shown(&self) -> bool {
+        self.watch.is_some()
     }
 }
 

@@ -277,11 +277,19 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
     let (writer, workers, resumed) = start_writer(&repo, cfg.cache_dir.as_deref(), &job.limits).await?;
     let tally = Arc::new(Tally::default());
 
-    // Totals for the progress display, from a cheap concurrent stat-only walk.
-    // It stops with the backup (or its cancellation).
+    // Totals for the progress display, when someone shows them, from a concurrent stat-only
+    // walk. It stops with the backup (or its cancellation).
     let walk_stop = CancelToken::new();
     let _stop_walk = StopOnDrop(walk_stop.clone());
-    scan::count_in_background(sources.clone(), cfg.excludes.clone(), counters.clone(), walk_stop, job.cancel.clone());
+    if job.totals {
+        scan::count_in_background(
+            sources.clone(),
+            cfg.excludes.clone(),
+            counters.clone(),
+            walk_stop,
+            job.cancel.clone(),
+        );
+    }
 
     let pipeline = {
         let (writer, cfg, counters, tally) = (writer.clone(), cfg.clone(), counters.clone(), tally.clone());

@@ -62,13 +62,23 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 const KEEP_GENERATIONS: i64 = 3;
 
 /// A read handle (used by the scanner thread).
+///
+/// Lookups run inside a read transaction renewed every `READ_TX_LOOKUPS` lookups or
+/// `READ_TX_AGE`: outside one, every statement takes and drops SQLite's WAL read lock (file
+/// locks on the shared-memory file). Renewing keeps the snapshot read recent and lets the
+/// writer's checkpoints move on.
 #[derive(Debug)]
 pub struct Reader {
     conn: Connection,
     /// Device and inode numbers are not compared (a volume with an identity: mounted elsewhere,
     /// they change while the files do not).
     ignore_inode: bool,
+    /// The open read transaction: lookups made in it and when it began.
+    tx: std::cell::Cell<Option<(u32, std::time::Instant)>>,
 }
+
+const READ_TX_LOOKUPS: u32 = 4096;
+const READ_TX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A write handle; updates are buffered and written in batches.
 #[derive(Debug)]
@@ -156,11 +166,12 @@ pub fn open(path: &Path, ignore_inode: bool) -> Result<(Reader, Writer)> {
         |r| r.get(0),
     )?;
     let r = connect(path)?;
-    Ok((Reader { conn: r, ignore_inode }, Writer { conn: w, generation, pending: Vec::new() }))
+    Ok((Reader { conn: r, ignore_inode, tx: Default::default() }, Writer { conn: w, generation, pending: Vec::new() }))
 }
 
 impl Reader {
     pub fn lookup(&self, path: &[u8], key: &FileKey) -> Result<Lookup> {
+        self.read_tx()?;
         let row: Option<(i64, i64, i64, i64, i64, Vec<u8>)> = self
             .conn
             .prepare_cached("SELECT dev, ino, size, mtime, ctime, content FROM files WHERE path = ?1")?
@@ -180,6 +191,25 @@ impl Reader {
             }
             _ => Ok(Lookup::Changed),
         }
+    }
+}
+
+impl Reader {
+    /// Count a lookup into the open read transaction, renewing it when it is full or old.
+    fn read_tx(&self) -> Result<()> {
+        match self.tx.take() {
+            Some((n, since)) if n < READ_TX_LOOKUPS && since.elapsed() < READ_TX_AGE => {
+                self.tx.set(Some((n + 1, since)));
+                return Ok(());
+            }
+            Some(_) if self.conn.execute_batch("COMMIT").is_err() => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            _ => {}
+        }
+        self.conn.execute_batch("BEGIN").context("reading the files cache")?;
+        self.tx.set(Some((1, std::time::Instant::now())));
+        Ok(())
     }
 }
 
@@ -256,12 +286,39 @@ mod tests {
         assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss));
         w.put(b"/a", &key, &segs).unwrap();
         w.commit().unwrap();
+        drop(r);
+        let (r, _w) = open(&db, false).unwrap();
         match r.lookup(b"/a", &key).unwrap() {
             Lookup::Hit(s) => assert_eq!(s, segs),
             other => panic!("{other:?}"),
         }
         let changed = FileKey { ctime_ns: 6, ..key };
         assert!(matches!(r.lookup(b"/a", &changed).unwrap(), Lookup::Changed));
+    }
+
+    /// Lookups share a read transaction (one WAL read lock for thousands of lookups), renewed
+    /// after `READ_TX_LOOKUPS` lookups: what the writer committed meanwhile becomes visible then,
+    /// and the writer is never blocked by the open read.
+    #[test]
+    fn a_reader_sees_commits_once_its_read_transaction_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("files.sqlite");
+        let key = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
+        let segs = vec![Segment::Blob { id: BlobId(Id([7; 32])), len: 3 }];
+        let (r, mut w) = open(&db, false).unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Miss));
+        w.put(b"/a", &key, &segs).unwrap();
+        w.commit().unwrap();
+        // Still in the snapshot of the first lookup (unless the transaction aged: slow machine).
+        let early = r.lookup(b"/a", &key).unwrap();
+        if started.elapsed() < READ_TX_AGE / 2 {
+            assert!(matches!(early, Lookup::Miss), "{early:?}");
+        }
+        for _ in 0..READ_TX_LOOKUPS {
+            let _ = r.lookup(b"/other", &key).unwrap();
+        }
+        assert!(matches!(r.lookup(b"/a", &key).unwrap(), Lookup::Hit(_)), "the renewed transaction sees the commit");
     }
 
     #[test]

@@ -128,11 +128,22 @@ impl Default for Limits {
 }
 
 /// One engine call's context.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub cancel: CancelToken,
     pub progress: Arc<Counters>,
     pub limits: Limits,
+    /// Whether the totals in `progress` (files and bytes to do) are wanted. A backup fills
+    /// them from a second, stat-only walk of the sources beside the real one: about a third
+    /// of the CPU of a backup in which nothing changed (measured on a million files). On by
+    /// default; a front end that shows no progress turns it off.
+    pub totals: bool,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Job { cancel: CancelToken::default(), progress: Arc::default(), limits: Limits::default(), totals: true }
+    }
 }
 
 impl Job {
@@ -148,6 +159,12 @@ impl Job {
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Count totals for the progress display (`totals`) or not.
+    pub fn with_totals(mut self, totals: bool) -> Self {
+        self.totals = totals;
         self
     }
 }

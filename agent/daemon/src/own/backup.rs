@@ -450,7 +450,8 @@ async fn live_volume(
         identity: Some(Identity::pvc(&v.namespace, &v.pvc)?),
         requester: Some("ferry".into()),
     };
-    let job = ferry_engine::Job { limits: a.limits(), cancel: cancel.clone(), ..Default::default() };
+    // Nothing reads this job's counters (the status counts volumes and bytes at the end).
+    let job = ferry_engine::Job { limits: a.limits(), cancel: cancel.clone(), totals: false, ..Default::default() };
     let out = podvolume::backup(repo.clone(), &spec, backup, &job).await;
     if let Some(f) = frozen {
         note_thaw(v, f.thaw(), true);
