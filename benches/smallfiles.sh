@@ -15,15 +15,19 @@
 #             many was several times slower for minutes (seen on this kind of machine)
 #   MAKE      path of make-smallfiles.py (default benches/make-smallfiles.py)
 #   SETTLE    seconds of pause after each run's restored trees are deleted (default 20)
+#   COLD      1: drop the page, dentry and inode caches before every step (as root), so every
+#             tool starts each step from disk; default 0 (warm, whatever the previous step left:
+#             a million-file restore evicts much of the source, so a run's first backup is colder)
 # A binary named restic* is driven with restic's commands, anything else with ferry's. Each tool
 # starts every run with a fresh repository and cache; the change step appends a line to every
 # 100th file (in a fixed order) and gives it a new mtime, so every tool sees the same change.
 # Restores are checked: same number of files and same total file size as the source.
 # The order of the tools rotates from run to run (run 2 starts with the second binary), and the
 # restored trees are deleted only after every tool has finished the run, followed by a sync and a
-# pause: deleting a million files right before another tool's backup slowed that backup.
+# pause. A backup right after another tool's restore starts with much of the source evicted from
+# the caches and is slower (up to 2x seen): rotation spreads that over the tools; COLD=1 removes it.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,24p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,28p' "$0" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 FILES=${FILES:-1000000}
 RUNS=${RUNS:-3}
@@ -65,9 +69,11 @@ sleep 1.1 # files changed in the second before a backup are not trusted by the n
 results=$W/results.tsv
 : > "$results"
 # measure STEP CMD...: run CMD in $src, record wall, CPU, peak RSS.
+COLD=${COLD:-0}
 measure() {
   local step=$1; shift
   sync
+  [ "$COLD" = 1 ] && echo 3 > /proc/sys/vm/drop_caches
   (cd "$src" && /usr/bin/time -f "%e %U %S %M" -o "$W/time" "$@" > "$W/out" 2>&1) || { cat "$W/out" >&2; return 1; }
   read -r wall user sys kib < "$W/time"
   local cpu; cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
@@ -105,6 +111,7 @@ for run in $(seq 1 "$RUNS"); do
       { echo "$tool: restored $n files / $bytes bytes, source has $want_n / $now_bytes" >&2; exit 1; }
     printf '%-10s run %s  repository %d MiB\n' "$tool" "$run" $(( $(du -sb "$repo" | cut -f1) / 1048576 ))
   done
+  [ "$run" -lt "$RUNS" ] || break # the scratch file system goes as a whole
   for bin in "${bins[@]}"; do rm -rf "$W/restore-$(basename "$bin")"; done
   sync
   sleep "$SETTLE"
