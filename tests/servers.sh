@@ -207,11 +207,15 @@ EOF
 # Is the PID alive and running the expected program (guards against PID reuse)?
 alive() { [ -n "${1:-}" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q "$2"; }
 answers() { [ "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/" 2>/dev/null)" != 000 ]; }
+# Has our child PID exited? Not `alive`: between the fork and the exec the child still runs this
+# script's command line (a loaded CI run once saw that and stopped a moto that then started
+# fine), and PID reuse cannot happen while the child is ours and unreaped (a zombie keeps it).
+exited() { [ ! -r "/proc/$1/stat" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" = Z ]; }
 
-wait_for() { # name pid port log pattern
-  local name=$1 pid=$2 port=$3 log=$4 pat=$5 t0=$SECONDS
+wait_for() { # name pid port log
+  local name=$1 pid=$2 port=$3 log=$4 t0=$SECONDS
   while ! answers "$port"; do
-    if ! alive "$pid" "$pat"; then
+    if exited "$pid"; then
       echo "--- tail of $log" >&2; tail -n 30 "$log" >&2 || true
       die "$name (pid $pid) died before answering on 127.0.0.1:$port"
     fi
@@ -257,8 +261,8 @@ cmd_start() {
   # Record PIDs at once so stop can clean up even if the waits below fail.
   printf 'FERRY_TEST_MOTO_PID=%s\nFERRY_TEST_AZURITE_PID=%s\n' "$mpid" "$apid" >"$RUN/pids"
   trap 'echo "servers.sh: start failed, stopping what it started" >&2; cmd_stop >&2' EXIT
-  wait_for moto "$mpid" "$s3port" "$RUN/moto.log" moto_server
-  wait_for azurite "$apid" "$azport" "$RUN/azurite.log" azurite
+  wait_for moto "$mpid" "$s3port" "$RUN/moto.log"
+  wait_for azurite "$apid" "$azport" "$RUN/azurite.log"
   local code
   code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$s3port/$BUCKET")
   case $code in 200|409) echo "  moto create bucket $BUCKET: HTTP $code" ;;
