@@ -555,6 +555,11 @@ impl Stamp {
         Stamp { size: md.size(), ino: md.ino(), mtime: (md.mtime(), md.mtime_nsec()) }
     }
 
+    /// The size it was stat'ed with (what is read at most).
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Whether `abs`, stat'ed again now, is still the file of this stamp.
     pub(crate) fn still(&self, abs: &Path) -> bool {
         std::fs::symlink_metadata(abs).is_ok_and(|a| Stamp::of(&a) == *self)

@@ -37,7 +37,6 @@ pub(crate) struct SmallFile {
     pub path: PathBuf,
     /// Size (what is read at most), inode and mtime when it was stat'ed.
     pub stamp: Stamp,
-    pub size: u64,
     pub reply: Sender<SmallRead>,
 }
 
@@ -73,7 +72,7 @@ impl FileBatch {
 
     fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        let read = open_for_read(&f.path).and_then(|file| (&file).take(f.size).read_to_end(&mut data));
+        let read = open_for_read(&f.path).and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data));
         if let Err(e) = read {
             pool.give(data);
             self.counters.errors.fetch_add(1, Relaxed);
@@ -108,7 +107,7 @@ impl Batcher {
     pub(crate) fn push(&mut self, path: PathBuf, md: &std::fs::Metadata) -> (Receiver<SmallRead>, bool) {
         let (reply, rx) = bounded(1);
         self.bytes += md.size();
-        self.files.push(SmallFile { path, stamp: Stamp::of(md), size: md.size(), reply });
+        self.files.push(SmallFile { path, stamp: Stamp::of(md), reply });
         (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES)
     }
 
