@@ -37,8 +37,8 @@ use crate::identity::Identity;
 use crate::job::{CancelToken, Job, Limits};
 use crate::report::{EntryError, EntryErrorKind};
 
-/// Directory records waiting for the tree builder.
-const DIR_QUEUE: usize = 256;
+/// Runs of directory records (about `DIR_RECORD` entries each) waiting for the tree builder.
+const DIR_QUEUE: usize = 128;
 /// Most entries in one directory record: a big directory is sent in runs of this many.
 const DIR_RECORD: usize = 512;
 

@@ -45,9 +45,9 @@ impl PendingSeg {
 pub(crate) enum Pending {
     Ready(Content),
     SubDir(PathBuf),
-    /// Unchanged according to the files cache.
+    /// Unchanged according to the files cache; `path` is its row to mark seen, if it is to be.
     Cached {
-        path: Vec<u8>,
+        path: Option<Vec<u8>>,
         segs: Vec<Segment>,
     },
     /// Unchanged according to the parent snapshot; recorded in the files cache.
@@ -81,10 +81,10 @@ pub(crate) struct DirRecord {
 /// The root tree, the files cache, error lines and warning lines.
 type BuildResult = (TreeId, Option<filescache::Writer>, Vec<EntryError>, Vec<EntryError>);
 
-/// Build the trees of the records from `rx`. `seed` keys where big directories are cut into
+/// Build the trees of the records from `rx` (runs of records, in order). `seed` keys where big directories are cut into
 /// parts (`DirSplitter`); `split` counts the directories stored in parts.
 pub(crate) fn run(
-    rx: Receiver<DirRecord>,
+    rx: Receiver<Vec<DirRecord>>,
     writer: &BlobWriter,
     mut cache: Option<filescache::Writer>,
     seed: u64,
@@ -97,7 +97,7 @@ pub(crate) fn run(
     let mut warnings = Vec::new();
     let mut root = None;
     let mut save_part = |t: &Tree| writer.save(BlobKind::Tree, &t.encode()?).map(|s| TreeId(s.id.0));
-    for dir in rx {
+    for dir in rx.into_iter().flatten() {
         let mut splitter = open.remove(&dir.rel).unwrap_or_else(|| DirSplitter::new(seed));
         for (mut node, pending) in dir.nodes {
             node.content = match pending {
@@ -107,7 +107,7 @@ pub(crate) fn run(
                     Content::Tree(id)
                 }
                 Pending::Cached { path, segs } => {
-                    if let Some(c) = cache.as_mut() {
+                    if let (Some(c), Some(path)) = (cache.as_mut(), path) {
                         c.touch(&path)?;
                     }
                     Content::Segments(segs)

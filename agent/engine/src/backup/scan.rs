@@ -142,7 +142,7 @@ type PipelineResult = (TreeId, Vec<EntryError>, Vec<EntryError>, Option<filescac
 pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
     let queue = p.job.limits.chunk_queue.max(1);
     let (chunk_tx, chunk_rx) = bounded::<Work>(queue.max(1));
-    let (dir_tx, dir_rx) = bounded::<DirRecord>(DIR_QUEUE);
+    let (dir_tx, dir_rx) = bounded::<Vec<DirRecord>>(DIR_QUEUE);
     let (cache_reader, cache_writer) = match p.files_cache {
         Some((r, w)) => (Some(r), Some(w)),
         None => (None, None),
@@ -167,6 +167,8 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             cache: cache_reader,
             chunks: chunk_tx,
             dirs: dir_tx,
+            outbox: Vec::new(),
+            outbox_entries: 0,
             errors: Vec::new(),
             warnings: Vec::new(),
             batch: Batcher::default(),
@@ -176,7 +178,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             parent: p.parent,
             cache_by_rel: p.cache_by_rel,
         };
-        let scanned = sc.scan_sources(&p.sources);
+        let scanned = sc.scan_sources(&p.sources).and_then(|()| sc.flush_dirs());
         let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
         drop(chunks);
         drop(dirs);
@@ -205,7 +207,12 @@ struct Scanner<'a> {
     tally: &'a Arc<Tally>,
     cache: Option<filescache::Reader>,
     chunks: Sender<Work>,
-    dirs: Sender<DirRecord>,
+    dirs: Sender<Vec<DirRecord>>,
+    /// Records not sent yet, and their entries: they go to the builder in runs of about
+    /// `DIR_RECORD` entries, not one by one (waking the builder for each small directory cost
+    /// a tenth of an unchanged backup's CPU in futex wake-ups and task switches).
+    outbox: Vec<DirRecord>,
+    outbox_entries: usize,
     errors: Vec<EntryError>,
     warnings: Vec<EntryError>,
     /// Small files waiting to be sent to the workers as one batch.
@@ -309,10 +316,23 @@ impl Scanner<'_> {
         self.send_dir(DirRecord { rel: PathBuf::new(), nodes, root: true, last: true })
     }
 
-    /// Send the directory record, after the batch of small files its entries may wait for.
+    /// Queue the directory record for the builder.
     fn send_dir(&mut self, d: DirRecord) -> Result<()> {
+        self.outbox_entries += d.nodes.len() + 1;
+        self.outbox.push(d);
+        if self.outbox_entries >= DIR_RECORD { self.flush_dirs() } else { Ok(()) }
+    }
+
+    /// Send the queued directory records, after the batch of small files their entries may
+    /// wait for.
+    fn flush_dirs(&mut self) -> Result<()> {
         self.send_batch()?;
-        self.dirs.send(d).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
+        self.outbox_entries = 0;
+        let run = std::mem::take(&mut self.outbox);
+        if run.is_empty() {
+            return Ok(());
+        }
+        self.dirs.send(run).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
     }
 
     fn scan_dir(&mut self, abs: &Path, rel: PathBuf, root: bool) -> Result<()> {
@@ -398,14 +418,14 @@ impl Scanner<'_> {
             abs.as_os_str().as_bytes()
         };
         self.tally.bytes_total.fetch_add(md.size(), Relaxed);
-        let lookup = match &self.cache {
+        let lookup = match self.cache.as_mut() {
             Some(c) => c.lookup(path, &key).unwrap_or(Lookup::Miss),
             None => Lookup::Miss,
         };
         let lookup = match lookup {
-            Lookup::Hit(segs) if !self.force && segs_known(self.writer, &segs) => {
+            Lookup::Hit { segs, touch } if !self.force && segs_known(self.writer, &segs) => {
                 self.unchanged(md.size());
-                return Ok(Pending::Cached { path: path.to_vec(), segs });
+                return Ok(Pending::Cached { path: touch.then(|| path.to_vec()), segs });
             }
             other => other,
         };
