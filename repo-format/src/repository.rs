@@ -191,6 +191,9 @@ impl Repository {
     /// key file that was seen here, then removed from storage, and is back (a replayed, revoked
     /// password) is never used.
     pub async fn open(storage: Arc<dyn Storage>, password: &[u8], cache_root: Option<PathBuf>) -> Result<Self> {
+        // Absolute, so a thread with a working directory of its own (the backup's scan) finds
+        // the same cache.
+        let cache_root = cache_root.map(|r| std::path::absolute(&r).unwrap_or(r));
         let cfg_bytes = match storage.read(FileKind::Config, &Id::ZERO, FileKind::Config.max_len()).await {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {

@@ -20,6 +20,7 @@
 //! worker reads one file at a time, below the chunker's minimum). `FERRY_CHUNK_QUEUE` overrides the queue length.
 
 pub(crate) mod build;
+pub(crate) mod cwd;
 pub(crate) mod parent;
 pub(crate) mod scan;
 pub(crate) mod small;

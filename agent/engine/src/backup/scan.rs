@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, NodeType, Saved, TreeId};
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
+use super::cwd;
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
@@ -169,6 +170,9 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             dirs: dir_tx,
             outbox: Vec::new(),
             outbox_entries: 0,
+            cwd_private: false,
+            depth: 0,
+            away: false,
             errors: Vec::new(),
             warnings: Vec::new(),
             batch: Batcher::default(),
@@ -178,7 +182,15 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             parent: p.parent,
             cache_by_rel: p.cache_by_rel,
         };
-        let scanned = sc.scan_sources(&p.sources).and_then(|()| sc.flush_dirs());
+        // On a thread of its own: it moves its working directory (`cwd`).
+        let sources = &p.sources;
+        let (scanned, sc) = s
+            .spawn(move || {
+                sc.cwd_private = cwd::private();
+                (sc.scan_sources(sources).and_then(|()| sc.flush_dirs()), sc)
+            })
+            .join()
+            .expect("scanner thread");
         let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
         drop(chunks);
         drop(dirs);
@@ -213,6 +225,13 @@ struct Scanner<'a> {
     /// a tenth of an unchanged backup's CPU in futex wake-ups and task switches).
     outbox: Vec<DirRecord>,
     outbox_entries: usize,
+    /// The scan thread has a working directory of its own (`cwd`) and moves it along.
+    cwd_private: bool,
+    /// Directories entered along the current path (each holds a descriptor).
+    depth: usize,
+    /// A subdirectory scan moved the working directory: the directory being scanned must
+    /// enter itself again.
+    away: bool,
     errors: Vec<EntryError>,
     warnings: Vec<EntryError>,
     /// Small files waiting to be sent to the workers as one batch.
@@ -294,7 +313,7 @@ impl Scanner<'_> {
     fn scan_sources(&mut self, sources: &[PathBuf]) -> Result<()> {
         if let [only] = sources {
             if std::fs::metadata(only).map(|m| m.is_dir()).unwrap_or(false) {
-                self.scan_dir(only, PathBuf::new(), true)?;
+                self.scan_dir(only, only, PathBuf::new(), true)?;
                 return Ok(());
             }
         }
@@ -308,7 +327,7 @@ impl Scanner<'_> {
                     String::from_utf8_lossy(&name)
                 );
             }
-            if let Some(n) = self.entry(src, &name, Path::new(""))? {
+            if let Some(n) = self.entry(src, src, &name, Path::new(""))? {
                 nodes.push(n);
             }
         }
@@ -335,25 +354,44 @@ impl Scanner<'_> {
         self.dirs.send(run).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
     }
 
-    fn scan_dir(&mut self, abs: &Path, rel: PathBuf, root: bool) -> Result<()> {
+    /// Scan the directory `abs`, opened as `at` (relative to the thread's working directory
+    /// when that is its parent, else absolute).
+    fn scan_dir(&mut self, abs: &Path, at: &Path, rel: PathBuf, root: bool) -> Result<()> {
         let mut names = Names::default();
-        match std::fs::read_dir(abs) {
-            Ok(rd) => {
-                for e in rd {
-                    match e {
-                        Ok(e) => names.push(e.file_name().as_bytes()),
-                        Err(err) => self.error(abs, err),
+        let here = match self.enter(at) {
+            Ok(here) => {
+                match std::fs::read_dir(if here.is_some() { Path::new(".") } else { abs }) {
+                    Ok(rd) => {
+                        for e in rd {
+                            match e {
+                                Ok(e) => names.push(e.file_name().as_bytes()),
+                                Err(err) => self.error(abs, err),
+                            }
+                        }
                     }
+                    Err(e) => self.error(abs, e),
                 }
+                here
             }
-            Err(e) => self.error(abs, e),
-        }
+            Err(e) => {
+                self.error(abs, e);
+                None
+            }
+        };
+        self.depth += 1;
         names.sort();
         let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
         for i in 0..names.len() {
             let name = names.get(i);
             let child = abs.join(fsmeta::path_of(name));
-            if let Some(n) = self.entry(&child, name, &rel)? {
+            let local = if here.is_some() { fsmeta::path_of(name) } else { child.as_path() };
+            let n = self.entry(&child, local, name, &rel)?;
+            if let (true, Some(dir)) = (self.away, &here) {
+                cwd::enter(dir)
+                    .map_err(|e| anyhow::anyhow!("re-entering {} after a subdirectory: {e}", abs.display()))?;
+                self.away = false;
+            }
+            if let Some(n) = n {
                 nodes.push(n);
             }
             if nodes.len() == DIR_RECORD {
@@ -361,23 +399,45 @@ impl Scanner<'_> {
                 self.send_dir(DirRecord { rel: rel.clone(), nodes: run, root, last: false })?;
             }
         }
+        self.depth -= 1;
+        // The working directory is this one now (or a subdirectory's): the parent enters
+        // itself again.
+        self.away |= here.is_some();
         self.send_dir(DirRecord { rel, nodes, root, last: true })
     }
 
+    /// Make the directory `at` the thread's working directory: its descriptor, or `None` when
+    /// the scan goes by absolute paths there (no private working directory, too deep, out of
+    /// descriptors).
+    fn enter(&mut self, at: &Path) -> std::io::Result<Option<File>> {
+        if !self.cwd_private || self.depth >= MAX_ENTERED {
+            return Ok(None);
+        }
+        let dir = match cwd::open_dir(at) {
+            Ok(dir) => dir,
+            Err(e) if cwd::out_of_descriptors(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        cwd::enter(&dir)?;
+        Ok(Some(dir))
+    }
+
     /// One entry: its node and how its content will be known. `None` when skipped.
-    fn entry(&mut self, abs: &Path, name: &[u8], parent_rel: &Path) -> Result<Option<(Node, Pending)>> {
+    /// `local` is how the scan thread reaches it: by name inside an entered directory, else
+    /// `abs`.
+    fn entry(&mut self, abs: &Path, local: &Path, name: &[u8], parent_rel: &Path) -> Result<Option<(Node, Pending)>> {
         self.job.cancel.check()?;
         if is_excluded(&self.cfg.excludes, abs, name) {
             return Ok(None);
         }
-        let md = match std::fs::symlink_metadata(abs) {
+        let md = match std::fs::symlink_metadata(local) {
             Ok(m) => m,
             Err(e) => {
                 self.error(abs, e);
                 return Ok(None);
             }
         };
-        let mut node = match fsmeta::node_from(name, abs, &md) {
+        let mut node = match fsmeta::node_from(name, local, &md) {
             Ok(n) => n,
             Err(e) => {
                 self.error(abs, e);
@@ -388,10 +448,10 @@ impl Scanner<'_> {
             NodeType::Dir => {
                 self.tally.dirs.fetch_add(1, Relaxed);
                 let rel = parent_rel.join(fsmeta::path_of(name));
-                self.scan_dir(abs, rel.clone(), false)?;
+                self.scan_dir(abs, local, rel.clone(), false)?;
                 Pending::SubDir(rel)
             }
-            NodeType::File => match self.file(abs, parent_rel, &md, &mut node) {
+            NodeType::File => match self.file(abs, local, parent_rel, &md, &mut node) {
                 Ok(p) => p,
                 Err(_) if self.job.cancel.is_cancelled() => return Err(Cancelled.into()),
                 Err(e) => {
@@ -407,7 +467,14 @@ impl Scanner<'_> {
         Ok(Some((node, pending)))
     }
 
-    fn file(&mut self, abs: &Path, dir: &Path, md: &std::fs::Metadata, node: &mut Node) -> std::io::Result<Pending> {
+    fn file(
+        &mut self,
+        abs: &Path,
+        local: &Path,
+        dir: &Path,
+        md: &std::fs::Metadata,
+        node: &mut Node,
+    ) -> std::io::Result<Pending> {
         let key =
             FileKey { dev: md.dev(), ino: md.ino(), size: md.size(), mtime_ns: node.mtime_ns, ctime_ns: node.ctime_ns };
         let rel;
@@ -455,9 +522,9 @@ impl Scanner<'_> {
             }
             return Ok(Pending::Small { rx, cache });
         }
-        let segs = self.read_file(abs, md)?;
+        let segs = self.read_file(local, md)?;
         // A file that changed while it was read is kept as read, but not cached.
-        let stable = Stamp::of(md).still(abs);
+        let stable = Stamp::of(md).still(local);
         if !stable {
             self.warnings.push(changed_while_read(abs));
         }
@@ -504,8 +571,9 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    fn read_file(&mut self, abs: &Path, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
-        let file = open_for_read(abs)?;
+    /// Read and chunk the file at `local` (how the scan thread reaches it).
+    fn read_file(&mut self, local: &Path, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
+        let file = open_for_read(local)?;
         let mut out = Vec::new();
         let size = md.size();
         if size == 0 {
@@ -601,6 +669,10 @@ pub(crate) fn open_for_read(abs: &Path) -> std::io::Result<File> {
 
 /// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).
 const PARALLEL_CHUNKING_MIN: u64 = 64 << 20;
+
+/// Directories entered at once at most (each holds a descriptor while its subtree is
+/// scanned); deeper ones go by absolute path.
+const MAX_ENTERED: usize = 256;
 /// Blob workers from which a big file is chunked in parallel. One thread chunks about
 /// 2.2 GB/s and a worker stores 200–500 MB/s, so below about four workers the chunker keeps
 /// up on its own; measured on 2 cores (benches/bigfile.sh, 8 GiB in one file), chunking in

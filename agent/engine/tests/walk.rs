@@ -1,0 +1,95 @@
+//! The scan's walk (`backup::cwd`): the scan thread enters each directory and names entries
+//! relative to it, and goes by absolute path deeper than it enters at once. Sibling
+//! directories after nested ones, a chain deeper than that limit, a symlink to a directory
+//! (stored as a link, never followed) and files small, chunked and empty all restore
+//! identical, and a second backup finds every file unchanged.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+use ferry_engine::restore::{self, Filter, RestoreOptions};
+use ferry_engine::{Job, backup};
+
+/// Levels of the deep chain: more than the directories the scan enters at once (256).
+const DEPTH: usize = 300;
+
+fn make_tree(src: &Path) {
+    let w = |p: &Path, data: &[u8]| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    w(&src.join("a/x/deeper/f"), b"in a/x/deeper");
+    w(&src.join("a/x/big"), &random_bytes("big", 3 << 20));
+    w(&src.join("a/x2/f"), b"in a/x2");
+    w(&src.join("a/y"), b"after the subdirectories of a");
+    w(&src.join("b"), b"after a");
+    std::fs::File::create(src.join("empty")).unwrap();
+    std::os::unix::fs::symlink("a", src.join("link")).unwrap();
+    let mut d = src.join("chain");
+    for level in 0..DEPTH {
+        w(&d.join("f"), format!("level {level}").as_bytes());
+        if level % 50 == 0 {
+            w(&d.join("s/g"), format!("side of level {level}").as_bytes());
+        }
+        d = d.join("d");
+    }
+    w(&d.join("bottom"), &random_bytes("bottom", 100_000));
+}
+
+/// `b` holds what `a` holds: the same names, kinds, file contents and link targets.
+fn same_tree(a: &Path, b: &Path) -> usize {
+    let mut names: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut theirs: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    theirs.sort();
+    assert_eq!(names, theirs, "entries of {}", b.display());
+    let mut files = 0;
+    for name in names {
+        let (pa, pb) = (a.join(&name), b.join(&name));
+        let (ma, mb) = (std::fs::symlink_metadata(&pa).unwrap(), std::fs::symlink_metadata(&pb).unwrap());
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", pb.display());
+        assert_eq!(ma.mode(), mb.mode(), "{}", pb.display());
+        if ma.is_dir() {
+            files += same_tree(&pa, &pb);
+        } else if ma.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&pa).unwrap(), std::fs::read_link(&pb).unwrap());
+        } else {
+            assert!(std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(), "content of {}", pb.display());
+            files += 1;
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_deep_and_linked_trees_restore_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    // Files modified in the second before a backup are not trusted as unchanged.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut cfg = config(&src, "h");
+    cfg.cache_dir = Some(tmp.path().join("cache"));
+
+    let first = backup::run(repo.clone(), cfg.clone(), &Job::new()).await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let files = 6 + DEPTH + 6 + 1;
+    // The files cache, keyed by absolute path, answers for every file. (The trees differ: the
+    // first backup's readlink set the symlink's atime.)
+    let second = backup::run(repo.clone(), cfg, &Job::new()).await.unwrap();
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    let s = &second.snapshot.summary;
+    assert_eq!((s.files_new, s.files_changed, s.files_unchanged), (0, 0, files as u64), "{s:?}");
+
+    let dst = tmp.path().join("dst");
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, first.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    let out = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    // a/x/deeper/f, a/x/big, a/x2/f, a/y, b, empty, a file per level, 6 side files, bottom.
+    assert_eq!(same_tree(&src, &dst), files);
+}
