@@ -2,7 +2,8 @@
 //! relative to it, and goes by absolute path deeper than it enters at once. Sibling
 //! directories after nested ones, a chain deeper than that limit, a symlink to a directory
 //! (stored as a link, never followed) and files small, chunked and empty all restore
-//! identical, and a second backup finds every file unchanged.
+//! identical, and a second backup finds every file unchanged. A source named by a symlink to
+//! a directory is that directory.
 
 mod common;
 
@@ -92,4 +93,25 @@ async fn nested_deep_and_linked_trees_restore_identical() {
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     // a/x/deeper/f, a/x/big, a/x2/f, a/y, b, empty, a file per level, 6 side files, bottom.
     assert_eq!(same_tree(&src, &dst), files);
+}
+
+/// `ferry backup /link` where /link points to a directory backs up the directory, as when the
+/// scan went by absolute path (the source's own open follows; entries below never do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_named_by_a_symlink_is_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let real = tmp.path().join("real");
+    std::fs::create_dir_all(real.join("sub")).unwrap();
+    std::fs::write(real.join("sub/f"), b"through the link").unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = backup::run(repo.clone(), config(&link, "h"), &Job::new()).await.unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(out.snapshot.summary.files_new, 1, "{:?}", out.snapshot.summary);
+    let dst = tmp.path().join("dst");
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
+    assert_eq!(std::fs::read(dst.join("sub/f")).unwrap(), b"through the link");
 }

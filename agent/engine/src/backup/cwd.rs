@@ -23,9 +23,11 @@ pub(crate) fn private() -> bool {
 }
 
 /// Open the directory `at` (relative to the thread's working directory or absolute), not
-/// following a symlink in its last component.
-pub(crate) fn open_dir(at: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(at)
+/// following a symlink in its last component unless `follow` (a source path named by the user
+/// may be a link to the directory to back up).
+pub(crate) fn open_dir(at: &Path, follow: bool) -> io::Result<File> {
+    let flags = if follow { libc::O_DIRECTORY } else { libc::O_DIRECTORY | libc::O_NOFOLLOW };
+    std::fs::OpenOptions::new().read(true).custom_flags(flags).open(at)
 }
 
 /// Make `dir` the thread's working directory.

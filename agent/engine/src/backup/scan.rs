@@ -358,7 +358,7 @@ impl Scanner<'_> {
     /// when that is its parent, else absolute).
     fn scan_dir(&mut self, abs: &Path, at: &Path, rel: PathBuf, root: bool) -> Result<()> {
         let mut names = Names::default();
-        let here = match self.enter(at) {
+        let here = match self.enter(at, root) {
             Ok(here) => {
                 match std::fs::read_dir(if here.is_some() { Path::new(".") } else { abs }) {
                     Ok(rd) => {
@@ -408,12 +408,12 @@ impl Scanner<'_> {
 
     /// Make the directory `at` the thread's working directory: its descriptor, or `None` when
     /// the scan goes by absolute paths there (no private working directory, too deep, out of
-    /// descriptors).
-    fn enter(&mut self, at: &Path) -> std::io::Result<Option<File>> {
+    /// descriptors). `root`: the source itself, which may be a symlink to it.
+    fn enter(&mut self, at: &Path, root: bool) -> std::io::Result<Option<File>> {
         if !self.cwd_private || self.depth >= MAX_ENTERED {
             return Ok(None);
         }
-        let dir = match cwd::open_dir(at) {
+        let dir = match cwd::open_dir(at, root) {
             Ok(dir) => dir,
             Err(e) if cwd::out_of_descriptors(&e) => return Ok(None),
             Err(e) => return Err(e),
