@@ -64,7 +64,7 @@ pub const DEFAULT_PLAN_BYTES: u64 = 1 << 30;
 
 /// Deepest directory nesting restored (Linux paths stop at 4096 bytes; 2048 levels of one-byte
 /// names fill that).
-const MAX_DEPTH: usize = 2048;
+pub(crate) const MAX_DEPTH: usize = 2048;
 
 /// Refusals listed one by one; more are counted.
 const MAX_REJECTED_LINES: usize = 1000;

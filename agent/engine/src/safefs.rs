@@ -120,20 +120,35 @@ impl SafeRoot {
     }
 
     /// A descriptor of directory `rel` (relative, normal components only), from the cache when
-    /// it was opened recently; otherwise opened with one `openat(O_NOFOLLOW)` from its parent's
-    /// descriptor, found the same way.
+    /// it was opened recently; otherwise opened with one `openat(O_NOFOLLOW)` per level from
+    /// the nearest ancestor open (a loop, not a recursion: a snapshot's nesting, up to 2048
+    /// levels, must not exhaust a runtime thread's stack).
     pub fn dir(&self, rel: &Path) -> io::Result<Arc<OwnedFd>> {
-        if rel.as_os_str().is_empty() {
-            return Ok(self.root.clone());
+        let mut missing = Vec::new();
+        let mut at = self.root.clone();
+        for a in rel.ancestors() {
+            if a.as_os_str().is_empty() {
+                break;
+            }
+            if let Some(fd) = self.dirs.lock().expect("lock").get(a) {
+                at = fd.clone();
+                break;
+            }
+            missing.push(a);
         }
-        if let Some(fd) = self.dirs.lock().expect("lock").get(rel) {
-            return Ok(fd.clone());
+        for a in missing.into_iter().rev() {
+            at = self.open_child(&at, a)?;
         }
-        let (Some(parent), Some(Component::Normal(name))) = (rel.parent(), rel.components().next_back()) else {
+        Ok(at)
+    }
+
+    /// Open directory `rel` from its parent's descriptor, check it is still what this restore
+    /// made or found there, and cache it.
+    fn open_child(&self, parent: &OwnedFd, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+        let Some(Component::Normal(name)) = rel.components().next_back() else {
             return Err(io::Error::other(format!("unsafe path component in {}", rel.display())));
         };
-        let parent = self.dir(parent)?;
-        let fd = Arc::new(openat(&*parent, name, dir_flags(), Mode::empty()).map_err(|e| {
+        let fd = Arc::new(openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
             io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
         })?);
         if let Some(want) = self.dir_ids.lock().expect("lock").get(rel) {

@@ -1,6 +1,6 @@
 //! The scan's walk (`backup::cwd`): the scan thread enters each directory and names entries
-//! relative to it, and goes by absolute path deeper than it enters at once. Sibling
-//! directories after nested ones, a chain deeper than that limit, a symlink to a directory
+//! relative to it; deeper than it holds descriptors for at once, it comes back up through
+//! `..`. Sibling directories after nested ones, a chain deeper than that limit, a symlink to a directory
 //! (stored as a link, never followed) and files small, chunked and empty all restore
 //! identical, and a second backup finds every file unchanged. A source named by a symlink to
 //! a directory is that directory.
@@ -114,4 +114,45 @@ async fn a_source_named_by_a_symlink_is_its_directory() {
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert_eq!(std::fs::read(dst.join("sub/f")).unwrap(), b"through the link");
+}
+
+/// A chain nested deeper than restore accepts (2048 levels; a workload can nest without end)
+/// is backed up down to that depth: the directory below is an error line and left out, the
+/// scan thread's recursion stays within its stack, and the snapshot restores without refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nesting_deeper_than_restore_accepts_is_cut_with_an_error() {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    use std::os::fd::{AsFd, OwnedFd};
+    const LEVELS: usize = 2048;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"beside the chain").unwrap();
+    // Two levels more than restore accepts, one mkdirat at a time (past PATH_MAX).
+    let mut dir: OwnedFd = std::fs::File::open(&src).unwrap().into();
+    for _ in 0..LEVELS + 2 {
+        mkdirat(dir.as_fd(), "d", Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(dir.as_fd(), "d", OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+
+    let out = backup::run(repo.clone(), config(&src, "h"), &Job::new()).await.unwrap();
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    let e = &out.errors[0];
+    assert!(e.to_string().contains("nested deeper than 2048 directories"), "{e}");
+    assert_eq!(e.path.matches("/d").count(), LEVELS + 1, "the first level too deep is named: {e}");
+
+    let dst = tmp.path().join("dst");
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    let restored = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
+    assert!(restored.errors.is_empty(), "{:?}", restored.errors);
+    assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"beside the chain");
+    let mut dir: OwnedFd = std::fs::File::open(&dst).unwrap().into();
+    let mut levels = 0;
+    while let Ok(d) = openat(dir.as_fd(), "d", OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty()) {
+        (dir, levels) = (d, levels + 1);
+    }
+    assert_eq!(levels, LEVELS, "every level down to the limit is restored");
 }

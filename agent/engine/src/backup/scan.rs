@@ -172,6 +172,7 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             outbox_entries: 0,
             cwd_private: false,
             depth: 0,
+            cwd_id: (0, 0),
             away: false,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -182,13 +183,17 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             parent: p.parent,
             cache_by_rel: p.cache_by_rel,
         };
-        // On a thread of its own: it moves its working directory (`cwd`).
+        // On a thread of its own: it moves its working directory (`cwd`), and it recurses
+        // once per directory level, down to `MAX_DEPTH`.
         let sources = &p.sources;
-        let (scanned, sc) = s
-            .spawn(move || {
+        let (scanned, sc) = std::thread::Builder::new()
+            .name("ferry-scan".into())
+            .stack_size(SCAN_STACK)
+            .spawn_scoped(s, move || {
                 sc.cwd_private = cwd::private();
                 (sc.scan_sources(sources).and_then(|()| sc.flush_dirs()), sc)
             })
+            .map_err(|e| anyhow::anyhow!("starting the scan thread: {e}"))?
             .join()
             .expect("scanner thread");
         let Scanner { errors, mut warnings, chunks, dirs, .. } = sc;
@@ -227,8 +232,11 @@ struct Scanner<'a> {
     outbox_entries: usize,
     /// The scan thread has a working directory of its own (`cwd`) and moves it along.
     cwd_private: bool,
-    /// Directories entered along the current path (each holds a descriptor).
+    /// Directories along the current path (the first `MAX_ENTERED` hold a descriptor).
     depth: usize,
+    /// Device and inode of the directory last entered (the scan's working directory unless
+    /// `away`).
+    cwd_id: (u64, u64),
     /// A subdirectory scan moved the working directory: the directory being scanned must
     /// enter itself again.
     away: bool,
@@ -354,13 +362,15 @@ impl Scanner<'_> {
         self.dirs.send(run).map_err(|_| anyhow::anyhow!("the tree builder stopped"))
     }
 
-    /// Scan the directory `abs`, opened as `at` (relative to the thread's working directory
-    /// when that is its parent, else absolute).
+    /// Scan the directory `abs`, opened as `at` (by name when the thread's working directory
+    /// is its parent, else absolute).
     fn scan_dir(&mut self, abs: &Path, at: &Path, rel: PathBuf, root: bool) -> Result<()> {
         let mut names = Names::default();
+        // The directory the thread is in: this one's parent when it was reached by name.
+        let parent = self.cwd_id;
         let here = match self.enter(at, root) {
             Ok(here) => {
-                match std::fs::read_dir(if here.is_some() { Path::new(".") } else { abs }) {
+                match std::fs::read_dir(if here.entered() { Path::new(".") } else { abs }) {
                     Ok(rd) => {
                         for e in rd {
                             match e {
@@ -375,21 +385,38 @@ impl Scanner<'_> {
             }
             Err(e) => {
                 self.error(abs, e);
-                None
+                Here::Absolute
             }
         };
+        let me = self.cwd_id;
         self.depth += 1;
         names.sort();
         let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
         for i in 0..names.len() {
             let name = names.get(i);
             let child = abs.join(fsmeta::path_of(name));
-            let local = if here.is_some() { fsmeta::path_of(name) } else { child.as_path() };
+            let local = if here.entered() { fsmeta::path_of(name) } else { child.as_path() };
+            self.cwd_id = me;
             let n = self.entry(&child, local, name, &rel)?;
-            if let (true, Some(dir)) = (self.away, &here) {
-                cwd::enter(dir)
-                    .map_err(|e| anyhow::anyhow!("re-entering {} after a subdirectory: {e}", abs.display()))?;
-                self.away = false;
+            if self.away {
+                match &here {
+                    Here::Held(dir) => {
+                        cwd::enter(dir)
+                            .map_err(|e| anyhow::anyhow!("re-entering {} after a subdirectory: {e}", abs.display()))?;
+                        self.away = false;
+                    }
+                    // A subdirectory could not come back up (it was moved while scanned): the
+                    // rest of this one is not reachable safely; the nearest held ancestor
+                    // enters itself again.
+                    Here::Deep => {
+                        self.error(abs, "the scan lost its way back into it (moved while it was scanned); the rest of it is left out");
+                        if let Some(n) = n {
+                            nodes.push(n);
+                        }
+                        break;
+                    }
+                    Here::Absolute => {}
+                }
             }
             if let Some(n) = n {
                 nodes.push(n);
@@ -400,26 +427,41 @@ impl Scanner<'_> {
             }
         }
         self.depth -= 1;
-        // The working directory is this one now (or a subdirectory's): the parent enters
-        // itself again.
-        self.away |= here.is_some();
+        self.cwd_id = parent;
+        match here {
+            // The working directory is this one now (or a subdirectory's): the parent enters
+            // itself again.
+            Here::Held(_) => self.away = true,
+            // Back up through `..`, which must be the directory this one was entered from.
+            Here::Deep if !self.away => {
+                if let Err(e) = cwd::up(parent) {
+                    self.error(abs, e);
+                    self.away = true;
+                }
+            }
+            Here::Deep | Here::Absolute => {}
+        }
         self.send_dir(DirRecord { rel, nodes, root, last: true })
     }
 
-    /// Make the directory `at` the thread's working directory: its descriptor, or `None` when
-    /// the scan goes by absolute paths there (no private working directory, too deep, out of
-    /// descriptors). `root`: the source itself, which may be a symlink to it.
-    fn enter(&mut self, at: &Path, root: bool) -> std::io::Result<Option<File>> {
-        if !self.cwd_private || self.depth >= MAX_ENTERED {
-            return Ok(None);
+    /// Make the directory `at` the thread's working directory (`Here::Held` or, deeper than
+    /// `MAX_ENTERED` levels, `Here::Deep`), or `Here::Absolute` when the scan goes by absolute
+    /// paths there (no private working directory, out of descriptors, or below a directory
+    /// scanned by absolute path). `root`: the source itself, which may be a symlink to it.
+    fn enter(&mut self, at: &Path, root: bool) -> std::io::Result<Here> {
+        let deep = self.depth >= MAX_ENTERED;
+        if !self.cwd_private || (deep && at.is_absolute()) {
+            return Ok(Here::Absolute);
         }
         let dir = match cwd::open_dir(at, root) {
             Ok(dir) => dir,
-            Err(e) if cwd::out_of_descriptors(&e) => return Ok(None),
+            Err(e) if cwd::out_of_descriptors(&e) => return Ok(Here::Absolute),
             Err(e) => return Err(e),
         };
+        let id = cwd::id_of(&dir)?;
         cwd::enter(&dir)?;
-        Ok(Some(dir))
+        self.cwd_id = id;
+        Ok(if deep { Here::Deep } else { Here::Held(dir) })
     }
 
     /// One entry: its node and how its content will be known. `None` when skipped.
@@ -445,6 +487,12 @@ impl Scanner<'_> {
             }
         };
         let pending = match node.kind {
+            // What restore would refuse (and a workload's endless nesting must not exhaust
+            // the scan thread's stack).
+            NodeType::Dir if self.depth > MAX_DEPTH => {
+                self.error(abs, format!("nested deeper than {MAX_DEPTH} directories; left out"));
+                return Ok(None);
+            }
             NodeType::Dir => {
                 self.tally.dirs.fetch_add(1, Relaxed);
                 let rel = parent_rel.join(fsmeta::path_of(name));
@@ -522,9 +570,11 @@ impl Scanner<'_> {
             }
             return Ok(Pending::Small { rx, cache });
         }
-        let segs = self.read_file(local, md)?;
+        let stamp = Stamp::of(md);
+        let file = open_for_read(local, &stamp)?;
+        let segs = self.read_file(&file, md)?;
         // A file that changed while it was read is kept as read, but not cached.
-        let stable = Stamp::of(md).still(local);
+        let stable = stamp.still(&file);
         if !stable {
             self.warnings.push(changed_while_read(abs));
         }
@@ -571,9 +621,8 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    /// Read and chunk the file at `local` (how the scan thread reaches it).
-    fn read_file(&mut self, local: &Path, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
-        let file = open_for_read(local)?;
+    /// Read and chunk `file`, opened for it as `md` says it was.
+    fn read_file(&mut self, file: &File, md: &std::fs::Metadata) -> std::io::Result<Vec<PendingSeg>> {
         let mut out = Vec::new();
         let size = md.size();
         if size == 0 {
@@ -582,25 +631,25 @@ impl Scanner<'_> {
         let sparse = md.blocks() * 512 < size;
         if sparse {
             let min_hole = u64::from(self.chunker.params().min);
-            for (start, len, data) in merge_small_holes(data_ranges(&file, size)?, min_hole) {
+            for (start, len, data) in merge_small_holes(data_ranges(file, size)?, min_hole) {
                 if !data {
                     out.push(PendingSeg::Zero(len));
                     continue;
                 }
-                let mut f = &file;
+                let mut f = file;
                 std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
                 self.chunk_stream(f.take(len), &mut out)?;
             }
         } else if size < u64::from(self.chunker.params().min) {
             let mut data = self.pool.take();
-            (&file).take(size).read_to_end(&mut data)?;
+            file.take(size).read_to_end(&mut data)?;
             if !data.is_empty() {
                 self.queue_chunk(data, &mut out)?;
             }
         } else if size >= PARALLEL_CHUNKING_MIN && parallel_chunking(self.job.limits.threads) {
-            self.chunk_stream_parallel(&file, &mut out)?;
+            self.chunk_stream_parallel(file, &mut out)?;
         } else {
-            self.chunk_stream(&file, &mut out)?;
+            self.chunk_stream(file, &mut out)?;
         }
         Ok(out)
     }
@@ -627,20 +676,21 @@ impl Scanner<'_> {
     }
 }
 
-/// Open a file to back it up: without updating its atime where allowed, never through a
-/// symlink put in its place.
-/// What a file looked like when it was stat'ed before its read: size, inode and mtime. A file
-/// that differs afterwards changed while it was read (kept as read, not cached, warned about).
+/// What a file looked like when it was stat'ed before its read: device, inode, size and mtime.
+/// A file opened for its read must be the same device and inode (`open_for_read`); one whose
+/// size or mtime differs after the read changed while it was read (kept as read, not cached,
+/// warned about).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
-    size: u64,
+    dev: u64,
     ino: u64,
+    size: u64,
     mtime: (i64, i64),
 }
 
 impl Stamp {
     pub(crate) fn of(md: &std::fs::Metadata) -> Stamp {
-        Stamp { size: md.size(), ino: md.ino(), mtime: (md.mtime(), md.mtime_nsec()) }
+        Stamp { dev: md.dev(), ino: md.ino(), size: md.size(), mtime: (md.mtime(), md.mtime_nsec()) }
     }
 
     /// The size it was stat'ed with (what is read at most).
@@ -648,9 +698,9 @@ impl Stamp {
         self.size
     }
 
-    /// Whether `abs`, stat'ed again now, is still the file of this stamp.
-    pub(crate) fn still(&self, abs: &Path) -> bool {
-        std::fs::symlink_metadata(abs).is_ok_and(|a| Stamp::of(&a) == *self)
+    /// Whether `file`, opened for its read, is still as stat'ed (same file, size and mtime).
+    pub(crate) fn still(&self, file: &File) -> bool {
+        file.metadata().is_ok_and(|a| Stamp::of(&a) == *self)
     }
 }
 
@@ -659,20 +709,62 @@ pub(crate) fn changed_while_read(abs: &Path) -> EntryError {
     EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read")
 }
 
-pub(crate) fn open_for_read(abs: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
+/// Open the file stat'ed as `stamp` to back it up (at `at`: by name in the scan's directory, or
+/// by absolute path), without updating its atime where allowed and never through a symlink in
+/// its last component. It must be the very file stat'ed (device and inode): a path whose
+/// directory was swapped for a symlink since, by a workload racing the backup, would otherwise
+/// read a file outside the source (the agent runs as root) into the snapshot. Such a file, and
+/// one replaced by a rename since it was listed, is an error and left out.
+pub(crate) fn open_for_read(at: &Path, stamp: &Stamp) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
-        .open(abs)
-        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(abs))
+        .open(at)
+        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(at))?;
+    let md = file.metadata()?;
+    if (md.dev(), md.ino()) != (stamp.dev, stamp.ino) {
+        return Err(std::io::Error::other(
+            "replaced by another file after the scan listed it; left out (the next backup takes it)",
+        ));
+    }
+    Ok(file)
 }
 
 /// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).
 const PARALLEL_CHUNKING_MIN: u64 = 64 << 20;
 
-/// Directories entered at once at most (each holds a descriptor while its subtree is
-/// scanned); deeper ones go by absolute path.
+/// Directories entered holding a descriptor at once at most (each holds it while its subtree
+/// is scanned); deeper ones are entered without holding one and come back up through `..`.
 const MAX_ENTERED: usize = 256;
+
+/// Directory nesting scanned at most: a directory deeper is an error line and left out (restore
+/// refuses deeper trees).
+const MAX_DEPTH: usize = crate::restore::MAX_DEPTH;
+/// The scan thread's stack: one `scan_dir` and `entry` frame per level, down to `MAX_DEPTH`
+/// (measured in a debug build: 2049 levels overflow 8 MiB and fit in 16). Only what is touched
+/// is memory.
+const SCAN_STACK: usize = 64 << 20;
+
+/// How the scan thread reaches the directory being scanned.
+enum Here {
+    /// It is the working directory, entered by this descriptor, which enters it again after a
+    /// subdirectory moved the working directory.
+    Held(File),
+    /// It is the working directory, entered deeper than `MAX_ENTERED` levels without holding
+    /// a descriptor: each subdirectory comes back up to it through `..`, checked to be this
+    /// directory (device and inode), so a directory moved while scanned cannot lead the scan
+    /// into another tree.
+    Deep,
+    /// By absolute path (no private working directory, or out of descriptors).
+    Absolute,
+}
+
+impl Here {
+    /// Entries are named relative to the working directory.
+    fn entered(&self) -> bool {
+        !matches!(self, Here::Absolute)
+    }
+}
 /// Blob workers from which a big file is chunked in parallel. One thread chunks about
 /// 2.2 GB/s and a worker stores 200–500 MB/s, so below about four workers the chunker keeps
 /// up on its own; measured on 2 cores (benches/bigfile.sh, 8 GiB in one file), chunking in
@@ -745,20 +837,22 @@ pub(crate) fn count_in_background(
     stop: CancelToken,
     cancel: CancelToken,
 ) {
-    std::thread::spawn(move || {
+    // Down to the scan's `MAX_DEPTH` only: a workload's endless nesting must not exhaust the
+    // stack (it did, at about 2000 levels, before the limit). No thread, no totals.
+    let counting = move || {
         let halt = || stop.is_cancelled() || cancel.is_cancelled();
-        fn walk(p: &Path, ex: &[glob::Pattern], c: &Counters, halt: &dyn Fn() -> bool) {
+        fn walk(p: &Path, depth: usize, ex: &[glob::Pattern], c: &Counters, halt: &dyn Fn() -> bool) {
             if halt() {
                 return;
             }
             let Ok(md) = std::fs::symlink_metadata(p) else { return };
-            if md.is_dir() {
+            if md.is_dir() && depth <= MAX_DEPTH {
                 let Ok(rd) = std::fs::read_dir(p) else { return };
                 for e in rd.flatten() {
                     let name = e.file_name();
                     let child = e.path();
                     if !is_excluded(ex, &child, name.as_bytes()) {
-                        walk(&child, ex, c, halt);
+                        walk(&child, depth + 1, ex, c, halt);
                     }
                 }
             } else if md.is_file() {
@@ -767,7 +861,8 @@ pub(crate) fn count_in_background(
             }
         }
         for s in &sources {
-            walk(s, &excludes, &counters, &halt);
+            walk(s, 0, &excludes, &counters, &halt);
         }
-    });
+    };
+    let _ = std::thread::Builder::new().name("ferry-count".into()).stack_size(SCAN_STACK).spawn(counting);
 }

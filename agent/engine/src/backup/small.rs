@@ -6,7 +6,9 @@
 //! the scan thread was the busiest and about a quarter of all CPU was the scheduler). Instead,
 //! the scan only stats: it collects small files into a batch (`Batcher`) and a blob worker
 //! opens, reads, re-stats and stores every file of the batch, answering each file on its own
-//! channel. Reads then run on every worker at once, and a worker is woken once per batch.
+//! channel. A worker opens a file by absolute path, so it reads only the very file the scan
+//! stat'ed (device and inode, `scan::open_for_read`): a directory on the path swapped for a
+//! symlink in between cannot lead it out of the source. Reads then run on every worker at once, and a worker is woken once per batch.
 //!
 //! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
 //! is sent before every directory record), so the builder never waits for a batch that is not
@@ -72,18 +74,23 @@ impl FileBatch {
 
     fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        let read = open_for_read(&f.path).and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data));
-        if let Err(e) = read {
-            pool.give(data);
-            self.counters.errors.fetch_add(1, Relaxed);
-            let error = EntryError::new(EntryErrorKind::Read, &f.path, e);
-            tracing::warn!("{error}");
-            return SmallRead::Unreadable(error);
-        }
+        let read = open_for_read(&f.path, &f.stamp)
+            .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).map(|_| file));
+        let file = match read {
+            Ok(file) => file,
+            Err(e) => {
+                pool.give(data);
+                self.counters.errors.fetch_add(1, Relaxed);
+                let error = EntryError::new(EntryErrorKind::Read, &f.path, e);
+                tracing::warn!("{error}");
+                return SmallRead::Unreadable(error);
+            }
+        };
         let len = data.len() as u32;
         self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
         self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
-        let changed = (!f.stamp.still(&f.path)).then(|| changed_while_read(&f.path));
+        let changed = (!f.stamp.still(&file)).then(|| changed_while_read(&f.path));
+        drop(file);
         let saved = if data.is_empty() { Ok(None) } else { writer.save(BlobKind::Data, &data).map(Some) };
         pool.give(data);
         self.counters.files_done.fetch_add(1, Relaxed);
@@ -186,6 +193,51 @@ mod tests {
         assert_eq!(counters.files_done.load(Relaxed), 2);
         assert_eq!(counters.errors.load(Relaxed), 1);
         assert_eq!(counters.bytes_done.load(Relaxed), md_a.len() + md_b.len());
+    }
+
+    /// A workload that swaps a directory for a symlink between the scan's stat and the
+    /// worker's read cannot make the worker read what the link leads to (outside the source;
+    /// the agent reads as root): the file opened must be the one stat'ed, else it is an error
+    /// line and nothing of it is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_whose_directory_became_a_symlink_is_not_read_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&tmp.path().join("repo")).unwrap());
+        let repo = Repository::init(storage, b"pw", KdfParams::insecure_for_tests(), RepoConfig::new(1), "test")
+            .await
+            .unwrap();
+        let (src, outside) = (tmp.path().join("src"), tmp.path().join("outside"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let (mine, secret) = (b"the workload's own file".as_slice(), b"a file outside the source".as_slice());
+        std::fs::write(src.join("d/f"), mine).unwrap();
+        std::fs::write(outside.join("f"), secret).unwrap();
+        let md = std::fs::symlink_metadata(src.join("d/f")).unwrap();
+
+        let mut batcher = Batcher::default();
+        let (rx, _) = batcher.push(src.join("d/f"), &md);
+        std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
+        let (files, _) = batcher.take().unwrap();
+        let writer = repo.writer(WriterOptions::default());
+        let (counters, tally) = (Arc::new(Counters::default()), Arc::new(Tally::default()));
+        let batch = FileBatch { files, permit: None, counters: counters.clone(), tally };
+        let writer = tokio::task::spawn_blocking(move || {
+            batch.run(&writer, &BufPool::new(2, 1 << 20));
+            writer
+        })
+        .await
+        .unwrap();
+
+        match rx.recv().unwrap() {
+            SmallRead::Unreadable(e) => {
+                assert_eq!(e.kind, EntryErrorKind::Read);
+                assert!(e.to_string().contains("replaced by another file"), "{e}");
+            }
+            _ => panic!("a file reached through the swapped-in symlink is not read"),
+        }
+        assert!(!writer.is_known(BlobKind::Data, &writer.id_of(secret)), "nothing of the outside file is stored");
+        assert_eq!((counters.files_done.load(Relaxed), counters.errors.load(Relaxed)), (0, 1));
     }
 
     /// A batch is full at `BATCH_FILES` files, or earlier at `BATCH_BYTES` bytes.
