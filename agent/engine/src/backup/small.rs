@@ -134,16 +134,32 @@ mod tests {
 
     use super::*;
 
+    async fn new_repo(dir: &std::path::Path) -> Repository {
+        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&dir.join("repo")).unwrap());
+        Repository::init(storage, b"pw", KdfParams::insecure_for_tests(), RepoConfig::new(1), "test").await.unwrap()
+    }
+
+    /// Run one batch of `files` on a blocking thread, as a blob worker does.
+    async fn run_batch(repo: &Repository, files: Vec<SmallFile>) -> (BlobWriter, Arc<Counters>) {
+        let writer = repo.writer(WriterOptions::default());
+        let (counters, tally) = (Arc::new(Counters::default()), Arc::new(Tally::default()));
+        let batch = FileBatch { files, permit: None, counters: counters.clone(), tally };
+        let writer = tokio::task::spawn_blocking(move || {
+            batch.run(&writer, &BufPool::new(2, 1 << 20));
+            writer
+        })
+        .await
+        .unwrap();
+        (writer, counters)
+    }
+
     /// Every file of a batch gets its own answer: a file read as stat'ed is stored under the id
     /// of its bytes, a file rewritten after its stat is stored as read with a `changed`
     /// warning, a file gone is an error line; the counters count what was read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_answers_every_file_stored_changed_or_unreadable() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&tmp.path().join("repo")).unwrap());
-        let repo = Repository::init(storage, b"pw", KdfParams::insecure_for_tests(), RepoConfig::new(1), "test")
-            .await
-            .unwrap();
+        let repo = new_repo(tmp.path()).await;
         let src = tmp.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let (a, b) = (src.join("a"), src.join("b"));
@@ -161,15 +177,7 @@ mod tests {
         assert_eq!((files.len(), bytes), (3, 2 * md_a.len() + md_b.len()));
         assert!(batcher.take().is_none(), "the batcher starts again empty");
 
-        let writer = repo.writer(WriterOptions::default());
-        let (counters, tally) = (Arc::new(Counters::default()), Arc::new(Tally::default()));
-        let batch = FileBatch { files, permit: None, counters: counters.clone(), tally };
-        let writer = tokio::task::spawn_blocking(move || {
-            batch.run(&writer, &BufPool::new(2, 1 << 20));
-            writer
-        })
-        .await
-        .unwrap();
+        let (writer, counters) = run_batch(&repo, files).await;
 
         match ra.recv().unwrap() {
             SmallRead::Read { saved: Some(s), len, changed: None } => {
@@ -202,10 +210,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_whose_directory_became_a_symlink_is_not_read_through_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&tmp.path().join("repo")).unwrap());
-        let repo = Repository::init(storage, b"pw", KdfParams::insecure_for_tests(), RepoConfig::new(1), "test")
-            .await
-            .unwrap();
+        let repo = new_repo(tmp.path()).await;
         let (src, outside) = (tmp.path().join("src"), tmp.path().join("outside"));
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::create_dir(&outside).unwrap();
@@ -219,15 +224,7 @@ mod tests {
         std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
         let (files, _) = batcher.take().unwrap();
-        let writer = repo.writer(WriterOptions::default());
-        let (counters, tally) = (Arc::new(Counters::default()), Arc::new(Tally::default()));
-        let batch = FileBatch { files, permit: None, counters: counters.clone(), tally };
-        let writer = tokio::task::spawn_blocking(move || {
-            batch.run(&writer, &BufPool::new(2, 1 << 20));
-            writer
-        })
-        .await
-        .unwrap();
+        let (writer, counters) = run_batch(&repo, files).await;
 
         match rx.recv().unwrap() {
             SmallRead::Unreadable(e) => {
