@@ -388,7 +388,6 @@ impl Scanner<'_> {
                 Here::Absolute
             }
         };
-        let me = self.cwd_id;
         self.depth += 1;
         names.sort();
         let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
@@ -396,8 +395,10 @@ impl Scanner<'_> {
             let name = names.get(i);
             let child = abs.join(fsmeta::path_of(name));
             let local = if here.entered() { fsmeta::path_of(name) } else { child.as_path() };
-            self.cwd_id = me;
-            let n = self.entry(&child, local, name, &rel)?;
+            // A subdirectory's scan leaves `cwd_id` as this directory's again.
+            if let Some(n) = self.entry(&child, local, name, &rel)? {
+                nodes.push(n);
+            }
             if self.away {
                 match &here {
                     Here::Held(dir) => {
@@ -410,16 +411,10 @@ impl Scanner<'_> {
                     // enters itself again.
                     Here::Deep => {
                         self.error(abs, "the scan lost its way back into it (moved while it was scanned); the rest of it is left out");
-                        if let Some(n) = n {
-                            nodes.push(n);
-                        }
                         break;
                     }
                     Here::Absolute => {}
                 }
-            }
-            if let Some(n) = n {
-                nodes.push(n);
             }
             if nodes.len() == DIR_RECORD {
                 let run = std::mem::replace(&mut nodes, Vec::with_capacity(DIR_RECORD));
@@ -570,11 +565,13 @@ impl Scanner<'_> {
             }
             return Ok(Pending::Small { rx, cache });
         }
+        // Checked before the read: a file from outside the source is not read at all.
         let stamp = Stamp::of(md);
-        let file = open_for_read(local, &stamp)?;
+        let file = open_for_read(local)?;
+        stamp.check(&file)?;
         let segs = self.read_file(&file, md)?;
         // A file that changed while it was read is kept as read, but not cached.
-        let stable = stamp.still(&file);
+        let stable = stamp.check(&file).unwrap_or(false);
         if !stable {
             self.warnings.push(changed_while_read(abs));
         }
@@ -677,9 +674,12 @@ impl Scanner<'_> {
 }
 
 /// What a file looked like when it was stat'ed before its read: device, inode, size and mtime.
-/// A file opened for its read must be the same device and inode (`open_for_read`); one whose
-/// size or mtime differs after the read changed while it was read (kept as read, not cached,
-/// warned about).
+/// The file opened for its read must be the same device and inode (`check`): a path whose
+/// directory was swapped for a symlink since, by a workload racing the backup, would otherwise
+/// lead to a file outside the source (the agent reads as root). Such a file, and one replaced by
+/// a rename since it was listed, is an error and nothing of it is stored. One whose size or
+/// mtime differs after the read changed while it was read (kept as read, not cached, warned
+/// about).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     dev: u64,
@@ -698,9 +698,16 @@ impl Stamp {
         self.size
     }
 
-    /// Whether `file`, opened for its read, is still as stat'ed (same file, size and mtime).
-    pub(crate) fn still(&self, file: &File) -> bool {
-        file.metadata().is_ok_and(|a| Stamp::of(&a) == *self)
+    /// Whether `file`, opened for its read, is still as stat'ed (size and mtime); an error when
+    /// it is another file than the one stat'ed (device and inode).
+    pub(crate) fn check(&self, file: &File) -> std::io::Result<bool> {
+        let now = Stamp::of(&file.metadata()?);
+        if (now.dev, now.ino) != (self.dev, self.ino) {
+            return Err(std::io::Error::other(
+                "replaced by another file after the scan listed it; left out (the next backup takes it)",
+            ));
+        }
+        Ok(now == *self)
     }
 }
 
@@ -709,25 +716,15 @@ pub(crate) fn changed_while_read(abs: &Path) -> EntryError {
     EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read")
 }
 
-/// Open the file stat'ed as `stamp` to back it up (at `at`: by name in the scan's directory, or
-/// by absolute path), without updating its atime where allowed and never through a symlink in
-/// its last component. It must be the very file stat'ed (device and inode): a path whose
-/// directory was swapped for a symlink since, by a workload racing the backup, would otherwise
-/// read a file outside the source (the agent runs as root) into the snapshot. Such a file, and
-/// one replaced by a rename since it was listed, is an error and left out.
-pub(crate) fn open_for_read(at: &Path, stamp: &Stamp) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
+/// Open a file to back it up (at `at`: by name in the scan's directory, or by absolute path),
+/// without updating its atime where allowed, never through a symlink in its last component.
+/// Only its `Stamp::check` says it is the file the scan stat'ed.
+pub(crate) fn open_for_read(at: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
         .open(at)
-        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(at))?;
-    let md = file.metadata()?;
-    if (md.dev(), md.ino()) != (stamp.dev, stamp.ino) {
-        return Err(std::io::Error::other(
-            "replaced by another file after the scan listed it; left out (the next backup takes it)",
-        ));
-    }
-    Ok(file)
+        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(at))
 }
 
 /// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).

@@ -6,9 +6,9 @@
 //! the scan thread was the busiest and about a quarter of all CPU was the scheduler). Instead,
 //! the scan only stats: it collects small files into a batch (`Batcher`) and a blob worker
 //! opens, reads, re-stats and stores every file of the batch, answering each file on its own
-//! channel. A worker opens a file by absolute path, so it reads only the very file the scan
-//! stat'ed (device and inode, `scan::open_for_read`): a directory on the path swapped for a
-//! symlink in between cannot lead it out of the source. Reads then run on every worker at once, and a worker is woken once per batch.
+//! channel. A worker opens a file by absolute path, so it stores only the very file the scan
+//! stat'ed (device and inode, `scan::Stamp::check` after the read): a directory on the path
+//! swapped for a symlink in between cannot lead it out of the source. Reads then run on every worker at once, and a worker is woken once per batch.
 //!
 //! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
 //! is sent before every directory record), so the builder never waits for a batch that is not
@@ -74,10 +74,12 @@ impl FileBatch {
 
     fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        let read = open_for_read(&f.path, &f.stamp)
-            .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).map(|_| file));
-        let file = match read {
-            Ok(file) => file,
+        // One fstat after the read says both whether it is the file stat'ed (else its bytes are
+        // dropped, never stored) and whether it changed while read.
+        let read = open_for_read(&f.path)
+            .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).and_then(|_| f.stamp.check(&file)));
+        let same = match read {
+            Ok(same) => same,
             Err(e) => {
                 pool.give(data);
                 self.counters.errors.fetch_add(1, Relaxed);
@@ -89,8 +91,7 @@ impl FileBatch {
         let len = data.len() as u32;
         self.counters.bytes_done.fetch_add(u64::from(len), Relaxed);
         self.tally.bytes_read.fetch_add(u64::from(len), Relaxed);
-        let changed = (!f.stamp.still(&file)).then(|| changed_while_read(&f.path));
-        drop(file);
+        let changed = (!same).then(|| changed_while_read(&f.path));
         let saved = if data.is_empty() { Ok(None) } else { writer.save(BlobKind::Data, &data).map(Some) };
         pool.give(data);
         self.counters.files_done.fetch_add(1, Relaxed);
