@@ -21,6 +21,7 @@
 
 pub(crate) mod build;
 pub(crate) mod cwd;
+pub(crate) mod open;
 pub(crate) mod parent;
 pub(crate) mod scan;
 pub(crate) mod small;

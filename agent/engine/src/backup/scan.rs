@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,6 +19,7 @@ use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, Nod
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::cwd;
+use super::open::{Stamp, changed_while_read, open_for_read};
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
@@ -565,10 +566,8 @@ impl Scanner<'_> {
             }
             return Ok(Pending::Small { rx, cache });
         }
-        // Checked before the read: a file from outside the source is not read at all.
         let stamp = Stamp::of(md);
-        let file = open_for_read(local)?;
-        stamp.check(&file)?;
+        let file = open_for_read(local, &stamp)?;
         let segs = self.read_file(&file, md)?;
         // A file that changed while it was read is kept as read, but not cached.
         let stable = stamp.check(&file).unwrap_or(false);
@@ -671,60 +670,6 @@ impl Scanner<'_> {
             self.queue_chunk(data, out)
         })
     }
-}
-
-/// What a file looked like when it was stat'ed before its read: device, inode, size and mtime.
-/// The file opened for its read must be the same device and inode (`check`): a path whose
-/// directory was swapped for a symlink since, by a workload racing the backup, would otherwise
-/// lead to a file outside the source (the agent reads as root). Such a file, and one replaced by
-/// a rename since it was listed, is an error and nothing of it is stored. One whose size or
-/// mtime differs after the read changed while it was read (kept as read, not cached, warned
-/// about).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-}
-
-impl Stamp {
-    pub(crate) fn of(md: &std::fs::Metadata) -> Stamp {
-        Stamp { dev: md.dev(), ino: md.ino(), size: md.size(), mtime: (md.mtime(), md.mtime_nsec()) }
-    }
-
-    /// The size it was stat'ed with (what is read at most).
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Whether `file`, opened for its read, is still as stat'ed (size and mtime); an error when
-    /// it is another file than the one stat'ed (device and inode).
-    pub(crate) fn check(&self, file: &File) -> std::io::Result<bool> {
-        let now = Stamp::of(&file.metadata()?);
-        if (now.dev, now.ino) != (self.dev, self.ino) {
-            return Err(std::io::Error::other(
-                "replaced by another file after the scan listed it; left out (the next backup takes it)",
-            ));
-        }
-        Ok(now == *self)
-    }
-}
-
-/// The warning for a file that changed while it was read.
-pub(crate) fn changed_while_read(abs: &Path) -> EntryError {
-    EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read")
-}
-
-/// Open a file to back it up (at `at`: by name in the scan's directory, or by absolute path),
-/// without updating its atime where allowed, never through a symlink in its last component.
-/// Only its `Stamp::check` says it is the file the scan stat'ed.
-pub(crate) fn open_for_read(at: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
-        .open(at)
-        .or_else(|_| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(at))
 }
 
 /// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).

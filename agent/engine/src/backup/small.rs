@@ -6,9 +6,10 @@
 //! the scan thread was the busiest and about a quarter of all CPU was the scheduler). Instead,
 //! the scan only stats: it collects small files into a batch (`Batcher`) and a blob worker
 //! opens, reads, re-stats and stores every file of the batch, answering each file on its own
-//! channel. A worker opens a file by absolute path, so it stores only the very file the scan
-//! stat'ed (device and inode, `scan::Stamp::check` after the read): a directory on the path
-//! swapped for a symlink in between cannot lead it out of the source. Reads then run on every worker at once, and a worker is woken once per batch.
+//! channel. A worker opens a file by absolute path and reads it only if it is the very file
+//! the scan stat'ed (`open::open_for_read`): a directory on the path swapped for a symlink, or
+//! a FIFO or device renamed over the file, cannot lead it out of the source, block it or act on
+//! the node. Reads then run on every worker at once, and a worker is woken once per batch.
 //!
 //! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
 //! is sent before every directory record), so the builder never waits for a batch that is not
@@ -24,7 +25,8 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use repo_format::{BlobKind, BlobWriter, Saved};
 
 use super::Tally;
-use super::scan::{BufPool, Stamp, changed_while_read, open_for_read};
+use super::open::{Stamp, changed_while_read, open_for_read};
+use super::scan::BufPool;
 use crate::job::Permit;
 use crate::progress::Counters;
 use crate::report::{EntryError, EntryErrorKind};
@@ -74,9 +76,7 @@ impl FileBatch {
 
     fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        // One fstat after the read says both whether it is the file stat'ed (else its bytes are
-        // dropped, never stored) and whether it changed while read.
-        let read = open_for_read(&f.path)
+        let read = open_for_read(&f.path, &f.stamp)
             .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).and_then(|_| f.stamp.check(&file)));
         let same = match read {
             Ok(same) => same,
