@@ -26,6 +26,8 @@ fn main() {
         _ => tracing::Level::DEBUG,
     };
     output::init_logging(level);
+    let nofile = ferry_engine::raise_open_files_limit();
+    tracing::debug!("open files limit {nofile}");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -38,6 +38,27 @@ pub mod select;
 
 pub use job::{Cancelled, Job};
 
+/// Raise the soft limit on open descriptors to the hard limit (a process-wide setting: a front
+/// end calls it once at start). The backup scan holds a descriptor per directory level entered
+/// (up to 256) and a restore one per directory open; at the usual soft limit of 1024 a few
+/// jobs at once in one agent over deeply nested volumes would run out, and the scan would fall
+/// back to absolute paths, which a workload racing the backup can redirect. Returns the limit
+/// in force.
+pub fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::debug!("raising the open files limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// Keep glibc from hoarding freed buffers: large blocks (chunks, pack ranges) are always mapped
 /// and unmapped instead of the threshold drifting up to 32 MiB, and the number of malloc arenas
 /// is capped, so resident memory follows what is in use. A process-wide setting: a front end

@@ -110,3 +110,20 @@ fn first_use_of_a_shared_files_cache() {
     }
     assert!(failures.is_empty(), "{} of 100 backups failed:\n{}", failures.len(), failures.join(""));
 }
+
+/// The soft limit on open descriptors is raised to the hard one at start: a scan holds one per
+/// directory level entered, so several jobs at once over deeply nested volumes would run out at
+/// the usual 1024 (and fall back to absolute paths, which a racing workload can redirect).
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let out = std::process::Command::new("prlimit")
+        .arg("--nofile=64:4096")
+        .arg("--")
+        .arg(crate::common::ferry_bin())
+        .args(["-vv", "version"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("open files limit 4096"), "{err}");
+}
