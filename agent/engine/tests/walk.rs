@@ -156,3 +156,68 @@ async fn nesting_deeper_than_restore_accepts_is_cut_with_an_error() {
     }
     assert_eq!(levels, LEVELS, "every level down to the limit is restored");
 }
+
+/// Small files whose path is longer than PATH_MAX, in directories the scan holds (the first 256
+/// levels) and deeper ones it does not, are backed up: the blob workers open them by name
+/// from their directory, not by absolute path. They restore with their bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_past_path_max_are_backed_up() {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, OwnedFd};
+    const LEVELS: usize = 280;
+    let name = "n".repeat(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut dir: OwnedFd = std::fs::File::open(&src).unwrap().into();
+    for level in 0..LEVELS {
+        let f = openat(dir.as_fd(), "f", OFlag::O_CREAT | OFlag::O_WRONLY, Mode::from_bits_truncate(0o644)).unwrap();
+        std::fs::File::from(f).write_all(format!("level {level}").as_bytes()).unwrap();
+        mkdirat(dir.as_fd(), name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(dir.as_fd(), name.as_str(), OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+
+    let out = backup::run(repo.clone(), config(&src, "h"), &Job::new()).await.unwrap();
+    assert!(out.errors.is_empty(), "{} errors, the first: {:?}", out.errors.len(), out.errors.first());
+
+    let dst = tmp.path().join("dst");
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    let restored = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
+    assert!(restored.errors.is_empty(), "{:?}", restored.errors.first());
+    let mut dir: OwnedFd = std::fs::File::open(&dst).unwrap().into();
+    for level in 0..LEVELS {
+        let mut got = String::new();
+        let f = openat(dir.as_fd(), "f", OFlag::O_RDONLY, Mode::empty()).unwrap();
+        std::fs::File::from(f).read_to_string(&mut got).unwrap();
+        assert_eq!(got, format!("level {level}"));
+        dir = openat(dir.as_fd(), name.as_str(), OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty()).unwrap();
+    }
+}
+
+/// A small file given as a source after a directory source is read from its own path, not
+/// from a directory the previous source's scan left behind (which holds a file of that name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_source_after_a_directory_source_is_its_own_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let (dir, other) = (tmp.path().join("dir"), tmp.path().join("other"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(dir.join("f"), b"inside the directory source").unwrap();
+    std::fs::write(other.join("f"), b"the file source").unwrap();
+    let mut cfg = config(&dir, "h");
+    cfg.paths.push(other.join("f"));
+
+    let out = backup::run(repo.clone(), cfg, &Job::new()).await.unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let dst = tmp.path().join("dst");
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
+    assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"the file source");
+    assert_eq!(std::fs::read(dst.join("dir/f")).unwrap(), b"inside the directory source");
+}

@@ -33,6 +33,11 @@ pub(crate) fn open_dir(at: &Path, follow: bool) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).custom_flags(flags).open(at)
 }
 
+/// Open the directory `at` as a path only (`O_PATH`), for `*at` calls from another thread.
+pub(crate) fn open_path(at: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).open(at)
+}
+
 /// Make `dir` the thread's working directory.
 pub(crate) fn enter(dir: &File) -> io::Result<()> {
     nix::unistd::fchdir(dir.as_fd()).map_err(io::Error::from)

@@ -20,13 +20,14 @@
 //! a file on the test machine; files the files cache or the parent snapshot knows are not
 //! opened at all.
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use nix::fcntl::{OFlag, openat};
+use nix::fcntl::{AT_FDCWD, OFlag, openat};
 use nix::sys::stat::Mode;
 
 use crate::report::{EntryError, EntryErrorKind};
@@ -71,10 +72,30 @@ pub(crate) fn changed_while_read(abs: &Path) -> EntryError {
     EntryError::new(EntryErrorKind::Changed, abs, "changed while it was read")
 }
 
-/// Open the file stat'ed as `stamp` to read it (at `at`: by name in the scan's working
-/// directory, or by absolute path), never through a symlink in its last component, without
-/// updating its atime where allowed. Another file at `at` is an error; see the module doc.
-pub(crate) fn open_for_read(at: &Path, stamp: &Stamp) -> std::io::Result<File> {
+/// Where a file is opened from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum At<'a> {
+    /// A path: relative to the thread's working directory, or absolute.
+    Path(&'a Path),
+    /// A name in a directory held open.
+    In(&'a File, &'a OsStr),
+}
+
+impl At<'_> {
+    fn openat(self, flags: OFlag) -> std::io::Result<File> {
+        let (dir, name): (BorrowedFd<'_>, &OsStr) = match self {
+            At::Path(p) => (AT_FDCWD, p.as_os_str()),
+            At::In(dir, name) => (dir.as_fd(), name),
+        };
+        let fd = openat(dir, name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Open the file stat'ed as `stamp` to read it, never through a symlink in its last
+/// component, without updating its atime where allowed. Another file at `at` is an error; see
+/// the module doc.
+pub(crate) fn open_for_read(at: At<'_>, stamp: &Stamp) -> std::io::Result<File> {
     match proc_fds() {
         Some(fds) => open_checked(at, stamp, fds),
         None => open_direct(at, stamp),
@@ -98,8 +119,8 @@ fn proc_fds() -> Option<&'static File> {
 }
 
 /// Path-only open, check, then open that inode for reading.
-fn open_checked(at: &Path, stamp: &Stamp, fds: &File) -> std::io::Result<File> {
-    let path = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(at)?;
+fn open_checked(at: At<'_>, stamp: &Stamp, fds: &File) -> std::io::Result<File> {
+    let path = at.openat(OFlag::O_PATH)?;
     stamp.check(&path)?;
     let name = path.as_raw_fd().to_string();
     let reopen = |flags| openat(fds.as_fd(), name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC | flags, Mode::empty());
@@ -109,14 +130,9 @@ fn open_checked(at: &Path, stamp: &Stamp, fds: &File) -> std::io::Result<File> {
 }
 
 /// Without /proc: a direct, non-blocking open, checked on the descriptor.
-fn open_direct(at: &Path, stamp: &Stamp) -> std::io::Result<File> {
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | flags)
-            .open(at)
-    };
-    let file = open(libc::O_NOATIME).or_else(|_| open(0))?;
+fn open_direct(at: At<'_>, stamp: &Stamp) -> std::io::Result<File> {
+    let open = |flags| at.openat(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | flags);
+    let file = open(OFlag::O_NOATIME).or_else(|_| open(OFlag::empty()))?;
     stamp.check(&file)?;
     Ok(file)
 }
@@ -148,7 +164,7 @@ mod tests {
         let f = tmp.path().join("f");
         std::fs::write(&f, b"the file's bytes").unwrap();
         let stamp = stamp_of(&f);
-        for file in [open_for_read(&f, &stamp), open_direct(&f, &stamp)] {
+        for file in [open_for_read(At::Path(&f), &stamp), open_direct(At::Path(&f), &stamp)] {
             let mut got = Vec::new();
             file.unwrap().read_to_end(&mut got).unwrap();
             assert_eq!(got, b"the file's bytes");
@@ -169,14 +185,14 @@ mod tests {
         std::fs::rename(&fifo, &f).unwrap();
 
         let at = f.clone();
-        let e = within_seconds(move || open_for_read(&at, &stamp)).unwrap_err();
+        let e = within_seconds(move || open_for_read(At::Path(&at), &stamp)).unwrap_err();
         assert!(e.to_string().contains("replaced by another file"), "{e}");
         let events = watch.read_events();
         assert!(events.is_err(), "the FIFO was opened: {events:?}");
 
         // Without /proc it is opened (non-blocking, so it cannot hang) and refused.
         let at = f.clone();
-        let e = within_seconds(move || open_direct(&at, &stamp)).unwrap_err();
+        let e = within_seconds(move || open_direct(At::Path(&at), &stamp)).unwrap_err();
         assert!(e.to_string().contains("replaced by another file"), "{e}");
     }
 
@@ -190,7 +206,7 @@ mod tests {
         let stamp = stamp_of(&f);
         std::fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink(&target, &f).unwrap();
-        for r in [open_for_read(&f, &stamp), open_direct(&f, &stamp)] {
+        for r in [open_for_read(At::Path(&f), &stamp), open_direct(At::Path(&f), &stamp)] {
             let e = r.unwrap_err();
             assert!(e.to_string().contains("replaced") || e.raw_os_error() == Some(libc::ELOOP), "{e}");
         }

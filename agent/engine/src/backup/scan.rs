@@ -19,7 +19,7 @@ use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, Nod
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::cwd;
-use super::open::{Stamp, changed_while_read, open_for_read};
+use super::open::{At, Stamp, changed_while_read, open_for_read};
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
@@ -178,6 +178,8 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             errors: Vec::new(),
             warnings: Vec::new(),
             batch: Batcher::default(),
+            workers_dir: None,
+            workers_dir_lazy: false,
             recent_ns: p.start_ns - 1_000_000_000,
             force: p.cfg.force,
             job: p.job,
@@ -245,6 +247,12 @@ struct Scanner<'a> {
     warnings: Vec<EntryError>,
     /// Small files waiting to be sent to the workers as one batch.
     batch: Batcher,
+    /// The directory being scanned, for the workers to open its small files from (by name,
+    /// one path component: no path walk, no PATH_MAX); `None` by absolute path.
+    workers_dir: Option<Arc<File>>,
+    /// The directory being scanned is `Here::Deep`: `workers_dir` is opened when a small file
+    /// needs it (path only), and held only until the scan enters a subdirectory.
+    workers_dir_lazy: bool,
     /// Files modified after this are not trusted to the files cache (same-second edits).
     recent_ns: i64,
     force: bool,
@@ -336,6 +344,8 @@ impl Scanner<'_> {
                     String::from_utf8_lossy(&name)
                 );
             }
+            // A source is opened by its path, not from the directory a previous one left.
+            (self.workers_dir, self.workers_dir_lazy) = (None, false);
             if let Some(n) = self.entry(src, src, &name, Path::new(""))? {
                 nodes.push(n);
             }
@@ -392,12 +402,23 @@ impl Scanner<'_> {
         self.depth += 1;
         names.sort();
         let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
+        let mut workers_dir = match &here {
+            Here::Held(dir) => Some(dir.clone()),
+            Here::Deep | Here::Absolute => None,
+        };
         for i in 0..names.len() {
             let name = names.get(i);
             let child = abs.join(fsmeta::path_of(name));
             let local = if here.entered() { fsmeta::path_of(name) } else { child.as_path() };
-            // A subdirectory's scan leaves `cwd_id` as this directory's again.
+            // A subdirectory's scan leaves `cwd_id` as this directory's again, but not
+            // `workers_dir`.
+            self.workers_dir = workers_dir.clone();
+            self.workers_dir_lazy = matches!(here, Here::Deep);
             if let Some(n) = self.entry(&child, local, name, &rel)? {
+                if matches!(here, Here::Deep) {
+                    // Opened for a small file, kept for the next; not held down a subdirectory.
+                    workers_dir = if n.0.kind == NodeType::Dir { None } else { self.workers_dir.take() };
+                }
                 nodes.push(n);
             }
             if self.away {
@@ -457,7 +478,7 @@ impl Scanner<'_> {
         let id = cwd::id_of(&dir)?;
         cwd::enter(&dir)?;
         self.cwd_id = id;
-        Ok(if deep { Here::Deep } else { Here::Held(dir) })
+        Ok(if deep { Here::Deep } else { Here::Held(Arc::new(dir)) })
     }
 
     /// One entry: its node and how its content will be known. `None` when skipped.
@@ -560,14 +581,15 @@ impl Scanner<'_> {
         };
         if md.size() > 0 && md.size() < u64::from(self.chunker.params().min) && md.blocks() * 512 >= md.size() {
             let cache = self.cacheable(node).then(|| (path.to_vec(), key));
-            let (rx, full) = self.batch.push(abs.to_path_buf(), md);
+            let dir = self.dir_for_workers();
+            let (rx, full) = self.batch.push(abs.to_path_buf(), dir, md);
             if full {
                 self.send_batch()?;
             }
             return Ok(Pending::Small { rx, cache });
         }
         let stamp = Stamp::of(md);
-        let file = open_for_read(local, &stamp)?;
+        let file = open_for_read(At::Path(local), &stamp)?;
         let segs = self.read_file(&file, md)?;
         // A file that changed while it was read is kept as read, but not cached.
         let stable = stamp.check(&file).unwrap_or(false);
@@ -579,6 +601,15 @@ impl Scanner<'_> {
         self.counters.files_done.fetch_add(1, Relaxed);
         let cache = (stable && self.cacheable(node)).then(|| (path.to_vec(), key));
         Ok(Pending::Chunks { segs, cache })
+    }
+
+    /// The directory being scanned, for the workers (see `workers_dir`).
+    fn dir_for_workers(&mut self) -> Option<Arc<File>> {
+        if self.workers_dir.is_none() && self.workers_dir_lazy {
+            self.workers_dir_lazy = false;
+            self.workers_dir = cwd::open_path(Path::new(".")).ok().map(Arc::new);
+        }
+        self.workers_dir.clone()
     }
 
     /// Send the small files collected so far to the workers, their bytes held from the budget.
@@ -691,7 +722,7 @@ const SCAN_STACK: usize = 64 << 20;
 enum Here {
     /// It is the working directory, entered by this descriptor, which enters it again after a
     /// subdirectory moved the working directory.
-    Held(File),
+    Held(Arc<File>),
     /// It is the working directory, entered deeper than `MAX_ENTERED` levels without holding
     /// a descriptor: each subdirectory comes back up to it through `..`, checked to be this
     /// directory (device and inode), so a directory moved while scanned cannot lead the scan

@@ -6,15 +6,18 @@
 //! the scan thread was the busiest and about a quarter of all CPU was the scheduler). Instead,
 //! the scan only stats: it collects small files into a batch (`Batcher`) and a blob worker
 //! opens, reads, re-stats and stores every file of the batch, answering each file on its own
-//! channel. A worker opens a file by absolute path and reads it only if it is the very file
-//! the scan stat'ed (`open::open_for_read`): a directory on the path swapped for a symlink, or
-//! a FIFO or device renamed over the file, cannot lead it out of the source, block it or act on
+//! channel. A worker opens a file by name from its directory (held open by the scan: one path
+//! component, no PATH_MAX), or by absolute path where the scan holds none, and reads it only
+//! if it is the very file the scan stat'ed (`open::open_for_read`): a directory on the path
+//! swapped for a symlink, or a FIFO or device renamed over the file, cannot lead it out of the
+//! source, block it or act on
 //! the node. Reads then run on every worker at once, and a worker is woken once per batch.
 //!
 //! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
 //! is sent before every directory record), so the builder never waits for a batch that is not
 //! on its way.
 
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use repo_format::{BlobKind, BlobWriter, Saved};
 
 use super::Tally;
-use super::open::{Stamp, changed_while_read, open_for_read};
+use super::open::{At, Stamp, changed_while_read, open_for_read};
 use super::scan::BufPool;
 use crate::job::Permit;
 use crate::progress::Counters;
@@ -38,10 +41,22 @@ const BATCH_BYTES: u64 = 4 << 20;
 
 /// One small file to read and store whole.
 pub(crate) struct SmallFile {
+    /// Its absolute path, also how it is opened when `dir` is `None`.
     pub path: PathBuf,
+    /// The directory it is opened from by name (one path component; no PATH_MAX).
+    pub dir: Option<Arc<File>>,
     /// Size (what is read at most), inode and mtime when it was stat'ed.
     pub stamp: Stamp,
     pub reply: Sender<SmallRead>,
+}
+
+impl SmallFile {
+    fn at(&self) -> At<'_> {
+        match (&self.dir, self.path.file_name()) {
+            (Some(dir), Some(name)) => At::In(dir, name),
+            _ => At::Path(&self.path),
+        }
+    }
 }
 
 /// What became of a small file.
@@ -76,7 +91,7 @@ impl FileBatch {
 
     fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        let read = open_for_read(&f.path, &f.stamp)
+        let read = open_for_read(f.at(), &f.stamp)
             .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).and_then(|_| f.stamp.check(&file)));
         let same = match read {
             Ok(same) => same,
@@ -112,10 +127,15 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Add a file; the receiver gets its answer once the batch is sent and read. Returns
     /// whether the batch is full (send it).
-    pub(crate) fn push(&mut self, path: PathBuf, md: &std::fs::Metadata) -> (Receiver<SmallRead>, bool) {
+    pub(crate) fn push(
+        &mut self,
+        path: PathBuf,
+        dir: Option<Arc<File>>,
+        md: &std::fs::Metadata,
+    ) -> (Receiver<SmallRead>, bool) {
         let (reply, rx) = bounded(1);
         self.bytes += md.size();
-        self.files.push(SmallFile { path, stamp: Stamp::of(md), reply });
+        self.files.push(SmallFile { path, dir, stamp: Stamp::of(md), reply });
         (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES)
     }
 
@@ -169,9 +189,9 @@ mod tests {
         let (md_a, md_b) = (std::fs::metadata(&a).unwrap(), std::fs::metadata(&b).unwrap());
 
         let mut batcher = Batcher::default();
-        let (ra, full_a) = batcher.push(a.clone(), &md_a);
-        let (rb, _) = batcher.push(b.clone(), &md_b);
-        let (rc, _) = batcher.push(src.join("gone"), &md_a);
+        let (ra, full_a) = batcher.push(a.clone(), None, &md_a);
+        let (rb, _) = batcher.push(b.clone(), None, &md_b);
+        let (rc, _) = batcher.push(src.join("gone"), None, &md_a);
         assert!(!full_a, "one file is not a full batch");
         std::fs::write(&b, b"rewritten after the stat").unwrap();
         let (files, bytes) = batcher.take().unwrap();
@@ -221,7 +241,7 @@ mod tests {
         let md = std::fs::symlink_metadata(src.join("d/f")).unwrap();
 
         let mut batcher = Batcher::default();
-        let (rx, _) = batcher.push(src.join("d/f"), &md);
+        let (rx, _) = batcher.push(src.join("d/f"), None, &md);
         std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
         let (files, _) = batcher.take().unwrap();
@@ -238,6 +258,35 @@ mod tests {
         assert_eq!((counters.files_done.load(Relaxed), counters.errors.load(Relaxed)), (0, 1));
     }
 
+    /// A file opened by name from the directory the scan held is the file stat'ed even when
+    /// that directory is moved and a symlink put in its place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_is_opened_from_the_directory_the_scan_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path()).await;
+        let (src, outside) = (tmp.path().join("src"), tmp.path().join("outside"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(src.join("d/f"), b"the workload's own file").unwrap();
+        std::fs::write(outside.join("f"), b"a file outside the source").unwrap();
+        let md = std::fs::symlink_metadata(src.join("d/f")).unwrap();
+        let held = Arc::new(File::open(src.join("d")).unwrap());
+
+        let mut batcher = Batcher::default();
+        let (rx, _) = batcher.push(src.join("d/f"), Some(held), &md);
+        std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
+        let (files, _) = batcher.take().unwrap();
+        let (writer, _) = run_batch(&repo, files).await;
+
+        match rx.recv().unwrap() {
+            SmallRead::Read { saved: Some(s), changed: None, .. } => {
+                assert_eq!(s.id, writer.id_of(b"the workload's own file"))
+            }
+            _ => panic!("the file stat'ed is read from its directory"),
+        }
+    }
+
     /// A batch is full at `BATCH_FILES` files, or earlier at `BATCH_BYTES` bytes.
     #[test]
     fn a_batch_is_full_by_count_or_by_bytes() {
@@ -247,10 +296,10 @@ mod tests {
         std::fs::File::create(&big).unwrap().set_len(BATCH_BYTES / 2).unwrap();
         let (small, big) = (std::fs::metadata(&small).unwrap(), std::fs::metadata(&big).unwrap());
         let mut batcher = Batcher::default();
-        let fulls: Vec<bool> = (0..BATCH_FILES).map(|_| batcher.push(PathBuf::new(), &small).1).collect();
+        let fulls: Vec<bool> = (0..BATCH_FILES).map(|_| batcher.push(PathBuf::new(), None, &small).1).collect();
         assert_eq!(fulls.iter().position(|f| *f), Some(BATCH_FILES - 1));
         batcher.take();
-        assert!(!batcher.push(PathBuf::new(), &big).1);
-        assert!(batcher.push(PathBuf::new(), &big).1, "two halves of the byte limit fill a batch");
+        assert!(!batcher.push(PathBuf::new(), None, &big).1);
+        assert!(batcher.push(PathBuf::new(), None, &big).1, "two halves of the byte limit fill a batch");
     }
 }
