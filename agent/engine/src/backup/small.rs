@@ -224,37 +224,47 @@ mod tests {
         assert_eq!(counters.bytes_done.load(Relaxed), md_a.len() + md_b.len());
     }
 
-    /// A workload that swaps a directory for a symlink between the scan's stat and the
-    /// worker's read cannot make the worker read what the link leads to (outside the source;
-    /// the agent reads as root): the file opened must be the one stat'ed, else it is an error
-    /// line and nothing of it is stored.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_file_whose_directory_became_a_symlink_is_not_read_through_it() {
+    const MINE: &[u8] = b"the workload's own file";
+    const SECRET: &[u8] = b"a file outside the source";
+
+    /// A small file `src/d/f` batched (from its directory held open, or by path), then `d`
+    /// moved away and a symlink to a directory outside holding an `f` put in its place, then
+    /// the batch read: the file's answer, and the worker's writer and counters.
+    async fn batched_then_swapped(held: bool) -> (SmallRead, BlobWriter, Arc<Counters>) {
         let tmp = tempfile::tempdir().unwrap();
         let repo = new_repo(tmp.path()).await;
         let (src, outside) = (tmp.path().join("src"), tmp.path().join("outside"));
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::create_dir(&outside).unwrap();
-        let (mine, secret) = (b"the workload's own file".as_slice(), b"a file outside the source".as_slice());
-        std::fs::write(src.join("d/f"), mine).unwrap();
-        std::fs::write(outside.join("f"), secret).unwrap();
+        std::fs::write(src.join("d/f"), MINE).unwrap();
+        std::fs::write(outside.join("f"), SECRET).unwrap();
         let md = std::fs::symlink_metadata(src.join("d/f")).unwrap();
+        let dir = held.then(|| Arc::new(File::open(src.join("d")).unwrap()));
 
         let mut batcher = Batcher::default();
-        let (rx, _) = batcher.push(src.join("d/f"), None, &md);
+        let (rx, _) = batcher.push(src.join("d/f"), dir, &md);
         std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
         let (files, _) = batcher.take().unwrap();
         let (writer, counters) = run_batch(&repo, files).await;
+        (rx.recv().unwrap(), writer, counters)
+    }
 
-        match rx.recv().unwrap() {
+    /// A workload that swaps a directory for a symlink between the scan's stat and the
+    /// worker's read cannot make a worker opening by path read what the link leads to
+    /// (outside the source; the agent reads as root): the file opened must be the one stat'ed,
+    /// else it is an error line and nothing of it is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_whose_directory_became_a_symlink_is_not_read_through_it() {
+        let (read, writer, counters) = batched_then_swapped(false).await;
+        match read {
             SmallRead::Unreadable(e) => {
                 assert_eq!(e.kind, EntryErrorKind::Read);
                 assert!(e.to_string().contains("replaced by another file"), "{e}");
             }
             _ => panic!("a file reached through the swapped-in symlink is not read"),
         }
-        assert!(!writer.is_known(BlobKind::Data, &writer.id_of(secret)), "nothing of the outside file is stored");
+        assert!(!writer.is_known(BlobKind::Data, &writer.id_of(SECRET)), "nothing of the outside file is stored");
         assert_eq!((counters.files_done.load(Relaxed), counters.errors.load(Relaxed)), (0, 1));
     }
 
@@ -262,26 +272,9 @@ mod tests {
     /// that directory is moved and a symlink put in its place.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_is_opened_from_the_directory_the_scan_held() {
-        let tmp = tempfile::tempdir().unwrap();
-        let repo = new_repo(tmp.path()).await;
-        let (src, outside) = (tmp.path().join("src"), tmp.path().join("outside"));
-        std::fs::create_dir_all(src.join("d")).unwrap();
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(src.join("d/f"), b"the workload's own file").unwrap();
-        std::fs::write(outside.join("f"), b"a file outside the source").unwrap();
-        let md = std::fs::symlink_metadata(src.join("d/f")).unwrap();
-        let held = Arc::new(File::open(src.join("d")).unwrap());
-
-        let mut batcher = Batcher::default();
-        let (rx, _) = batcher.push(src.join("d/f"), Some(held), &md);
-        std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
-        std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
-        let (files, _) = batcher.take().unwrap();
-        let (writer, _) = run_batch(&repo, files).await;
-
-        match rx.recv().unwrap() {
-            SmallRead::Read { saved: Some(s), changed: None, .. } => {
-                assert_eq!(s.id, writer.id_of(b"the workload's own file"))
+        match batched_then_swapped(true).await {
+            (SmallRead::Read { saved: Some(s), changed: None, .. }, writer, _) => {
+                assert_eq!(s.id, writer.id_of(MINE))
             }
             _ => panic!("the file stat'ed is read from its directory"),
         }
