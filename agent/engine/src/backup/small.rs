@@ -38,6 +38,10 @@ use crate::report::{EntryError, EntryErrorKind};
 const BATCH_FILES: usize = 64;
 /// Bytes per batch at most (a batch's bytes are held from the job's memory budget at once).
 const BATCH_BYTES: u64 = 4 << 20;
+/// Directories a batch holds a descriptor of, at most: the batches queued and in progress
+/// (about ten) hold at most this many each, whatever the tree's shape (a directory per file
+/// would otherwise hold 64 a batch, hundreds per job).
+const BATCH_DIRS: usize = 16;
 
 /// One small file to read and store whole.
 pub(crate) struct SmallFile {
@@ -122,6 +126,8 @@ impl FileBatch {
 pub(crate) struct Batcher {
     files: Vec<SmallFile>,
     bytes: u64,
+    /// Directories held by the batch (counted as they change from one file to the next).
+    dirs: usize,
 }
 
 impl Batcher {
@@ -135,8 +141,12 @@ impl Batcher {
     ) -> (Receiver<SmallRead>, bool) {
         let (reply, rx) = bounded(1);
         self.bytes += md.size();
+        let last = self.files.last().and_then(|f| f.dir.as_ref());
+        if dir.as_ref().is_some_and(|d| !last.is_some_and(|l| Arc::ptr_eq(l, d))) {
+            self.dirs += 1;
+        }
         self.files.push(SmallFile { path, dir, stamp: Stamp::of(md), reply });
-        (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES)
+        (rx, self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES || self.dirs >= BATCH_DIRS)
     }
 
     /// The batch so far, with its byte count (`None` when empty); the batcher starts again.
@@ -145,6 +155,7 @@ impl Batcher {
             return None;
         }
         let bytes = std::mem::take(&mut self.bytes);
+        self.dirs = 0;
         Some((std::mem::take(&mut self.files), bytes))
     }
 }
@@ -278,6 +289,28 @@ mod tests {
             }
             _ => panic!("the file stat'ed is read from its directory"),
         }
+    }
+
+    /// A batch is full at `BATCH_DIRS` directories held, however few files each has.
+    #[test]
+    fn a_batch_is_full_at_its_directory_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let md = std::fs::metadata(tmp.path()).unwrap();
+        let dirs: Vec<_> = (0..BATCH_DIRS).map(|_| Arc::new(File::open(tmp.path()).unwrap())).collect();
+        let mut batcher = Batcher::default();
+        let mut fulls = Vec::new();
+        for d in &dirs {
+            // Two files in each directory: the second does not count again.
+            fulls.push(batcher.push(PathBuf::new(), Some(d.clone()), &md).1);
+            fulls.push(batcher.push(PathBuf::new(), Some(d.clone()), &md).1);
+        }
+        assert_eq!(
+            fulls.iter().position(|f| *f),
+            Some(2 * BATCH_DIRS - 2),
+            "full at the first file of the last directory"
+        );
+        batcher.take();
+        assert!(!batcher.push(PathBuf::new(), Some(dirs[0].clone()), &md).1, "the count starts again");
     }
 
     /// A batch is full at `BATCH_FILES` files, or earlier at `BATCH_BYTES` bytes.
