@@ -7,6 +7,9 @@
 
 mod common;
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -67,6 +70,10 @@ fn same_tree(a: &Path, b: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_deep_and_linked_trees_restore_identical() {
+    nested_deep_and_linked().await;
+}
+
+async fn nested_deep_and_linked() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = new_repo(&tmp.path().join("repo")).await;
     let src = tmp.path().join("src");
@@ -162,6 +169,37 @@ async fn nesting_deeper_than_restore_accepts_is_cut_with_an_error() {
 /// from their directory, not by absolute path. They restore with their bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_files_past_path_max_are_backed_up() {
+    past_path_max().await;
+}
+
+/// Where the scan thread cannot have a working directory of its own (`unshare` refused by a
+/// seccomp filter, as in a container's default profile), it names entries through the
+/// descriptors it holds (`/proc/self/fd/N/name`), not by absolute path: the deep and linked
+/// tree restores identical, and files past PATH_MAX (which no absolute path reaches) are
+/// backed up.
+#[test]
+fn without_a_working_directory_of_its_own_the_scan_names_entries_by_descriptor() {
+    let name = "without_a_working_directory_of_its_own_the_scan_names_entries_by_descriptor";
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(|| {
+            if !refuse_unshare_on_this_thread() {
+                skip::skip("a seccomp filter cannot be installed here (qemu user mode refuses it)");
+                return;
+            }
+            // The runtime's threads, and the scan thread they start, inherit the filter.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                nested_deep_and_linked().await;
+                past_path_max().await;
+            });
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+async fn past_path_max() {
     use nix::fcntl::{OFlag, openat};
     use nix::sys::stat::{Mode, mkdirat};
     use std::io::{Read, Write};

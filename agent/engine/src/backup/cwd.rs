@@ -10,14 +10,21 @@
 //! Deeper than the directories it holds a descriptor for at once, it enters by descriptor all
 //! the same but comes back up through `..`, checked to be the directory it came from.
 //!
-//! Where the thread cannot have its own (`unshare` refused, e.g. by a seccomp profile), the
-//! scan goes by absolute paths as before; nothing else on the thread may then move it.
+//! Where the thread cannot have its own (`unshare` refused: a container's default seccomp
+//! profile refuses it without CAP_SYS_ADMIN), moving the process's working directory would
+//! move every thread's. The scan then holds each directory open all the same and names its
+//! entries through that descriptor, `/proc/self/fd/N/name` (`in_held`): the kernel resolves
+//! `N` to the very directory opened, wherever it was moved since, so a directory swapped for
+//! a symlink cannot redirect the scan there either. Each call walks two more components
+//! (`/proc`'s) than by the working directory. Only without `/proc` (or out of descriptors)
+//! does the scan go by absolute paths.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Give the calling thread a working directory of its own; false when refused. The thread
 /// must be one that ends with the work that moves it (never a pool thread).
@@ -36,6 +43,16 @@ pub(crate) fn open_dir(at: &Path, follow: bool) -> io::Result<File> {
 /// Open the directory `at` as a path only (`O_PATH`), for `*at` calls from another thread.
 pub(crate) fn open_path(at: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).open(at)
+}
+
+/// The path of the entry `name` in the directory held open as `dir`, through `/proc/self/fd`
+/// (see the module doc); `name` alone is `dir` itself.
+pub(crate) fn in_held(dir: &File, name: Option<&Path>) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if let Some(name) = name {
+        p.push(name);
+    }
+    p
 }
 
 /// Make `dir` the thread's working directory.
@@ -97,5 +114,30 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// An entry named through a held descriptor is found in the directory opened, even after
+    /// that directory was moved and a symlink to another one put in its place (the path it
+    /// was opened by now leads there).
+    #[test]
+    fn in_held_names_the_directory_opened_not_its_former_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, moved, outside) = (tmp.path().join("a"), tmp.path().join("moved"), tmp.path().join("outside"));
+        for d in [&a, &outside] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(a.join("f"), b"inside").unwrap();
+        std::fs::write(outside.join("f"), b"outside").unwrap();
+        let dir = open_dir(&a, false).unwrap();
+        std::fs::rename(&a, &moved).unwrap();
+        std::os::unix::fs::symlink(&outside, &a).unwrap();
+
+        assert_eq!(std::fs::read(a.join("f")).unwrap(), b"outside", "the old path leads outside now");
+        let f = in_held(&dir, Some(Path::new("f")));
+        assert_eq!(std::fs::read(&f).unwrap(), b"inside", "{}", f.display());
+        let md = std::fs::symlink_metadata(&f).unwrap();
+        assert_eq!(md.ino(), std::fs::metadata(moved.join("f")).unwrap().ino());
+        let listed: Vec<_> = std::fs::read_dir(in_held(&dir, None)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(listed, ["f"]);
     }
 }

@@ -103,14 +103,15 @@ pub(crate) fn open_for_read(at: At<'_>, stamp: &Stamp) -> std::io::Result<File> 
 }
 
 /// `/proc/self/fd`, to open a path-only descriptor's file for reading (`None` without /proc).
-fn proc_fds() -> Option<&'static File> {
+pub(crate) fn proc_fds() -> Option<&'static File> {
     static FDS: OnceLock<Option<File>> = OnceLock::new();
     FDS.get_or_init(|| {
         let fds =
             std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open("/proc/self/fd");
         if let Err(e) = &fds {
             tracing::warn!(
-                "/proc/self/fd: {e}; files are opened directly (a device put in a file's place could be opened)"
+                "/proc/self/fd: {e}; files are opened directly (a device put in a file's place could be opened), \
+                 and a scan thread without a working directory of its own goes by absolute path"
             );
         }
         fds.ok()

@@ -19,7 +19,7 @@ use repo_format::{BlobKind, BlobWriter, ChunkReader, Chunker, Content, Node, Nod
 
 use super::build::{self, DirRecord, Pending, PendingSeg};
 use super::cwd;
-use super::open::{At, Stamp, changed_while_read, open_for_read};
+use super::open::{self, At, Stamp, changed_while_read, open_for_read};
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
@@ -194,6 +194,12 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
             .stack_size(SCAN_STACK)
             .spawn_scoped(s, move || {
                 sc.cwd_private = cwd::private();
+                if !sc.cwd_private {
+                    tracing::debug!(
+                        "the scan thread cannot have a working directory of its own (unshare refused): \
+                         entries are named through /proc/self/fd"
+                    );
+                }
                 (sc.scan_sources(sources).and_then(|()| sc.flush_dirs()), sc)
             })
             .map_err(|e| anyhow::anyhow!("starting the scan thread: {e}"))?
@@ -381,7 +387,12 @@ impl Scanner<'_> {
         let parent = self.cwd_id;
         let here = match self.enter(at, root) {
             Ok(here) => {
-                match std::fs::read_dir(if here.entered() { Path::new(".") } else { abs }) {
+                let listed = match &here {
+                    Here::Held(_) | Here::Deep => std::fs::read_dir("."),
+                    Here::Named(dir) => std::fs::read_dir(cwd::in_held(dir, None)),
+                    Here::Absolute => std::fs::read_dir(abs),
+                };
+                match listed {
                     Ok(rd) => {
                         for e in rd {
                             match e {
@@ -403,13 +414,21 @@ impl Scanner<'_> {
         names.sort();
         let mut nodes = Vec::with_capacity(names.len().min(DIR_RECORD));
         let mut workers_dir = match &here {
-            Here::Held(dir) => Some(dir.clone()),
+            Here::Held(dir) | Here::Named(dir) => Some(dir.clone()),
             Here::Deep | Here::Absolute => None,
         };
         for i in 0..names.len() {
             let name = names.get(i);
             let child = abs.join(fsmeta::path_of(name));
-            let local = if here.entered() { fsmeta::path_of(name) } else { child.as_path() };
+            let named;
+            let local = match &here {
+                Here::Held(_) | Here::Deep => fsmeta::path_of(name),
+                Here::Named(dir) => {
+                    named = cwd::in_held(dir, Some(fsmeta::path_of(name)));
+                    named.as_path()
+                }
+                Here::Absolute => child.as_path(),
+            };
             // A subdirectory's scan leaves `cwd_id` as this directory's again, but not
             // `workers_dir`.
             self.workers_dir = workers_dir.clone();
@@ -435,7 +454,7 @@ impl Scanner<'_> {
                         self.error(abs, "the scan lost its way back into it (moved while it was scanned); the rest of it is left out");
                         break;
                     }
-                    Here::Absolute => {}
+                    Here::Named(_) | Here::Absolute => {}
                 }
             }
             if nodes.len() == DIR_RECORD {
@@ -456,18 +475,29 @@ impl Scanner<'_> {
                     self.away = true;
                 }
             }
-            Here::Deep | Here::Absolute => {}
+            Here::Deep | Here::Named(_) | Here::Absolute => {}
         }
         self.send_dir(DirRecord { rel, nodes, root, last: true })
     }
 
     /// Make the directory `at` the thread's working directory (`Here::Held` or, deeper than
-    /// `MAX_ENTERED` levels, `Here::Deep`), or `Here::Absolute` when the scan goes by absolute
-    /// paths there (no private working directory, out of descriptors, or below a directory
-    /// scanned by absolute path). `root`: the source itself, which may be a symlink to it.
+    /// `MAX_ENTERED` levels, `Here::Deep`); without a private working directory, hold it open
+    /// to name its entries through (`Here::Named`); or `Here::Absolute` when the scan goes by
+    /// absolute paths there (out of descriptors, no `/proc`, or below a directory scanned by
+    /// absolute path). `root`: the source itself, which may be a symlink to it.
     fn enter(&mut self, at: &Path, root: bool) -> std::io::Result<Here> {
+        if !self.cwd_private {
+            if open::proc_fds().is_none() {
+                return Ok(Here::Absolute);
+            }
+            return match cwd::open_dir(at, root) {
+                Ok(dir) => Ok(Here::Named(Arc::new(dir))),
+                Err(e) if cwd::out_of_descriptors(&e) => Ok(Here::Absolute),
+                Err(e) => Err(e),
+            };
+        }
         let deep = self.depth >= MAX_ENTERED;
-        if !self.cwd_private || (deep && at.is_absolute()) {
+        if deep && at.is_absolute() {
             return Ok(Here::Absolute);
         }
         let dir = match cwd::open_dir(at, root) {
@@ -728,15 +758,12 @@ enum Here {
     /// directory (device and inode), so a directory moved while scanned cannot lead the scan
     /// into another tree.
     Deep,
-    /// By absolute path (no private working directory, or out of descriptors).
+    /// Held open by this descriptor, its entries named through it (`cwd::in_held`): the
+    /// thread's working directory is the process's (`unshare` refused).
+    Named(Arc<File>),
+    /// By absolute path (out of descriptors, or no `/proc` where the working directory is the
+    /// process's).
     Absolute,
-}
-
-impl Here {
-    /// Entries are named relative to the working directory.
-    fn entered(&self) -> bool {
-        !matches!(self, Here::Absolute)
-    }
 }
 /// Blob workers from which a big file is chunked in parallel. One thread chunks about
 /// 2.2 GB/s and a worker stores 200–500 MB/s, so below about four workers the chunker keeps

@@ -106,3 +106,27 @@ pub fn dir(name: &str, tree: TreeId) -> Node {
     n.content = Content::Tree(tree);
     n
 }
+
+/// Make `unshare(2)` fail with EPERM on the calling thread and the threads it starts from now
+/// on, as a container's default seccomp profile does without CAP_SYS_ADMIN: a real seccomp
+/// filter (`PR_SET_SECCOMP`), not a flag inside Ferry. False where it cannot be installed (qemu
+/// user mode refuses seccomp); the caller then skips.
+#[allow(unsafe_code)]
+pub fn refuse_unshare_on_this_thread() -> bool {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter, sock_fprog};
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+    // Load the system call number (offset 0 of seccomp_data); unshare: EPERM, else allow.
+    let filter = [
+        op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
+        op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, libc::SYS_unshare as u32),
+        op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: both calls only read their arguments; `prog` and `filter` outlive them.
+    let installed = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const sock_fprog) == 0
+    };
+    installed && nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) == Err(nix::errno::Errno::EPERM)
+}
