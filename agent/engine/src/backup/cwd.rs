@@ -46,14 +46,10 @@ pub(crate) fn open_path(at: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).open(at)
 }
 
-/// The path of the entry `name` in the directory held open as `dir`, through `/proc/self/fd`
-/// (see the module doc); `name` alone is `dir` itself.
-pub(crate) fn in_held(dir: &File, name: Option<&Path>) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if let Some(name) = name {
-        p.push(name);
-    }
-    p
+/// The path of the directory held open as `dir` through `/proc/self/fd` (see the module doc);
+/// its entries are this path joined with their names.
+pub(crate) fn in_held(dir: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
 /// Make `dir` the thread's working directory.
@@ -134,11 +130,11 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &a).unwrap();
 
         assert_eq!(std::fs::read(a.join("f")).unwrap(), b"outside", "the old path leads outside now");
-        let f = in_held(&dir, Some(Path::new("f")));
+        let f = in_held(&dir).join("f");
         assert_eq!(std::fs::read(&f).unwrap(), b"inside", "{}", f.display());
         let md = std::fs::symlink_metadata(&f).unwrap();
         assert_eq!(md.ino(), std::fs::metadata(moved.join("f")).unwrap().ino());
-        let listed: Vec<_> = std::fs::read_dir(in_held(&dir, None)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let listed: Vec<_> = std::fs::read_dir(in_held(&dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(listed, ["f"]);
     }
 }

@@ -385,11 +385,15 @@ impl Scanner<'_> {
         let mut names = Names::default();
         // The directory the thread is in: this one's parent when it was reached by name.
         let parent = self.cwd_id;
+        let mut held = PathBuf::new();
         let here = match self.enter(at, root) {
             Ok(here) => {
+                if let Here::Named(dir) = &here {
+                    held = cwd::in_held(dir);
+                }
                 let listed = match &here {
                     Here::Held(_) | Here::Deep => std::fs::read_dir("."),
-                    Here::Named(dir) => std::fs::read_dir(cwd::in_held(dir, None)),
+                    Here::Named(_) => std::fs::read_dir(&held),
                     Here::Absolute => std::fs::read_dir(abs),
                 };
                 match listed {
@@ -423,8 +427,8 @@ impl Scanner<'_> {
             let named;
             let local = match &here {
                 Here::Held(_) | Here::Deep => fsmeta::path_of(name),
-                Here::Named(dir) => {
-                    named = cwd::in_held(dir, Some(fsmeta::path_of(name)));
+                Here::Named(_) => {
+                    named = held.join(fsmeta::path_of(name));
                     named.as_path()
                 }
                 Here::Absolute => child.as_path(),
@@ -483,8 +487,9 @@ impl Scanner<'_> {
     /// Make the directory `at` the thread's working directory (`Here::Held` or, deeper than
     /// `MAX_ENTERED` levels, `Here::Deep`); without a private working directory, hold it open
     /// to name its entries through (`Here::Named`); or `Here::Absolute` when the scan goes by
-    /// absolute paths there (out of descriptors, no `/proc`, or below a directory scanned by
-    /// absolute path). `root`: the source itself, which may be a symlink to it.
+    /// absolute paths there: out of descriptors, no `/proc`, or (with a private working
+    /// directory) deeper than `MAX_ENTERED` below a directory scanned by absolute path.
+    /// `root`: the source itself, which may be a symlink to it.
     fn enter(&mut self, at: &Path, root: bool) -> std::io::Result<Here> {
         if !self.cwd_private {
             if open::proc_fds().is_none() {
