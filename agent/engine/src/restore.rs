@@ -654,7 +654,7 @@ impl content::Targets for PlanTargets {
         let f = self.plan.files.at(i);
         // A blob that is the whole file gives it its length; holes around it need `set_len`.
         let size = if f.segments.len() == 1 { 0 } else { f.meta.size };
-        let (file, id) = self.root.create_file(f.rel, size)?;
+        let (file, id) = self.root.create_file_for(f.rel, size, f.meta)?;
         self.ids.lock().expect("lock")[i] = Some(id);
         Ok(file)
     }
@@ -714,7 +714,7 @@ fn skeleton(root: &SafeRoot, plan: &RestorePlan) -> Made {
         if f.is_one_blob() {
             return None;
         }
-        match root.create_file(f.rel, f.meta.size) {
+        match root.create_file_for(f.rel, f.meta.size, f.meta) {
             Ok((_, made)) => {
                 *id = Some(made);
                 None

@@ -51,10 +51,6 @@ impl FileId {
     fn of(st: &FileStat) -> FileId {
         FileId { dev: st.st_dev as u64, ino: st.st_ino as u64 }
     }
-    pub fn of_file(f: &File) -> io::Result<FileId> {
-        let md = f.metadata()?;
-        Ok(FileId { dev: md.dev(), ino: md.ino() })
-    }
 }
 
 fn kind_of(st: &FileStat) -> SFlag {
@@ -90,6 +86,8 @@ pub struct SafeRoot {
     dir_ids: std::sync::Mutex<HashMap<PathBuf, FileId>>,
     /// Keep setuid/setgid bits on files (`--keep-setuid`).
     keep_setuid: bool,
+    /// This process's effective user and group: the owner of what it creates.
+    owner: (u32, u32),
 }
 
 /// Directory descriptors kept open at most (well below the usual limit of 1024 open files).
@@ -116,7 +114,8 @@ impl SafeRoot {
     pub fn open(target: &Path, keep_setuid: bool) -> io::Result<SafeRoot> {
         std::fs::create_dir_all(target)?;
         let root = nix::fcntl::open(target, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        Ok(SafeRoot { root: Arc::new(root), dirs: Default::default(), dir_ids: Default::default(), keep_setuid })
+        let owner = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        Ok(SafeRoot { root: Arc::new(root), dirs: Default::default(), dir_ids: Default::default(), keep_setuid, owner })
     }
 
     /// A descriptor of directory `rel` (relative, normal components only), from the cache when
@@ -205,16 +204,33 @@ impl SafeRoot {
     /// Create an empty regular file of `size` bytes (a hole: content is written later), open
     /// for reading and writing, and its identity. `O_EXCL` never opens an existing entry (nor
     /// follows a symlink): only when something is there already is it removed and the creation
-    /// retried.
+    /// retried. Its mode is 0600 until its metadata is set.
     pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<(File, FileId)> {
+        self.create(rel, size, None)
+    }
+
+    /// `create_file` for a file that will get `meta`: when its owner is this process's user
+    /// and group, it is created with its final permission bits (setuid/setgid and sticky aside),
+    /// so that setting its metadata has nothing left to change but times (`apply_fd` skips what
+    /// is already so): nobody can do more with it meanwhile than once it is restored. Where it
+    /// did not get this process's group (a setgid directory), it is set to 0600 at once.
+    pub fn create_file_for(&self, rel: &Path, size: u64, meta: &FileMeta) -> io::Result<(File, FileId)> {
+        self.create(rel, size, Some(meta))
+    }
+
+    fn create(&self, rel: &Path, size: u64, meta: Option<&FileMeta>) -> io::Result<(File, FileId)> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
+        let mode = match meta {
+            Some(m) if (m.uid, m.gid) == self.owner => file_mode(m.mode, self.keep_setuid) & 0o777,
+            _ => 0o600,
+        };
         let create = || {
             openat(
                 &parent,
                 name,
                 OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
+                Mode::from_bits_truncate(mode),
             )
         };
         let fd = match create() {
@@ -225,11 +241,14 @@ impl SafeRoot {
             r => r?,
         };
         let f = File::from(fd);
+        let md = f.metadata()?;
+        if mode != 0o600 && md.gid() != self.owner.1 {
+            nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(0o600))?;
+        }
         if size > 0 {
             f.set_len(size)?;
         }
-        let id = FileId::of_file(&f)?;
-        Ok((f, id))
+        Ok((f, FileId { dev: md.dev(), ino: md.ino() }))
     }
 
     /// Open an existing regular file (never a symlink, never created; `O_NONBLOCK` so a FIFO
@@ -428,10 +447,20 @@ impl<'a> Attrs<'a> {
     }
 }
 
+/// Give the open entry `f` the owner, mode, xattrs and times `a`. Owner and mode are changed
+/// only where they differ (each change is an inode update in the file system's journal; a file
+/// created with its final owner and mode needs neither); a change of owner clears setuid and
+/// setgid, so the mode is set again after one.
 fn apply_fd(f: &File, a: &Attrs<'_>) -> io::Result<()> {
     use xattr::FileExt;
-    nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)))?;
-    nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(a.mode))?;
+    let st = fstat(f)?;
+    let chown = (st.st_uid, st.st_gid) != (a.uid, a.gid);
+    if chown {
+        nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)))?;
+    }
+    if chown || st.st_mode & 0o7777 != a.mode {
+        nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(a.mode))?;
+    }
     // Remove xattrs the snapshot does not have (restoring over an existing directory).
     if let Ok(existing) = f.list_xattr() {
         for k in existing {
