@@ -654,12 +654,14 @@ impl content::Targets for PlanTargets {
         let f = self.plan.files.at(i);
         // A blob that is the whole file gives it its length; holes around it need `set_len`.
         let size = if f.segments.len() == 1 { 0 } else { f.meta.size };
-        let (file, id) = self.root.create_file_for(f.rel, size, f.meta)?;
-        self.ids.lock().expect("lock")[i] = Some(id);
-        Ok(file)
+        self.root.create_whole_file_for(f.rel, size, f.meta)
     }
+    /// The file's identity is recorded here, after its content (`create_whole_file_for`); a
+    /// file whose content failed has none and is made again, empty, by `metadata`.
     fn finish(&self, i: usize, file: &std::fs::File) -> std::io::Result<()> {
-        self.root.set_file_metadata_of(file, self.plan.files.at(i).meta)
+        let (id, set) = self.root.set_file_metadata_of(file, self.plan.files.at(i).meta)?;
+        self.ids.lock().expect("lock")[i] = Some(id);
+        set
     }
 }
 

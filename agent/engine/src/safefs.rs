@@ -83,11 +83,20 @@ pub struct SafeRoot {
     /// Recently opened directories (restores touch one directory many times in a row).
     dirs: std::sync::Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
     /// Directories as this restore made or found them: reopening one checks it is still that.
-    dir_ids: std::sync::Mutex<HashMap<PathBuf, FileId>>,
+    dir_ids: std::sync::Mutex<HashMap<PathBuf, DirRecord>>,
     /// Keep setuid/setgid bits on files (`--keep-setuid`).
     keep_setuid: bool,
     /// This process's effective user and group: the owner of what it creates.
     owner: (u32, u32),
+}
+
+/// A directory as `mkdir` left it.
+#[derive(Debug, Clone, Copy)]
+struct DirRecord {
+    id: FileId,
+    /// Made by this restore (not found there): 0700 and this process's until its metadata is
+    /// set at the end, so nobody else can reach what is inside it meanwhile.
+    made: bool,
 }
 
 /// Directory descriptors kept open at most (well below the usual limit of 1024 open files).
@@ -151,7 +160,7 @@ impl SafeRoot {
             io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
         })?);
         if let Some(want) = self.dir_ids.lock().expect("lock").get(rel) {
-            if FileId::of(&fstat(&*fd)?) != *want {
+            if FileId::of(&fstat(&*fd)?) != want.id {
                 return Err(swapped(rel));
             }
         }
@@ -173,20 +182,24 @@ impl SafeRoot {
     pub fn mkdir(&self, rel: &Path) -> io::Result<()> {
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
-        match mkdirat(&parent, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => {}
+        let made = match mkdirat(&parent, name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => true,
             Err(Errno::EEXIST) => {
                 let st = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
                 if kind_of(&st) != SFlag::S_IFDIR {
                     unlinkat(&*parent, name, UnlinkatFlags::NoRemoveDir)?;
                     mkdirat(&*parent, name, Mode::from_bits_truncate(0o700))?;
                     self.forget();
+                    true
+                } else {
+                    false
                 }
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let fd = openat(&*parent, name, dir_flags(), Mode::empty())?;
-        self.dir_ids.lock().expect("lock").insert(rel.to_path_buf(), FileId::of(&fstat(&fd)?));
+        let id = FileId::of(&fstat(&fd)?);
+        self.dir_ids.lock().expect("lock").insert(rel.to_path_buf(), DirRecord { id, made });
         Ok(())
     }
 
@@ -206,23 +219,46 @@ impl SafeRoot {
     /// follows a symlink): only when something is there already is it removed and the creation
     /// retried. Its mode is 0600 until its metadata is set.
     pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<(File, FileId)> {
-        self.create(rel, size, None)
+        let f = self.create(rel, size, None)?;
+        let id = FileId::of(&fstat(&f)?);
+        Ok((f, id))
     }
 
     /// `create_file` for a file that will get `meta`: when its owner is this process's user
-    /// and group, it is created with its final permission bits (setuid/setgid and sticky aside),
-    /// so that setting its metadata has nothing left to change but times (`apply_fd` skips what
-    /// is already so): nobody can do more with it meanwhile than once it is restored. Where it
-    /// did not get this process's group (a setgid directory), it is set to 0600 at once.
+    /// and group and its directory was made by this restore, it is created with its final
+    /// permission bits (setuid/setgid and sticky aside), so that setting its metadata has
+    /// nothing left to change but times (`apply_fd` skips what is already so). Such a directory
+    /// is 0700 and this process's until the end (`mkdir`), so nobody else can reach the file
+    /// meanwhile, whatever group it got there (a setgid directory's) or ACL it inherited. Any
+    /// other file is 0600 until its metadata is set.
     pub fn create_file_for(&self, rel: &Path, size: u64, meta: &FileMeta) -> io::Result<(File, FileId)> {
+        let f = self.create(rel, size, Some(meta))?;
+        let id = FileId::of(&fstat(&f)?);
+        Ok((f, id))
+    }
+
+    /// `create_file_for` a file about to be written whole and finished at once
+    /// (`set_file_metadata_of`, which gives its identity). It is not stat'ed before its
+    /// content: on Linux 6.13 and later (multigrain timestamps) a stat between the creation and
+    /// the write makes the write stamp the file's times again, one more inode update per file
+    /// (a million small files: about 4 % of a restore's CPU).
+    pub fn create_whole_file_for(&self, rel: &Path, size: u64, meta: &FileMeta) -> io::Result<File> {
         self.create(rel, size, Some(meta))
     }
 
-    fn create(&self, rel: &Path, size: u64, meta: Option<&FileMeta>) -> io::Result<(File, FileId)> {
-        let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
+    /// Whether `rel` is a directory this restore made (see `DirRecord::made`).
+    fn made_here(&self, rel: &Path) -> bool {
+        self.dir_ids.lock().expect("lock").get(rel).is_some_and(|d| d.made)
+    }
+
+    fn create(&self, rel: &Path, size: u64, meta: Option<&FileMeta>) -> io::Result<File> {
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let parent = self.dir(parent_rel)?;
         let name = name_of(rel)?;
         let mode = match meta {
-            Some(m) if (m.uid, m.gid) == self.owner => file_mode(m.mode, self.keep_setuid) & 0o777,
+            Some(m) if (m.uid, m.gid) == self.owner && self.made_here(parent_rel) => {
+                file_mode(m.mode, self.keep_setuid) & 0o777
+            }
             _ => 0o600,
         };
         let create = || {
@@ -241,14 +277,10 @@ impl SafeRoot {
             r => r?,
         };
         let f = File::from(fd);
-        let md = f.metadata()?;
-        if mode != 0o600 && md.gid() != self.owner.1 {
-            nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(0o600))?;
-        }
         if size > 0 {
             f.set_len(size)?;
         }
-        Ok((f, FileId { dev: md.dev(), ino: md.ino() }))
+        Ok(f)
     }
 
     /// Open an existing regular file (never a symlink, never created; `O_NONBLOCK` so a FIFO
@@ -320,12 +352,15 @@ impl SafeRoot {
     /// against what `mkdir` recorded).
     /// `set_metadata` of a regular file from a restore plan's compact metadata.
     pub fn set_file_metadata(&self, rel: &Path, meta: &FileMeta, expect: Option<FileId>) -> io::Result<()> {
-        self.set_file_metadata_of(&self.open_file(rel, false, expect)?, meta)
+        self.set_file_metadata_of(&self.open_file(rel, false, expect)?, meta).and_then(|(_, set)| set)
     }
 
     /// `set_file_metadata` through a descriptor the caller holds (of a file this restore
-    /// created and still has open: nothing to check).
-    pub fn set_file_metadata_of(&self, f: &File, meta: &FileMeta) -> io::Result<()> {
+    /// created and still has open: nothing to check). Returns the file's identity (from the
+    /// `fstat` it starts with; an error there is the outer one) and whether its metadata was
+    /// set: a file whose metadata failed is still there with its content.
+    pub fn set_file_metadata_of(&self, f: &File, meta: &FileMeta) -> io::Result<(FileId, io::Result<()>)> {
+        let st = fstat(f)?;
         let mode = file_mode(meta.mode, self.keep_setuid);
         let a = Attrs {
             uid: meta.uid,
@@ -335,7 +370,7 @@ impl SafeRoot {
             mtime_ns: meta.mtime_ns,
             xattrs: &meta.xattrs,
         };
-        apply_fd(f, &a)
+        Ok((FileId::of(&st), apply_stated(f, &st, &a)))
     }
 
     pub fn set_metadata(&self, rel: &Path, node: &Node, expect: Option<FileId>) -> io::Result<()> {
@@ -452,8 +487,12 @@ impl<'a> Attrs<'a> {
 /// created with its final owner and mode needs neither); a change of owner clears setuid and
 /// setgid, so the mode is set again after one.
 fn apply_fd(f: &File, a: &Attrs<'_>) -> io::Result<()> {
+    apply_stated(f, &fstat(f)?, a)
+}
+
+/// `apply_fd` with the entry's `fstat` already taken.
+fn apply_stated(f: &File, st: &FileStat, a: &Attrs<'_>) -> io::Result<()> {
     use xattr::FileExt;
-    let st = fstat(f)?;
     let chown = (st.st_uid, st.st_gid) != (a.uid, a.gid);
     if chown {
         nix::unistd::fchown(f.as_fd(), Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)))?;

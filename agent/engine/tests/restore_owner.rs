@@ -1,10 +1,11 @@
 //! Owner and mode come out as the snapshot has them however a file was created. Restore creates
-//! a file that will belong to its own user and group with its final permission bits already,
-//! so that setting its metadata changes nothing but times (owner and mode are changed only
-//! where they differ: each change is an inode update in the journal, two of the ten system
-//! calls a small file cost); any other file is created 0600 until its metadata is set, and so
-//! is one that landed in a setgid directory of another group (it did not get its final group:
-//! that group's members must not read it meanwhile). A change of owner clears setuid and
+//! a file that will belong to its own user and group, in a directory it made itself, with its
+//! final permission bits already, so that setting its metadata changes nothing but times
+//! (owner and mode are changed only where they differ: each change is an inode update in the
+//! journal, two of the ten system calls a small file cost). Such a directory is 0700 and
+//! root's until the end, so nobody else can reach the file meanwhile, whatever group a setgid
+//! directory gave it. Any other file (in the target itself, or in a directory that was already
+//! there) is created 0600 until its metadata is set. A change of owner clears setuid and
 //! setgid, so the mode is set again after one, even where it looked right before.
 
 mod common;
@@ -54,8 +55,14 @@ async fn owner_and_mode_are_the_snapshots_however_each_file_was_created() {
     let bx = Segment::Blob { id: ids[0], len: x.len() as u32 };
     let by = Segment::Blob { id: ids[1], len: y.len() as u32 };
     let holes = || vec![Segment::Zero { len: 4096 }, by];
-    let inner =
-        vec![owned(file("h-mine", vec![bx]), 0, 0, 0o644), owned(file("i-theirs", vec![by]), THEM, THEM, 0o600)];
+    // g is a setgid directory of another group already in the target; g/k is made there.
+    let deeper = vec![owned(file("m-mine", vec![bx]), 0, 0, 0o640)];
+    let deeper = TreeId(save(&repo, vec![(BlobKind::Tree, Tree { nodes: deeper }.encode().unwrap())]).await[0].0);
+    let inner = vec![
+        owned(file("h-mine", vec![bx]), 0, 0, 0o644),
+        owned(file("i-theirs", vec![by]), THEM, THEM, 0o600),
+        owned(dir("k", deeper), 0, 0, 0o755),
+    ];
     let inner = TreeId(save(&repo, vec![(BlobKind::Tree, Tree { nodes: inner }.encode().unwrap())]).await[0].0);
     let nodes = vec![
         owned(file("a-mine", vec![bx]), 0, 0, 0o644),
@@ -83,13 +90,16 @@ async fn owner_and_mode_are_the_snapshots_however_each_file_was_created() {
     }
     assert_eq!(mode_owner(&target.join("g/h-mine")), (0o644, 0, 0), "a file restored into a setgid directory");
     assert_eq!(mode_owner(&target.join("g/i-theirs")), (0o600, THEM, THEM));
+    assert_eq!(mode_owner(&target.join("g/k")), (0o755, 0, 0), "a directory made in a setgid directory");
+    assert_eq!(mode_owner(&target.join("g/k/m-mine")), (0o640, 0, 0));
     assert_eq!(std::fs::read(target.join("f-holes-mine")).unwrap(), [&[0u8; 4096][..], &y].concat());
 }
 
-/// Before its metadata is set: a file of this process's user and group has its final bits
-/// (setuid aside), any other is 0600, and so is one that got a setgid directory's group.
+/// Before its metadata is set: a file of this process's user and group in a directory this
+/// restore made has its final bits (setuid aside), and that directory lets nobody else in; any
+/// other file is 0600.
 #[test]
-fn a_file_is_created_with_its_final_mode_only_where_it_has_its_final_owner() {
+fn a_file_is_created_with_its_final_mode_only_where_nobody_else_can_reach_it() {
     if !nix::unistd::geteuid().is_root() {
         skip::skip("a directory of another group and files of another owner need root");
         return;
@@ -103,10 +113,19 @@ fn a_file_is_created_with_its_final_mode_only_where_it_has_its_final_owner() {
         f.metadata().unwrap().permissions().mode() & 0o7777
     };
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    assert_eq!(created("mine", &meta(0, 0, 0o644)), 0o644);
-    assert_eq!(created("mine-suid", &meta(0, 0, 0o4755)), 0o755, "setuid comes with the metadata");
-    assert_eq!(created("theirs", &meta(THEM, THEM, 0o644)), 0o600);
-    assert_eq!(created("g/mine", &meta(0, 0, 0o644)), 0o600, "it got the directory's group");
+    root.mkdir(Path::new("made")).unwrap();
+    root.mkdir(Path::new("g/made")).unwrap();
+    root.mkdir(Path::new("g")).unwrap(); // there already: kept, not made
+    assert_eq!(created("made/mine", &meta(0, 0, 0o644)), 0o644);
+    assert_eq!(created("made/mine-suid", &meta(0, 0, 0o4755)), 0o755, "setuid comes with the metadata");
+    assert_eq!(created("made/theirs", &meta(THEM, THEM, 0o644)), 0o600);
+    assert_eq!(created("mine", &meta(0, 0, 0o644)), 0o600, "the target was there before the restore");
+    assert_eq!(created("g/mine", &meta(0, 0, 0o644)), 0o600, "a directory that was there before");
+    // Made in a setgid directory: the file has that directory's group, but nobody else can
+    // pass the directory it is in until the restore's end.
+    assert_eq!(created("g/made/mine", &meta(0, 0, 0o644)), 0o644);
+    assert_eq!(mode_owner(&target.path().join("g/made/mine")), (0o644, 0, OTHER_GROUP));
+    assert_eq!(mode_owner(&target.path().join("g/made")).0 & 0o077, 0, "group and others are kept out");
     nix::sys::stat::umask(old);
 
     // A change of owner clears setuid: the mode is set again although it looked right before.
@@ -114,6 +133,7 @@ fn a_file_is_created_with_its_final_mode_only_where_it_has_its_final_owner() {
     std::fs::write(&p, b"x").unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let f = std::fs::File::open(&p).unwrap();
-    root.set_file_metadata_of(&f, &meta(THEM, THEM, 0o4755)).unwrap();
+    let (_, set) = root.set_file_metadata_of(&f, &meta(THEM, THEM, 0o4755)).unwrap();
+    set.unwrap();
     assert_eq!(mode_owner(&p), (0o4755, THEM, THEM));
 }
