@@ -8,8 +8,9 @@
 //! pre-existing hardlink to a file outside the target cannot be written through.
 //!
 //! The target may be written by others while a restore runs (the workload owning a volume).
-//! Everything this module creates is identified by (device, inode) (`FileId`) when it is
-//! created, and every later access — content, then metadata — opens the entry without
+//! Everything this module creates is identified by (device, inode) (`FileId`), taken from the
+//! descriptor that created it (for a file written whole at once, after its content: see
+//! `create_whole_file_for`), and every later access — content, then metadata — opens the entry without
 //! following it and checks that identity before acting, and then acts on the descriptor it
 //! opened (`fchown`, `fchmod`, `fsetxattr`, `futimens`). An entry swapped for a symlink, a
 //! hardlink or another file meanwhile is reported and left alone: a racer can never have a
