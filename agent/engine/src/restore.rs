@@ -711,9 +711,9 @@ fn mkdirs(root: &SafeRoot, plan: &RestorePlan) -> Vec<EntryError> {
         plan.dirs.iter().enumerate().skip(1).map(|(i, (rel, _))| (rel.components().count(), i)).collect();
     order.sort_by_key(|&(depth, _)| depth);
     let mut errors = Vec::new();
-    for level in order.chunk_by(|a, b| a.0 == b.0) {
-        errors.extend(par_fill(&mut vec![(); level.len()], |j, _| {
-            let rel = &plan.dirs[level[j].1].0;
+    for level in order.chunk_by_mut(|a, b| a.0 == b.0) {
+        errors.extend(par_fill(level, |_, &mut (_, i)| {
+            let rel = &plan.dirs[i].0;
             root.mkdir(rel).err().map(|e| EntryError::new(EntryErrorKind::Write, rel, e))
         }));
     }

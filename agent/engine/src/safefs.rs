@@ -81,8 +81,9 @@ fn file_mode(mode: u32, keep_setuid: bool) -> u32 {
 #[derive(Debug)]
 pub struct SafeRoot {
     root: Arc<OwnedFd>,
-    /// Recently opened directories (restores touch one directory many times in a row).
-    dirs: std::sync::Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// Recently opened directories (restores touch one directory many times in a row), and
+    /// whether this restore made each (`DirRecord::made`, copied when it was opened).
+    dirs: std::sync::Mutex<HashMap<PathBuf, (Arc<OwnedFd>, bool)>>,
     /// Directories as this restore made or found them: reopening one checks it is still that.
     dir_ids: std::sync::Mutex<HashMap<PathBuf, DirRecord>>,
     /// Keep setuid/setgid bits on files (`--keep-setuid`).
@@ -113,6 +114,12 @@ fn name_of(p: &Path) -> io::Result<&OsStr> {
     p.file_name().ok_or_else(|| io::Error::other(format!("{} has no file name", p.display())))
 }
 
+/// A file just created, and its identity.
+fn with_id(f: File) -> io::Result<(File, FileId)> {
+    let id = FileId::of(&fstat(&f)?);
+    Ok((f, id))
+}
+
 /// Times as nanoseconds since the epoch into a `TimeSpec`.
 fn ts(ns: i64) -> TimeSpec {
     TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
@@ -133,44 +140,54 @@ impl SafeRoot {
     /// the nearest ancestor open (a loop, not a recursion: a snapshot's nesting, up to 2048
     /// levels, must not exhaust a runtime thread's stack).
     pub fn dir(&self, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+        Ok(self.dir_made(rel)?.0)
+    }
+
+    /// `dir`, and whether this restore made that directory (`DirRecord::made`; the target
+    /// itself: no).
+    fn dir_made(&self, rel: &Path) -> io::Result<(Arc<OwnedFd>, bool)> {
         let mut missing = Vec::new();
-        let mut at = self.root.clone();
+        let mut at = (self.root.clone(), false);
         for a in rel.ancestors() {
             if a.as_os_str().is_empty() {
                 break;
             }
-            if let Some(fd) = self.dirs.lock().expect("lock").get(a) {
-                at = fd.clone();
+            if let Some(d) = self.dirs.lock().expect("lock").get(a) {
+                at = d.clone();
                 break;
             }
             missing.push(a);
         }
         for a in missing.into_iter().rev() {
-            at = self.open_child(&at, a)?;
+            at = self.open_child(&at.0, a)?;
         }
         Ok(at)
     }
 
     /// Open directory `rel` from its parent's descriptor, check it is still what this restore
     /// made or found there, and cache it.
-    fn open_child(&self, parent: &OwnedFd, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+    fn open_child(&self, parent: &OwnedFd, rel: &Path) -> io::Result<(Arc<OwnedFd>, bool)> {
         let Some(Component::Normal(name)) = rel.components().next_back() else {
             return Err(io::Error::other(format!("unsafe path component in {}", rel.display())));
         };
         let fd = Arc::new(openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
             io::Error::other(format!("{}: {e} (a symlink or non-directory is in the way)", rel.display()))
         })?);
-        if let Some(want) = self.dir_ids.lock().expect("lock").get(rel) {
+        let record = self.dir_ids.lock().expect("lock").get(rel).copied();
+        if let Some(want) = record {
             if FileId::of(&fstat(&*fd)?) != want.id {
                 return Err(swapped(rel));
             }
         }
+        // A directory not recorded yet counts as found, not made (the safe side: its files
+        // are 0600 until their metadata is set).
+        let made = record.is_some_and(|d| d.made);
         let mut cache = self.dirs.lock().expect("lock");
         if cache.len() >= DIR_CACHE {
             cache.clear();
         }
-        cache.insert(rel.to_path_buf(), fd.clone());
-        Ok(fd)
+        cache.insert(rel.to_path_buf(), (fd.clone(), made));
+        Ok((fd, made))
     }
 
     /// Forget cached directory descriptors (after a directory was replaced).
@@ -220,9 +237,7 @@ impl SafeRoot {
     /// follows a symlink): only when something is there already is it removed and the creation
     /// retried. Its mode is 0600 until its metadata is set.
     pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<(File, FileId)> {
-        let f = self.create(rel, size, None)?;
-        let id = FileId::of(&fstat(&f)?);
-        Ok((f, id))
+        with_id(self.create(rel, size, None)?)
     }
 
     /// `create_file` for a file that will get `meta`: when its owner is this process's user
@@ -233,9 +248,7 @@ impl SafeRoot {
     /// meanwhile, whatever group it got there (a setgid directory's) or ACL it inherited. Any
     /// other file is 0600 until its metadata is set.
     pub fn create_file_for(&self, rel: &Path, size: u64, meta: &FileMeta) -> io::Result<(File, FileId)> {
-        let f = self.create(rel, size, Some(meta))?;
-        let id = FileId::of(&fstat(&f)?);
-        Ok((f, id))
+        with_id(self.create(rel, size, Some(meta))?)
     }
 
     /// `create_file_for` a file about to be written whole and finished at once
@@ -247,19 +260,11 @@ impl SafeRoot {
         self.create(rel, size, Some(meta))
     }
 
-    /// Whether `rel` is a directory this restore made (see `DirRecord::made`).
-    fn made_here(&self, rel: &Path) -> bool {
-        self.dir_ids.lock().expect("lock").get(rel).is_some_and(|d| d.made)
-    }
-
     fn create(&self, rel: &Path, size: u64, meta: Option<&FileMeta>) -> io::Result<File> {
-        let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let parent = self.dir(parent_rel)?;
+        let (parent, made_here) = self.dir_made(rel.parent().unwrap_or(Path::new("")))?;
         let name = name_of(rel)?;
         let mode = match meta {
-            Some(m) if (m.uid, m.gid) == self.owner && self.made_here(parent_rel) => {
-                file_mode(m.mode, self.keep_setuid) & 0o777
-            }
+            Some(m) if (m.uid, m.gid) == self.owner && made_here => file_mode(m.mode, self.keep_setuid) & 0o777,
             _ => 0o600,
         };
         let create = || {

@@ -4,6 +4,8 @@
 //! a directory made elsewhere.
 
 mod common;
+#[path = "../../tests/common/skip.rs"]
+mod skip;
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -84,5 +86,6 @@ async fn every_directory_of_a_wide_deep_tree_is_made_with_its_files() {
         assert!(!target.join("e").exists() && !target.join("f").exists(), "nothing made outside its place");
     } else {
         assert!(failed.is_empty(), "{failed:?}");
+        skip::skip("chattr +i refused here: the half with a directory nothing can be made in did not run");
     }
 }
