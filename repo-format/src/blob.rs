@@ -62,6 +62,30 @@ pub(crate) fn open(master: &MasterKey, cipher: &Cipher, kind: BlobKind, id: &Blo
     Ok(plain)
 }
 
+/// As `open`, decrypting `stored` where it lies: the blob's bytes, which are `stored`'s own
+/// for a blob stored raw and decompressed into `plain` (reused) otherwise.
+pub(crate) fn open_in_place<'a>(
+    master: &MasterKey,
+    cipher: &Cipher,
+    kind: BlobKind,
+    id: &BlobId,
+    stored: &'a mut [u8],
+    plain: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let payload = cipher.open_in_place(&aad(kind, id), stored, "blob")?;
+    let bytes = compress::decoded(payload, plain)?;
+    verify(master, id, bytes)?;
+    Ok(bytes)
+}
+
+/// Invariant 4: what was read hashes to the id it was read as.
+fn verify(master: &MasterKey, id: &BlobId, bytes: &[u8]) -> Result<()> {
+    if master.blob_id(bytes) != *id {
+        return Err(Error::corrupt("blob", "content does not hash to its id"));
+    }
+    Ok(())
+}
+
 /// As `open`, into `plain`, with `scratch` for the decrypted payload (both reused).
 pub(crate) fn open_into(
     master: &MasterKey,
@@ -74,8 +98,5 @@ pub(crate) fn open_into(
 ) -> Result<()> {
     cipher.open_into(&aad(kind, id), stored, "blob", scratch)?;
     compress::decompress_into(scratch, plain)?;
-    if master.blob_id(plain) != *id {
-        return Err(Error::corrupt("blob", "content does not hash to its id"));
-    }
-    Ok(())
+    verify(master, id, plain)
 }

@@ -65,6 +65,18 @@ pub fn decompress(payload: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The decoded bytes of `payload`: a stored (raw) payload's own bytes, without a copy;
+/// otherwise decompressed into `out` (as `decompress_into`).
+pub(crate) fn decoded<'a>(payload: &'a [u8], out: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+    match payload.split_first() {
+        Some((&RAW, raw)) => Ok(raw),
+        _ => {
+            decompress_into(payload, out)?;
+            Ok(out)
+        }
+    }
+}
+
 /// As `decompress`, into `out` (cleared first; its capacity is reused).
 pub fn decompress_into(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
     out.clear();

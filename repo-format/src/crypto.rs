@@ -225,6 +225,34 @@ impl Cipher {
         Ok(buf)
     }
 
+    /// Authenticate `sealed` and decrypt it where it lies: the plaintext, between nonce and
+    /// tag. When the tag does not verify, `sealed` is left as it was (both paths check the
+    /// tag before decrypting).
+    pub fn open_in_place<'a>(&self, aad: &[u8], sealed: &'a mut [u8], what: &'static str) -> Result<&'a mut [u8]> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(Error::corrupt(what, format!("{} bytes is shorter than nonce and tag", sealed.len())));
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().expect("12 bytes");
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("16 bytes");
+        if self.decrypt(aad, &nonce, ct, &tag) { Ok(ct) } else { Err(Self::unauthentic(what)) }
+    }
+
+    /// Decrypt `ct` in place if `tag` verifies (and only then).
+    fn decrypt(&self, aad: &[u8], nonce: &[u8; NONCE_LEN], ct: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+        match self {
+            Cipher::Crate(c) => {
+                c.decrypt_inout_detached(&Nonce::from(*nonce), aad, ct.into(), &Tag::from(*tag)).is_ok()
+            }
+            Cipher::Kernel(g) => g.open_in_place(nonce, aad, ct, tag),
+        }
+    }
+
+    fn unauthentic(what: &'static str) -> Error {
+        Error::corrupt(what, "authentication failed (wrong key, or modified bytes)")
+    }
+
     /// As `open`, decrypting into `buf` (cleared first; its capacity is reused).
     pub fn open_into(&self, aad: &[u8], sealed: &[u8], what: &'static str, buf: &mut Vec<u8>) -> Result<()> {
         if sealed.len() < SEAL_OVERHEAD {
@@ -236,13 +264,7 @@ impl Cipher {
         buf.extend_from_slice(ct);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
         let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
-        let ok = match self {
-            Cipher::Crate(c) => {
-                c.decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[..]).into(), &Tag::from(tag)).is_ok()
-            }
-            Cipher::Kernel(g) => g.open_in_place(&nonce, aad, buf, &tag),
-        };
-        if ok { Ok(()) } else { Err(Error::corrupt(what, "authentication failed (wrong key, or modified bytes)")) }
+        if self.decrypt(aad, &nonce, buf, &tag) { Ok(()) } else { Err(Self::unauthentic(what)) }
     }
 }
 

@@ -44,7 +44,7 @@ pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile,
 pub use keyfile::KdfParams;
 pub use marker::Marker;
 pub use object::FORMAT_VERSION;
-pub use pack::{PackEntry, TRAILER_LEN, open_blob, open_blob_into, parse_header, parse_pack, parse_trailer};
+pub use pack::{PackEntry, PackOpener, TRAILER_LEN, open_blob, parse_header, parse_pack, parse_trailer};
 pub use repository::{
     FUTURE_SKEW_NS, InitOptions, KeyInfo, MAX_JOINED_ENTRIES, Repository, Resumed, current as current_index_files,
     marked_only,
