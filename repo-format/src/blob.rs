@@ -57,8 +57,9 @@ pub(crate) fn seal_payload_into(cipher: &Cipher, kind: BlobKind, id: &BlobId, pa
 
 /// Decrypt, decompress and verify one stored blob.
 pub(crate) fn open(master: &MasterKey, cipher: &Cipher, kind: BlobKind, id: &BlobId, stored: &[u8]) -> Result<Vec<u8>> {
-    let (mut scratch, mut plain) = (Vec::new(), Vec::new());
-    open_into(master, cipher, kind, id, stored, &mut scratch, &mut plain)?;
+    let payload = cipher.open(&aad(kind, id), stored, "blob")?;
+    let plain = compress::decompress(&payload)?;
+    verify(master, id, &plain)?;
     Ok(plain)
 }
 
@@ -84,19 +85,4 @@ fn verify(master: &MasterKey, id: &BlobId, bytes: &[u8]) -> Result<()> {
         return Err(Error::corrupt("blob", "content does not hash to its id"));
     }
     Ok(())
-}
-
-/// As `open`, into `plain`, with `scratch` for the decrypted payload (both reused).
-pub(crate) fn open_into(
-    master: &MasterKey,
-    cipher: &Cipher,
-    kind: BlobKind,
-    id: &BlobId,
-    stored: &[u8],
-    scratch: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
-) -> Result<()> {
-    cipher.open_into(&aad(kind, id), stored, "blob", scratch)?;
-    compress::decompress_into(scratch, plain)?;
-    verify(master, id, plain)
 }

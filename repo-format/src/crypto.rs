@@ -12,6 +12,7 @@
 //! random-nonce bound of 2^32 messages per key is unreachable; the object key encrypts one
 //! message per config/index/snapshot object. This module must never log or expose key bytes.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -229,14 +230,21 @@ impl Cipher {
     /// tag. When the tag does not verify, `sealed` is left as it was (both paths check the
     /// tag before decrypting).
     pub fn open_in_place<'a>(&self, aad: &[u8], sealed: &'a mut [u8], what: &'static str) -> Result<&'a mut [u8]> {
+        let (nonce, ct, tag) = Self::framing(sealed, what)?;
+        let ct = &mut sealed[ct];
+        if self.decrypt(aad, &nonce, ct, &tag) { Ok(ct) } else { Err(Self::unauthentic(what)) }
+    }
+
+    /// The nonce and tag of `nonce ‖ ciphertext ‖ tag`, and where the ciphertext lies;
+    /// `Corrupt` when `sealed` is too short to hold both.
+    fn framing(sealed: &[u8], what: &'static str) -> Result<([u8; NONCE_LEN], Range<usize>, [u8; TAG_LEN])> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(Error::corrupt(what, format!("{} bytes is shorter than nonce and tag", sealed.len())));
         }
-        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().expect("12 bytes");
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("16 bytes");
-        if self.decrypt(aad, &nonce, ct, &tag) { Ok(ct) } else { Err(Self::unauthentic(what)) }
+        let end = sealed.len() - TAG_LEN;
+        let nonce = sealed[..NONCE_LEN].try_into().expect("12 bytes");
+        let tag = sealed[end..].try_into().expect("16 bytes");
+        Ok((nonce, NONCE_LEN..end, tag))
     }
 
     /// Decrypt `ct` in place if `tag` verifies (and only then).
@@ -255,15 +263,9 @@ impl Cipher {
 
     /// As `open`, decrypting into `buf` (cleared first; its capacity is reused).
     pub fn open_into(&self, aad: &[u8], sealed: &[u8], what: &'static str, buf: &mut Vec<u8>) -> Result<()> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(Error::corrupt(what, format!("{} bytes is shorter than nonce and tag", sealed.len())));
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (nonce, ct, tag) = Self::framing(sealed, what)?;
         buf.clear();
-        buf.extend_from_slice(ct);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
-        let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
+        buf.extend_from_slice(&sealed[ct]);
         if self.decrypt(aad, &nonce, buf, &tag) { Ok(()) } else { Err(Self::unauthentic(what)) }
     }
 }

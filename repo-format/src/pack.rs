@@ -234,6 +234,22 @@ impl<'k> PackOpener<'k> {
     ) -> Result<&'a [u8]> {
         blob::open_in_place(self.master, &self.cipher, kind, id, stored, plain)
     }
+
+    /// As `open_in_place`, for a reader that keeps the pack's bytes as they are (a checker
+    /// reading the same bytes under several index entries): `stored` is copied into `scratch`
+    /// and decrypted there. Both buffers are cleared and their capacity reused.
+    pub fn open<'a>(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        stored: &[u8],
+        scratch: &'a mut Vec<u8>,
+        plain: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        scratch.clear();
+        scratch.extend_from_slice(stored);
+        self.open_in_place(kind, id, scratch, plain)
+    }
 }
 
 #[cfg(test)]
@@ -265,10 +281,11 @@ mod tests {
             prop_assert_eq!(PackId(crate::id::Id::of_stored(&bytes)), p.id);
             let (salt, entries) = parse_pack(&master, &bytes).unwrap();
             prop_assert_eq!(&entries, &p.entries);
-            let (opener, mut in_place, mut plain) = (PackOpener::new(&master, &salt), bytes.clone(), Vec::new());
+            let (opener, mut in_place, mut plain, mut scratch) = (PackOpener::new(&master, &salt), bytes.clone(), Vec::new(), Vec::new());
             for ((kind, data), e) in blobs.iter().zip(&entries) {
                 let range = e.offset as usize..(e.offset + e.stored_len) as usize;
                 prop_assert_eq!(&open_blob(&master, &salt, *kind, &e.id, &bytes[range.clone()]).unwrap(), data);
+                prop_assert_eq!(opener.open(*kind, &e.id, &bytes[range.clone()], &mut scratch, &mut plain).unwrap(), &data[..]);
                 prop_assert_eq!(opener.open_in_place(*kind, &e.id, &mut in_place[range], &mut plain).unwrap(), &data[..]);
             }
         }
@@ -276,9 +293,10 @@ mod tests {
 
     /// In place: a blob stored raw is its own bytes in the buffer (no copy), a compressed one
     /// comes out of `plain`; a flipped byte fails and leaves the buffer as it was; an authentic
-    /// blob under an id its content does not hash to fails.
+    /// blob under an id its content does not hash to fails. From a copy: the same verdicts, and
+    /// the same bytes can be opened again.
     #[test]
-    fn opening_in_place_decrypts_where_the_blob_lies_and_checks_as_open_blob_does() {
+    fn opening_in_place_or_from_a_copy_checks_as_open_blob_does() {
         let master = MasterKey::generate();
         let mut random = vec![0u8; 5000];
         crate::crypto::random_bytes(&mut random);
@@ -316,6 +334,19 @@ mod tests {
         assert!(err.is_corrupt(), "{err}");
 
         let err = opener.open_in_place(BlobKind::Data, &e[2].id, &mut bytes.clone()[range(2)], &mut plain).unwrap_err();
+        assert!(err.is_corrupt() && err.to_string().contains("does not hash"), "{err}");
+
+        // The copying form reads the same bytes as often as asked, and fails as the other does.
+        let mut scratch = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(
+                opener.open(BlobKind::Data, &e[0].id, &bytes[range(0)], &mut scratch, &mut plain).unwrap(),
+                &random[..]
+            );
+        }
+        let err = opener.open(BlobKind::Data, &e[1].id, &before[range(1)], &mut scratch, &mut plain).unwrap_err();
+        assert!(err.is_corrupt() && err.to_string().contains("authentication"), "{err}");
+        let err = opener.open(BlobKind::Data, &e[2].id, &bytes[range(2)], &mut scratch, &mut plain).unwrap_err();
         assert!(err.is_corrupt() && err.to_string().contains("does not hash"), "{err}");
     }
 

@@ -30,7 +30,7 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 use repo_format::{
     BlobId, BlobKind, Content, Directory, Error as RepoError, FileKind, Id, Index, IndexFile, IndexId, NodeType,
-    PackEntry, PackId, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list, open_blob,
+    PackEntry, PackId, PackOpener, Repository, Segment, SnapshotId, TRAILER_LEN, TreeId, decode_segment_list,
     parse_pack,
 };
 use serde::Serialize;
@@ -547,9 +547,10 @@ fn verify_pack(master: &repo_format::MasterKey, p: &repo_format::IndexPack, byte
         }
     }
     let mut bad = Vec::new();
+    let (opener, mut scratch, mut plain) = (PackOpener::new(master, &p.salt), Vec::new(), Vec::new());
     for b in &p.blobs {
         let (start, end) = (b.offset as usize, b.offset as usize + b.stored_len as usize);
-        let ok = end <= bytes.len() && open_blob(master, &p.salt, b.kind, &b.id, &bytes[start..end]).is_ok();
+        let ok = end <= bytes.len() && opener.open(b.kind, &b.id, &bytes[start..end], &mut scratch, &mut plain).is_ok();
         if !ok {
             bad.push((b.kind, b.id));
         }

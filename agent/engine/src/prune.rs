@@ -456,14 +456,15 @@ async fn copy_pack(repo: &Repository, writer: &repo_format::BlobWriter, p: &Inde
         .with_context(|| format!("reading pack {} to repack it", p.id.0))?;
     let (master, writer, p) = (repo.master_key().clone(), writer.clone(), p.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
+        let (opener, mut scratch, mut plain) = (repo_format::PackOpener::new(&master, &p.salt), Vec::new(), Vec::new());
         for b in &p.blobs {
             let (start, end) = (b.offset as usize, b.offset as usize + b.stored_len as usize);
             let stored =
                 bytes.get(start..end).with_context(|| format!("pack {} is shorter than its index says", p.id.0))?;
-            let plain = repo_format::open_blob(&master, &p.salt, b.kind, &b.id, stored).with_context(|| {
+            let blob = opener.open(b.kind, &b.id, stored, &mut scratch, &mut plain).with_context(|| {
                 format!("blob {} in pack {} does not verify: prune stops; run `ferry check`", b.id.0, p.id.0)
             })?;
-            writer.save_with_id(b.kind, b.id, &plain)?;
+            writer.save_with_id(b.kind, b.id, blob)?;
         }
         Ok(())
     })
