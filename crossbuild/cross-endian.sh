@@ -30,7 +30,7 @@ cli_tool() { # NAME (environment passed through)
   fi
   echo "cross-endian: fidelity::$1 failed:" >&2; cat "$W/tool.log" >&2; return 1
 }
-NATIVE="$WS/target/debug/ferry"
+NATIVE="${CARGO_TARGET_DIR:-$WS/target}/debug/ferry"
 if [ "$T" = native ]; then
   CROSS="$NATIVE"
 else

@@ -5,6 +5,7 @@
 #   FUZZ_SECONDS  seconds per target (default 20)
 #   FUZZ_RUNS     also stop a target after this many executions (default -1: no limit)
 #   FUZZ_TARGETS  targets to run (default: every target of the fuzz crate)
+#   FERRY_FUZZ_TARGET_DIR  build directory (default repo-format/fuzz/target)
 #   FUZZ_LOGS     keep each target's libFuzzer output as $FUZZ_LOGS/<target>.log (default: not kept)
 # Prints one line per target (executions, exec/s, coverage) and `N passed, N failed`. Exits
 # non-zero if any target crashed, failed an assertion, timed out or went over the memory limits;
@@ -24,6 +25,8 @@ if ! cargo fuzz --version 2>/dev/null | grep -qF "$cargo_fuzz_version"; then
   cargo install --locked "cargo-fuzz@$cargo_fuzz_version"
 fi
 build=(-O -a) # release, with debug assertions and overflow checks; AddressSanitizer is the default
+# FERRY_FUZZ_TARGET_DIR: where the targets are built (default repo-format/fuzz/target).
+[ -z "${FERRY_FUZZ_TARGET_DIR:-}" ] || build+=(--target-dir "$FERRY_FUZZ_TARGET_DIR")
 nice -n 10 cargo fuzz build "${build[@]}"
 targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
 if [ -n "$logs" ]; then
