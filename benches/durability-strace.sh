@@ -8,7 +8,8 @@
 #
 # Per binary and command: the counts of each traced call, the number of objects the command
 # added to the repository, and how many of them followed the durable protocol of storage/local.rs:
-#   the temporary file was fsynced before it was renamed or linked to the object's name, and the
+#   the temporary file (or the unnamed one, linked through /proc/self/fd) was fsynced before it
+#   was renamed or linked to the object's name, and the
 #   object's directory was fsynced after that (a folder made on demand also has its parent
 #   fsynced: counted as "new dirs synced").
 # Environment: WORK (default /tmp/ferry-durability), FILES (small files in the tree, default
@@ -72,6 +73,10 @@ for seq, name, args, ok in events:
         p = fd_path(args)
         if p:
             synced[p].append(seq)
+            # A file without a name (O_TMPFILE) is published by a link through /proc/self/fd/N:
+            # its fsync counts for that path.
+            if "(deleted)" in args:
+                synced["/proc/self/fd/" + args.split("<", 1)[0]].append(seq)
 objects = [os.path.join(dp, f) for dp, _, fs in os.walk(repo) for f in fs]
 objects = [o for o in objects if o not in old]
 ok_objects, bad = 0, []

@@ -510,7 +510,10 @@ impl Repository {
 
     /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now. With a cache,
     /// the writer journals its uploaded packs (see `resume_interrupted`).
-    pub fn writer(&self, opts: WriterOptions) -> BlobWriter {
+    pub fn writer(&self, mut opts: WriterOptions) -> BlobWriter {
+        if let Some(dir) = self.storage.spool_dir() {
+            opts.tmp_dir = dir;
+        }
         let journal = self.cache.as_ref().and_then(|c| match Journal::create(&c.dir().join(PENDING_DIR)) {
             Ok(j) => Some(j),
             Err(e) => {

@@ -98,6 +98,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn is_local(&self) -> bool {
         false
     }
+    /// A directory on the file system that holds the packs, where a writer may spool a pack so
+    /// that `upload_file` links the finished file under its name instead of copying it (a local
+    /// directory); `None` where an upload must send the bytes anyway.
+    fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Create-only write of a whole object.
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()>;
     /// Upload a content-named object from a file positioned at its start (multipart when large).

@@ -64,7 +64,9 @@ pub struct WriterOptions {
     pub open_packs: usize,
     /// Packs uploading at once.
     pub max_uploads: usize,
-    /// Where temporary pack files go (must be a real disk, not tmpfs, for bounded memory).
+    /// Where temporary pack files go (must be a real disk, not tmpfs, for bounded memory). A
+    /// repository that has a `Storage::spool_dir` (a local directory) spools there instead: its
+    /// packs are then linked in place, not copied.
     pub tmp_dir: PathBuf,
 }
 

@@ -208,7 +208,8 @@ pub(crate) async fn start_writer(
 }
 
 /// Where a writer spools its packs: `<cache>/<repository id>/tmp` (created, private), or the
-/// system temporary directory without a cache.
+/// system temporary directory without a cache. (A local repository's writer spools in the
+/// repository instead: `Repository::writer`.)
 pub(crate) fn pack_tmp_dir(repo: &Repository, cache_dir: Option<&std::path::Path>) -> Result<PathBuf> {
     let Some(c) = cache_dir else { return Ok(std::env::temp_dir()) };
     let t = c.join(repo.config().repo_id.to_hex()).join("tmp");

@@ -63,6 +63,9 @@ impl<S: Storage> Storage for Counting<S> {
     fn is_local(&self) -> bool {
         self.inner.is_local()
     }
+    fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.spool_dir()
+    }
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
         self.counts.put.fetch_add(1, Relaxed);
         self.counts.bytes_up.fetch_add(data.len() as u64, Relaxed);

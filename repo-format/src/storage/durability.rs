@@ -175,6 +175,52 @@ async fn create_only_refuses_an_existing_object() {
     assert_eq!(files(&root), vec![path_of(FileKind::Snapshot, &id)]);
 }
 
+/// A pack spooled without a name in the repository's `spool_dir` becomes the object itself (a
+/// link, no copy); a spooled file that has a name, or a pack already stored, is copied as before;
+/// nothing is left beside the packs.
+#[tokio::test]
+async fn a_pack_spooled_in_the_repository_is_linked_not_copied() {
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ObjectStorage::local(dir.path()).unwrap();
+    let spool = s.spool_dir().expect("a local directory has a spool directory");
+    assert_eq!(spool, dir.path().join("data"));
+    let spooled = |bytes: &[u8]| {
+        let mut f = tempfile::tempfile_in(&spool).unwrap();
+        f.write_all(bytes).unwrap();
+        f.rewind().unwrap();
+        f
+    };
+    let (a, b) = (data(11, 200_000), data(12, 300_000));
+    let (ida, idb) = (Id::of_stored(&a), Id::of_stored(&b));
+    let (pa, pb) = (dir.path().join(path_of(FileKind::Pack, &ida)), dir.path().join(path_of(FileKind::Pack, &idb)));
+
+    let f = spooled(&a);
+    let ino = f.metadata().unwrap().ino();
+    s.upload_file(FileKind::Pack, &ida, f, a.len() as u64).await.unwrap();
+    assert_eq!(std::fs::metadata(&pa).unwrap().ino(), ino, "the spooled file is linked");
+    assert_eq!(std::fs::read(&pa).unwrap(), a);
+
+    let mut named = tempfile::NamedTempFile::new_in(&spool).unwrap();
+    named.write_all(&b).unwrap();
+    named.rewind().unwrap();
+    s.upload_file(FileKind::Pack, &idb, named.reopen().unwrap(), b.len() as u64).await.unwrap();
+    assert_ne!(std::fs::metadata(&pb).unwrap().ino(), named.as_file().metadata().unwrap().ino(), "copied");
+    assert_eq!(std::fs::read(&pb).unwrap(), b);
+    assert_eq!(std::fs::read(named.path()).unwrap(), b, "the named file is left as it was");
+    drop(named);
+
+    let f = spooled(&a);
+    let ino = f.metadata().unwrap().ino();
+    s.upload_file(FileKind::Pack, &ida, f, a.len() as u64).await.unwrap();
+    assert_ne!(std::fs::metadata(&pa).unwrap().ino(), ino, "a stored pack's name is not linked over");
+    assert_eq!(std::fs::read(&pa).unwrap(), a);
+    let mut want = vec![path_of(FileKind::Pack, &ida), path_of(FileKind::Pack, &idb)];
+    want.sort();
+    assert_eq!(files(dir.path()), want, "no temporary file is left");
+}
+
 /// Temporary names a crash may leave behind (`.upload-*`, and `<name>#<n>` of earlier versions,
 /// which wrote small objects through object_store; partial content in both) are never listed and
 /// never read.

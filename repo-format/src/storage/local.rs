@@ -17,8 +17,11 @@
 //! * small objects (`create_new`, create-only): published by a hard link from the temporary
 //!   name, which fails if the object exists — create-only against any other writer, atomically
 //!   (as object_store did before); the temporary name is unlinked after the directory's `fsync`;
-//! * packs (`publish_file`): a kernel copy from the writer's temporary file, then a rename
-//!   (packs are content-named, so replacing one with the same bytes is harmless);
+//! * packs (`publish_file`): a pack the writer spooled without a name on the repository's own
+//!   file system (`Storage::spool_dir`) is `fsync`ed and linked under its name, no copy (a
+//!   crash before leaves nothing: the file has no name); otherwise a kernel copy from the
+//!   writer's temporary file to a temporary name, then a rename (packs are content-named, so
+//!   replacing one with the same bytes is harmless);
 //! * removals (`remove`) and folders (`create_dir`, also for the repository's own folder).
 //!
 //! A crash between the steps may leave a temporary name (`.upload-*`) behind: listings ignore
@@ -93,18 +96,40 @@ pub(crate) fn create_new(dest: &Path, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Copy `src` (positioned at its start) to `dest` so that `dest` appears only complete and
-/// durable: a temporary file in `dest`'s directory, `fsync`, rename over `dest`, `fsync` of the
-/// directory. The kernel copies (copy_file_range): no user memory. On failure the temporary
-/// file is removed and `dest` is untouched.
+/// Store the file `src` (positioned at its start) as `dest` so that `dest` appears only
+/// complete and durable. A file on `dest`'s file system without a name (a pack spooled in the
+/// repository's `spool_dir`, `O_TMPFILE`) is `fsync`ed and linked under `dest`: the bytes are
+/// not copied. Any other (another file system, a name taken, no `/proc`): a temporary file in
+/// `dest`'s directory that the kernel fills (copy_file_range, no user memory), `fsync`, rename
+/// over `dest`. Then the directory is `fsync`ed. On failure nothing is left under `dest`'s
+/// directory and `dest` is untouched.
 pub(crate) fn publish_file(mut src: File, dest: &Path) -> io::Result<()> {
     let dir = dest.parent().expect("object paths have a parent");
     create_dir(dir)?;
+    if link_unnamed(&src, dir, dest)? {
+        return sync_dir(dir);
+    }
     let mut tmp = tempfile::Builder::new().prefix(UPLOAD_PREFIX).tempfile_in(dir)?;
     io::copy(&mut src, tmp.as_file_mut())?;
     sync(tmp.as_file())?;
     tmp.persist(dest).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// Give `src` the name `dest` if it has no name yet and lies on `dir`'s file system: its bytes
+/// made durable first, then a link through `/proc/self/fd` (`AT_EMPTY_PATH` would need
+/// `CAP_DAC_READ_SEARCH`). False where that does not apply or the link is refused (the caller
+/// copies instead); an error only from the `fsync`.
+fn link_unnamed(src: &File, dir: &Path, dest: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(dir_meta)) = (src.metadata(), std::fs::metadata(dir)) else { return Ok(false) };
+    if meta.nlink() != 0 || meta.dev() != dir_meta.dev() {
+        return Ok(false);
+    }
+    sync(src)?;
+    let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(src));
+    let (cwd, follow) = (nix::fcntl::AT_FDCWD, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW);
+    Ok(nix::unistd::linkat(cwd, fd.as_str(), cwd, dest, follow).is_ok())
 }
 
 /// Remove `path` and make the removal durable (`fsync` of its directory).

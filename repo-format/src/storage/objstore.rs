@@ -147,6 +147,12 @@ impl Storage for ObjectStorage {
         self.local_root.is_some()
     }
 
+    /// `data/`, made (durably) if missing; `None` if it cannot be.
+    fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        let dir = self.local_root.as_ref()?.join(dir_of(FileKind::Pack));
+        local::create_dir(&dir).ok().map(|()| dir)
+    }
+
     async fn create(&self, kind: FileKind, id: &Id, data: Bytes) -> Result<()> {
         if let Some(root) = &self.local_root {
             let (dest, bytes) = (root.join(path_of(kind, id)), data.clone());
