@@ -35,16 +35,19 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
         let header = out.len();
         let bound = zstd::zstd_safe::compress_bound(data.len());
-        // Only worth it if it saves something: cap the output at the raw size.
-        let cap = data.len().min(bound);
-        out.resize(header + cap, 0);
+        // Only worth it if it saves something: room for the raw size (more capacity may be
+        // there; the length check below decides). zstd writes into the spare capacity after
+        // the header, which is not zeroed first.
+        out.reserve(data.len().min(bound));
         let n = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
                 *c = Some((level, zstd::bulk::Compressor::new(level).expect("zstd context")));
             }
             let (_, comp) = c.as_mut().expect("set above");
-            comp.compress_to_buffer(data, &mut out[header..]).ok()
+            let mut after_header = std::io::Cursor::new(&mut *out);
+            after_header.set_position(header as u64);
+            comp.compress_to_buffer(data, &mut after_header).ok()
         });
         match n {
             Some(n) if n + 5 < data.len() + 1 => {
