@@ -24,6 +24,16 @@ alive() {
   case $cmd in *"$3"*) return 0 ;; *) return 1 ;; esac
 }
 
+# running PID: the process exists and has not exited (a zombie has). For a server this script
+# just launched, where `alive` can be wrong: while `setsid` execs the server, the process's
+# command line can read empty for a moment (CI failed an agent test so twice, "etcd: exited
+# before it was healthy" with an empty etcd.log: it had not started yet).
+running() {
+  local state
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/${1:-none}/status" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 pidof_in() { cat "$1/$2.pid" 2>/dev/null || true; } # DIR NAME
 
 # stop_one DIR NAME BINARY: TERM the recorded process (its own session: the whole group), KILL

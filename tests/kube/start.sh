@@ -158,7 +158,7 @@ start_etcd() {
   pid=$(pidof_in "$DIR" etcd)
   until curl --noproxy '*' -sf -m 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null |
     grep -q '"health":"true"'; do
-    alive "$pid" etcd "$DIR" || fail_with_log etcd "$DIR/etcd.log" "exited before it was healthy"
+    running "$pid" || fail_with_log etcd "$DIR/etcd.log" "exited before it was healthy"
     [ $((SECONDS - t0)) -lt "$WAIT" ] ||
       fail_with_log etcd "$DIR/etcd.log" "not healthy after $WAIT s"
     sleep 0.1
@@ -192,7 +192,7 @@ start_apiserver() {
   local pid t0=$SECONDS
   pid=$(pidof_in "$DIR" apiserver)
   until [ "$(admin_curl -o /dev/null -w '%{http_code}' "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = 200 ]; do
-    alive "$pid" kube-apiserver "$DIR" ||
+    running "$pid" ||
       fail_with_log kube-apiserver "$DIR/apiserver.log" "exited before it was ready"
     [ $((SECONDS - t0)) -lt "$WAIT" ] ||
       fail_with_log kube-apiserver "$DIR/apiserver.log" "not ready after $WAIT s"
