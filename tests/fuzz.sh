@@ -25,7 +25,6 @@ if ! cargo fuzz --version 2>/dev/null | grep -qF "$cargo_fuzz_version"; then
   cargo install --locked "cargo-fuzz@$cargo_fuzz_version"
 fi
 build=(-O -a) # release, with debug assertions and overflow checks; AddressSanitizer is the default
-# FERRY_FUZZ_TARGET_DIR: where the targets are built (default repo-format/fuzz/target).
 [ -z "${FERRY_FUZZ_TARGET_DIR:-}" ] || build+=(--target-dir "$FERRY_FUZZ_TARGET_DIR")
 nice -n 10 cargo fuzz build "${build[@]}"
 targets=${FUZZ_TARGETS:-$(cargo fuzz list)}

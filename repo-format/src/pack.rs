@@ -237,7 +237,8 @@ impl<'k> PackOpener<'k> {
 
     /// As `open_in_place`, for a reader that keeps the pack's bytes as they are (a checker
     /// reading the same bytes under several index entries): `stored` is copied into `scratch`
-    /// and decrypted there. Both buffers are cleared and their capacity reused.
+    /// (cleared first) and decrypted there; the bytes returned are `scratch`'s for a blob
+    /// stored raw, `plain`'s otherwise. Both buffers' capacity is reused.
     pub fn open<'a>(
         &self,
         kind: BlobKind,
