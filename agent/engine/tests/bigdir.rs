@@ -101,17 +101,22 @@ async fn a_directory_of_150k_entries_goes_in_parts_and_comes_back_whole() {
     assert!(parts.iter().all(|p| p.entries as usize <= PART_MAX));
 
     // One file more, no files cache: every other file is taken from the parent, found through
-    // its parts; only the part holding the new name, the index, and the root are new trees.
+    // its parts; only the parts around the new name, the index, and the root are new trees.
     std::fs::write(src.join("big").join("e075000x"), b"new").unwrap();
     let second = backup::run(repo.clone(), config(&src, "h"), &Job::new()).await.unwrap();
     let s = &second.snapshot.summary;
     assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
     assert_eq!((s.files_new, s.files_changed), (1, 0), "{s:?}");
     assert_eq!(s.files_unchanged, first.snapshot.summary.files_new, "{s:?}");
-    assert!(s.tree_blobs_added <= 4, "{} tree blobs for one new file", s.tree_blobs_added);
     let (_, Directory::Parts(parts2)) = big_dir(&repo, second.snapshot.tree).await else { panic!("not in parts") };
-    let kept = parts2.iter().filter(|p| parts.contains(p)).count();
-    assert!(kept + 2 >= parts2.len(), "{kept} of {} parts kept", parts2.len());
+    let new_parts = parts2.iter().filter(|p| !parts.contains(p)).count() as u64;
+    assert_eq!(s.tree_blobs_added, new_parts + 2, "tree blobs: the new parts, the index and the root");
+    // How many parts one name changes depends on where the repository's random seed puts the
+    // cuts: the part holding it, and the next one when a cut moves (a name passing `PART_MIN`
+    // or `PART_MAX`). Over 3000 seeds with these names: one part 93.4 %, two 6.6 %, three
+    // 0.03 % (a moved cut moving the next); the fixed-seed property is dirparts'
+    // `one_more_entry_changes_few_parts`.
+    assert!((1..=3).contains(&new_parts), "{new_parts} of {} parts new", parts2.len());
 
     // Forget the first snapshot and prune: what the second needs (its parts) stays.
     let gone = ferry_engine::forget::remove_snapshots(&**repo.storage(), &[first.snapshot_id]).await;
