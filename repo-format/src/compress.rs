@@ -103,7 +103,8 @@ pub fn decompress_into(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
                     format!("declared length {raw_len} is more than a zstd frame of {frame} bytes can hold"),
                 ));
             }
-            out.reserve(raw_len);
+            // Exactly (the length is known): a reused buffer does not double past it.
+            out.reserve_exact(raw_len);
             let n = DECOMPRESSOR.with(|d| {
                 let mut d = d.borrow_mut();
                 let d = d.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd context"));

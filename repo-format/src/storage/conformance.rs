@@ -25,6 +25,8 @@ pub(crate) async fn run(s: &dyn Storage) {
     // missing objects
     assert!(matches!(s.read(FileKind::Snapshot, &a, 1 << 20).await, Err(Error::NotFound { .. })));
     assert!(matches!(s.read_range(FileKind::Pack, &a, 0, 1).await, Err(Error::NotFound { .. })));
+    let mut buf = Vec::new();
+    assert!(matches!(s.read_range_into(FileKind::Pack, &a, 0, 1, &mut buf).await, Err(Error::NotFound { .. })));
     assert!(s.list(FileKind::Snapshot).await.unwrap().is_empty());
     // create-only
     s.create(FileKind::Snapshot, &a, Bytes::from_static(b"first")).await.unwrap();
@@ -43,6 +45,13 @@ pub(crate) async fn run(s: &dyn Storage) {
     assert_eq!(&s.read_range(FileKind::Index, &b, 3, 4).await.unwrap()[..], b"3456");
     // a range running past the end is an error, never a short answer
     assert!(s.read_range(FileKind::Index, &b, 8, 4).await.is_err(), "a short range read must fail");
+    // into a buffer: its bytes are exactly the range, whatever it held before (longer, shorter)
+    let mut buf = b"older and longer bytes".to_vec();
+    s.read_range_into(FileKind::Index, &b, 3, 4, &mut buf).await.unwrap();
+    assert_eq!(buf, b"3456");
+    s.read_range_into(FileKind::Index, &b, 0, 10, &mut buf).await.unwrap();
+    assert_eq!(buf, b"0123456789");
+    assert!(s.read_range_into(FileKind::Index, &b, 8, 4, &mut buf).await.is_err(), "a short range read must fail");
     // list by kind only
     let l = s.list(FileKind::Snapshot).await.unwrap();
     assert_eq!(l, vec![(a, 5)]);
@@ -59,6 +68,8 @@ pub(crate) async fn run(s: &dyn Storage) {
         assert!(s.read(FileKind::Pack, &pid, 1 << 30).await.unwrap() == big, "{len} bytes read back");
         let r = s.read_range(FileKind::Pack, &pid, 17 << 20, 100).await.unwrap();
         assert_eq!(&r[..], &big[17 << 20..(17 << 20) + 100]);
+        s.read_range_into(FileKind::Pack, &pid, 5 << 20, 3 << 20, &mut buf).await.unwrap();
+        assert!(buf[..] == big[5 << 20..8 << 20], "{len} bytes: 3 MiB read into a buffer");
         packs.push((pid, big.len() as u64));
     }
     packs.sort();

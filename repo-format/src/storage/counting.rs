@@ -88,6 +88,12 @@ impl<S: Storage> Storage for Counting<S> {
         self.counts.bytes_down.fetch_add(b.len() as u64, Relaxed);
         Ok(b)
     }
+    async fn read_range_into(&self, kind: FileKind, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        self.counts.get.fetch_add(1, Relaxed);
+        self.inner.read_range_into(kind, id, offset, len, buf).await?;
+        self.counts.bytes_down.fetch_add(buf.len() as u64, Relaxed);
+        Ok(())
+    }
     async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
         self.counts.list.fetch_add(1, Relaxed);
         self.inner.list(kind).await

@@ -12,6 +12,9 @@
 //! (`data/ab/`) has its parent `fsync`ed before anything is written into it. A removal
 //! `fsync`s the directory too, so a removed object does not come back.
 //!
+//! Ranged reads into a caller's buffer (`read_at`, for restores) are here too: object_store's
+//! zeroes a fresh buffer for each.
+//!
 //! Every write to a local directory goes through here (object_store's `LocalFileSystem` below
 //! `ObjectStorage` only reads and lists):
 //! * small objects (`create_new`, create-only): published by a hard link from the temporary
@@ -40,6 +43,19 @@ use nix::errno::Errno;
 
 /// Prefix of an object's temporary name while it is written.
 pub(crate) const UPLOAD_PREFIX: &str = ".upload-";
+
+/// Read `len` bytes at `offset` of the file at `path` into `buf` (its bytes replaced; only
+/// memory beyond its current length is zeroed first, so a reused buffer is read into as it is).
+/// A file shorter than the range is `UnexpectedEof`.
+pub(crate) fn read_at(path: &Path, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too long"))?;
+    let f = File::open(path)?;
+    // Exactly: a buffer kept for reuse up to some size should not double past it.
+    buf.reserve_exact(len.saturating_sub(buf.len()));
+    buf.resize(len, 0);
+    f.read_exact_at(buf, offset)
+}
 
 /// `fsync` `f`; unsupported by the file system (`EINVAL`, `ENOTSUP`) counts as done.
 fn sync(f: &File) -> io::Result<()> {

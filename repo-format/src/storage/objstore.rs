@@ -8,7 +8,8 @@
 //! go as a multipart upload in `PART_SIZE` parts with at most two parts in flight.
 //!
 //! A local directory is read and listed through `LocalFileSystem`, but written by `local`: every
-//! write is durable (file and directory entry) before it returns.
+//! write is durable (file and directory entry) before it returns. Its ranges read into a
+//! caller's buffer (`read_range_into`) are `local::read_at`'s `pread`s.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -289,6 +290,30 @@ impl Storage for ObjectStorage {
                 .locate(crate::error::ObjectRef::File(kind, *id)));
         }
         Ok(b)
+    }
+
+    async fn read_range_into(&self, kind: FileKind, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            *buf = Vec::from(self.read_range(kind, id, offset, len).await?);
+            return Ok(());
+        };
+        let (path, mut owned) = (root.join(path_of(kind, id)), std::mem::take(buf));
+        let (owned, r) = tokio::task::spawn_blocking(move || {
+            let r = local::read_at(&path, offset, len, &mut owned);
+            (owned, r)
+        })
+        .await
+        .expect("read task");
+        *buf = owned;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound { kind, id: *id }),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(Error::corrupt("pack", format!("the range {offset}+{len} reaches past the end of the file"))
+                    .locate(crate::error::ObjectRef::File(kind, *id)))
+            }
+            Err(e) => Err(Error::io(format!("reading {kind} {}", id.short()), e)),
+        }
     }
 
     async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {

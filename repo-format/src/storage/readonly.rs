@@ -37,6 +37,9 @@ impl<S: Storage> Storage for ReadOnly<S> {
     async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes> {
         self.0.read_range(kind, id, offset, len).await
     }
+    async fn read_range_into(&self, kind: FileKind, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        self.0.read_range_into(kind, id, offset, len, buf).await
+    }
     async fn list(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
         self.0.list(kind).await
     }
