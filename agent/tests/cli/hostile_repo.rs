@@ -362,3 +362,33 @@ fn junk_and_nested_object_names_are_ignored() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read(t.join("f")).unwrap(), b"data");
 }
+
+#[test]
+fn a_fifo_planted_under_a_packs_name_fails_the_restore_without_waiting() {
+    // Before: object_store's local backend opened the FIFO for reading and waited forever for a
+    // writer; a restore (trees are read from packs) hung, as did anything reading that pack.
+    let env = Env::new();
+    let src = env.path("src");
+    crate::common::write(&src.join("f"), b"data");
+    env.backup(&src, &[]);
+    let mut packs = 0;
+    for dir in std::fs::read_dir(env.repo.join("data")).unwrap() {
+        for pack in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let pack = pack.unwrap().path();
+            std::fs::remove_file(&pack).unwrap();
+            nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            packs += 1;
+        }
+    }
+    assert!(packs > 0);
+    let target = env.path("t");
+    let out = env
+        .ferry()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(13), "a FIFO for a pack is corruption, named: {err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}

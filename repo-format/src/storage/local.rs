@@ -12,8 +12,10 @@
 //! (`data/ab/`) has its parent `fsync`ed before anything is written into it. A removal
 //! `fsync`s the directory too, so a removed object does not come back.
 //!
-//! Ranged reads into a caller's buffer (`read_at`, for restores) are here too: object_store's
-//! zeroes a fresh buffer for each.
+//! A local directory's objects are read here too (`read_whole`, `read_at`): only regular files,
+//! opened without waiting (object_store's `LocalFileSystem` opens a FIFO planted under a pack's
+//! name and waits forever for a writer), and ranges into a caller's buffer (object_store's
+//! zeroes a fresh buffer for each).
 //!
 //! Every write to a local directory goes through here (object_store's `LocalFileSystem` below
 //! `ObjectStorage` only reads and lists):
@@ -44,13 +46,37 @@ use nix::errno::Errno;
 /// Prefix of an object's temporary name while it is written.
 pub(crate) const UPLOAD_PREFIX: &str = ".upload-";
 
+/// Open the file at `path` for reading if it is a regular file. O_NONBLOCK: opening a FIFO for
+/// reading would wait for a writer (a FIFO or a device planted in a repository someone else
+/// controls must not hang a reader); a regular file ignores the flag.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    Ok(f)
+}
+
+/// The whole file at `path`, or its first `limit + 1` bytes if it is longer (the caller refuses
+/// it: never more is buffered). Only a regular file is read (`open_regular`).
+pub(crate) fn read_whole(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let size = f.metadata()?.len().min(limit.saturating_add(1));
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(usize::MAX));
+    f.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// Read `len` bytes at `offset` of the file at `path` into `buf` (its bytes replaced; only
 /// memory beyond its current length is zeroed first, so a reused buffer is read into as it is).
-/// A file shorter than the range is `UnexpectedEof`.
+/// A file shorter than the range is `UnexpectedEof`; only a regular file is read
+/// (`open_regular`).
 pub(crate) fn read_at(path: &Path, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let len = usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too long"))?;
-    let f = File::open(path)?;
+    let f = open_regular(path)?;
     // Exactly: a buffer kept for reuse up to some size should not double past it.
     buf.reserve_exact(len.saturating_sub(buf.len()));
     buf.resize(len, 0);
@@ -156,6 +182,26 @@ pub(crate) fn remove(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_read_from_regular_files_only_and_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, fifo) = (dir.path().join("pack"), dir.path().join("fifo"));
+        std::fs::write(&file, b"0123456789").unwrap();
+        let mut buf = vec![9u8; 32];
+        read_at(&file, 2, 3, &mut buf).unwrap();
+        assert_eq!(buf, b"234");
+        assert_eq!(read_at(&file, 8, 3, &mut buf).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Without O_NONBLOCK this open blocks forever (no writer ever comes).
+        assert_eq!(read_at(&fifo, 0, 3, &mut buf).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(read_at(dir.path(), 0, 3, &mut buf).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(read_whole(&file, 10).unwrap(), b"0123456789");
+        assert_eq!(read_whole(&file, 4).unwrap(), b"01234", "one byte over the limit, no more");
+        assert_eq!(read_whole(&fifo, 10).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
     /// A file system that cannot sync answers `EINVAL` (as `fsync` of a pipe does): that is
     /// not an error.
     #[test]

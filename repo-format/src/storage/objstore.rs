@@ -84,6 +84,18 @@ impl ObjectStorage {
     }
 }
 
+impl ObjectStorage {
+    /// The error of a failed read of a local directory's object.
+    fn local_err(&self, kind: FileKind, id: &Id, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound { kind, id: *id },
+            std::io::ErrorKind::InvalidData => Error::corrupt("object", format!("{}: {e}", path_of(kind, id)))
+                .locate(crate::error::ObjectRef::File(kind, *id)),
+            _ => Error::io(format!("reading {kind} {} at {}", id.short(), self.location), e),
+        }
+    }
+}
+
 /// Attempts after the first of what object_store does not retry itself when the connection
 /// breaks: a create-only PUT (not idempotent for it: the server may have applied it; `create`
 /// recognizes its own object) and a LIST whose answer breaks off mid-body (its retries end with
@@ -237,37 +249,27 @@ impl Storage for ObjectStorage {
     }
 
     async fn read(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
-        let r = self.store.get(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))?;
         let too_large = |n: u64| {
             Error::corrupt("object", format!("it is {n} bytes or more, over the {limit} bytes a {kind} may have"))
                 .locate(crate::error::ObjectRef::File(kind, *id))
         };
+        if let Some(root) = &self.local_root {
+            // In one go on a blocking thread (object_store's stream would hand it over in small
+            // chunks, a thread handoff each), and only from a regular file (`local`).
+            let path = root.join(path_of(kind, id));
+            let read = tokio::task::spawn_blocking(move || local::read_whole(&path, limit)).await.expect("read task");
+            return match read {
+                Ok(b) if b.len() as u64 > limit => Err(too_large(b.len() as u64)),
+                Ok(b) => Ok(Bytes::from(b)),
+                Err(e) => Err(self.local_err(kind, id, e)),
+            };
+        }
+        let r = self.store.get(&self.path(&path_of(kind, id))).await.map_err(|e| self.err(kind, id, e))?;
         // Refuse by the declared size first, then count what actually arrives (a server may
         // send more than it declared): never buffer more than `limit`.
         if r.meta.size > limit {
             return Err(too_large(r.meta.size));
         }
-        // A local file is read in one go on a blocking thread (the stream would hand it over in
-        // small chunks, a thread handoff each: most of the time of a whole-pack read).
-        let size = r.meta.size;
-        let r = match r.payload {
-            object_store::GetResultPayload::File(file, _) => {
-                let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                    use std::io::Read;
-                    let mut buf = Vec::with_capacity(size as usize);
-                    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
-                    Ok(buf)
-                })
-                .await
-                .expect("a file read does not panic")
-                .map_err(|e| Error::io(format!("reading {}", path_of(kind, id)), e))?;
-                if read.len() as u64 > limit {
-                    return Err(too_large(read.len() as u64));
-                }
-                return Ok(Bytes::from(read));
-            }
-            payload => object_store::GetResult { payload, ..r },
-        };
         let mut buf = bytes::BytesMut::with_capacity(r.meta.size as usize);
         let mut stream = r.into_stream();
         while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(kind, id, e))? {
@@ -280,6 +282,11 @@ impl Storage for ObjectStorage {
     }
 
     async fn read_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Bytes> {
+        if self.local_root.is_some() {
+            let mut buf = Vec::new();
+            self.read_range_into(kind, id, offset, len, &mut buf).await?;
+            return Ok(Bytes::from(buf));
+        }
         let b = self
             .store
             .get_range(&self.path(&path_of(kind, id)), offset..offset + len)
@@ -307,12 +314,11 @@ impl Storage for ObjectStorage {
         *buf = owned;
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound { kind, id: *id }),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 Err(Error::corrupt("pack", format!("the range {offset}+{len} reaches past the end of the file"))
                     .locate(crate::error::ObjectRef::File(kind, *id)))
             }
-            Err(e) => Err(Error::io(format!("reading {kind} {}", id.short()), e)),
+            Err(e) => Err(self.local_err(kind, id, e)),
         }
     }
 
