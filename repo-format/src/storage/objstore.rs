@@ -82,9 +82,7 @@ impl ObjectStorage {
             }
         }
     }
-}
 
-impl ObjectStorage {
     /// The error of a failed read of a local directory's object.
     fn local_err(&self, kind: FileKind, id: &Id, e: std::io::Error) -> Error {
         match e.kind() {
