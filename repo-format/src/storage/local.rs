@@ -46,24 +46,25 @@ use nix::errno::Errno;
 /// Prefix of an object's temporary name while it is written.
 pub(crate) const UPLOAD_PREFIX: &str = ".upload-";
 
-/// Open the file at `path` for reading if it is a regular file. O_NONBLOCK: opening a FIFO for
+/// Open the file at `path` for reading if it is a regular file; it and its length. O_NONBLOCK: opening a FIFO for
 /// reading would wait for a writer (a FIFO or a device planted in a repository someone else
 /// controls must not hang a reader); a regular file ignores the flag.
-fn open_regular(path: &Path) -> io::Result<File> {
+fn open_regular(path: &Path) -> io::Result<(File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
-    if !f.metadata()?.is_file() {
+    let md = f.metadata()?;
+    if !md.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
     }
-    Ok(f)
+    Ok((f, md.len()))
 }
 
 /// The whole file at `path`, or its first `limit + 1` bytes if it is longer (the caller refuses
 /// it: never more is buffered). Only a regular file is read (`open_regular`).
 pub(crate) fn read_whole(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let f = open_regular(path)?;
-    let size = f.metadata()?.len().min(limit.saturating_add(1));
+    let (f, len) = open_regular(path)?;
+    let size = len.min(limit.saturating_add(1));
     let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(usize::MAX));
     f.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
     Ok(buf)
@@ -76,7 +77,7 @@ pub(crate) fn read_whole(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 pub(crate) fn read_at(path: &Path, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let len = usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too long"))?;
-    let f = open_regular(path)?;
+    let (f, _) = open_regular(path)?;
     // Exactly: a buffer kept for reuse up to some size should not double past it.
     buf.reserve_exact(len.saturating_sub(buf.len()));
     buf.resize(len, 0);
