@@ -26,6 +26,28 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// A zstd context for `level`. Levels 2–4 (the default, 3, among them) get hash and chain
+/// tables of at most 2^15 and 2^14 entries (128 and 64 KiB). zstd's own for inputs above
+/// 256 KiB are 2^16–2^18 entries each (level 3: 512 + 256 KiB, level 4: 1 + 1 MiB): those do not
+/// fit a core's L2 cache, so most probes missed it, and compressing threads sharing a core
+/// evicted each other's tables. zstd still shrinks them for small inputs. Measured on the peer
+/// corpus's blobs (its sources file by file and its VM image's chunks, 964 MB, one thread):
+/// zstd 13 % faster at level 3 for 1.4 % more output. Four backups of the corpus at once took
+/// 5 % less CPU than one after another in two runs, where before they took from 2 % less to 19 %
+/// more in four.
+fn compressor(level: i32) -> zstd::bulk::Compressor<'static> {
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd context");
+    if (2..=4).contains(&level) {
+        c.set_parameter(CParameter::HashLog(SMALL_HASH_LOG)).expect("zstd hash log");
+        c.set_parameter(CParameter::ChainLog(SMALL_CHAIN_LOG)).expect("zstd chain log");
+    }
+    c
+}
+
+const SMALL_HASH_LOG: u32 = 15;
+const SMALL_CHAIN_LOG: u32 = 14;
+
 /// Encode `data` into `out` (appended): zstd at `level` if that is smaller, raw otherwise.
 /// Level 0 means no compression.
 pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
@@ -42,7 +64,7 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
         let n = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
-                *c = Some((level, zstd::bulk::Compressor::new(level).expect("zstd context")));
+                *c = Some((level, compressor(level)));
             }
             let (_, comp) = c.as_mut().expect("set above");
             let mut after_header = std::io::Cursor::new(&mut *out);
@@ -141,6 +163,31 @@ mod tests {
             let mut out = Vec::new();
             compress_into(&data, 3, &mut out);
             prop_assert_eq!(decompress(&out).unwrap(), data);
+        }
+    }
+
+    /// Chunks up to the largest (4 MiB), text-like and with long repeats, round-trip at every
+    /// fast level, those with capped tables (2–4) among them, and shrink.
+    #[test]
+    fn big_chunks_round_trip_at_the_fast_levels() {
+        let words: Vec<&[u8]> = vec![b"fn ", b"let ", b"mut ", b"impl ", b"self", b".iter()", b"; ", b"\n    "];
+        let mut data = Vec::new();
+        let mut x = 12345u32;
+        while data.len() < 4 << 20 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            data.extend_from_slice(words[(x >> 16) as usize % words.len()]);
+            if x % 97 == 0 {
+                let from = (x as usize) % data.len();
+                let rep = data[from..data.len().min(from + 3000)].to_vec();
+                data.extend_from_slice(&rep);
+            }
+        }
+        for level in 1..=5 {
+            let mut out = Vec::new();
+            compress_into(&data, level, &mut out);
+            assert_eq!(out[0], ZSTD, "level {level}");
+            assert!(out.len() < data.len() / 3, "level {level}: {} of {}", out.len(), data.len());
+            assert_eq!(decompress(&out).unwrap(), data, "level {level}");
         }
     }
 
