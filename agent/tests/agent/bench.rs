@@ -9,8 +9,8 @@
 //!
 //! Settings: `FERRY_AGENT_BENCH_VOLUMES` (10), `FERRY_AGENT_BENCH_SOURCES_MIB` (24 per volume),
 //! `FERRY_AGENT_BENCH_IMAGE_MIB` (32 of data in a 256 MiB sparse image), `FERRY_AGENT_BENCH_MEDIA_MIB`
-//! (16), `FERRY_AGENT_BENCH_CONCURRENCY` (C, 2), `FERRY_AGENT_BENCH_OUT` (a file for the result
-//! line).
+//! (16), `FERRY_AGENT_BENCH_CONCURRENCY` (C, 2), `FERRY_AGENT_BENCH_ARGS` (more `ferry agent`
+//! flags, split at whitespace), `FERRY_AGENT_BENCH_OUT` (a file for the result line).
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -109,6 +109,27 @@ impl Drop for S3s {
     }
 }
 
+/// CPU seconds (user + system) a live process has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) in parentheses: utime and stime are the
+    // 14th and 15th of the line, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap();
+    ticks / hz as f64
+}
+
+/// CPU seconds the whole machine has been busy (every process, /proc/stat's first line less
+/// idle and iowait).
+fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap();
+    (f.iter().sum::<f64>() - f[3] - f[4]) / hz as f64
+}
+
 /// Peak resident memory of a live process, in KiB.
 fn vm_hwm(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -157,7 +178,7 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
     let ferry = assert_cmd::cargo::cargo_bin("ferry");
     let run = |args: &[&str]| {
         let out = Command::new("/usr/bin/time")
-            .args(["-f", "%e %M"])
+            .args(["-f", "%e %M %U %S"])
             .arg(&ferry)
             .args(["--repo", &repo, "--password-file", pw.to_str().unwrap(), "--cache-dir"])
             .arg(scratch.path().join("cli-cache"))
@@ -170,29 +191,39 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
         assert!(out.status.success(), "ferry {args:?}: {err}");
         let last = err.lines().last().unwrap().to_string();
         let mut it = last.split_whitespace();
-        (it.next().unwrap().parse::<f64>().unwrap(), it.next().unwrap().parse::<u64>().unwrap())
+        let mut num = || it.next().unwrap().parse::<f64>().unwrap();
+        (num(), num() as u64, num() + num())
     };
     run(&["init"]);
-    let (mut cli_wall, mut cli_rss) = (0.0, 0);
+    let (mut cli_wall, mut cli_rss, mut cli_cpu) = (0.0, 0, 0.0);
+    let busy = machine_busy_s();
     for v in &vols {
-        let (wall, rss) = run(&["backup", "--host", "n1", "--quiet", v.mnt.to_str().unwrap()]);
+        let (wall, rss, cpu) = run(&["backup", "--host", "n1", "--quiet", v.mnt.to_str().unwrap()]);
         cli_wall += wall;
         cli_rss = cli_rss.max(rss);
+        cli_cpu += cpu;
     }
+    let cli_busy = machine_busy_s() - busy;
 
     // 2. One agent, all DataUploads at once.
     let concurrency = env_or("FERRY_AGENT_BENCH_CONCURRENCY", 2).to_string();
-    w.start_agent("n1", &["--concurrency", &concurrency]);
+    let extra = std::env::var("FERRY_AGENT_BENCH_ARGS").unwrap_or_default();
+    let mut args = vec!["--concurrency", &concurrency];
+    args.extend(extra.split_whitespace());
+    w.start_agent("n1", &args);
     w.namespace("app").await;
     for i in 0..n {
         w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
     }
+    let agent_cpu_before = cpu_s(w.agent_pid("n1"));
+    let busy = machine_busy_s();
     let t = Instant::now();
     for i in 0..n {
         w.data_upload(&format!("du-{i}"), "app", &format!("pvc-{i}"), &format!("snap-{i}"), "ferry").await;
     }
     let mut served = vec![false; n];
     while served.iter().any(|s| !s) {
+        w.assert_agent_running("n1");
         for i in 0..n {
             if served[i] {
                 continue;
@@ -212,17 +243,21 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
     }
     let agent_wall = t.elapsed().as_secs_f64();
     let agent_rss = vm_hwm(w.agent_pid("n1"));
+    let agent_cpu = cpu_s(w.agent_pid("n1")) - agent_cpu_before;
+    let agent_busy = machine_busy_s() - busy;
 
     let line = format!(
-        "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s (largest RSS {} MiB), \
-         agent --concurrency {concurrency} {agent_wall:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
+        "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s, CPU {cli_cpu:.2} s \
+         machine {cli_busy:.2} s (largest RSS {} MiB), agent --concurrency {concurrency} {agent_wall:.2} s, \
+         CPU {agent_cpu:.2} s, machine {agent_busy:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
         data as f64 / (1 << 20) as f64,
         cli_rss / 1024,
         agent_rss / 1024,
         agent_wall / cli_wall
     );
     let kv = format!(
-        "cli_s={cli_wall:.2} agent_s={agent_wall:.2} ratio={:.3} agent_rss_mib={} cli_rss_mib={}",
+        "cli_s={cli_wall:.2} agent_s={agent_wall:.2} ratio={:.3} agent_rss_mib={} cli_rss_mib={} \
+         cli_cpu_s={cli_cpu:.2} agent_cpu_s={agent_cpu:.2} cli_busy_s={cli_busy:.2} agent_busy_s={agent_busy:.2}",
         agent_wall / cli_wall,
         agent_rss / 1024,
         cli_rss / 1024

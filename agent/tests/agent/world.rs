@@ -176,7 +176,8 @@ impl World {
         let log = base.join(format!("agent-{}.log", self.agents.iter().filter(|a| a.node == node).count()));
         let child = Command::new(assert_cmd::cargo::cargo_bin("ferry"))
             .args(["agent", "-vv", "--node", node, "--namespace", NS, "--mover-image", "ferry:test"])
-            .args(["--metrics-addr", "127.0.0.1:0", "--progress-interval", "1s", "--threads", "2"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--progress-interval", "1s"])
+            .args(if extra.contains(&"--threads") { &[][..] } else { &["--threads", "2"][..] })
             .arg("--kubeconfig")
             .arg(self.cluster.agent_kubeconfig())
             .arg("--host-pods")
@@ -240,6 +241,19 @@ impl World {
 
     fn agent(&mut self, node: &str) -> &mut AgentProc {
         self.agents.iter_mut().rev().find(|a| a.node == node && a.child.is_some()).expect("a running agent")
+    }
+
+    /// Panics, with the end of its log, if the running agent of `node` has exited.
+    pub fn assert_agent_running(&mut self, node: &str) {
+        let a = self.agent(node);
+        if let Some(status) = a.child.as_mut().unwrap().try_wait().unwrap() {
+            let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "the agent of {node} exited ({status}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 
     /// The process id of the running agent of `node`.
