@@ -122,6 +122,10 @@ pub struct AgentArgs {
     /// Chunk memory shared by all jobs, in MiB
     #[arg(long, env = "FERRY_MEMORY_MIB", default_value_t = 128)]
     pub memory_mib: u64,
+    /// Pack bytes uploading at once, all jobs together, in MiB (a pack is in memory while it
+    /// uploads; one job alone uploads at most two)
+    #[arg(long, env = "FERRY_UPLOAD_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_mib: u64,
     /// Worker threads per job (default: the cores)
     #[arg(long, env = "FERRY_THREADS")]
     pub threads: Option<usize>,

@@ -57,4 +57,4 @@ pub use tree::{
     Content, DIR_INDEX_MAGIC, DirPart, Directory, Node, NodeType, Segment, Tree, decode_segment_list, encode_dir_index,
     encode_segment_list,
 };
-pub use writer::{BlobWriter, Saved, WriterOptions, WriterResult, WriterStats};
+pub use writer::{BlobWriter, Saved, UploadBudget, WriterOptions, WriterResult, WriterStats};

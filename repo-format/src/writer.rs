@@ -68,11 +68,47 @@ pub struct WriterOptions {
     /// repository that has a `Storage::spool_dir` (a local directory) spools there instead: its
     /// packs are then linked in place, not copied.
     pub tmp_dir: PathBuf,
+    /// Pack bytes uploading at once, shared with other writers (a process running several
+    /// backups). A pack is in memory (mapped) while one request sends it, so without this each
+    /// writer holds up to `max_uploads` packs whatever the others do.
+    pub uploads: Option<Arc<UploadBudget>>,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { open_packs: 4, max_uploads: 2, tmp_dir: std::env::temp_dir() }
+        WriterOptions { open_packs: 4, max_uploads: 2, tmp_dir: std::env::temp_dir(), uploads: None }
+    }
+}
+
+/// Bytes of packs being uploaded, shared by the writers given the same budget. A pack takes
+/// its length (whole MiB, at most the total, so one pack larger than the budget still goes
+/// alone) before its upload starts and gives it back when the upload ends.
+#[derive(Debug)]
+pub struct UploadBudget {
+    mib: Arc<tokio::sync::Semaphore>,
+    total_mib: u32,
+}
+
+impl UploadBudget {
+    /// A budget of `bytes` (at least 1 MiB).
+    pub fn new(bytes: u64) -> Arc<Self> {
+        let total_mib = (bytes >> 20).clamp(1, u64::from(u32::MAX)) as u32;
+        Arc::new(UploadBudget { mib: Arc::new(tokio::sync::Semaphore::new(total_mib as usize)), total_mib })
+    }
+
+    pub fn total(&self) -> u64 {
+        u64::from(self.total_mib) << 20
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> u64 {
+        u64::from(self.total_mib - self.mib.available_permits() as u32) << 20
+    }
+
+    /// Wait until `len` bytes fit, and take them until the permit drops.
+    pub async fn acquire(&self, len: u64) -> tokio::sync::OwnedSemaphorePermit {
+        let mib = len.div_ceil(1 << 20).clamp(1, u64::from(self.total_mib)) as u32;
+        self.mib.clone().acquire_many_owned(mib).await.expect("the upload budget is never closed")
     }
 }
 
@@ -141,7 +177,8 @@ impl BlobWriter {
     ) -> Self {
         let (tx, rx) = mpsc::channel(1);
         let cipher = master.object_cipher();
-        let uploader = tokio::spawn(upload_loop(storage, cipher, rx, opts.max_uploads.max(1), journal));
+        let limits = UploadLimits { max: opts.max_uploads.max(1), shared: opts.uploads };
+        let uploader = tokio::spawn(upload_loop(storage, cipher, rx, limits, journal));
         let shared = Shared {
             master,
             level,
@@ -290,11 +327,17 @@ impl BlobWriter {
 
 type UploadResult = Result<(Vec<IndexId>, Vec<IndexPack>)>;
 
+/// How many packs one writer uploads at once, and the byte budget it shares with others.
+struct UploadLimits {
+    max: usize,
+    shared: Option<Arc<UploadBudget>>,
+}
+
 async fn upload_loop(
     storage: Arc<dyn Storage>,
     cipher: crate::crypto::Cipher,
     mut rx: mpsc::Receiver<FinishedPack>,
-    max_uploads: usize,
+    limits: UploadLimits,
     mut journal: Option<Journal>,
 ) -> UploadResult {
     // Record an uploaded pack in the journal; a journal that cannot be written is dropped
@@ -307,6 +350,8 @@ async fn upload_loop(
             }
         }
     };
+    // A local directory links or copies the file: nothing is held in memory, nothing to share.
+    let shared = if storage.is_local() { None } else { limits.shared };
     let mut running = tokio::task::JoinSet::new();
     let mut done: Vec<IndexPack> = Vec::new();
     let mut all: Vec<IndexPack> = Vec::new();
@@ -325,11 +370,16 @@ async fn upload_loop(
                     cleared(&mut journal);
                 }
             }
-            msg = rx.recv(), if running.len() < max_uploads => {
+            msg = rx.recv(), if running.len() < limits.max => {
                 let Some(pack) = msg else { break };
                 let st = storage.clone();
+                let shared = shared.clone();
                 running.spawn(async move {
                     let entry = IndexPack { id: pack.id, salt: pack.salt, blobs: pack.entries };
+                    let _permit = match &shared {
+                        Some(b) => Some(b.acquire(pack.len).await),
+                        None => None,
+                    };
                     st.upload_file(FileKind::Pack, &pack.id.0, pack.file, pack.len).await?;
                     Ok::<_, Error>(entry)
                 });
@@ -380,4 +430,98 @@ pub(crate) async fn write_index(
     let id = Id::of_stored(&bytes);
     storage.create(FileKind::Index, &id, Bytes::from(bytes)).await?;
     Ok(IndexId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Accepts every upload after a pause and records how many were in progress at once.
+    #[derive(Debug, Default)]
+    struct SlowSink {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Storage for SlowSink {
+        fn location(&self) -> String {
+            "slow sink".into()
+        }
+        async fn create(&self, _: FileKind, _: &Id, _: Bytes) -> Result<()> {
+            Ok(())
+        }
+        async fn upload_file(&self, _: FileKind, _: &Id, _: std::fs::File, _: u64) -> Result<()> {
+            let n = self.now.fetch_add(1, Relaxed) + 1;
+            self.most.fetch_max(n, Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            self.now.fetch_sub(1, Relaxed);
+            Ok(())
+        }
+        async fn read(&self, _: FileKind, _: &Id, _: u64) -> Result<Bytes> {
+            unreachable!("a writer does not read")
+        }
+        async fn read_range(&self, _: FileKind, _: &Id, _: u64, _: u64) -> Result<Bytes> {
+            unreachable!("a writer does not read")
+        }
+        async fn list(&self, _: FileKind) -> Result<Vec<(Id, u64)>> {
+            Ok(Vec::new())
+        }
+        async fn remove(&self, _: FileKind, _: &Id) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Two writers, each saving 12 incompressible 256 KiB blobs into 1 MiB packs at once:
+    /// the most uploads that were in progress together.
+    async fn most_uploads_at_once(budget: Option<Arc<UploadBudget>>) -> usize {
+        let sink = Arc::new(SlowSink::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let writers: Vec<BlobWriter> = (0..2)
+            .map(|_| {
+                let opts = WriterOptions {
+                    open_packs: 1,
+                    max_uploads: 2,
+                    tmp_dir: tmp.path().to_path_buf(),
+                    uploads: budget.clone(),
+                };
+                BlobWriter::new(sink.clone(), master.clone(), Arc::default(), 3, 1 << 20, opts, None)
+            })
+            .collect();
+        let mut saving = Vec::new();
+        for (w, seed) in writers.iter().zip(1u8..) {
+            let w = w.clone();
+            saving.push(tokio::task::spawn_blocking(move || {
+                let mut rng = blake3::Hasher::new_keyed(&[seed; 32]).finalize_xof();
+                for _ in 0..12 {
+                    let mut blob = vec![0u8; 256 << 10];
+                    rng.fill(&mut blob);
+                    w.save(BlobKind::Data, &blob).unwrap();
+                }
+            }));
+        }
+        for s in saving {
+            s.await.unwrap();
+        }
+        for w in writers {
+            w.finish().await.unwrap();
+        }
+        if let Some(b) = &budget {
+            assert_eq!(b.used(), 0, "every upload gave its bytes back");
+        }
+        sink.most.load(Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_sharing_an_upload_budget_upload_within_it() {
+        // Alone, each writer uploads up to two packs at once: together more than one.
+        assert!(most_uploads_at_once(None).await >= 2, "the writers never uploaded at the same time");
+        // A budget below one pack: one pack at a time across both (never stuck).
+        assert_eq!(most_uploads_at_once(Some(UploadBudget::new(1 << 20))).await, 1);
+        // Room for two packs (a pack is just over 1 MiB: it takes 2 MiB).
+        assert!(most_uploads_at_once(Some(UploadBudget::new(4 << 20))).await <= 2);
+    }
 }

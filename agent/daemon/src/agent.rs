@@ -22,6 +22,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Semaphore;
 
 use ferry_engine::job::{CancelToken, Limits, MemoryBudget};
+use repo_format::UploadBudget;
 
 use crate::expose::{self, MOVER_LABEL, OWNER_LABEL, Owner, PodSettings};
 use crate::machine::{self, Action, Local, Mover, Observed};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub prepare_queue: usize,
     /// Chunk bytes in flight across all jobs.
     pub memory_budget: u64,
+    /// Pack bytes uploading at once across all jobs.
+    pub upload_budget: u64,
     /// Worker threads per job.
     pub threads: usize,
     pub password: PasswordRef,
@@ -86,6 +89,7 @@ pub struct Agent {
     nodes: Mutex<Option<std::collections::HashSet<String>>>,
     slots: Arc<Semaphore>,
     budget: Arc<MemoryBudget>,
+    uploads: Arc<UploadBudget>,
     pub metrics: Arc<Metrics>,
     events: kube::runtime::events::Recorder,
 }
@@ -118,6 +122,7 @@ impl Agent {
             events: kube::runtime::events::Recorder::new(client.clone(), reporter),
             slots: Arc::new(Semaphore::new(s.concurrency.max(1))),
             budget: MemoryBudget::new(s.memory_budget),
+            uploads: UploadBudget::new(s.upload_budget),
             client,
             store,
             freezer,
@@ -136,9 +141,14 @@ impl Agent {
         self.slots.clone().acquire_owned().await.expect("semaphore never closed")
     }
 
-    /// A job's limits: its threads, and the chunk-memory budget shared by every job.
+    /// A job's limits: its threads, and the chunk and upload budgets shared by every job.
     pub(crate) fn limits(&self) -> Limits {
-        Limits { threads: self.s.threads, chunk_queue: self.s.threads * 2, memory: Some(self.budget.clone()) }
+        Limits {
+            threads: self.s.threads,
+            chunk_queue: self.s.threads * 2,
+            memory: Some(self.budget.clone()),
+            uploads: Some(self.uploads.clone()),
+        }
     }
 
     fn local(&self, uid: &str) -> Local {

@@ -51,6 +51,7 @@ fn agent() -> (Arc<Agent>, ApiServer, Arc<Metrics>, tempfile::TempDir) {
         concurrency: 1,
         prepare_queue: 1,
         memory_budget: 64 << 20,
+        upload_budget: 64 << 20,
         threads: 1,
         password: PasswordRef { secret: "ferry-repository".into(), key: "password".into() },
         pod: PodSettings { image: "ferry:test".into(), command: vec!["ferry".into(), "hold".into()], read_only: true },

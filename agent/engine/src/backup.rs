@@ -203,7 +203,12 @@ pub(crate) async fn start_writer(
         );
     }
     let workers = limits.threads.max(1);
-    let writer = repo.writer(WriterOptions { open_packs: workers.max(2), max_uploads: 2, tmp_dir });
+    let writer = repo.writer(WriterOptions {
+        open_packs: workers.max(2),
+        max_uploads: 2,
+        tmp_dir,
+        uploads: limits.uploads.clone(),
+    });
     Ok((writer, workers, resumed))
 }
 

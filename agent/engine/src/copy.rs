@@ -198,6 +198,7 @@ pub async fn execute(
             open_packs: job.limits.threads.max(2),
             max_uploads: 2,
             tmp_dir: tmp_dir.clone(),
+            uploads: job.limits.uploads.clone(),
         });
         let walked = walk.tree(&writer, item.snapshot.tree, job).await;
         // Finish the writer even after a failure: what was uploaded is indexed and reused.

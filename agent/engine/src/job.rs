@@ -7,7 +7,8 @@
 //!
 //! Limits bound a job's threads and the chunk bytes it holds in flight. A `MemoryBudget` can be
 //! shared by several jobs in one process (the agent runs many): a chunk waits for budget
-//! before it is queued for the workers and returns it when its blob is saved.
+//! before it is queued for the workers and returns it when its blob is saved. An
+//! `UploadBudget` does the same for the packs being uploaded (each is mapped while it is sent).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -117,13 +118,16 @@ pub struct Limits {
     pub chunk_queue: usize,
     /// Chunk bytes in flight (queued or being saved); shared between jobs when cloned.
     pub memory: Option<Arc<MemoryBudget>>,
+    /// Pack bytes uploading at once; shared between jobs when cloned (each job alone uploads
+    /// at most two packs at once).
+    pub uploads: Option<Arc<repo_format::UploadBudget>>,
 }
 
 impl Default for Limits {
     /// One worker per core, a queue of two chunks per worker, no shared byte budget.
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Limits { threads, chunk_queue: threads * 2, memory: None }
+        Limits { threads, chunk_queue: threads * 2, memory: None, uploads: None }
     }
 }
 

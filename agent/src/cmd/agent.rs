@@ -35,6 +35,7 @@ pub async fn run(a: &AgentArgs) -> Result<i32> {
         concurrency: a.concurrency.into(),
         prepare_queue: a.prepare_queue.into(),
         memory_budget: a.memory_mib.saturating_mul(1 << 20),
+        upload_budget: a.upload_mib.saturating_mul(1 << 20),
         threads,
         password: PasswordRef { secret: a.password_secret.clone(), key: a.password_key.clone() },
         pod: PodSettings {
