@@ -137,6 +137,43 @@ fn vm_hwm(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Peaks of a process's anonymous and file-backed resident memory (KiB), sampled every 20 ms
+/// on a thread until `stop` is set: VmHWM alone does not tell the heap from mapped pack files.
+struct RssPeaks {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl RssPeaks {
+    fn start(pid: u32) -> RssPeaks {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut anon, mut file) = (0, 0);
+            let field = |status: &str, name: &str| -> u64 {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { break };
+                anon = field(&status, "RssAnon:").max(anon);
+                file = field(&status, "RssFile:").max(file);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (anon, file)
+        });
+        RssPeaks { stop, thread }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: benches/agent-bench.sh runs it"]
 async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
@@ -204,6 +241,9 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
         cli_cpu += cpu;
     }
     let cli_busy = machine_busy_s() - busy;
+    // The CLI's packs are still being written back (its temporary files and the server's
+    // objects): let that finish first, or the agent's run pays for it.
+    let _ = Command::new("sync").status();
 
     // 2. One agent, all DataUploads at once.
     let concurrency = env_or("FERRY_AGENT_BENCH_CONCURRENCY", 2).to_string();
@@ -216,6 +256,7 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
         w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
     }
     let agent_cpu_before = cpu_s(w.agent_pid("n1"));
+    let peaks = RssPeaks::start(w.agent_pid("n1"));
     let busy = machine_busy_s();
     let t = Instant::now();
     for i in 0..n {
@@ -243,24 +284,31 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
     }
     let agent_wall = t.elapsed().as_secs_f64();
     let agent_rss = vm_hwm(w.agent_pid("n1"));
+    let (anon_peak, file_peak) = peaks.finish();
     let agent_cpu = cpu_s(w.agent_pid("n1")) - agent_cpu_before;
     let agent_busy = machine_busy_s() - busy;
 
     let line = format!(
         "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s, CPU {cli_cpu:.2} s \
          machine {cli_busy:.2} s (largest RSS {} MiB), agent --concurrency {concurrency} {agent_wall:.2} s, \
-         CPU {agent_cpu:.2} s, machine {agent_busy:.2} s (peak RSS {} MiB); agent/CLI wall {:.2}",
+         CPU {agent_cpu:.2} s, machine {agent_busy:.2} s (peak RSS {} MiB: anonymous {} MiB, mapped files {} MiB \
+         at their sampled peaks); agent/CLI wall {:.2}",
         data as f64 / (1 << 20) as f64,
         cli_rss / 1024,
         agent_rss / 1024,
+        anon_peak / 1024,
+        file_peak / 1024,
         agent_wall / cli_wall
     );
     let kv = format!(
         "cli_s={cli_wall:.2} agent_s={agent_wall:.2} ratio={:.3} agent_rss_mib={} cli_rss_mib={} \
-         cli_cpu_s={cli_cpu:.2} agent_cpu_s={agent_cpu:.2} cli_busy_s={cli_busy:.2} agent_busy_s={agent_busy:.2}",
+         cli_cpu_s={cli_cpu:.2} agent_cpu_s={agent_cpu:.2} cli_busy_s={cli_busy:.2} agent_busy_s={agent_busy:.2} \
+         agent_anon_mib={} agent_file_mib={}",
         agent_wall / cli_wall,
         agent_rss / 1024,
-        cli_rss / 1024
+        cli_rss / 1024,
+        anon_peak / 1024,
+        file_peak / 1024
     );
     println!("{line}");
     if let Ok(out) = std::env::var("FERRY_AGENT_BENCH_OUT") {
