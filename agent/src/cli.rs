@@ -124,7 +124,7 @@ pub struct AgentArgs {
     pub memory_mib: u64,
     /// Pack bytes uploading at once, all jobs together, in MiB (a pack is in memory while it
     /// uploads; one job alone uploads at most two)
-    #[arg(long, env = "FERRY_UPLOAD_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FERRY_UPLOAD_MIB", default_value_t = 96, value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_mib: u64,
     /// Worker threads per job (default: the cores)
     #[arg(long, env = "FERRY_THREADS")]
