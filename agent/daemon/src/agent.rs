@@ -114,8 +114,7 @@ impl Agent {
         // `kill -9` while frozen).
         let freezer = Arc::new(crate::freeze::Freezer::new(store.clone(), &[&s.state_dir, std::path::Path::new("/")]));
         freezer.recover().context("thawing the freezes recorded by an earlier run")?;
-        let repos =
-            Repos::new(client.clone(), &s.namespace, s.password.clone(), s.state_dir.clone(), metrics.requests.clone());
+        let repos = Repos::new(client.clone(), &s.namespace, s.password.clone(), s.state_dir.clone(), &metrics);
         let reporter =
             kube::runtime::events::Reporter { controller: "ferry-agent".into(), instance: Some(s.node.clone()) };
         Ok(Arc::new(Agent {

@@ -21,6 +21,8 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), f64>>,
     /// Storage requests of every repository the agent opened.
     pub requests: Arc<RequestCounts>,
+    /// Repositories opened (each derives the key from the password: CPU and 32 MiB).
+    pub repository_opens: Arc<AtomicU64>,
     ready: AtomicBool,
     pub running: AtomicU64,
 }
@@ -72,6 +74,8 @@ impl Metrics {
             }
             out.push_str(&format!("{name}{{{labels}}} {v}\n"));
         }
+        out.push_str("# TYPE ferry_agent_repository_opens_total counter\n");
+        out.push_str(&format!("ferry_agent_repository_opens_total {}\n", self.repository_opens.load(Relaxed)));
         let [put, get, list, delete, up, down] = self.requests.snapshot();
         out.push_str("# TYPE ferry_agent_storage_requests_total counter\n");
         for (op, n) in [("put", put), ("get", get), ("list", list), ("delete", delete)] {

@@ -217,3 +217,32 @@ async fn deleting_the_velero_backup_forgets_its_snapshots() {
     assert_eq!(count(&text), 2, "only the snapshot of the Backup Velero deleted is forgotten: {text}");
     assert!(text.contains(&keep_uid) && text.contains(&kubectl_uid) && !text.contains(&gone_uid), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_starting_together_open_the_repository_once() {
+    let Some(mut w) = World::new(&[]).await else { return };
+    w.start_agent("n1", &["--concurrency", "3"]);
+    w.namespace("app").await;
+    let dirs = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let d = dirs.path().join(format!("v{i}"));
+        std::fs::create_dir(&d).unwrap();
+        small_tree(&d);
+        w.snapshot("app", &format!("p{i}"), &format!("s{i}"), false).await;
+        w.data_upload(&format!("t{i}"), "app", &format!("p{i}"), &format!("s{i}"), "ferry").await;
+    }
+    for i in 0..3 {
+        w.upload_phase(&format!("t{i}"), Phase::Accepted, 60).await;
+    }
+    // Bind mounts (no file system to make) so that the jobs start within a few requests of
+    // each other, while the first is still creating and opening the repository.
+    for i in 0..3 {
+        w.serve_mover_from(&format!("t{i}"), "n1", &dirs.path().join(format!("v{i}"))).await;
+    }
+    for i in 0..3 {
+        w.upload_phase(&format!("t{i}"), Phase::Completed, 120).await;
+    }
+    let (code, metrics) = w.agent_http("n1", "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("ferry_agent_repository_opens_total 1\n"), "each job opened the repository: {metrics}");
+}
