@@ -44,7 +44,7 @@ pub struct Cli {
     /// Do not use a local cache
     #[arg(long, global = true)]
     pub no_cache: bool,
-    /// More log output (repeat for more)
+    /// More log output: -v what is done, -vv Ferry's debug lines, -vvv its libraries' too
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors

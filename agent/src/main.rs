@@ -19,13 +19,16 @@ use clap::Parser;
 fn main() {
     ferry_engine::tune_malloc();
     let cli = cli::Cli::parse();
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => tracing::Level::ERROR,
-        (false, 0) => tracing::Level::WARN,
-        (false, 1) => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
+    use tracing::Level;
+    // -vv: Ferry's own debug lines; -vvv: its libraries' too (every HTTP connection).
+    let (level, libraries) = match (cli.quiet, cli.verbose) {
+        (true, _) => (Level::ERROR, Level::ERROR),
+        (false, 0) => (Level::WARN, Level::WARN),
+        (false, 1) => (Level::INFO, Level::WARN),
+        (false, 2) => (Level::DEBUG, Level::WARN),
+        _ => (Level::DEBUG, Level::DEBUG),
     };
-    output::init_logging(level);
+    output::init_logging(level, libraries);
     let nofile = ferry_engine::raise_open_files_limit();
     tracing::debug!("open files limit {nofile}");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -26,13 +26,23 @@ impl Write for EscapedStderr {
 }
 
 /// Route `tracing` to stderr at `level`, as `ferry: LEVEL: message`.
-pub fn init_logging(level: tracing::Level) {
+pub fn init_logging(level: tracing::Level, libraries: tracing::Level) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Ferry's crates (`ferry`, `ferry_engine`, `ferry_daemon`: one prefix) and the format
+    // library at `level`; the libraries below them (HTTP, TLS, Kubernetes client) at theirs.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("ferry", level)
+        .with_target("repo_format", level)
+        .with_default(libraries);
     let _ = tracing_subscriber::fmt()
         .with_writer(|| EscapedStderr)
         .with_ansi(false)
-        .with_max_level(level)
+        .with_max_level(level.max(libraries))
         .without_time()
         .with_target(false)
+        .finish()
+        .with(filter)
         .try_init();
 }
 

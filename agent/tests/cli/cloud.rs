@@ -89,6 +89,20 @@ fn filesystem_round_trip_on_azure() {
 }
 
 #[test]
+fn verbose_levels_keep_the_http_libraries_quiet_until_the_third() {
+    let Some((endpoint, bucket)) = moto() else { return };
+    let env = Env::at(&format!("s3:{endpoint}/{bucket}/{}", unique("verbose")));
+    let log = |v: &str| stderr(&env.ferry().args([v, "snapshots"]).output().unwrap());
+    // -vv: Ferry's debug lines, none of the HTTP client's (one per connection and request).
+    let two = log("-vv");
+    assert!(two.contains("open files limit"), "Ferry's own debug line is missing at -vv:\n{two}");
+    assert!(!two.contains("connecting to"), "the HTTP client's debug lines at -vv:\n{two}");
+    // -vvv: theirs too.
+    let three = log("-vvv");
+    assert!(three.contains("connecting to"), "no HTTP client debug line at -vvv:\n{three}");
+}
+
+#[test]
 fn bad_credentials_and_missing_bucket_are_named_errors() {
     if crate::common::under_qemu() {
         return;
