@@ -438,11 +438,16 @@ mod tests {
     use async_trait::async_trait;
     use std::sync::atomic::AtomicUsize;
 
-    /// Accepts every upload after a pause and records how many were in progress at once.
-    #[derive(Debug, Default)]
+    /// Accepts every upload and records how many were in progress at once. Until two have
+    /// been in progress together, an upload waits for a partner for up to `patience`: so two
+    /// writers without a shared budget always overlap, however slowly their packs are made
+    /// (under qemu a pack takes longer than any fixed pause), and within the budget each
+    /// upload waits `patience` and goes alone.
+    #[derive(Debug)]
     struct SlowSink {
         now: AtomicUsize,
         most: AtomicUsize,
+        patience: std::time::Duration,
     }
 
     #[async_trait]
@@ -456,7 +461,10 @@ mod tests {
         async fn upload_file(&self, _: FileKind, _: &Id, _: std::fs::File, _: u64) -> Result<()> {
             let n = self.now.fetch_add(1, Relaxed) + 1;
             self.most.fetch_max(n, Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            let t = std::time::Instant::now();
+            while self.most.load(Relaxed) < 2 && t.elapsed() < self.patience {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             self.now.fetch_sub(1, Relaxed);
             Ok(())
         }
@@ -477,7 +485,10 @@ mod tests {
     /// Two writers, each saving 12 incompressible 256 KiB blobs into 1 MiB packs at once:
     /// the most uploads that were in progress together.
     async fn most_uploads_at_once(budget: Option<Arc<UploadBudget>>) -> usize {
-        let sink = Arc::new(SlowSink::default());
+        // Without a budget the partner always comes (each writer uploads two at once): the
+        // long patience only bounds a broken writer. Within a budget it never may.
+        let patience = std::time::Duration::from_millis(if budget.is_none() { 60_000 } else { 150 });
+        let sink = Arc::new(SlowSink { now: AtomicUsize::new(0), most: AtomicUsize::new(0), patience });
         let tmp = tempfile::tempdir().unwrap();
         let master = MasterKey::generate();
         let writers: Vec<BlobWriter> = (0..2)
