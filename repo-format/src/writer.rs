@@ -96,10 +96,6 @@ impl UploadBudget {
         Arc::new(UploadBudget { mib: Arc::new(tokio::sync::Semaphore::new(total_mib as usize)), total_mib })
     }
 
-    pub fn total(&self) -> u64 {
-        u64::from(self.total_mib) << 20
-    }
-
     /// Bytes taken now.
     pub fn used(&self) -> u64 {
         u64::from(self.total_mib - self.mib.available_permits() as u32) << 20

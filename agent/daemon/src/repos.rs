@@ -9,8 +9,8 @@
 //!
 //! Opened repositories are kept, keyed by the resource versions of the location and of every
 //! Secret read, so a changed location or rotated credential opens anew; each job reloads the
-//! index itself. Opening is one at a time: jobs that start together wait for the first to
-//! open the repository instead of each deriving the key (32 MiB and a fraction of a second of
+//! index itself. Opening a location is one at a time: jobs that start together wait for the
+//! first to open its repository instead of each deriving the key (32 MiB and a fraction of a second of
 //! CPU each).
 
 use std::collections::HashMap;
@@ -47,8 +47,9 @@ pub struct Repos {
     counts: Arc<RequestCounts>,
     /// Location name -> (versions key, repository).
     open: Mutex<HashMap<String, (String, Arc<Repository>)>>,
-    /// Held while a repository is looked up and opened.
-    opening: tokio::sync::Mutex<()>,
+    /// Per location name: held while its repository is looked up and opened (a slow or
+    /// unreachable location does not hold up the others).
+    opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Repositories opened (a metric).
     opens: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -76,7 +77,7 @@ impl Repos {
             state_dir,
             counts: metrics.requests.clone(),
             open: Mutex::new(HashMap::new()),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Mutex::new(HashMap::new()),
             opens: metrics.repository_opens.clone(),
         }
     }
@@ -144,7 +145,8 @@ impl Repos {
             self.secret_key(&self.password.secret, &self.password.key, "the repository password").await?;
         versions.push_str(&format!("/{v}"));
 
-        let _opening = self.opening.lock().await;
+        let lock = self.opening.lock().expect("repos lock").entry(name.into()).or_default().clone();
+        let _opening = lock.lock().await;
         if let Some((key, repo)) = self.open.lock().expect("repos lock").get(name) {
             if *key == versions {
                 return Ok(repo.clone());
