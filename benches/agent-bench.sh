@@ -33,5 +33,5 @@ awk '
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (s[j] < s[i]) { t = s[i]; s[i] = s[j]; s[j] = t }
     return (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
   }
-  END { printf "median of %d runs: CLI back to back %.2f s (CPU %.2f s), agent %.2f s (CPU %.2f s); machine busy CLI %.2f s, agent %.2f s; agent/CLI %.2f; peak RSS agent %d MiB (anonymous %d, mapped files %d), CLI %d MiB\n",
-        NR, median("cli_s", NR), median("cli_cpu_s", NR), median("agent_s", NR), median("agent_cpu_s", NR), median("cli_busy_s", NR), median("agent_busy_s", NR), median("ratio", NR), median("agent_rss_mib", NR), median("agent_anon_mib", NR), median("agent_file_mib", NR), median("cli_rss_mib", NR) }' "$OUT"
+  END { printf "median of %d runs: CLI back to back %.2f s (CPU %.2f s), agent %.2f s (CPU %.2f s); machine busy CLI %.2f s, agent %.2f s (control plane %.2f s); agent/CLI %.2f; peak RSS agent %d MiB (anonymous %d, mapped files %d), CLI %d MiB\n",
+        NR, median("cli_s", NR), median("cli_cpu_s", NR), median("agent_s", NR), median("agent_cpu_s", NR), median("cli_busy_s", NR), median("agent_busy_s", NR), median("agent_plane_s", NR), median("ratio", NR), median("agent_rss_mib", NR), median("agent_anon_mib", NR), median("agent_file_mib", NR), median("cli_rss_mib", NR) }' "$OUT"

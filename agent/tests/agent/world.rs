@@ -176,7 +176,9 @@ impl World {
         let log = base.join(format!("agent-{}.log", self.agents.iter().filter(|a| a.node == node).count()));
         let child = Command::new(assert_cmd::cargo::cargo_bin("ferry"))
             .args(["agent", "-vv", "--node", node, "--namespace", NS, "--mover-image", "ferry:test"])
-            .args(["--metrics-addr", "127.0.0.1:0", "--progress-interval", "1s"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            // Defaults for the tests unless `extra` sets them (a flag given twice is an error).
+            .args(if extra.contains(&"--progress-interval") { &[][..] } else { &["--progress-interval", "1s"][..] })
             .args(if extra.contains(&"--threads") { &[][..] } else { &["--threads", "2"][..] })
             .arg("--kubeconfig")
             .arg(self.cluster.agent_kubeconfig())
