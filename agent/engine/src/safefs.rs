@@ -430,7 +430,7 @@ impl SafeRoot {
                 // default ACL), then set the snapshot's.
                 if let Ok(existing) = xattr::list_deref(&link) {
                     for k in existing {
-                        if !node.xattrs.iter().any(|(n, _)| n[..] == *k.as_bytes()) {
+                        if stale_xattr(k.as_bytes(), &node.xattrs) {
                             let _ = xattr::remove_deref(&link, &k);
                         }
                     }
@@ -506,10 +506,11 @@ fn apply_stated(f: &File, st: &FileStat, a: &Attrs<'_>) -> io::Result<()> {
     if chown || st.st_mode & 0o7777 != a.mode {
         nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(a.mode))?;
     }
-    // Remove xattrs the snapshot does not have (restoring over an existing directory).
+    // Remove xattrs the snapshot does not have (restoring over an existing directory, an ACL
+    // inherited from a directory's default ACL).
     if let Ok(existing) = f.list_xattr() {
         for k in existing {
-            if !a.xattrs.iter().any(|(n, _)| n[..] == *k.as_bytes()) {
+            if stale_xattr(k.as_bytes(), a.xattrs) {
                 let _ = f.remove_xattr(&k);
             }
         }
@@ -519,6 +520,26 @@ fn apply_stated(f: &File, st: &FileStat, a: &Attrs<'_>) -> io::Result<()> {
     }
     nix::sys::stat::futimens(f.as_fd(), &ts(a.atime_ns), &ts(a.mtime_ns))?;
     Ok(())
+}
+
+/// Security labels a Linux security module gives an entry when it is created (SELinux's type
+/// and MCS categories from the policy and the restoring process's context, Smack's, AppArmor's).
+/// An entry keeps the label it got when the snapshot has none: removing it would leave the file
+/// unlabeled, which an enforcing SELinux host (OpenShift's nodes) denies to every pod. A label the
+/// snapshot has is set as any other xattr.
+const LSM_LABELS: &[&[u8]] = &[
+    b"security.selinux",
+    b"security.SMACK64",
+    b"security.SMACK64EXEC",
+    b"security.SMACK64MMAP",
+    b"security.SMACK64TRANSMUTE",
+    b"security.apparmor",
+];
+
+/// The entry's xattr `name` is not in the snapshot's `xattrs` and is to be removed (an LSM's
+/// label is kept: `LSM_LABELS`).
+fn stale_xattr(name: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    !xattrs.iter().any(|(n, _)| n[..] == *name) && !LSM_LABELS.contains(&name)
 }
 
 #[cfg(test)]
@@ -574,6 +595,42 @@ mod tests {
         std::os::unix::fs::symlink(&own, target.path().join("q")).unwrap();
         assert!(root.set_metadata(Path::new("q"), &fifo, Some(fid2)).is_err());
         assert_eq!(std::fs::metadata(&own).unwrap().permissions().mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn an_xattr_missing_from_the_snapshot_is_stale_unless_it_is_a_security_label() {
+        let snapshot = vec![(b"user.kept".to_vec(), b"v".to_vec()), (b"security.selinux".to_vec(), b"l".to_vec())];
+        assert!(!stale_xattr(b"user.kept", &snapshot));
+        assert!(stale_xattr(b"user.other", &snapshot));
+        assert!(stale_xattr(b"system.posix_acl_access", &snapshot), "an inherited ACL goes");
+        assert!(stale_xattr(b"security.capability", &[]), "a stale file capability goes");
+        for label in LSM_LABELS {
+            assert!(!stale_xattr(label, &[]), "{}", String::from_utf8_lossy(label));
+        }
+        assert!(stale_xattr(b"security.selinuxx", &[]), "only the exact names");
+    }
+
+    /// On a real file: the label stays, another xattr the snapshot lacks goes. Setting a
+    /// `security.` xattr by hand needs root (CI runs as root) and a file system that stores it.
+    #[test]
+    fn a_restored_file_keeps_its_security_label_when_the_snapshot_has_none() {
+        let target = tempfile::tempdir().unwrap();
+        let root = SafeRoot::open(target.path(), false).unwrap();
+        let (_, id) = root.create_file(Path::new("f"), 0).unwrap();
+        let path = target.path().join("f");
+        let label = b"system_u:object_r:container_file_t:s0:c1,c2";
+        if let Err(e) = xattr::set(&path, "security.selinux", label) {
+            eprintln!("skipped: cannot set security.selinux here ({e}): needs root");
+            return;
+        }
+        xattr::set(&path, "user.stale", b"x").unwrap();
+        let mut node = Node::new(b"f".to_vec(), NodeType::File);
+        node.mode = 0o644;
+        node.xattrs = vec![(b"user.kept".to_vec(), b"v".to_vec())];
+        root.set_metadata(Path::new("f"), &node, Some(id)).unwrap();
+        assert_eq!(xattr::get(&path, "security.selinux").unwrap().as_deref(), Some(&label[..]));
+        assert_eq!(xattr::get(&path, "user.stale").unwrap(), None);
+        assert_eq!(xattr::get(&path, "user.kept").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]
