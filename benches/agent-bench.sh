@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # agent-bench.sh -- the node agent against the CLI on the same volumes: N volumes shaped like the
-# peer corpus (scaled down), backed up (1) by `ferry backup` back to back and (2) by one
-# `ferry agent` through N DataUploads with --concurrency C (FERRY_AGENT_BENCH_CONCURRENCY, 2),
+# peer corpus (scaled down), backed up (1) by `ferry backup` back to back, (2) by one
+# `ferry agent` through N DataUploads with --concurrency C (FERRY_AGENT_BENCH_CONCURRENCY, 2)
+# and (3) by that agent with --concurrency 1 (one after another inside the agent),
 # against a real kube-apiserver and an s3s-fs server on loopback. Prints each run's line and the
 # medians.
 #
@@ -33,5 +34,5 @@ awk '
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (s[j] < s[i]) { t = s[i]; s[i] = s[j]; s[j] = t }
     return (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
   }
-  END { printf "median of %d runs: CLI back to back %.2f s (CPU %.2f s), agent %.2f s (CPU %.2f s); machine busy CLI %.2f s, agent %.2f s (control plane %.2f s); agent/CLI %.2f; peak RSS agent %d MiB (anonymous %d, mapped files %d), CLI %d MiB\n",
-        NR, median("cli_s", NR), median("cli_cpu_s", NR), median("agent_s", NR), median("agent_cpu_s", NR), median("cli_busy_s", NR), median("agent_busy_s", NR), median("agent_plane_s", NR), median("ratio", NR), median("agent_rss_mib", NR), median("agent_anon_mib", NR), median("agent_file_mib", NR), median("cli_rss_mib", NR) }' "$OUT"
+  END { printf "median of %d runs: CLI back to back %.2f s (CPU %.2f s), agent %.2f s (CPU %.2f s); machine busy CLI %.2f s, agent %.2f s (control plane %.2f s); agent/CLI %.2f; peak RSS agent %d MiB (anonymous %d, mapped files %d), CLI %d MiB; the agent one job at a time %.2f s, all at once / one at a time %.2f\n",
+        NR, median("cli_s", NR), median("cli_cpu_s", NR), median("agent_s", NR), median("agent_cpu_s", NR), median("cli_busy_s", NR), median("agent_busy_s", NR), median("agent_plane_s", NR), median("ratio", NR), median("agent_rss_mib", NR), median("agent_anon_mib", NR), median("agent_file_mib", NR), median("cli_rss_mib", NR), median("one_s", NR), median("one_ratio", NR) }' "$OUT"

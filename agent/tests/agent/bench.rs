@@ -1,8 +1,10 @@
 //! The agent's benchmark (run by `benches/agent-bench.sh`, ignored by `cargo test`): N volumes
 //! shaped like the peer corpus (scaled down: crate sources, a sparse VM-style image, incompressible
 //! media), each on its own loop-mounted ext4, backed up
-//! 1. by `ferry backup` run back to back, one volume after the other (the CLI baseline), and
-//! 2. by one `ferry agent` through N DataUploads created at once (`--concurrency C`),
+//! 1. by `ferry backup` run back to back, one volume after the other (the CLI baseline),
+//! 2. by one `ferry agent` through N DataUploads created at once (`--concurrency C`), and
+//! 3. by the same agent restarted with `--concurrency 1` through N more (one after another
+//!    inside the agent, its protocol included),
 //!
 //! each into a fresh repository on an s3s-fs server on loopback. Reports both wall times, their
 //! ratio and the peak RSS of the agent (VmHWM) and of the largest CLI run (GNU time's %M), the
@@ -200,6 +202,79 @@ impl RssPeaks {
     }
 }
 
+/// Back up volume `i` of `vols` through DataUpload `{tag}-{i}` of snapshot `{tag}-snap-{i}`
+/// into location `bsl`, all created at once, and wait until every one has completed.
+async fn upload_all(w: &mut World, tag: &str, bsl: &str, vols: &[PathBuf]) {
+    let n = vols.len();
+    for i in 0..n {
+        w.data_upload_to(
+            &format!("{tag}-{i}"),
+            "app",
+            &format!("{tag}-pvc-{i}"),
+            &format!("{tag}-snap-{i}"),
+            "ferry",
+            bsl,
+        )
+        .await;
+    }
+    // The harness shares the 2 cores with the agent, and so do the apiserver and etcd it asks:
+    // one list per tick while the movers are served, then a watch for the phases, not a GET of
+    // every upload every 200 ms (those cost the agent's run about half a second of the
+    // apiserver's and etcd's CPU, which the CLI's run does not pay).
+    let uploads: Api<DataUpload> = Api::namespaced(w.client.clone(), crate::world::NS);
+    let index = |du: &DataUpload| {
+        du.metadata
+            .name
+            .as_deref()
+            .and_then(|s| s.strip_prefix(&format!("{tag}-")))
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    let mut served = vec![false; n];
+    while served.iter().any(|s| !s) {
+        w.assert_agent_running("n1");
+        for du in uploads.list(&ListParams::default()).await.unwrap().items {
+            let Some(i) = index(&du).filter(|&i| i < n && !served[i]) else { continue };
+            if du.status.and_then(|s| s.phase) == Some(Phase::Accepted)
+                && w.get_in::<k8s_openapi::api::core::v1::Pod>("velero", &format!("ferry-{tag}-{i}")).await.is_some()
+            {
+                w.serve_mover_from(&format!("{tag}-{i}"), "n1", &vols[i]).await;
+                served[i] = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = async {
+        let mut done = vec![false; n];
+        loop {
+            let list = uploads.list(&ListParams::default()).await.unwrap();
+            let rv = list.metadata.resource_version.clone().unwrap_or_default();
+            let mut seen = list.items;
+            let mut events = uploads.watch(&WatchParams::default().timeout(60), &rv).await.unwrap().boxed();
+            loop {
+                for du in seen.drain(..) {
+                    let phase = du.status.as_ref().and_then(|s| s.phase);
+                    assert_ne!(phase, Some(Phase::Failed), "{:?} failed\n{}", du.metadata.name, w.logs());
+                    if let Some(i) = index(&du).filter(|&i| i < n) {
+                        done[i] |= phase == Some(Phase::Completed);
+                    }
+                }
+                if done.iter().all(|d| *d) {
+                    return;
+                }
+                match events.try_next().await {
+                    Ok(Some(WatchEvent::Added(du) | WatchEvent::Modified(du))) => seen.push(du),
+                    Ok(Some(WatchEvent::Bookmark(_) | WatchEvent::Deleted(_))) => {}
+                    // Ended (its timeout) or expired: list again.
+                    Ok(None) | Ok(Some(WatchEvent::Error(_))) | Err(_) => break,
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1800), completed)
+        .await
+        .expect("the uploads did not complete in 30 minutes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: benches/agent-bench.sh runs it"]
 async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
@@ -281,94 +356,64 @@ async fn bench_volumes_through_the_agent_vs_the_cli_back_to_back() {
     w.start_agent("n1", &args);
     w.namespace("app").await;
     for i in 0..n {
-        w.snapshot("app", &format!("pvc-{i}"), &format!("snap-{i}"), false).await;
+        w.snapshot("app", &format!("du-pvc-{i}"), &format!("du-snap-{i}"), false).await;
     }
     let agent_cpu_before = cpu_s(w.agent_pid("n1"));
     let peaks = RssPeaks::start(w.agent_pid("n1"));
     let (busy, plane) = (machine_busy_s(), control_plane_s());
     let t = Instant::now();
-    for i in 0..n {
-        w.data_upload(&format!("du-{i}"), "app", &format!("pvc-{i}"), &format!("snap-{i}"), "ferry").await;
-    }
-    // The harness shares the 2 cores with the agent, and so do the apiserver and etcd it asks:
-    // one list per tick while the movers are served, then a watch for the phases, not a GET of
-    // every upload every 200 ms (those cost the agent's run about half a second of the
-    // apiserver's and etcd's CPU, which the CLI's run does not pay).
-    let uploads: Api<DataUpload> = Api::namespaced(w.client.clone(), crate::world::NS);
-    let index = |du: &DataUpload| {
-        du.metadata.name.as_deref().and_then(|s| s.strip_prefix("du-")).and_then(|i| i.parse::<usize>().ok())
-    };
-    let mut served = vec![false; n];
-    while served.iter().any(|s| !s) {
-        w.assert_agent_running("n1");
-        for du in uploads.list(&ListParams::default()).await.unwrap().items {
-            let Some(i) = index(&du).filter(|&i| i < n && !served[i]) else { continue };
-            if du.status.and_then(|s| s.phase) == Some(Phase::Accepted)
-                && w.get_in::<k8s_openapi::api::core::v1::Pod>("velero", &format!("ferry-du-{i}")).await.is_some()
-            {
-                w.serve_mover_from(&format!("du-{i}"), "n1", &vols[i].mnt).await;
-                served[i] = true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let completed = async {
-        let mut done = vec![false; n];
-        loop {
-            let list = uploads.list(&ListParams::default()).await.unwrap();
-            let rv = list.metadata.resource_version.clone().unwrap_or_default();
-            let mut seen = list.items;
-            let mut events = uploads.watch(&WatchParams::default().timeout(60), &rv).await.unwrap().boxed();
-            loop {
-                for du in seen.drain(..) {
-                    let phase = du.status.as_ref().and_then(|s| s.phase);
-                    assert_ne!(phase, Some(Phase::Failed), "{:?} failed\n{}", du.metadata.name, w.logs());
-                    if let Some(i) = index(&du).filter(|&i| i < n) {
-                        done[i] |= phase == Some(Phase::Completed);
-                    }
-                }
-                if done.iter().all(|d| *d) {
-                    return;
-                }
-                match events.try_next().await {
-                    Ok(Some(WatchEvent::Added(du) | WatchEvent::Modified(du))) => seen.push(du),
-                    Ok(Some(WatchEvent::Bookmark(_) | WatchEvent::Deleted(_))) => {}
-                    // Ended (its timeout) or expired: list again.
-                    Ok(None) | Ok(Some(WatchEvent::Error(_))) | Err(_) => break,
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(1800), completed)
-        .await
-        .expect("the uploads did not complete in 30 minutes");
+    let mounts: Vec<PathBuf> = vols.iter().map(|v| v.mnt.clone()).collect();
+    upload_all(&mut w, "du", "default", &mounts).await;
     let agent_wall = t.elapsed().as_secs_f64();
     let agent_rss = vm_hwm(w.agent_pid("n1"));
     let (anon_peak, file_peak) = peaks.finish();
     let agent_cpu = cpu_s(w.agent_pid("n1")) - agent_cpu_before;
     let (agent_busy, agent_plane) = (machine_busy_s() - busy, control_plane_s() - plane);
 
+    // 3. The same agent one job at a time (`--concurrency 1`: "one after another" inside the
+    // agent, its protocol included), into a repository of its own (a second location).
+    w.stop_agent("n1");
+    let mut one_args = vec!["--concurrency", "1", "--progress-interval", "10s"];
+    one_args.extend(extra.split_whitespace());
+    let prefix = w.prefix.clone();
+    w.prefix = format!("{prefix}-one");
+    w.bsl("one", &s3.1, Some(("cloud-credentials", "cloud"))).await;
+    w.prefix = prefix;
+    w.start_agent("n1", &one_args);
+    for i in 0..n {
+        w.snapshot("app", &format!("one-pvc-{i}"), &format!("one-snap-{i}"), false).await;
+    }
+    let _ = Command::new("sync").status();
+    let one_cpu_before = cpu_s(w.agent_pid("n1"));
+    let t = Instant::now();
+    upload_all(&mut w, "one", "one", &mounts).await;
+    let one_wall = t.elapsed().as_secs_f64();
+    let one_cpu = cpu_s(w.agent_pid("n1")) - one_cpu_before;
+
     let line = format!(
         "agent-bench: {n} volumes, {:.0} MiB of data: CLI back to back {cli_wall:.2} s, CPU {cli_cpu:.2} s \
          machine {cli_busy:.2} s of which control plane {cli_plane:.2} s (largest RSS {} MiB), agent --concurrency {concurrency} {agent_wall:.2} s, \
          CPU {agent_cpu:.2} s, machine {agent_busy:.2} s of which control plane {agent_plane:.2} s (peak RSS {} MiB: anonymous {} MiB, mapped files {} MiB \
-         at their sampled peaks); agent/CLI wall {:.2}",
+         at their sampled peaks); agent/CLI wall {:.2}; the agent one job at a time {one_wall:.2} s, CPU {one_cpu:.2} s; \
+         all at once / one at a time {:.2}",
         data as f64 / (1 << 20) as f64,
         cli_rss / 1024,
         agent_rss / 1024,
         anon_peak / 1024,
         file_peak / 1024,
-        agent_wall / cli_wall
+        agent_wall / cli_wall,
+        agent_wall / one_wall
     );
     let kv = format!(
         "cli_s={cli_wall:.2} agent_s={agent_wall:.2} ratio={:.3} agent_rss_mib={} cli_rss_mib={} \
          cli_cpu_s={cli_cpu:.2} agent_cpu_s={agent_cpu:.2} cli_busy_s={cli_busy:.2} agent_busy_s={agent_busy:.2} cli_plane_s={cli_plane:.2} agent_plane_s={agent_plane:.2} \
-         agent_anon_mib={} agent_file_mib={}",
+         agent_anon_mib={} agent_file_mib={} one_s={one_wall:.2} one_cpu_s={one_cpu:.2} one_ratio={:.3}",
         agent_wall / cli_wall,
         agent_rss / 1024,
         cli_rss / 1024,
         anon_peak / 1024,
-        file_peak / 1024
+        file_peak / 1024,
+        agent_wall / one_wall
     );
     println!("{line}");
     if let Ok(out) = std::env::var("FERRY_AGENT_BENCH_OUT") {
