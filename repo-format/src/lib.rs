@@ -3,7 +3,8 @@
 //! The byte-level specification is `docs/FORMAT.md`; each module's doc names the part it owns.
 //! This crate never prints, never parses command lines, and holds no policy about sources or
 //! targets (that is the agent's). Its public surface is the `pub use` list below (`fuzzing` is
-//! hidden: thin wrappers over crate-private decoders for the targets in `fuzz/`, nothing else).
+//! hidden: thin wrappers over crate-private decoders for the targets in `fuzz/`, nothing else;
+//! `testing` is hidden too: the skip counter the workspace's tests share).
 
 mod blob;
 mod cache;
@@ -28,6 +29,8 @@ mod pack;
 mod repository;
 mod snapshot;
 mod storage;
+#[doc(hidden)]
+pub mod testing;
 mod tree;
 mod writer;
 

@@ -7,17 +7,7 @@ use super::{FileKind, Storage};
 use crate::error::Error;
 use crate::id::Id;
 
-/// Record a skip on stderr and in `FERRY_TEST_SKIPS` (counted by tests/run.sh).
-pub(crate) fn skip(reason: &str) {
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    eprintln!("skipped: {test}: {reason}");
-    if let Some(path) = std::env::var_os("FERRY_TEST_SKIPS") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{test}: {reason}");
-        }
-    }
-}
+pub(crate) use crate::testing::skip;
 
 pub(crate) async fn run(s: &dyn Storage) {
     let a = Id::of_stored(b"a");
