@@ -7,11 +7,15 @@
 //! small text file in the cache root:
 //!
 //! ```text
+//! repo <repository id>         the repository these lines are about (its config's id)
 //! key-used <key id>            the key file that unlocked the last session (tried first next time)
 //! key-seen <key id>            key files present at the last open
 //! key-gone <key id>            key files seen once and later absent (removed): never trusted again
 //! newest <snapshot id> <ns>    the newest snapshot seen
 //! ```
+//!
+//! A location holding another repository than the one remembered (deleted and initialized
+//! again, or swapped) starts a new memory: the old repository's snapshots are not this one's.
 //!
 //! The file is private (0600 in a 0700 directory) and replaced atomically. It is advisory: a
 //! missing or unreadable file only loses the warnings, and nothing here decides what exists.
@@ -25,6 +29,7 @@ use crate::id::Id;
 /// The remembered state of one location.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Memory {
+    pub repo: Option<Id>,
     pub key_used: Option<Id>,
     pub keys_seen: BTreeSet<Id>,
     pub keys_gone: BTreeSet<Id>,
@@ -45,6 +50,7 @@ impl Memory {
             let mut w = line.split(' ');
             let (Some(tag), Some(id)) = (w.next(), w.next().and_then(|h| Id::from_hex(h).ok())) else { continue };
             match tag {
+                "repo" => m.repo = Some(id),
                 "key-used" => m.key_used = Some(id),
                 "key-seen" => {
                     m.keys_seen.insert(id);
@@ -66,6 +72,9 @@ impl Memory {
     /// Replace the file atomically (best effort: failing to remember only loses warnings).
     pub fn save(&self, path: &Path) {
         let mut text = String::new();
+        if let Some(r) = self.repo {
+            text.push_str(&format!("repo {r}\n"));
+        }
         if let Some(k) = self.key_used {
             text.push_str(&format!("key-used {k}\n"));
         }
@@ -120,7 +129,12 @@ mod tests {
     fn round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = path(dir.path(), "s3:http://127.0.0.1:9/b/p");
-        let mut m = Memory { key_used: Some(Id([7; 32])), newest: Some((Id([9; 32]), -5)), ..Default::default() };
+        let mut m = Memory {
+            repo: Some(Id([6; 32])),
+            key_used: Some(Id([7; 32])),
+            newest: Some((Id([9; 32]), -5)),
+            ..Default::default()
+        };
         m.keys_seen.insert(Id([3; 32]));
         m.keys_gone.insert(Id([4; 32]));
         m.save(&p);

@@ -268,6 +268,19 @@ impl Repository {
             (None, None) => return Err(Error::WrongPassword),
         };
         if let Some(p) = &memory_path {
+            if let Some(old) = mem.repo.filter(|r| *r != config.repo_id) {
+                // What was remembered is another repository's (its snapshots would look rolled
+                // back): start again from what is here now.
+                tracing::warn!(
+                    "{} holds another repository ({}) than the one seen here before ({}): initialized \
+                     again? What was remembered about the old one is dropped",
+                    storage.location(),
+                    config.repo_id.short(),
+                    old.short()
+                );
+                mem = Memory { keys_seen: std::mem::take(&mut mem.keys_seen), ..Memory::default() };
+            }
+            mem.repo = Some(config.repo_id);
             mem.key_used = Some(key_id.0);
             mem.save(p);
         }

@@ -213,4 +213,18 @@ fn a_deleted_newest_snapshot_is_noticed() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0));
     assert!(err.contains(&newest[..8]) && err.contains("may have been rolled back"), "{err}");
+
+    // The repository deleted and initialized again at the same place: its snapshots are not the
+    // old one's, so nothing looks rolled back (before: the old newest was warned about for ever).
+    std::fs::remove_dir_all(&env.repo).unwrap();
+    let out = env.ferry().args(["init", "--kdf-memory", "64", "--kdf-iterations", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.ferry().args(["backup", "--json"]).arg(&src).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("another repository") && !err.contains("rolled back"), "{err}");
+    let out = env.ferry().args(["snapshots"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!err.contains("rolled back") && !err.contains("another repository"), "said again: {err}");
 }
