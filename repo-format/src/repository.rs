@@ -596,8 +596,7 @@ impl Repository {
         if !packs.is_empty() {
             let file = IndexFile { packs, supersedes: Vec::new() };
             r.index = Some(write_index(&*self.storage, &self.master.object_cipher(), file.packs.clone()).await?);
-            let idx = self.index().extended(&file)?;
-            *self.index.write().expect("lock") = Arc::new(idx);
+            self.add_to_index(&file)?;
         }
         orphans.into_iter().for_each(journal::Orphan::remove);
         Ok(r)
@@ -612,9 +611,31 @@ impl Repository {
     /// Finish a writer and add what it wrote to the in-memory index.
     pub async fn finish_writer(&self, w: BlobWriter) -> Result<WriterResult> {
         let r = w.finish().await?;
-        let idx = self.index().extended(&r.index_file)?;
-        *self.index.write().expect("lock") = Arc::new(idx);
+        self.add_to_index(&r.index_file)?;
         Ok(r)
+    }
+
+    /// Add `file`'s blobs to the in-memory index: in place when nothing else holds it (a copy
+    /// would hold two big indexes at once), else into a copy (readers keep the one they have).
+    fn add_to_index(&self, file: &IndexFile) -> Result<()> {
+        let mut slot = self.index.write().expect("lock");
+        match Arc::try_unwrap(std::mem::take(&mut *slot)) {
+            Ok(mut idx) => {
+                let added = idx.add(file);
+                *slot = Arc::new(idx);
+                added
+            }
+            Err(shared) => match shared.extended(file) {
+                Ok(idx) => {
+                    *slot = Arc::new(idx);
+                    Ok(())
+                }
+                Err(e) => {
+                    *slot = shared;
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// A pack's own list of blobs, from its trailer and header: two range reads of a pack of

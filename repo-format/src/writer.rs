@@ -120,6 +120,20 @@ pub struct WriterStats {
     pub packs: AtomicU64,
 }
 
+impl WriterStats {
+    /// The counters as they are now.
+    fn copied(&self) -> WriterStats {
+        let c = |a: &AtomicU64| AtomicU64::new(a.load(Relaxed));
+        WriterStats {
+            data_blobs: c(&self.data_blobs),
+            tree_blobs: c(&self.tree_blobs),
+            bytes_added: c(&self.bytes_added),
+            bytes_stored: c(&self.bytes_stored),
+            packs: c(&self.packs),
+        }
+    }
+}
+
 /// What `save` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Saved {
@@ -158,6 +172,9 @@ pub struct BlobWriter {
 pub struct WriterResult {
     pub index_file: IndexFile,
     pub index_ids: Vec<IndexId>,
+    /// The writer's counters at its end (its callers can give the writer itself up to
+    /// `finish`, so nothing holds the index it was started with while a new one is made).
+    pub stats: WriterStats,
 }
 
 impl BlobWriter {
@@ -311,13 +328,13 @@ impl BlobWriter {
         }
         let handle = self.uploader.lock().expect("lock").take();
         let Some(handle) = handle else {
-            return Ok(WriterResult::default());
+            return Ok(WriterResult { stats: s.stats.copied(), ..WriterResult::default() });
         };
         let (index_ids, packs) = handle.await.expect("uploader task")?;
         if s.failed.load(Relaxed) {
             return Err(Error::Invalid("writing a pack failed: the blobs saved by this writer are incomplete".into()));
         }
-        Ok(WriterResult { index_file: IndexFile { packs, supersedes: Vec::new() }, index_ids })
+        Ok(WriterResult { index_file: IndexFile { packs, supersedes: Vec::new() }, index_ids, stats: s.stats.copied() })
     }
 }
 

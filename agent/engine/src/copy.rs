@@ -202,18 +202,17 @@ pub async fn execute(
         });
         let walked = walk.tree(&writer, item.snapshot.tree, job).await;
         // Finish the writer even after a failure: what was uploaded is indexed and reused.
-        let finished = dst.finish_writer(writer.clone()).await.context("uploading packs and index");
-        let root = match (walked, finished) {
+        let finished = dst.finish_writer(writer).await.context("uploading packs and index");
+        let (root, st) = match (walked, finished) {
             (_, Err(e)) => return Err(e),
             (Err(e), Ok(_)) => return Err(e.context(format!("copying snapshot {}", item.source_id.0.short()))),
-            (Ok(root), Ok(_)) => root,
+            (Ok(root), Ok(w)) => (root, w.stats),
         };
         let parent = item.snapshot.parent.and_then(|p| plan.parents.get(&p)).and_then(|o| plan.destination.get(o));
         let snapshot = Snapshot { tree: root, parent: parent.copied(), ..item.snapshot };
         let id = dst.save_snapshot(&snapshot).await.context("saving the copied snapshot")?;
         plan.destination.insert(origin, id);
         job.progress.files_done.fetch_add(1, Relaxed);
-        let st = writer.stats();
         let done = Copied {
             source: item.source_id,
             destination: id,

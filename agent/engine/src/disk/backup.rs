@@ -122,14 +122,13 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
     let tree = Tree { nodes: vec![node.clone()] }.encode()?;
     let w = writer.clone();
     let saved = tokio::task::spawn_blocking(move || w.save(BlobKind::Tree, &tree)).await.expect("tree save");
-    let finished = repo.finish_writer(writer.clone()).await.context("uploading packs and index");
-    let saved = match (saved, finished) {
+    let finished = repo.finish_writer(writer).await.context("uploading packs and index");
+    let (saved, st) = match (saved, finished) {
         (_, Err(e)) => return Err(e),
         (Err(e), Ok(_)) => return Err(e.into()),
-        (Ok(s), Ok(_)) => s,
+        (Ok(s), Ok(w)) => (s, w.stats),
     };
     let root = TreeId(saved.id.0);
-    let st = writer.stats();
     let summary = Summary {
         files_new: 1,
         bytes_read: bytes_read.load(Relaxed),
