@@ -7,6 +7,8 @@
 //! own path and segments. And files whose content is one blob, which the content phase creates,
 //! writes and completes in one visit: metadata, holes, hardlinks, a failed blob and a planted
 //! symlink handled as for any file.
+//! And a big file (64 MiB and more), whose content goes to the disk directly (`O_DIRECT`) past
+//! the page cache: the same bytes, its unaligned blob ends included, and not left in the cache.
 
 mod common;
 
@@ -160,4 +162,49 @@ async fn one_blob_files_are_made_whole_in_one_visit() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"keep", "the planted symlink was followed");
     assert_eq!(md("e-bad").len(), 0, "the failed file is left empty");
     assert_ne!(md("e-bad").mtime(), mtime / 1_000_000_000, "the failed file got the snapshot's time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_is_written_past_the_page_cache_with_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    // Blobs of unaligned lengths, each used many times, and holes: no blob starts on a page.
+    let (big, small) = (random_bytes("big", 1_000_003), random_bytes("small", 777));
+    let ids = save(&repo, vec![(BlobKind::Data, big.clone()), (BlobKind::Data, small.clone())]).await;
+    let (bb, bs) = (Segment::Blob { id: ids[0], len: big.len() as u32 }, Segment::Blob { id: ids[1], len: 777 });
+    let mut segs = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..70 {
+        segs.extend([bb, bs]);
+        want.extend_from_slice(&big);
+        want.extend_from_slice(&small);
+        if i % 10 == 3 {
+            segs.push(Segment::Zero { len: 5000 });
+            want.resize(want.len() + 5000, 0);
+        }
+    }
+    assert!(want.len() >= 64 << 20, "big enough to be written directly");
+    let root = TreeId(
+        save(&repo, vec![(BlobKind::Tree, Tree { nodes: vec![file("big", segs)] }.encode().unwrap())]).await[0].0,
+    );
+
+    repo.load_index().await.unwrap();
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
+    let target = dir.path().join("out");
+    let out = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let path = target.join("big");
+    // Written directly, the file is not in the page cache, but for its blobs' partial pages (at
+    // most two per use: 140 uses, 1.1 MiB). Asked before it is read back.
+    let resident =
+        std::process::Command::new("fincore").args(["--bytes", "--noheadings", "--output", "RES"]).arg(&path).output();
+    match resident {
+        Ok(o) if o.status.success() => {
+            let res: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+            assert!(res < 8 << 20, "{res} bytes of a {} byte file restored directly are in the page cache", want.len());
+        }
+        _ => repo_format::testing::skip("fincore (util-linux) is not here to tell what is cached"),
+    }
+    assert!(std::fs::read(&path).unwrap() == want, "the restored file differs");
 }

@@ -10,6 +10,8 @@
 //! decompression buffer per range in flight, and 64 bytes per use of a blob (`Want`). Both
 //! kinds of buffer are reused from range to range (a local directory's ranges are read into
 //! them), so a restore touches the same memory throughout instead of faulting in fresh pages.
+//! A target of 64 MiB or more is written past the page cache (`direct`): one more range is in
+//! flight then, and each has an aligned staging buffer of the largest blob.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -20,6 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures::StreamExt;
 use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, PackOpener, Repository, SALT_LEN, Segment};
 
+use super::direct::{ALIGN, Direct, MIN_DIRECT};
 use crate::job::Job;
 use crate::progress::Counters;
 use crate::report::{EntryError, EntryErrorKind};
@@ -207,15 +210,29 @@ pub(crate) async fn write_all(
     );
     let wants = Arc::new(wants);
     let local = repo.storage().is_local();
-    let in_flight = if local { LOCAL_IN_FLIGHT } else { IN_FLIGHT };
     // Decompression buffers, and (local directory) range buffers: one per range in flight,
     // reused. An object store's reads come back in memory of their own.
     let (plain_keep, range_keep) = keep_sizes(repo.config());
     let bufs = Arc::new(Pool::new(plain_keep));
     let range_bufs = Arc::new(Pool::new(if local { range_keep } else { 0 }));
+    // Big targets are written directly (`direct`), through aligned staging buffers.
+    let direct = Arc::new(Direct::new((0..targets.count()).map(|i| {
+        !skip.contains(&i)
+            && !targets.single(i)
+            && targets.segments(i).iter().map(Segment::len).sum::<u64>() >= MIN_DIRECT
+    })));
+    let stages = Arc::new(Pool::new(plain_keep + ALIGN));
+    // A direct write waits for the disk: one more range in flight keeps both cores busy
+    // meanwhile (8 GiB image: 8.0–9.3 s against 9.3–9.5 s with 2, for 9 MiB more peak RSS).
+    let in_flight = match (local, direct.any()) {
+        (true, false) => LOCAL_IN_FLIGHT,
+        (true, true) => LOCAL_IN_FLIGHT + 1,
+        (false, _) => IN_FLIGHT,
+    };
     let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
         let (bufs, range_bufs, wants) = (bufs.clone(), range_bufs.clone(), wants.clone());
+        let (direct, stages) = (direct.clone(), stages.clone());
         async move {
             let all_targets = |wants: &[Want]| wants.iter().map(|w| w.target as usize).collect();
             if cancel.is_cancelled() {
@@ -227,7 +244,17 @@ pub(crate) async fn write_all(
             {
                 Ok(()) => tokio::task::spawn_blocking(move || {
                     // Blobs are decrypted where they lie in it.
-                    let done = write_range(&repo, &*targets, &r, &wants[r.blobs.clone()], &mut bytes, &counters, &bufs);
+                    let pools = Pools { plain: &bufs, stage: &stages };
+                    let done = write_range(
+                        &repo,
+                        &*targets,
+                        &direct,
+                        &r,
+                        &wants[r.blobs.clone()],
+                        &mut bytes,
+                        &counters,
+                        pools,
+                    );
                     range_bufs.give(bytes);
                     done
                 })
@@ -262,22 +289,33 @@ struct RangeResult {
     failed: Vec<usize>,
 }
 
+/// The buffer pools a range draws from: decompressed blobs, and staging for direct writes.
+#[derive(Clone, Copy)]
+struct Pools<'a> {
+    plain: &'a Pool,
+    stage: &'a Pool,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn write_range(
     repo: &Repository,
     targets: &dyn Targets,
+    direct: &Direct,
     r: &Range,
     blobs: &[Want],
     bytes: &mut [u8],
     counters: &Counters,
-    bufs: &Pool,
+    pools: Pools,
 ) -> RangeResult {
-    let mut files: HashMap<usize, File> = HashMap::new();
+    // Each target's file, and its direct reopening when it is written directly.
+    let mut files: HashMap<usize, (File, Option<File>)> = HashMap::new();
+    let mut stage: Option<Vec<u8>> = None;
     let mut written = 0u64;
     let mut errors = Vec::new();
     let mut failed = Vec::new();
     // Blobs are decrypted where they lie in the range; the decompression buffer is reused for
     // every blob (one per range in flight, so its memory is bounded like the ranges').
-    let mut buf = bufs.take();
+    let mut buf = pools.plain.take();
     let opener = PackOpener::new(repo.master_key(), &r.salt);
     let mut rest = blobs;
     while let Some(w) = rest.first() {
@@ -326,10 +364,13 @@ fn write_range(
                 counters.bytes_done.fetch_add(n, Relaxed);
                 continue;
             }
-            let f = match files.entry(fi) {
+            let (f, d) = match files.entry(fi) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => match targets.open(fi) {
-                    Ok(f) => v.insert(f),
+                    Ok(f) => {
+                        let d = direct.reopen(fi, &f);
+                        v.insert((f, d))
+                    }
                     Err(e) => {
                         errors.push(EntryError::new(EntryErrorKind::Write, targets.name(fi), e));
                         failed.push(fi);
@@ -337,7 +378,14 @@ fn write_range(
                     }
                 },
             };
-            if let Err(e) = f.write_all_at(plain, u.at) {
+            let wrote = match d {
+                Some(d) if direct.wants(fi) => {
+                    let stage = stage.get_or_insert_with(|| pools.stage.take());
+                    direct.write(fi, f, d, plain, u.at, stage)
+                }
+                _ => f.write_all_at(plain, u.at),
+            };
+            if let Err(e) = wrote {
                 errors.push(EntryError::new(EntryErrorKind::Write, targets.name(fi), e));
                 failed.push(fi);
                 continue;
@@ -346,7 +394,10 @@ fn write_range(
             counters.bytes_done.fetch_add(plain.len() as u64, Relaxed);
         }
     }
-    bufs.give(buf);
+    pools.plain.give(buf);
+    if let Some(stage) = stage {
+        pools.stage.give(stage);
+    }
     RangeResult { bytes: written, errors, failed }
 }
 
