@@ -18,6 +18,7 @@ pub mod backup;
 pub mod check;
 pub mod copy;
 pub mod credentials;
+mod direct;
 pub mod disk;
 pub mod dpa;
 pub mod filescache;

@@ -23,7 +23,6 @@
 //! failed is emptied (never left looking complete with its original size and time) and listed.
 
 pub(crate) mod content;
-mod direct;
 pub(crate) mod verify;
 
 use std::collections::{HashMap, HashSet};

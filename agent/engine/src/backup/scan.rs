@@ -23,6 +23,7 @@ use super::open::{self, At, Stamp, changed_while_read, open_for_read};
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
+use crate::direct::{DirectReader, MIN_DIRECT};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
 use crate::job::{CancelToken, Cancelled, Job, Permit};
@@ -698,9 +699,15 @@ impl Scanner<'_> {
                     out.push(PendingSeg::Zero(len));
                     continue;
                 }
-                let mut f = file;
-                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
-                self.chunk_stream(f.take(len), &mut out)?;
+                let direct = if size >= MIN_DIRECT { DirectReader::open(file, start, len) } else { None };
+                match direct {
+                    Some(r) => self.chunk_stream(r, &mut out)?,
+                    None => {
+                        let mut f = file;
+                        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+                        self.chunk_stream(f.take(len), &mut out)?;
+                    }
+                }
             }
         } else if size < u64::from(self.chunker.params().min) {
             let mut data = self.pool.take();
@@ -708,10 +715,16 @@ impl Scanner<'_> {
             if !data.is_empty() {
                 self.queue_chunk(data, &mut out)?;
             }
-        } else if size >= PARALLEL_CHUNKING_MIN && parallel_chunking(self.job.limits.threads) {
-            self.chunk_stream_parallel(file, &mut out)?;
         } else {
-            self.chunk_stream(file, &mut out)?;
+            // A big file is read past the page cache (to its end, as `file` would be).
+            let direct = if size >= MIN_DIRECT { DirectReader::open(file, 0, u64::MAX) } else { None };
+            let parallel = size >= PARALLEL_CHUNKING_MIN && parallel_chunking(self.job.limits.threads);
+            match (direct, parallel) {
+                (Some(r), true) => self.chunk_stream_parallel(r, &mut out)?,
+                (Some(r), false) => self.chunk_stream(r, &mut out)?,
+                (None, true) => self.chunk_stream_parallel(file, &mut out)?,
+                (None, false) => self.chunk_stream(file, &mut out)?,
+            }
         }
         Ok(out)
     }

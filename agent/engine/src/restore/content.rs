@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures::StreamExt;
 use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, PackOpener, Repository, SALT_LEN, Segment};
 
-use super::direct::{ALIGN, Direct, MIN_DIRECT};
+use crate::direct::{ALIGN, Direct, MIN_DIRECT};
 use crate::job::Job;
 use crate::progress::Counters;
 use crate::report::{EntryError, EntryErrorKind};
