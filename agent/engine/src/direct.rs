@@ -49,9 +49,11 @@ fn reopen(file: &File, write: bool) -> io::Result<File> {
     if write { open(0) } else { open(libc::O_NOATIME).or_else(|_| open(0)) }
 }
 
-/// `n` bytes of `buf` starting at a page-aligned address (`buf` grows to hold them).
+/// `n` bytes of `buf` starting at a page-aligned address (`buf` grows to hold them, and no
+/// more: a pool keeps buffers up to the largest blob's size plus a page).
 fn aligned(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
     if buf.len() < n + ALIGN {
+        buf.reserve_exact(n + ALIGN - buf.len());
         buf.resize(n + ALIGN, 0);
     }
     let skew = buf.as_ptr().align_offset(ALIGN);
