@@ -80,11 +80,13 @@ pub fn fill_cloud_opts(loc: &Location, opts: &mut CloudOpts) -> Result<()> {
     Ok(())
 }
 
-/// The engine's limits, with `FERRY_CHUNK_QUEUE` applied.
+/// The engine's limits, with `FERRY_CHUNK_QUEUE` and `FERRY_PARALLEL_CHUNKING` (`1` or `0`:
+/// chunk a big file with several threads or one, whatever the number of workers) applied.
 pub fn limits() -> ferry_engine::job::Limits {
     let mut l = ferry_engine::job::Limits::default();
     if let Some(q) = env("FERRY_CHUNK_QUEUE").and_then(|v| v.parse::<usize>().ok()) {
         l.chunk_queue = q.max(1);
     }
+    l.parallel_chunking = env("FERRY_PARALLEL_CHUNKING").map(|v| v != "0");
     l
 }

@@ -147,6 +147,7 @@ impl Agent {
             chunk_queue: self.s.threads * 2,
             memory: Some(self.budget.clone()),
             uploads: Some(self.uploads.clone()),
+            parallel_chunking: None,
         }
     }
 

@@ -121,13 +121,17 @@ pub struct Limits {
     /// Pack bytes uploading at once; shared between jobs when cloned (each job alone uploads
     /// at most two packs at once).
     pub uploads: Option<Arc<repo_format::UploadBudget>>,
+    /// Whether a big file's cut points are found by several threads (never with one): `None`
+    /// leaves it to the number of threads, from four (the CLI's `FERRY_PARALLEL_CHUNKING=1|0`
+    /// forces it). Either way the chunks are the same.
+    pub parallel_chunking: Option<bool>,
 }
 
 impl Default for Limits {
     /// One worker per core, a queue of two chunks per worker, no shared byte budget.
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Limits { threads, chunk_queue: threads * 2, memory: None, uploads: None }
+        Limits { threads, chunk_queue: threads * 2, memory: None, uploads: None, parallel_chunking: None }
     }
 }
 

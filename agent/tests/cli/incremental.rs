@@ -125,18 +125,22 @@ fn parallel_chunking_cuts_a_big_file_where_one_thread_does() {
         }
     }
     write(&src.join("big.img"), &data);
-    let out = env.ferry().env("FERRY_PARALLEL_CHUNKING", "1").args(["backup", "--json"]).arg(&src).output().unwrap();
+    let out =
+        env.ferry().env("FERRY_PARALLEL_CHUNKING", "1").args(["-vv", "backup", "--json"]).arg(&src).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).contains("a big file chunked by");
+    assert!(said(&out), "not chunked in parallel: {}", String::from_utf8_lossy(&out.stderr));
     let parallel = crate::common::summary_of(&out.stdout);
     assert!(num(&parallel, "data_blobs_added") > 40, "{parallel}");
     let out = env
         .ferry()
         .env("FERRY_PARALLEL_CHUNKING", "0")
-        .args(["backup", "--json", "--force"])
+        .args(["-vv", "backup", "--json", "--force"])
         .arg(&src)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!said(&out), "chunked in parallel with FERRY_PARALLEL_CHUNKING=0");
     let serial = crate::common::summary_of(&out.stdout);
     assert_eq!(num(&serial, "bytes_read"), data.len() as u64, "{serial}");
     assert_eq!((num(&serial, "data_blobs_added"), num(&serial, "tree_blobs_added")), (0, 0), "{serial}");

@@ -718,7 +718,7 @@ impl Scanner<'_> {
         } else {
             // A big file is read past the page cache (to its end, as `file` would be).
             let direct = if size >= MIN_DIRECT { DirectReader::open(file, 0, u64::MAX) } else { None };
-            let parallel = size >= PARALLEL_CHUNKING_MIN && parallel_chunking(self.job.limits.threads);
+            let parallel = size >= PARALLEL_CHUNKING_MIN && parallel_chunking(&self.job.limits);
             match (direct, parallel) {
                 (Some(r), true) => self.chunk_stream_parallel(r, &mut out)?,
                 (Some(r), false) => self.chunk_stream(r, &mut out)?,
@@ -743,6 +743,7 @@ impl Scanner<'_> {
     /// file is not held to one core's chunking speed on a machine with many cores. Its own reader (a window of several
     /// chunks per thread), dropped afterwards.
     fn chunk_stream_parallel<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+        tracing::debug!("a big file chunked by {} threads", self.job.limits.threads);
         let mut reader = self.chunker.reader();
         reader.chunk_parallel(r, self.job.limits.threads, |chunk| {
             let data = self.pool.filled(chunk);
@@ -789,13 +790,10 @@ enum Here {
 /// parallel there took 5–12 % more CPU for the same wall time.
 const PARALLEL_CHUNKING_WORKERS: usize = 4;
 
-/// Whether a big file is chunked by several threads with `threads` blob workers:
-/// `FERRY_PARALLEL_CHUNKING=1` always (with 2 or more), `=0` never, unset from
-/// `PARALLEL_CHUNKING_WORKERS` workers.
-fn parallel_chunking(threads: usize) -> bool {
-    static SET: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let set = *SET.get_or_init(|| std::env::var("FERRY_PARALLEL_CHUNKING").ok().map(|v| v != "0"));
-    threads > 1 && set.unwrap_or(threads >= PARALLEL_CHUNKING_WORKERS)
+/// Whether a big file is chunked by several threads: as `limits` says, or from
+/// `PARALLEL_CHUNKING_WORKERS` workers; never with one.
+fn parallel_chunking(limits: &crate::job::Limits) -> bool {
+    limits.threads > 1 && limits.parallel_chunking.unwrap_or(limits.threads >= PARALLEL_CHUNKING_WORKERS)
 }
 
 fn segs_known(w: &BlobWriter, segs: &[repo_format::Segment]) -> bool {
