@@ -53,8 +53,8 @@ fn reopen(file: &File, write: bool) -> io::Result<File> {
     if write { open(0) } else { open(libc::O_NOATIME).or_else(|_| open(0)) }
 }
 
-/// `n` bytes of `buf` starting at a page-aligned address (`buf` grows to hold them, and no
-/// more: a pool keeps buffers up to the largest blob's size plus a page).
+/// `n` bytes of `buf` starting at a page-aligned address (`buf` grows to hold them and a page,
+/// and no more: the restore's pool keeps staging buffers of `STAGE` and a page, no larger).
 fn aligned(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
     if buf.len() < n + ALIGN {
         buf.reserve_exact(n + ALIGN - buf.len());
@@ -99,9 +99,9 @@ impl Direct {
     }
 
     /// Write `data` at `at` of target `i`: its page-aligned middle through `direct` (copied
-    /// into `stage` `STAGE` bytes at a time; its capacity is reused), its ends through `file`. If the file system
-    /// refuses the direct write, the middle is written through `file` too and the target is
-    /// written buffered from then on.
+    /// into `stage` `STAGE` bytes at a time; its capacity is reused), its ends through `file`.
+    /// If the file system refuses a direct write, the rest of the middle is written through
+    /// `file` too and the target is written buffered from then on.
     pub(crate) fn write(
         &self,
         i: usize,
