@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -39,18 +39,25 @@ pub(crate) const STAGE: usize = 1 << 20;
 
 /// `file` opened again with `O_DIRECT`, for reads (without updating its access time where
 /// allowed, as a backup opens files) or writes: a new open file description, so the flag does
-/// not reach the buffered I/O made through `file` (its duplicates share one). The descriptor's
-/// /proc link names the very inode `file` is, not a path to resolve.
+/// not reach the buffered I/O made through `file` (its duplicates share one). Opened through
+/// `/proc/self/fd` (the scan's `open::proc_fds`), whose entry names the very inode `file` is,
+/// not a path to resolve; without /proc, nothing is done directly.
 fn reopen(file: &File, write: bool) -> io::Result<File> {
-    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    use nix::fcntl::{OFlag, openat};
+    use std::os::fd::AsFd;
+    let fds = crate::backup::open::proc_fds().ok_or_else(|| io::Error::other("no /proc/self/fd"))?;
+    let name = file.as_raw_fd().to_string();
+    let mode = if write { OFlag::O_WRONLY } else { OFlag::O_RDONLY };
     let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(!write)
-            .write(write)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | flags)
-            .open(&link)
+        openat(
+            fds.as_fd(),
+            name.as_str(),
+            mode | OFlag::O_DIRECT | OFlag::O_CLOEXEC | flags,
+            nix::sys::stat::Mode::empty(),
+        )
     };
-    if write { open(0) } else { open(libc::O_NOATIME).or_else(|_| open(0)) }
+    let fd = if write { open(OFlag::empty()) } else { open(OFlag::O_NOATIME).or_else(|_| open(OFlag::empty())) };
+    Ok(File::from(fd?))
 }
 
 /// `n` bytes of `buf` starting at a page-aligned address (`buf` grows to hold them and a page,
