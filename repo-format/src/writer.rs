@@ -255,11 +255,12 @@ impl BlobWriter {
 
     fn add(&self, kind: BlobKind, id: BlobId, raw_len: usize, payload: &[u8]) -> Result<Saved> {
         let s = &self.shared;
+        let slot = match kind {
+            BlobKind::Tree => &s.tree_pack,
+            BlobKind::Data => &s.data_packs[rand::rng().random_range(0..s.data_packs.len())],
+        };
         let full = {
-            let mut guard = match kind {
-                BlobKind::Tree => s.tree_pack.lock().expect("lock"),
-                BlobKind::Data => data_pack(&s.data_packs),
-            };
+            let mut guard = slot.lock().expect("lock");
             if s.failed.load(Relaxed) {
                 return Err(Error::Invalid("the blob writer failed earlier".into()));
             }
@@ -442,17 +443,6 @@ pub(crate) async fn write_index(
     let id = Id::of_stored(&bytes);
     storage.create(FileKind::Index, &id, Bytes::from(bytes)).await?;
     Ok(IndexId(id))
-}
-
-/// An open data pack no other thread is adding to, if there is one (tried from a random
-/// slot on), else the random slot's, waited for. Sealing a blob (AES-GCM) and writing it happen
-/// under the slot's lock: with the slot picked at random, two workers picked the same one half
-/// the time, and one waited for the other's blob (on a 1 MiB chunk, about a third of a
-/// millisecond).
-fn data_pack(slots: &[Mutex<Option<PackWriter>>]) -> std::sync::MutexGuard<'_, Option<PackWriter>> {
-    let first = rand::rng().random_range(0..slots.len());
-    let mut tries = (0..slots.len()).map(|k| &slots[(first + k) % slots.len()]);
-    tries.find_map(|slot| slot.try_lock().ok()).unwrap_or_else(|| slots[first].lock().expect("lock"))
 }
 
 #[cfg(test)]
