@@ -164,13 +164,12 @@ async fn one_blob_files_are_made_whole_in_one_visit() {
     assert_ne!(md("e-bad").mtime(), mtime / 1_000_000_000, "the failed file got the snapshot's time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_big_file_is_written_past_the_page_cache_with_the_same_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = new_repo(&dir.path().join("repo")).await;
-    // Blobs of unaligned lengths, each used many times, and holes: no blob starts on a page.
+/// A snapshot of one file `big` of 70 MiB and more, written directly on restore: blobs of
+/// unaligned lengths, each used many times, and holes, so no blob starts on a page. Its root
+/// and the file's bytes.
+async fn big_file_snapshot(repo: &repo_format::Repository) -> (TreeId, Vec<u8>) {
     let (big, small) = (random_bytes("big", 1_000_003), random_bytes("small", 777));
-    let ids = save(&repo, vec![(BlobKind::Data, big.clone()), (BlobKind::Data, small.clone())]).await;
+    let ids = save(repo, vec![(BlobKind::Data, big.clone()), (BlobKind::Data, small.clone())]).await;
     let (bb, bs) = (Segment::Blob { id: ids[0], len: big.len() as u32 }, Segment::Blob { id: ids[1], len: 777 });
     let mut segs = Vec::new();
     let mut want = Vec::new();
@@ -185,9 +184,16 @@ async fn a_big_file_is_written_past_the_page_cache_with_the_same_bytes() {
     }
     assert!(want.len() >= 64 << 20, "big enough to be written directly");
     let root = TreeId(
-        save(&repo, vec![(BlobKind::Tree, Tree { nodes: vec![file("big", segs)] }.encode().unwrap())]).await[0].0,
+        save(repo, vec![(BlobKind::Tree, Tree { nodes: vec![file("big", segs)] }.encode().unwrap())]).await[0].0,
     );
+    (root, want)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_is_written_past_the_page_cache_with_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    let (root, want) = big_file_snapshot(&repo).await;
     repo.load_index().await.unwrap();
     let opts = RestoreOptions::default();
     let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
@@ -207,4 +213,43 @@ async fn a_big_file_is_written_past_the_page_cache_with_the_same_bytes() {
         _ => repo_format::testing::skip("fincore (util-linux) is not here to tell what is cached"),
     }
     assert!(std::fs::read(&path).unwrap() == want, "the restored file differs");
+}
+
+/// The big file's writes fail (its file system, a 16 MiB tmpfs, fills up; they are made by the
+/// direct writer thread): the restore lists the file as incomplete with the error, and leaves it
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_whose_writes_fail_is_listed_incomplete_and_left_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo")).await;
+    let (root, _) = big_file_snapshot(&repo).await;
+    let target = dir.path().join("out");
+    std::fs::create_dir(&target).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        return repo_format::testing::skip("mounting a tmpfs needs root");
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&target);
+
+    repo.load_index().await.unwrap();
+    let opts = RestoreOptions::default();
+    let plan = restore::plan(&repo, root, &Filter::default(), &opts).await.unwrap();
+    let out = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+    assert_eq!(out.incomplete, 1, "{:?}", out.errors);
+    assert!(
+        out.errors.iter().any(|e| e.path.contains("big") && e.to_string().contains("No space left")),
+        "{:?}",
+        out.errors
+    );
+    assert_eq!(std::fs::metadata(target.join("big")).unwrap().len(), 0, "the failed file is left empty");
 }
