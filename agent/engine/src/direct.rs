@@ -87,7 +87,9 @@ const QUEUE: usize = 4;
 /// refuses `O_DIRECT`), and the thread that writes them.
 ///
 /// Every write to a target written directly, its blobs' unaligned ends included, is made by
-/// one writer thread, in the order the range threads hand them over (`write`). So the range
+/// one writer thread, in the order the range threads hand them over (`write`); once the file
+/// system has refused a direct write (`wants` is false), the range threads write that target
+/// through the page cache themselves, as any other, and so does the writer. So the range
 /// threads decrypt and decompress the next blob while the disk takes the last one: a direct
 /// write is synchronous, and a range thread that made its own waited for the disk about as
 /// long as it computed (the 8 GiB image's restore took 10.2 s at 1.0 CPU/wall). And no page is
