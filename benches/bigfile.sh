@@ -21,6 +21,14 @@ WORK=${WORK:-/tmp/ferry-bigfile}
 export FERRY_PASSWORD=bigfile-bench RESTIC_PASSWORD=bigfile-bench
 command -v /usr/bin/time >/dev/null || { echo "bigfile.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK/src"
+# Checked before anything is written: a disk that fills up mid-run (restic writing the holes)
+# stopped every process on this machine kind, the shell driving the bench included.
+need=$(( $(numfmt --from=iec "$SIZE") + 2 * DATA * 1048576 ))
+free=$(df -B1 --output=avail "$WORK" | tail -1)
+[ "$free" -ge "$need" ] || {
+  echo "bigfile.sh: $WORK has $(( free >> 30 )) GiB free, the run needs about $(( need >> 30 )) GiB (SIZE + 2 x DATA): free some, or set WORK, SIZE or DATA" >&2
+  exit 1
+}
 img=$WORK/src/disk.img
 truncate -s "$SIZE" "$img"
 bytes=$(stat -c %s "$img")
