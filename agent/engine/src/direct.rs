@@ -105,7 +105,16 @@ pub(crate) struct Direct {
 /// The writer thread, and how to reach it.
 struct Writer {
     tx: Sender<Op>,
-    thread: std::thread::JoinHandle<Vec<(usize, io::Error)>>,
+    thread: std::thread::JoinHandle<Vec<Failed>>,
+}
+
+/// A target whose direct writes failed: its first error, and how many of the bytes handed over
+/// for it were not written (the failed write's and every later one's, which were skipped).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub i: usize,
+    pub error: io::Error,
+    pub lost: u64,
 }
 
 /// One write for the writer thread: target `i`'s bytes at `at`.
@@ -190,8 +199,8 @@ impl Direct {
     }
 
     /// Wait for every write handed over; the targets whose writes failed, each with its first
-    /// error (its later writes were not made).
-    pub(crate) fn finish(&self) -> Vec<(usize, io::Error)> {
+    /// error (its later writes were not made) and the bytes handed over but not written.
+    pub(crate) fn finish(&self) -> Vec<Failed> {
         match self.writer.lock().expect("lock").take() {
             Some(Writer { tx, thread }) => {
                 drop(tx);
@@ -219,11 +228,16 @@ impl Direct {
 
 /// The writer thread: make each write in turn (see `Direct`). A direct write the file system
 /// refuses (`EINVAL`) is made through the page cache, and so is every later one of its target.
-/// A target's first error is kept and its later writes skipped.
-fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Mutex<Vec<Vec<u8>>>) -> Vec<(usize, io::Error)> {
-    let mut failed: Vec<(usize, io::Error)> = Vec::new();
+/// A target's first error is kept and its later writes skipped (and counted as lost).
+fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Mutex<Vec<Vec<u8>>>) -> Vec<Failed> {
+    let mut failed: Vec<Failed> = Vec::new();
     for Op { i, file, direct, at, bytes } in rx {
-        let r = if failed.iter().any(|(f, _)| *f == i) {
+        let len = match &bytes {
+            Bytes::Cached(b) => b.len(),
+            Bytes::Staged(_, n) => *n,
+        } as u64;
+        let r = if let Some(f) = failed.iter_mut().find(|f| f.i == i) {
+            f.lost += len;
             Ok(())
         } else {
             match &bytes {
@@ -251,8 +265,8 @@ fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Mutex<Vec<Vec<u8>>>) ->
                 idle.push(stage);
             }
         }
-        if let Err(e) = r {
-            failed.push((i, e));
+        if let Err(error) = r {
+            failed.push(Failed { i, error, lost: len });
         }
     }
     failed
@@ -506,7 +520,8 @@ mod tests {
         direct.write(0, &ro, &d_ro, &data[..10], 0).unwrap();
         let failed = direct.finish();
         assert_eq!(failed.len(), 1, "one error for the target: {failed:?}");
-        assert_eq!((failed[0].0, failed[0].1.raw_os_error()), (0, Some(libc::EBADF)), "{:?}", failed[0].1);
+        assert_eq!((failed[0].i, failed[0].error.raw_os_error()), (0, Some(libc::EBADF)), "{:?}", failed[0].error);
+        assert_eq!(failed[0].lost, (len + 10) as u64, "every byte handed over for it is lost");
         let got = std::fs::read(&good).unwrap();
         assert!(got.len() == len + 7 && got[7..] == data[..], "the other target's bytes are all there");
         assert!(std::fs::read(&bad).unwrap().iter().all(|&b| b == 0), "nothing written to the read-only target");

@@ -252,4 +252,6 @@ async fn a_big_file_whose_writes_fail_is_listed_incomplete_and_left_empty() {
         out.errors
     );
     assert_eq!(std::fs::metadata(target.join("big")).unwrap().len(), 0, "the failed file is left empty");
+    // Bytes handed to the direct writer but never written are not reported as written.
+    assert!(out.bytes_written <= 16 << 20, "{} bytes reported written into 16 MiB", out.bytes_written);
 }

@@ -274,11 +274,14 @@ pub(crate) async fn write_all(
         done.errors.extend(r.errors);
         done.failed.extend(r.failed);
     }
-    // The direct writes handed over: made before the targets are finished.
+    // The direct writes handed over: made before the targets are finished. Bytes were counted
+    // as written when handed over; those not written are taken back.
     let direct_failed = tokio::task::spawn_blocking(move || direct.finish()).await.expect("direct writes");
-    for (i, e) in direct_failed {
-        done.errors.push(EntryError::new(EntryErrorKind::Write, targets.name(i), e));
-        done.failed.insert(i);
+    for f in direct_failed {
+        done.errors.push(EntryError::new(EntryErrorKind::Write, targets.name(f.i), f.error));
+        done.failed.insert(f.i);
+        done.bytes = done.bytes.saturating_sub(f.lost);
+        counters.bytes_done.fetch_sub(f.lost.min(counters.bytes_done.load(Relaxed)), Relaxed);
     }
     done
 }
