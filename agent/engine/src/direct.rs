@@ -27,6 +27,8 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use crate::pool::Pool;
+
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 /// Offset, length and memory alignment of a direct write: a page, which is also a multiple of
@@ -99,7 +101,7 @@ pub(crate) struct Direct {
     on: Arc<Vec<AtomicBool>>,
     writer: Mutex<Option<Writer>>,
     /// Idle staging buffers (`STAGE` and a page each).
-    idle: Arc<Mutex<Vec<Vec<u8>>>>,
+    idle: Arc<Pool>,
 }
 
 /// The writer thread, and how to reach it.
@@ -140,7 +142,7 @@ impl Direct {
         Direct {
             on: Arc::new(on.into_iter().map(AtomicBool::new).collect()),
             writer: Mutex::new(None),
-            idle: Default::default(),
+            idle: Arc::new(Pool::new(STAGE + ALIGN, QUEUE + 3)),
         }
     }
 
@@ -187,7 +189,7 @@ impl Direct {
         let mut done = 0;
         while done < mid {
             let n = (mid - done).min(STAGE);
-            let mut stage = self.idle.lock().expect("lock").pop().unwrap_or_default();
+            let mut stage = self.idle.take();
             aligned(&mut stage, n).copy_from_slice(&data[head + done..head + done + n]);
             send(lo + done as u64, Bytes::Staged(stage, n))?;
             done += n;
@@ -229,7 +231,7 @@ impl Direct {
 /// The writer thread: make each write in turn (see `Direct`). A direct write the file system
 /// refuses (`EINVAL`) is made through the page cache, and so is every later one of its target.
 /// A target's first error is kept and its later writes skipped (and counted as lost).
-fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Mutex<Vec<Vec<u8>>>) -> Vec<Failed> {
+fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Pool) -> Vec<Failed> {
     let mut failed: Vec<Failed> = Vec::new();
     for Op { i, file, direct, at, bytes } in rx {
         let len = match &bytes {
@@ -260,10 +262,7 @@ fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Mutex<Vec<Vec<u8>>>) ->
             }
         };
         if let Bytes::Staged(stage, _) = bytes {
-            let mut idle = idle.lock().expect("lock");
-            if idle.len() < QUEUE + 3 {
-                idle.push(stage);
-            }
+            idle.give(stage);
         }
         if let Err(error) = r {
             failed.push(Failed { i, error, lost: len });
@@ -494,7 +493,7 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         assert!(direct.wants(0), "the direct path was refused, so not tested");
         assert!(std::fs::read(&path).unwrap() == data, "the file differs from the data");
-        assert!(direct.idle.lock().unwrap().len() <= QUEUE + 3, "idle staging buffers are bounded");
+        assert!(direct.idle.idle() <= QUEUE + 3, "idle staging buffers are bounded");
     }
 
     /// A write that fails (here: the target was opened read-only) is the target's error, given

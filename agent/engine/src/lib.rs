@@ -28,6 +28,7 @@ pub mod identity;
 pub mod job;
 pub mod location;
 pub mod podvolume;
+mod pool;
 pub mod progress;
 pub mod prune;
 pub mod reach;

@@ -24,6 +24,7 @@ use repo_format::{BlobId, BlobKind, BlobLocation, FileKind, PackId, PackOpener, 
 
 use crate::direct::{Direct, MIN_DIRECT};
 use crate::job::Job;
+use crate::pool::Pool;
 use crate::progress::Counters;
 use crate::report::{EntryError, EntryErrorKind};
 
@@ -213,8 +214,8 @@ pub(crate) async fn write_all(
     // Decompression buffers, and (local directory) range buffers: one per range in flight,
     // reused. An object store's reads come back in memory of their own.
     let (plain_keep, range_keep) = keep_sizes(repo.config());
-    let bufs = Arc::new(Pool::new(plain_keep));
-    let range_bufs = Arc::new(Pool::new(if local { range_keep } else { 0 }));
+    let bufs = Arc::new(Pool::new(plain_keep, IN_FLIGHT));
+    let range_bufs = Arc::new(Pool::new(if local { range_keep } else { 0 }, IN_FLIGHT));
     // Big targets are written directly, by `direct`'s writer thread.
     let direct = Arc::new(Direct::new((0..targets.count()).map(|i| {
         !skip.contains(&i)
@@ -281,7 +282,7 @@ pub(crate) async fn write_all(
         done.errors.push(EntryError::new(EntryErrorKind::Write, targets.name(f.i), f.error));
         done.failed.insert(f.i);
         done.bytes = done.bytes.saturating_sub(f.lost);
-        counters.bytes_done.fetch_sub(f.lost.min(counters.bytes_done.load(Relaxed)), Relaxed);
+        let _ = counters.bytes_done.fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(f.lost)));
     }
     done
 }
@@ -421,33 +422,6 @@ fn keep_sizes(config: &repo_format::RepoConfig) -> (usize, usize) {
     (chunk, (LOCAL_RANGE as usize).max(chunk + (64 << 10)))
 }
 
-/// Idle buffers of one restore, of one use: at most `IN_FLIGHT`, each of at most `keep` bytes.
-struct Pool {
-    idle: std::sync::Mutex<Vec<Vec<u8>>>,
-    keep: usize,
-}
-
-impl Pool {
-    fn new(keep: usize) -> Self {
-        Pool { idle: Default::default(), keep }
-    }
-
-    /// An idle buffer (its length as it was left), or a new empty one.
-    fn take(&self) -> Vec<u8> {
-        self.idle.lock().expect("lock").pop().unwrap_or_default()
-    }
-
-    /// Keep `buf` for the next range if it is small enough and room is left; free it otherwise.
-    fn give(&self, buf: Vec<u8>) {
-        if buf.capacity() <= self.keep {
-            let mut idle = self.idle.lock().expect("lock");
-            if idle.len() < IN_FLIGHT {
-                idle.push(buf);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,21 +437,5 @@ mod tests {
         config.fixed_chunk_size = u32::MAX;
         let (plain, range) = keep_sizes(&config);
         assert!(plain <= 16 << 20 && range <= 17 << 20, "{plain} {range}");
-
-        let pool = Pool::new(1 << 20);
-        let mut b = pool.take();
-        assert!(b.is_empty());
-        b.resize(1000, 7);
-        let at = b.as_ptr();
-        pool.give(b);
-        let b = pool.take();
-        assert_eq!((b.as_ptr(), b.len()), (at, 1000), "the same buffer, its length as left");
-        pool.give(b);
-        pool.give(Vec::with_capacity(2 << 20));
-        assert_eq!(pool.idle.lock().unwrap().len(), 1, "a buffer over the size kept is freed");
-        for _ in 0..2 * IN_FLIGHT {
-            pool.give(Vec::with_capacity(10));
-        }
-        assert_eq!(pool.idle.lock().unwrap().len(), IN_FLIGHT, "at most IN_FLIGHT idle");
     }
 }
