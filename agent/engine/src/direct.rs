@@ -27,8 +27,6 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use crate::pool::Pool;
-
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 /// Offset, length and memory alignment of a direct write: a page, which is also a multiple of
@@ -77,13 +75,17 @@ fn aligned(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
 }
 
 /// Pieces waiting for the writer thread at most: a blob of the largest chunk (4 MiB) is handed
-/// over without waiting, and the range thread goes on to the next while the disk takes it. With
-/// the pieces the range threads are staging and the one being written, a restore holds at most
-/// `QUEUE + 3` staging buffers (7 MiB). Measured on an 8 GiB sparse image holding 3.2 GiB
-/// (restored to ext4, alternated): 3.23–3.44 s with 4 pieces of 1 MiB, 4.02–4.16 s with none
-/// queued, 3.63–3.69 s with 4 of 512 KiB, 3.69–3.93 s with 8 of 256 KiB; each range thread
-/// writing its own blobs (before), 3.80–4.52 s.
+/// over without waiting, and the range thread goes on to the next while the disk takes it.
+/// Measured on an 8 GiB sparse image holding 3.2 GiB (restored to ext4, alternated): 3.23–3.44 s
+/// with 4 pieces of 1 MiB, 4.02–4.16 s with none queued, 3.63–3.69 s with 4 of 512 KiB,
+/// 3.69–3.93 s with 8 of 256 KiB; each range thread writing its own blobs (before), 3.80–4.52 s.
 const QUEUE: usize = 4;
+
+/// Staging buffers (`STAGE` and a page each), all a restore ever has: the queue's and the one
+/// being written. A range thread waits for a free one before it stages a piece, so the pieces
+/// the range threads are filling come out of the queue's share (taken from a pool, they came on
+/// top of it: 7 buffers with the queue full, 2 MiB more of a restore's peak RSS).
+const STAGED: usize = QUEUE + 1;
 
 /// Which targets are written directly (set up front by size, cleared when the file system
 /// refuses `O_DIRECT`), and the thread that writes them.
@@ -100,13 +102,20 @@ const QUEUE: usize = 4;
 pub(crate) struct Direct {
     on: Arc<Vec<AtomicBool>>,
     writer: Mutex<Option<Writer>>,
-    /// Idle staging buffers (`STAGE` and a page each).
-    idle: Arc<Pool>,
+    /// Staging buffers grown so far (tests: they are bounded).
+    #[cfg(test)]
+    grown: std::sync::atomic::AtomicUsize,
+    /// Held by a test to stop the writer thread before its next write.
+    #[cfg(test)]
+    pause: Arc<Mutex<()>>,
 }
 
-/// The writer thread, and how to reach it.
+/// The writer thread, and how to reach it: its queue, and the free staging buffers (`STAGED`,
+/// given back by the thread after each write; when it is gone, taking one fails once none is
+/// left instead of waiting for ever).
 struct Writer {
     tx: Sender<Op>,
+    free: Receiver<Vec<u8>>,
     thread: std::thread::JoinHandle<Vec<Failed>>,
 }
 
@@ -142,7 +151,10 @@ impl Direct {
         Direct {
             on: Arc::new(on.into_iter().map(AtomicBool::new).collect()),
             writer: Mutex::new(None),
-            idle: Arc::new(Pool::new(STAGE + ALIGN, QUEUE + 3)),
+            #[cfg(test)]
+            grown: Default::default(),
+            #[cfg(test)]
+            pause: Default::default(),
         }
     }
 
@@ -170,13 +182,13 @@ impl Direct {
 
     /// Hand `data`, to be written at `at` of target `i`, to the writer thread: its page-aligned
     /// middle staged `STAGE` bytes at a time (to go through `direct`), its ends copied (to go
-    /// through `file`). Waits only while `QUEUE` pieces wait already. An error here means the
-    /// writer thread is gone; write errors come from `finish`.
+    /// through `file`). Waits only while `QUEUE` pieces wait already (or every staging buffer is
+    /// out). An error here means the writer thread is gone; write errors come from `finish`.
     pub(crate) fn write(&self, i: usize, file: &Arc<File>, direct: &Arc<File>, data: &[u8], at: u64) -> io::Result<()> {
-        let tx = self.sender();
+        let (tx, free) = self.sender();
+        let stopped = || io::Error::other("the direct writer thread stopped");
         let send = |at: u64, bytes: Bytes| {
-            tx.send(Op { i, file: file.clone(), direct: direct.clone(), at, bytes })
-                .map_err(|_| io::Error::other("the direct writer thread stopped"))
+            tx.send(Op { i, file: file.clone(), direct: direct.clone(), at, bytes }).map_err(|_| stopped())
         };
         let (lo, hi) = aligned_middle(at, data.len());
         if lo >= hi {
@@ -189,7 +201,11 @@ impl Direct {
         let mut done = 0;
         while done < mid {
             let n = (mid - done).min(STAGE);
-            let mut stage = self.idle.take();
+            let mut stage = free.recv().map_err(|_| stopped())?;
+            #[cfg(test)]
+            if stage.capacity() == 0 {
+                self.grown.fetch_add(1, Relaxed);
+            }
             aligned(&mut stage, n).copy_from_slice(&data[head + done..head + done + n]);
             send(lo + done as u64, Bytes::Staged(stage, n))?;
             done += n;
@@ -204,7 +220,7 @@ impl Direct {
     /// error (its later writes were not made) and the bytes handed over but not written.
     pub(crate) fn finish(&self) -> Vec<Failed> {
         match self.writer.lock().expect("lock").take() {
-            Some(Writer { tx, thread }) => {
+            Some(Writer { tx, thread, .. }) => {
                 drop(tx);
                 thread.join().expect("the direct writer thread panicked")
             }
@@ -212,28 +228,42 @@ impl Direct {
         }
     }
 
-    /// The writer thread's queue, the thread started on first use.
-    fn sender(&self) -> Sender<Op> {
+    /// The writer thread's queue and free staging buffers, the thread started on first use.
+    fn sender(&self) -> (Sender<Op>, Receiver<Vec<u8>>) {
         let mut writer = self.writer.lock().expect("lock");
         let w = writer.get_or_insert_with(|| {
             let (tx, rx) = bounded(QUEUE);
-            let (on, idle) = (self.on.clone(), self.idle.clone());
+            // Empty until first staged into (`aligned`).
+            let (give, free) = bounded(STAGED);
+            for _ in 0..STAGED {
+                give.send(Vec::new()).expect("room for every buffer");
+            }
+            let on = self.on.clone();
+            #[cfg(test)]
+            let pause = self.pause.clone();
             let thread = std::thread::Builder::new()
                 .name("ferry-direct".into())
-                .spawn(move || write_ops(rx, &on, &idle))
+                .spawn(move || {
+                    write_ops(rx, &on, &give, || {
+                        #[cfg(test)]
+                        drop(pause.lock());
+                    })
+                })
                 .expect("spawning the direct writer thread");
-            Writer { tx, thread }
+            Writer { tx, free, thread }
         });
-        w.tx.clone()
+        (w.tx.clone(), w.free.clone())
     }
 }
 
 /// The writer thread: make each write in turn (see `Direct`). A direct write the file system
 /// refuses (`EINVAL`) is made through the page cache, and so is every later one of its target.
-/// A target's first error is kept and its later writes skipped (and counted as lost).
-fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Pool) -> Vec<Failed> {
+/// A target's first error is kept and its later writes skipped (and counted as lost). Staging
+/// buffers go back to `free` once written; `before` runs before each write (a test's pause).
+fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], free: &Sender<Vec<u8>>, before: impl Fn()) -> Vec<Failed> {
     let mut failed: Vec<Failed> = Vec::new();
     for Op { i, file, direct, at, bytes } in rx {
+        before();
         let len = match &bytes {
             Bytes::Cached(b) => b.len(),
             Bytes::Staged(_, n) => *n,
@@ -262,7 +292,8 @@ fn write_ops(rx: Receiver<Op>, on: &[AtomicBool], idle: &Pool) -> Vec<Failed> {
             }
         };
         if let Bytes::Staged(stage, _) = bytes {
-            idle.give(stage);
+            // Room for it: no more than `STAGED` exist.
+            let _ = free.try_send(stage);
         }
         if let Err(error) = r {
             failed.push(Failed { i, error, lost: len });
@@ -493,7 +524,46 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         assert!(direct.wants(0), "the direct path was refused, so not tested");
         assert!(std::fs::read(&path).unwrap() == data, "the file differs from the data");
-        assert!(direct.idle.idle() <= QUEUE + 3, "idle staging buffers are bounded");
+        assert!(direct.grown.load(Relaxed) <= STAGED, "staging buffers are bounded");
+    }
+
+    /// However far the range threads get ahead of the disk, `STAGED` staging buffers are all
+    /// there ever are: with the writer thread stopped, two threads handing over 8 MiB each
+    /// stop once the queue is full and the writer holds one (taken from a pool, the pieces they
+    /// were filling came on top: 7). Let go, everything is written.
+    #[test]
+    fn staging_buffers_stay_bounded_while_the_disk_lags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let half = 8 * STAGE;
+        let data: Vec<u8> = (0..2 * half as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let file = File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let direct = Direct::new([true]);
+        let Some(d) = direct.reopen(0, &file) else {
+            repo_format::testing::skip("the file system of the temporary directory refuses O_DIRECT");
+            return;
+        };
+        let (file, d) = (Arc::new(file), Arc::new(d));
+        let pause = direct.pause.clone();
+        let held = pause.lock().unwrap();
+        std::thread::scope(|s| {
+            for k in 0..2 {
+                let (direct, file, d, data) = (&direct, &file, &d, &data);
+                s.spawn(move || direct.write(0, file, d, &data[k * half..][..half], (k * half) as u64).unwrap());
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while direct.grown.load(Relaxed) < STAGED && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            // Time for a thread that is not stopped to take more.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert_eq!(direct.grown.load(Relaxed), STAGED, "buffers made while the writer is stopped");
+            drop(held);
+        });
+        let failed = direct.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(direct.grown.load(Relaxed), STAGED, "buffers made in all");
+        assert!(std::fs::read(&path).unwrap() == data, "the file differs from the data");
     }
 
     /// A write that fails (here: the target was opened read-only) is the target's error, given

@@ -1,5 +1,5 @@
-//! Idle buffers kept for reuse: a restore's decompression, range and staging buffers are taken
-//! and given back from range to range, so it touches the same memory throughout instead of
+//! Idle buffers kept for reuse: a restore's decompression and range buffers are taken and given
+//! back from range to range, so it touches the same memory throughout instead of
 //! faulting in fresh pages. Bounded two ways: at most `max` idle buffers, each of at most
 //! `keep` bytes of capacity (a larger one is freed when given back).
 

@@ -237,6 +237,11 @@ impl Files {
     pub fn iter(&self) -> impl Iterator<Item = FilePlan<'_>> {
         (0..self.len()).map(|i| self.at(i))
     }
+    fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+        self.paths.shrink_to_fit();
+        self.segments.shrink_to_fit();
+    }
     /// Add a file whose segments are the last `segments` of the shared list (put there by
     /// `expand_into`). Past 2^32 files, or a path or list too long to count, is refused.
     fn push(&mut self, rel: &Path, meta: FileMeta, segments: usize) -> Result<()> {
@@ -507,6 +512,10 @@ pub async fn plan(repo: &Repository, root: TreeId, filter: &Filter, opts: &Resto
     dir_index.retain(|(rel, _)| wanted_dirs.contains(rel));
     dir_index.sort_by(|a, b| a.0.cmp(&b.0));
     p.dirs.extend(dir_index);
+    // The plan is kept for the whole restore: its lists, grown by doubling, give back what
+    // they do not use (a quarter of their memory on average).
+    p.files.shrink_to_fit();
+    p.dirs.shrink_to_fit();
     Ok(p)
 }
 

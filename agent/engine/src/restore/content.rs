@@ -11,7 +11,7 @@
 //! kinds of buffer are reused from range to range (a local directory's ranges are read into
 //! them), so a restore touches the same memory throughout instead of faulting in fresh pages.
 //! A target of 64 MiB or more is written past the page cache by one writer thread (`direct`),
-//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (a few).
+//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (five in all).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -134,7 +134,12 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
     let max_range = if repo.storage().is_local() { LOCAL_RANGE } else { MAX_RANGE };
     let (index, fallback) = (repo.index(), repo.fallback());
     let mut done = Written::default();
-    let mut wants: Vec<Want> = Vec::new();
+    // Counted first: a list grown by doubling holds up to twice its wants for the whole restore.
+    let uses = (0..targets.count())
+        .filter(|fi| !skip.contains(fi))
+        .map(|fi| targets.segments(fi).iter().filter(|s| matches!(s, Segment::Blob { .. })).count())
+        .sum();
+    let mut wants: Vec<Want> = Vec::with_capacity(uses);
     let mut packs = Packs::default();
     for fi in 0..targets.count() {
         if skip.contains(&fi) {
