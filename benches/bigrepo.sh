@@ -4,14 +4,16 @@
 # grown by repo-format/examples/synth_repo.rs (made-up blobs in made-up packs: opening, listing,
 # backing up and restoring read the index, never those packs). Then, each with a cold cache
 # (empty Ferry cache, kernel page cache dropped) and a warm one (the same again): `snapshots`,
-# a backup after 1 % of the files changed (loads the whole index), and a restore of the latest
-# snapshot. Wall time, CPU and peak RSS; the index's own memory is the backup's peak RSS minus the
-# same backup's into the repository before it was grown (both printed).
+# `ls` of the latest snapshot (keeps the tree blobs' entries only), a backup after 1 % of the
+# files changed (loads the whole index), and a restore of the latest snapshot (keeps the tree
+# blobs' entries, then those of the data blobs it restores). Wall time, CPU and peak RSS; the
+# index's own memory is the backup's peak RSS minus the same backup's into the repository before
+# it was grown (both printed).
 #
 #   benches/bigrepo.sh FERRY_BIN
 #   BLOBS SNAPSHOTS SRC_FILES (default 20000) WORK (default /tmp/ferry-bigrepo) RUNS (default 1)
 set -euo pipefail
-[ $# -eq 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 ferry=$(readlink -f "$1")
 BLOBS=${BLOBS:-10000000}
@@ -57,6 +59,7 @@ for run in $(seq 1 "$RUNS"); do
   for cache in cold warm; do
     [ "$cache" = cold ] && cold
     measure "run $run snapshots ($cache)" "$ferry" snapshots --repo "$repo"
+    measure "run $run ls latest ($cache)" "$ferry" ls --repo "$repo" latest
     [ "$cache" = cold ] && cold
     change "$run-$cache"
     measure "run $run backup, 1 % changed ($cache)" "$ferry" backup --repo "$repo" --host bench .

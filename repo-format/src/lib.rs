@@ -7,6 +7,7 @@
 //! `testing` is hidden too: the skip counter the workspace's tests share).
 
 mod blob;
+mod blobfilter;
 mod cache;
 mod chunker;
 mod codec;
@@ -35,6 +36,7 @@ mod tree;
 mod writer;
 
 pub use blob::BlobKind;
+pub use blobfilter::BlobFilter;
 pub use cache::Cache;
 pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};
@@ -43,7 +45,9 @@ pub use crypto::{Aead, MasterKey, SALT_LEN, SEAL_OVERHEAD, path as aes_gcm_path}
 pub use dirparts::{DirSplitter, PART_MAX, PART_MAX_BYTES, PART_MIN, SPLIT_BYTES, SPLIT_ENTRIES, ends_part};
 pub use error::{Error, ObjectRef, Result};
 pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
-pub use index::{BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile, IndexPack, PackRef};
+pub use index::{
+    BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile, IndexPack, IndexScope, PackRef, Selection,
+};
 pub use keyfile::KdfParams;
 pub use marker::Marker;
 pub use object::FORMAT_VERSION;

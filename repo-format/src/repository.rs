@@ -26,7 +26,7 @@ use crate::config::RepoConfig;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ObjectRef, Result};
 use crate::id::{BlobId, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
-use crate::index::{Index, IndexBuilder, IndexFile};
+use crate::index::{Index, IndexBuilder, IndexFile, IndexScope, Selection};
 use crate::journal::{self, Journal};
 use crate::keyfile::{self, KdfParams};
 use crate::marker::Marker;
@@ -439,7 +439,15 @@ impl Repository {
     /// object supersedes (FORMAT.md §9). Each object is folded in as it arrives (`IndexBuilder`):
     /// memory stays near the index's own 48 B per blob.
     pub async fn load_index(&self) -> Result<Arc<Index>> {
-        let mut builder = IndexBuilder::default();
+        self.load_index_selecting(Selection::All).await
+    }
+
+    /// `load_index`, keeping only the blobs `select` names, in the index and in its fallback.
+    /// A reader that needs trees first and then some data blobs (a restore) loads `Trees`, then
+    /// `TreesAnd` the data it needs: two readings of the index objects, a fraction of the
+    /// memory. Writers must not use such an index (they would store again what it leaves out).
+    pub async fn load_index_selecting(&self, select: Selection) -> Result<Arc<Index>> {
+        let mut builder = IndexBuilder::selecting(select);
         self.for_each_index_file(|id, f| builder.add(id, f)).await?;
         let (idx, fallback) = builder.finish()?;
         let idx = Arc::new(idx);
@@ -494,6 +502,23 @@ impl Repository {
         Ok(out)
     }
 
+    /// The same open repository (storage, keys, cache) with an index of its own, starting from
+    /// the current one. A job that loads a selection (`load_index_selecting`) does so on its own
+    /// view: jobs sharing one opened repository (the agent's) never see each other's selections,
+    /// and a writer sharing it never deduplicates against one.
+    pub fn view(&self) -> Repository {
+        Repository {
+            storage: self.storage.clone(),
+            master: self.master.clone(),
+            config: self.config.clone(),
+            key_id: self.key_id,
+            cache: self.cache.clone(),
+            index: RwLock::new(self.index()),
+            fallback: RwLock::new(self.fallback()),
+            memory_path: self.memory_path.clone(),
+        }
+    }
+
     /// Use `idx` as the index from now on (check and repair build theirs from the index objects
     /// that open, leaving out packs that are gone).
     pub fn set_index(&self, idx: Arc<Index>) {
@@ -521,9 +546,11 @@ impl Repository {
         self.index.read().expect("lock").clone()
     }
 
-    /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now. With a cache,
-    /// the writer journals its uploaded packs (see `resume_interrupted`).
+    /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now, which must be
+    /// a full one (`load_index`, not a `Selection`). With a cache, the writer journals its
+    /// uploaded packs (see `resume_interrupted`).
     pub fn writer(&self, mut opts: WriterOptions) -> BlobWriter {
+        debug_assert_eq!(self.index().scope(), IndexScope::Full, "a writer deduplicates against a full index");
         if let Some(dir) = self.storage.spool_dir() {
             opts.tmp_dir = dir;
         }
@@ -902,13 +929,18 @@ mod tests {
         Arc::new(ObjectStorage::local(dir).unwrap())
     }
 
-    /// The index built one object at a time is the one built from all objects at once: the
-    /// current objects' blobs, and the packs only superseded objects list as the fallback.
-    #[test]
-    fn the_index_built_object_by_object_is_the_one_built_at_once() {
-        use crate::index::{IndexBuilder, IndexPack};
+    /// Ids of the fixture below: `tag` 1 packs, 2 blobs, 3 index objects.
+    fn fixture_id(tag: u8, n: u64) -> Id {
+        Id(crate::hash::hash(&[&[tag][..], &n.to_le_bytes()].concat()))
+    }
+
+    /// Index objects as garbage collection leaves them: 0 and 1 are superseded by 2 (a prune's
+    /// rewrite); 3 is current; pack 11 is only in the superseded 1 (marked, not swept); pack 10
+    /// is in 0 and, rewritten, in 2; blob 5 is in two packs. Blob `b` is a tree if `b % 7 == 0`.
+    fn superseding_fixture() -> Vec<(IndexId, IndexFile)> {
+        use crate::index::IndexPack;
         use crate::pack::PackEntry;
-        let id = |tag: u8, n: u64| Id(crate::hash::hash(&[&[tag][..], &n.to_le_bytes()].concat()));
+        let id = fixture_id;
         let pack = |p: u64, blobs: std::ops::Range<u64>| IndexPack {
             id: crate::id::PackId(id(1, p)),
             salt: [p as u8; crate::crypto::SALT_LEN],
@@ -922,9 +954,7 @@ mod tests {
                 })
                 .collect(),
         };
-        // 0 and 1 are superseded by 2 (a prune's rewrite); 3 is current; pack 11 is only in the
-        // superseded 1 (marked, not swept); pack 10 is in 0 and, rewritten, in 2; blob 5 is in two packs.
-        let files = vec![
+        vec![
             (IndexId(id(3, 0)), IndexFile { packs: vec![pack(10, 0..6)], supersedes: vec![] }),
             (IndexId(id(3, 1)), IndexFile { packs: vec![pack(11, 20..30)], supersedes: vec![] }),
             (
@@ -932,7 +962,16 @@ mod tests {
                 IndexFile { packs: vec![pack(10, 0..6)], supersedes: vec![IndexId(id(3, 0)), IndexId(id(3, 1))] },
             ),
             (IndexId(id(3, 3)), IndexFile { packs: vec![pack(12, 5..15), pack(13, 40..41)], supersedes: vec![] }),
-        ];
+        ]
+    }
+
+    /// The index built one object at a time is the one built from all objects at once: the
+    /// current objects' blobs, and the packs only superseded objects list as the fallback.
+    #[test]
+    fn the_index_built_object_by_object_is_the_one_built_at_once() {
+        use crate::index::IndexBuilder;
+        let id = fixture_id;
+        let files = superseding_fixture();
         let want = Index::build(current(&files)).unwrap();
         let want_fallback = Index::build([&marked_only(&files)]).unwrap();
         for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
@@ -957,6 +996,49 @@ mod tests {
             assert_eq!(ids(&got_fallback), ids(&want_fallback));
             assert_eq!(got_fallback.len(), 10, "pack 11's blobs");
         }
+    }
+
+    /// A selection keeps, in the index and in its fallback, the tree blobs and the data blobs
+    /// its filter names, at the places the full index gives them, and every pack; the scope
+    /// says which it is.
+    #[test]
+    fn a_selected_index_keeps_trees_and_the_named_data_blobs() {
+        use crate::blobfilter::BlobFilter;
+        use crate::id::BlobId;
+        use crate::index::IndexBuilder;
+        let files = superseding_fixture();
+        let build = |select: Selection| {
+            let mut b = IndexBuilder::selecting(select);
+            for (id, f) in &files {
+                b.add(*id, f.clone()).unwrap();
+            }
+            b.finish().unwrap()
+        };
+        let (full, full_fb) = build(Selection::All);
+        let blob = |n: u64| BlobId(fixture_id(2, n));
+        let named = [1u64, 8, 21, 40];
+        // Sized far beyond its four ids, so that no other blob of the fixture is a false positive.
+        let mut filter = BlobFilter::with_capacity(1000);
+        named.iter().for_each(|n| filter.insert(&blob(*n)));
+        let trees = |i: &Index| i.iter().filter(|(_, l)| l.kind == BlobKind::Tree).collect::<Vec<_>>();
+        for (select, scope) in
+            [(Selection::Trees, IndexScope::Trees), (Selection::TreesAnd(Arc::new(filter)), IndexScope::Selected)]
+        {
+            let keep_data = matches!(select, Selection::TreesAnd(_));
+            let (idx, fb) = build(select);
+            assert_eq!((idx.scope(), fb.scope()), (scope, scope));
+            assert_eq!(trees(&idx), trees(&full));
+            assert_eq!(trees(&fb), trees(&full_fb));
+            assert_eq!(idx.packs(), full.packs());
+            assert_eq!(fb.packs(), full_fb.packs());
+            for n in 0..50 {
+                for (got, all) in [(&idx, &full), (&fb, &full_fb)] {
+                    let want = all.lookup(BlobKind::Data, &blob(n)).filter(|_| keep_data && named.contains(&n));
+                    assert_eq!(got.lookup(BlobKind::Data, &blob(n)), want, "blob {n}, {scope:?}");
+                }
+            }
+        }
+        assert_eq!((full.scope(), full_fb.scope()), (IndexScope::Full, IndexScope::Full));
     }
 
     #[tokio::test]

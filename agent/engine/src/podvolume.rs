@@ -158,7 +158,7 @@ pub async fn restore(
     job: &crate::Job,
 ) -> Result<VolumeRestore> {
     use anyhow::Context;
-    repo.load_index().await.context("loading the repository index")?;
+    let repo = crate::restore::load_index(&repo).await?;
     let snap = repo.load_snapshot(id).await.with_context(|| format!("loading snapshot {id}"))?;
     let vol = resolve(spec)?;
     let disk = snap.tag(crate::disk::MODE_TAG) == Some(crate::disk::MODE_BLOCK);

@@ -32,7 +32,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use repo_format::{BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, Tree, TreeId, decode_segment_list};
+use repo_format::{
+    BlobId, BlobKind, Content, Node, NodeType, Repository, Segment, Selection, Tree, TreeId, decode_segment_list,
+};
 
 use crate::fsmeta::path_of;
 use crate::job::Job;
@@ -237,6 +239,10 @@ impl Files {
     pub fn iter(&self) -> impl Iterator<Item = FilePlan<'_>> {
         (0..self.len()).map(|i| self.at(i))
     }
+    /// Every segment of every file, in one list.
+    pub(crate) fn all_segments(&self) -> &[Segment] {
+        &self.segments
+    }
     fn shrink_to_fit(&mut self) {
         self.entries.shrink_to_fit();
         self.paths.shrink_to_fit();
@@ -320,6 +326,19 @@ pub struct Outcome {
     /// Files whose content could not be restored: emptied, listed in `errors`.
     pub incomplete: u64,
     pub verified: Option<u64>,
+}
+
+/// The repository a restore works on: a view of `repo` with an index of its own (jobs sharing
+/// `repo`, the agent's, never see it), loaded with what the restore reads first. With a local
+/// cache of index objects, only the tree blobs' entries: `execute` (and a disk's restore) then
+/// load those of the data blobs the plan uses (`content::select_index`), so a restore of a few
+/// files from a repository of millions of blobs never holds every entry. Without a cache, every
+/// entry in one reading: a second one would download the whole index again.
+pub async fn load_index(repo: &Repository) -> Result<Arc<Repository>> {
+    let view = Arc::new(repo.view());
+    let select = if view.cache().is_some() { Selection::Trees } else { Selection::All };
+    view.load_index_selecting(select).await.context("loading the repository index")?;
+    Ok(view)
 }
 
 /// Walk the snapshot's trees into a plan, within `opts.max_plan_bytes`.
@@ -575,6 +594,10 @@ pub async fn execute(
     let counters = job.progress.clone();
     counters.files_total.store(plan.files.len() as u64, Relaxed);
     counters.bytes_total.store(plan.bytes, Relaxed);
+    // Before anything is written: a restore that cannot find its content leaves no skeleton.
+    content::select_index(&repo, plan.files.all_segments())
+        .await
+        .context("loading the index entries of the snapshot's content")?;
     let root = Arc::new(
         SafeRoot::open(target, opts.keep_setuid).with_context(|| format!("opening the target {}", target.display()))?,
     );

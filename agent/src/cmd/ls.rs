@@ -25,7 +25,8 @@ fn type_char(k: NodeType) -> char {
 
 pub async fn run(cli: &Cli, a: &LsArgs) -> Result<i32> {
     let r = repo::open(cli).await?;
-    r.load_index().await?;
+    // Listing reads trees only.
+    r.load_index_selecting(repo_format::Selection::Trees).await?;
     let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
     let base = PathBuf::from(a.path.as_deref().unwrap_or("").trim_matches('/'));
     let start = select::subtree(&r, snap.tree, &base.to_string_lossy()).await?;

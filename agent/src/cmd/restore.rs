@@ -11,7 +11,7 @@ use ferry_engine::select;
 
 pub async fn run(cli: &Cli, a: &RestoreArgs) -> Result<i32> {
     let (r, counts) = repo::open_counted(cli).await?;
-    r.load_index().await.context("loading the repository index")?;
+    let r = restore::load_index(&r).await?;
     let (id, snap) = select::find(&r, &a.snapshot, &a.filter.filter()).await?;
     let filter = Filter::parse(&a.includes, &a.excludes)?;
     let started = std::time::Instant::now();

@@ -160,6 +160,7 @@ pub async fn run(
     let mut budget = crate::restore::Budget::new(disk_plan_bytes(node.size));
     let segments = crate::restore::expand(&repo, segs, &mut budget).await?;
     let size: u64 = segments.iter().map(Segment::len).sum();
+    content::select_index(&repo, &segments).await.context("loading the index entries of the disk's content")?;
     if size != node.size {
         bail!(
             "the snapshot's disk content covers {size} bytes but the disk is {} bytes: the snapshot is damaged",
