@@ -160,13 +160,13 @@ pub async fn run(
     let mut budget = crate::restore::Budget::new(disk_plan_bytes(node.size));
     let segments = crate::restore::expand(&repo, segs, &mut budget).await?;
     let size: u64 = segments.iter().map(Segment::len).sum();
-    content::select_index(&repo, &segments).await.context("loading the index entries of the disk's content")?;
     if size != node.size {
         bail!(
             "the snapshot's disk content covers {size} bytes but the disk is {} bytes: the snapshot is damaged",
             node.size
         );
     }
+    content::select_index(&repo, &segments).await.context("loading the index entries of the disk's content")?;
     let (file, is_device, path) = open_target(target, node, size, opts.force)?;
     if is_device {
         let dev_size = Disk::from_file(file.try_clone()?, &path)?.size;
