@@ -66,14 +66,28 @@ impl IndexFile {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut packs: Vec<IndexPack> = Vec::new();
+        let supersedes = Self::visit(b, |item| {
+            match item {
+                Item::Pack { id, salt, blobs } => packs.push(IndexPack { id, salt, blobs: Vec::with_capacity(blobs) }),
+                Item::Blob(e) => packs.last_mut().expect("a blob comes after its pack").blobs.push(e),
+            }
+            Ok(())
+        })?;
+        Ok(IndexFile { packs, supersedes })
+    }
+
+    /// Parse payload `b`, handing each pack and then each of its blobs to `each`, in order, and
+    /// return the superseded ids. Every check is made whatever `each` keeps; an error from
+    /// `each` stops the parse.
+    fn visit(b: &[u8], mut each: impl FnMut(Item) -> Result<()>) -> Result<Vec<IndexId>> {
         let mut d = Dec::new(b, "index");
         let np = d.count(68)?;
-        let mut packs = Vec::with_capacity(np);
         for _ in 0..np {
             let id = PackId(d.id()?);
             let salt: [u8; SALT_LEN] = d.take(SALT_LEN)?.try_into().expect("32 bytes");
             let nb = d.count(BLOB_LEN)?;
-            let mut blobs = Vec::with_capacity(nb);
+            each(Item::Pack { id, salt, blobs: nb })?;
             for _ in 0..nb {
                 let kind = BlobKind::from_u8(d.u8()?)?;
                 let id = BlobId(d.id()?);
@@ -88,15 +102,21 @@ impl IndexFile {
                         format!("blob {} has lengths {stored_len}/{raw_len} over the blob size limit", id.0.short()),
                     ));
                 }
-                blobs.push(PackEntry { kind, id, offset, stored_len, raw_len });
+                each(Item::Blob(PackEntry { kind, id, offset, stored_len, raw_len }))?;
             }
-            packs.push(IndexPack { id, salt, blobs });
         }
         let ns = d.count(32)?;
         let supersedes = (0..ns).map(|_| d.id().map(IndexId)).collect::<Result<_>>()?;
         d.finish()?;
-        Ok(IndexFile { packs, supersedes })
+        Ok(supersedes)
     }
+}
+
+/// One item of an index payload as `IndexFile::visit` parses it: a pack (with the number of
+/// blobs that follow), then its blobs.
+enum Item {
+    Pack { id: PackId, salt: [u8; SALT_LEN], blobs: usize },
+    Blob(PackEntry),
 }
 
 /// Bit of `Entry::pack` that marks a tree blob.
@@ -423,8 +443,7 @@ impl IndexBuilder {
 
     /// Take one index object's blobs (in any order of objects).
     pub fn add(&mut self, id: IndexId, file: IndexFile) -> Result<()> {
-        let object =
-            u32::try_from(self.objects.len()).map_err(|_| Error::Invalid("more than 2^32 index objects".into()))?;
+        let object = self.next_object()?;
         for p in &file.packs {
             let pi = Index::pack_index(self.packs.len())?;
             self.packs.push((PackRef { id: p.id, salt: p.salt }, object));
@@ -433,6 +452,43 @@ impl IndexBuilder {
         }
         self.objects.push((id, file.supersedes));
         Ok(())
+    }
+
+    /// `add` from the object's plaintext payload, parsed straight into entries: a blob the
+    /// selection leaves out is never held, and the kept ones are not first decoded into lists
+    /// of their own. If the payload does not parse, nothing of it is kept.
+    pub fn add_payload(&mut self, id: IndexId, payload: &[u8]) -> Result<()> {
+        let object = self.next_object()?;
+        let (entries_before, packs_before) = (self.entries.len(), self.packs.len());
+        let (select, entries, packs) = (&self.select, &mut self.entries, &mut self.packs);
+        let mut pi = 0;
+        let parsed = IndexFile::visit(payload, |item| {
+            match item {
+                Item::Pack { id, salt, .. } => {
+                    pi = Index::pack_index(packs.len())?;
+                    packs.push((PackRef { id, salt }, object));
+                }
+                Item::Blob(b) if select.keeps(&b) => entries.push(Entry::of(&b, pi)),
+                Item::Blob(_) => {}
+            }
+            Ok(())
+        });
+        match parsed {
+            Ok(supersedes) => {
+                self.objects.push((id, supersedes));
+                Ok(())
+            }
+            Err(e) => {
+                self.entries.truncate(entries_before);
+                self.packs.truncate(packs_before);
+                Err(e)
+            }
+        }
+    }
+
+    /// The number the next object added gets.
+    fn next_object(&self) -> Result<u32> {
+        u32::try_from(self.objects.len()).map_err(|_| Error::Invalid("more than 2^32 index objects".into()))
     }
 
     /// The index of the current objects, and the fallback index of the packs that only
@@ -625,6 +681,35 @@ mod tests {
                 for (kind, id, offset) in &first {
                     prop_assert_eq!(added.lookup(*kind, id).unwrap().offset, *offset, "the entry indexed first is kept");
                 }
+            }
+        }
+
+        /// Parsing a payload straight into the builder (`add_payload`) builds what decoding it
+        /// and adding the decoded file (`add`) builds, under every selection; a payload that
+        /// does not parse (cut short) is refused and leaves nothing behind.
+        #[test]
+        fn adding_a_payload_is_adding_its_decoded_file(files in proptest::collection::vec(arb_file(), 1..4), cut in any::<usize>(), pick in any::<u64>()) {
+            let mut filter = BlobFilter::with_capacity(64);
+            files.iter().flat_map(|f| f.packs.iter().flat_map(|p| &p.blobs)).filter(|b| b.id.0.0[0] as u64 % 3 == pick % 3).for_each(|b| filter.insert(&b.id));
+            let filter = Arc::new(filter);
+            let dump = |i: &Index| (i.scope(), i.packs().to_vec(), i.iter().collect::<Vec<_>>());
+            for select in [Selection::All, Selection::Trees, Selection::TreesAnd(filter.clone())] {
+                let (mut decoded, mut parsed) = (IndexBuilder::selecting(select.clone()), IndexBuilder::selecting(select.clone()));
+                for (n, f) in files.iter().enumerate() {
+                    let id = IndexId(Id([n as u8; 32]));
+                    decoded.add(id, IndexFile::decode(&f.encode()).unwrap()).unwrap();
+                    // Another object, cut short: what it held before the cut must not stay.
+                    let mut other = f.clone();
+                    other.packs.iter_mut().flat_map(|p| &mut p.blobs).for_each(|b| b.id.0.0[31] ^= 0x55);
+                    let bad = other.encode();
+                    if cut % bad.len() > 0 {
+                        prop_assert!(parsed.add_payload(IndexId(Id([0xff; 32])), &bad[..cut % bad.len()]).is_err());
+                    }
+                    parsed.add_payload(id, &f.encode()).unwrap();
+                }
+                let ((a, fa), (b, fb)) = (decoded.finish().unwrap(), parsed.finish().unwrap());
+                prop_assert_eq!(dump(&a), dump(&b));
+                prop_assert_eq!(dump(&fa), dump(&fb));
             }
         }
 

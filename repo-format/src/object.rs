@@ -86,6 +86,25 @@ pub(crate) fn open(cipher: &Cipher, t: ObjectType, bytes: &[u8], what: &'static 
     })
 }
 
+/// As `open`, into buffers the caller keeps from object to object (`bufs`: the decrypted payload,
+/// and the decompressed one if it is compressed): loading the index's thousands of objects then
+/// faults in no fresh pages for each (at 10 M blobs those were half of a load's time).
+pub(crate) fn open_reusing<'a>(
+    cipher: &Cipher,
+    t: ObjectType,
+    bytes: &[u8],
+    what: &'static str,
+    bufs: &'a mut (Vec<u8>, Vec<u8>),
+) -> Result<&'a [u8]> {
+    check_header(bytes, t, what)?;
+    let (body, plain) = bufs;
+    cipher.open_into(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..], what, body)?;
+    compress::decoded(body, plain).map_err(|e| match e {
+        Error::Corrupt { reason, .. } => Error::corrupt(what, reason),
+        other => other,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +117,24 @@ mod tests {
         assert!(open(&c, ObjectType::Index, &sealed, "s").unwrap_err().is_corrupt());
         sealed[5] = ObjectType::Index as u8; // relabel in clear: the tag must catch it
         assert!(open(&c, ObjectType::Index, &sealed, "s").unwrap_err().is_corrupt());
+    }
+
+    /// Reused buffers give what `open` gives, compressed or not, whatever they held before;
+    /// a forged object fails the same way.
+    #[test]
+    fn opening_into_reused_buffers_is_opening() {
+        let c = Cipher::new(&[3; 32]);
+        let mut bufs = (vec![9; 100_000], vec![7; 100_000]);
+        let payloads: [Vec<u8>; 3] =
+            [vec![1; 50_000], (0..70_000u32).map(|i| ((i * 7919) >> 3) as u8).collect(), b"x".to_vec()];
+        for p in &payloads {
+            let sealed = seal(&c, ObjectType::Index, p, 3);
+            assert_eq!(open_reusing(&c, ObjectType::Index, &sealed, "i", &mut bufs).unwrap(), &p[..]);
+            assert_eq!(open(&c, ObjectType::Index, &sealed, "i").unwrap(), *p);
+            let mut forged = sealed.clone();
+            *forged.last_mut().unwrap() ^= 1;
+            assert!(open_reusing(&c, ObjectType::Index, &forged, "i", &mut bufs).unwrap_err().is_corrupt());
+        }
     }
 
     #[test]

@@ -407,6 +407,12 @@ impl Repository {
     /// Every index object in storage, as `index_files` finds them, handed to `take` one at a
     /// time as they arrive (in no particular order) instead of gathered.
     async fn for_each_index_file(&self, mut take: impl FnMut(IndexId, IndexFile) -> Result<()> + Send) -> Result<()> {
+        self.for_each_index_payload(|id, payload| take(id, IndexFile::decode(payload)?)).await
+    }
+
+    /// Every index object in storage, as `for_each_index_file` finds them, handed to `take` as
+    /// its plaintext payload. An error `take` returns is located at the object.
+    async fn for_each_index_payload(&self, mut take: impl FnMut(IndexId, &[u8]) -> Result<()> + Send) -> Result<()> {
         let listed = self.storage.list(FileKind::Index).await?;
         if let Some(c) = &self.cache {
             c.retain(FileKind::Index, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
@@ -418,8 +424,8 @@ impl Repository {
             let budget = &budget;
             async move {
                 let _held = budget.acquire_many(permits(size)).await.expect("never closed");
-                match self.read_index_file_sized(&IndexId(id), size).await {
-                    Ok(f) => Ok(Some((IndexId(id), f))),
+                match self.read_object(FileKind::Index, &id, size).await {
+                    Ok(b) => Ok(Some((IndexId(id), b))),
                     Err(Error::NotFound { .. }) => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -427,9 +433,13 @@ impl Repository {
         }))
         .buffer_unordered(LOAD_CONCURRENCY);
         let mut loaded = std::pin::pin!(loaded);
+        let (cipher, mut bufs) = (self.master.object_cipher(), Default::default());
         while let Some(next) = loaded.next().await {
-            if let Some((id, f)) = next? {
-                take(id, f)?;
+            if let Some((id, stored)) = next? {
+                let locate = |e: Error| e.locate(ObjectRef::File(FileKind::Index, id.0));
+                let plain =
+                    object::open_reusing(&cipher, ObjectType::Index, &stored, "index", &mut bufs).map_err(locate)?;
+                take(id, plain).map_err(locate)?;
             }
         }
         Ok(())
@@ -448,7 +458,7 @@ impl Repository {
     /// memory. Writers must not use such an index (they would store again what it leaves out).
     pub async fn load_index_selecting(&self, select: Selection) -> Result<Arc<Index>> {
         let mut builder = IndexBuilder::selecting(select);
-        self.for_each_index_file(|id, f| builder.add(id, f)).await?;
+        self.for_each_index_payload(|id, payload| builder.add_payload(id, payload)).await?;
         let (idx, fallback) = builder.finish()?;
         let idx = Arc::new(idx);
         *self.fallback.write().expect("lock") = Arc::new(fallback);
