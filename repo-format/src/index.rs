@@ -444,11 +444,12 @@ impl IndexBuilder {
     /// Take one index object's blobs (in any order of objects).
     pub fn add(&mut self, id: IndexId, file: IndexFile) -> Result<()> {
         let object = self.next_object()?;
-        for p in &file.packs {
-            let pi = Index::pack_index(self.packs.len())?;
-            self.packs.push((PackRef { id: p.id, salt: p.salt }, object));
-            let select = &self.select;
-            self.entries.extend(p.blobs.iter().filter(|b| select.keeps(b)).map(|b| Entry::of(b, pi)));
+        let mut pi = 0;
+        for p in file.packs {
+            self.fold(Item::Pack { id: p.id, salt: p.salt, blobs: p.blobs.len() }, object, &mut pi)?;
+            for b in p.blobs {
+                self.fold(Item::Blob(b), object, &mut pi)?;
+            }
         }
         self.objects.push((id, file.supersedes));
         Ok(())
@@ -460,20 +461,8 @@ impl IndexBuilder {
     pub fn add_payload(&mut self, id: IndexId, payload: &[u8]) -> Result<()> {
         let object = self.next_object()?;
         let (entries_before, packs_before) = (self.entries.len(), self.packs.len());
-        let (select, entries, packs) = (&self.select, &mut self.entries, &mut self.packs);
         let mut pi = 0;
-        let parsed = IndexFile::visit(payload, |item| {
-            match item {
-                Item::Pack { id, salt, .. } => {
-                    pi = Index::pack_index(packs.len())?;
-                    packs.push((PackRef { id, salt }, object));
-                }
-                Item::Blob(b) if select.keeps(&b) => entries.push(Entry::of(&b, pi)),
-                Item::Blob(_) => {}
-            }
-            Ok(())
-        });
-        match parsed {
+        match IndexFile::visit(payload, |item| self.fold(item, object, &mut pi)) {
             Ok(supersedes) => {
                 self.objects.push((id, supersedes));
                 Ok(())
@@ -484,6 +473,20 @@ impl IndexBuilder {
                 Err(e)
             }
         }
+    }
+
+    /// Take one item of object number `object`: a pack (its number becomes `pi`), or a blob of
+    /// pack `pi`, kept if the selection keeps it.
+    fn fold(&mut self, item: Item, object: u32, pi: &mut u32) -> Result<()> {
+        match item {
+            Item::Pack { id, salt, .. } => {
+                *pi = Index::pack_index(self.packs.len())?;
+                self.packs.push((PackRef { id, salt }, object));
+            }
+            Item::Blob(b) if self.select.keeps(&b) => self.entries.push(Entry::of(&b, *pi)),
+            Item::Blob(_) => {}
+        }
+        Ok(())
     }
 
     /// The number the next object added gets.

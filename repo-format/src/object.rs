@@ -78,12 +78,7 @@ pub(crate) fn seal_version(cipher: &Cipher, t: ObjectType, payload: &[u8], level
 
 /// Verify, decrypt and decompress an object made by `seal`.
 pub(crate) fn open(cipher: &Cipher, t: ObjectType, bytes: &[u8], what: &'static str) -> Result<Vec<u8>> {
-    check_header(bytes, t, what)?;
-    let body = cipher.open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..], what)?;
-    compress::decompress(&body).map_err(|e| match e {
-        Error::Corrupt { reason, .. } => Error::corrupt(what, reason),
-        other => other,
-    })
+    open_reusing(cipher, t, bytes, what, &mut Default::default()).map(<[u8]>::to_vec)
 }
 
 /// As `open`, into buffers the caller keeps from object to object (`bufs`: the decrypted payload,
