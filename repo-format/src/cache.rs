@@ -25,6 +25,11 @@ use crate::error::Result;
 use crate::id::Id;
 use crate::storage::{FileKind, Storage};
 
+/// Whether bytes read were found to hash to the name they were read under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Verified(pub bool);
+
 /// A per-repository cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -79,17 +84,27 @@ impl Cache {
         }
     }
 
-    /// The object from the cache, or from storage (then cached), at most `limit` bytes.
-    /// Content is verified by hash.
-    pub async fn read_through(&self, storage: &dyn Storage, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
+    /// The object from the cache, or from storage (then cached), at most `limit` bytes, and
+    /// whether its bytes hash to `id`. A cached copy that does not is dropped and storage read
+    /// instead; stored bytes that do not are returned unverified and not cached (the caller
+    /// reports them). Each object is hashed once: at an index of 10 M blobs, hashing its
+    /// 315 MB again in the caller took about 0.06 s of every command.
+    pub async fn read_through(
+        &self,
+        storage: &dyn Storage,
+        kind: FileKind,
+        id: &Id,
+        limit: u64,
+    ) -> Result<(Bytes, Verified)> {
         if let Some(b) = self.get(kind, id, limit) {
-            return Ok(b);
+            return Ok((b, Verified(true)));
         }
         let b = storage.read(kind, id, limit).await?;
-        if Id::of_stored(&b) == *id {
+        let verified = Id::of_stored(&b) == *id;
+        if verified {
             self.put(kind, id, &b);
         }
-        Ok(b)
+        Ok((b, Verified(verified)))
     }
 
     /// `len` bytes at `offset` of pack `id`, from the cached copy of the whole pack (downloaded,

@@ -37,7 +37,7 @@ mod writer;
 
 pub use blob::BlobKind;
 pub use blobfilter::BlobFilter;
-pub use cache::Cache;
+pub use cache::{Cache, Verified};
 pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};
 pub use config::{ChunkerParams, DEFAULT_GC_GRACE_NS, RepoConfig};

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::blob::BlobKind;
-use crate::cache::Cache;
+use crate::cache::{Cache, Verified};
 use crate::config::RepoConfig;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ObjectRef, Result};
@@ -368,11 +368,15 @@ impl Repository {
     /// A whole object, at most `limit` bytes (the listed size, capped by the kind's maximum).
     async fn read_object(&self, kind: FileKind, id: &Id, limit: u64) -> Result<Bytes> {
         let limit = limit.min(kind.max_len());
-        let b = match &self.cache {
+        let (b, Verified(verified)) = match &self.cache {
             Some(c) => c.read_through(&*self.storage, kind, id, limit).await?,
-            None => self.storage.read(kind, id, limit).await?,
+            None => {
+                let b = self.storage.read(kind, id, limit).await?;
+                let verified = Id::of_stored(&b) == *id;
+                (b, Verified(verified))
+            }
         };
-        if Id::of_stored(&b) != *id {
+        if !verified {
             return Err(Error::corrupt("object", "stored bytes do not hash to the object's name")
                 .locate(ObjectRef::File(kind, *id)));
         }

@@ -1,6 +1,7 @@
 //! The local cache as it saves requests: tree blobs come from a cached copy of their whole pack
 //! (one GET per tree pack, then none while the cache holds it), and a damaged cached pack is
-//! dropped and storage read instead, so the cache can cost requests but never correctness.
+//! dropped and storage read instead, so the cache can cost requests but never correctness; the
+//! same holds for index objects, each hashed once on its way through the cache.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,4 +96,54 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// An index object is hashed once on its way through the cache (`Cache::read_through` says
+/// whether it was verified); these are the cases that check must still catch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_index_objects_are_caught_in_the_cache_and_in_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache) = (tmp.path().join("repo"), tmp.path().join("cache"));
+    std::fs::create_dir(&dir).unwrap();
+    let storage = Arc::new(ObjectStorage::local(&dir).unwrap());
+    let repo = Repository::init(storage, PW, KdfParams::insecure_for_tests(), RepoConfig::new(7), "t").await.unwrap();
+    let w = repo.writer(WriterOptions::default());
+    let blob = vec![7u8; 50_000];
+    let id = {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || w.save(BlobKind::Data, &blob).unwrap().id).await.unwrap()
+    };
+    repo.finish_writer(w).await.unwrap();
+    let in_kind = |root: &Path| -> Vec<std::path::PathBuf> {
+        walk(root).into_iter().filter(|p| p.parent().unwrap().ends_with("index")).collect()
+    };
+
+    // First session: the index object is downloaded, verified and cached.
+    let (r, _) = open(&dir, &cache).await;
+    assert!(r.index().lookup(BlobKind::Data, &id).is_some());
+    let cached = in_kind(&cache);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    // A damaged cached copy: dropped, storage read instead, and the copy written again.
+    let good = std::fs::read(&cached[0]).unwrap();
+    let mut bad = good.clone();
+    bad[20] ^= 1;
+    std::fs::write(&cached[0], &bad).unwrap();
+    let (r, counts) = open(&dir, &cache).await;
+    assert!(r.index().lookup(BlobKind::Data, &id).is_some(), "the index is whole");
+    assert!(gets(&counts) >= 1, "the index object came from storage");
+    assert_eq!(std::fs::read(&cached[0]).unwrap(), good, "the cached copy is good again");
+
+    // A damaged stored object with no cached copy: refused by name, and not cached.
+    std::fs::remove_file(&cached[0]).unwrap();
+    let stored = in_kind(&dir);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let mut bad = std::fs::read(&stored[0]).unwrap();
+    bad[20] ^= 1;
+    std::fs::write(&stored[0], &bad).unwrap();
+    let s = ObjectStorage::local(&dir).unwrap();
+    let r = Repository::open(Arc::new(s), PW, Some(cache.clone())).await.unwrap();
+    let err = r.load_index().await.expect_err("a damaged index object");
+    assert!(err.to_string().contains("do not hash to the object's name"), "{err}");
+    assert!(in_kind(&cache).is_empty(), "bytes that do not hash to their name are not cached");
 }
