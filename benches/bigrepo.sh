@@ -5,7 +5,8 @@
 # backing up and restoring read the index, never those packs). Then, each with a cold cache
 # (empty Ferry cache, kernel page cache dropped) and a warm one (the same again): `snapshots`,
 # `ls` of the latest snapshot (keeps the tree blobs' entries only), a backup after 1 % of the
-# files changed (loads the whole index), and a restore of the latest snapshot (keeps the tree
+# files changed (keeps the tree blobs' entries and 16-byte keys of the data blobs; the whole index
+# with FERRY_INDEX_KEYS=0), and a restore of the latest snapshot (keeps the tree
 # blobs' entries, then those of the data blobs it restores). Wall time, CPU and peak RSS; the
 # index's own memory is the backup's peak RSS minus the same backup's into the repository before
 # it was grown (both printed).

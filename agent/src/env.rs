@@ -8,6 +8,8 @@
 //! | `AZURE_STORAGE_ACCOUNT`, `AZURE_STORAGE_KEY`, `AZURE_STORAGE_ENDPOINT` | Azure Blob |
 //! | `GOOGLE_APPLICATION_CREDENTIALS` | a GCS service-account key file |
 //! | `FERRY_CHUNK_QUEUE` | chunks queued between reader and workers (tuning) |
+//! | `FERRY_PARALLEL_CHUNKING` | `1`/`0`: chunk a big file with several threads or one (tuning) |
+//! | `FERRY_INDEX_KEYS` | `1`/`0`: a backup knows stored data blobs by key only or whole (tuning) |
 //!
 //! Values already set (from a DPA location or its credentials file) are kept.
 
@@ -80,13 +82,16 @@ pub fn fill_cloud_opts(loc: &Location, opts: &mut CloudOpts) -> Result<()> {
     Ok(())
 }
 
-/// The engine's limits, with `FERRY_CHUNK_QUEUE` and `FERRY_PARALLEL_CHUNKING` (`1` or `0`:
-/// chunk a big file with several threads or one, whatever the number of workers) applied.
+/// The engine's limits, with `FERRY_CHUNK_QUEUE`, `FERRY_PARALLEL_CHUNKING` (`1` or `0`: chunk a
+/// big file with several threads or one, whatever the number of workers) and `FERRY_INDEX_KEYS`
+/// (`1` or `0`: a backup knows stored data blobs by key only or by their whole entries, whatever
+/// the index's size) applied.
 pub fn limits() -> ferry_engine::job::Limits {
     let mut l = ferry_engine::job::Limits::default();
     if let Some(q) = env("FERRY_CHUNK_QUEUE").and_then(|v| v.parse::<usize>().ok()) {
         l.chunk_queue = q.max(1);
     }
     l.parallel_chunking = env("FERRY_PARALLEL_CHUNKING").map(|v| v != "0");
+    l.index_keys = env("FERRY_INDEX_KEYS").map(|v| v != "0");
     l
 }

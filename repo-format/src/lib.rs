@@ -46,7 +46,8 @@ pub use dirparts::{DirSplitter, PART_MAX, PART_MAX_BYTES, PART_MIN, SPLIT_BYTES,
 pub use error::{Error, ObjectRef, Result};
 pub use id::{BlobId, ID_LEN, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
 pub use index::{
-    BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile, IndexPack, IndexScope, PackRef, Selection,
+    BlobLocation, INDEX_ENTRY_BYTES, Index, IndexBuilder, IndexFile, IndexPack, IndexScope, KEY_BYTES, KEYS_FROM_BYTES,
+    KeysBuilder, PackRef, Selection,
 };
 pub use keyfile::KdfParams;
 pub use marker::Marker;

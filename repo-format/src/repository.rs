@@ -26,7 +26,7 @@ use crate::config::RepoConfig;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ObjectRef, Result};
 use crate::id::{BlobId, Id, IndexId, KeyId, MarkerId, PackId, SnapshotId, TreeId};
-use crate::index::{Index, IndexBuilder, IndexFile, IndexScope, Selection};
+use crate::index::{Index, IndexBuilder, IndexFile, IndexScope, KeysBuilder, Selection};
 use crate::journal::{self, Journal};
 use crate::keyfile::{self, KdfParams};
 use crate::marker::Marker;
@@ -416,11 +416,28 @@ impl Repository {
 
     /// Every index object in storage, as `for_each_index_file` finds them, handed to `take` as
     /// its plaintext payload. An error `take` returns is located at the object.
-    async fn for_each_index_payload(&self, mut take: impl FnMut(IndexId, &[u8]) -> Result<()> + Send) -> Result<()> {
+    async fn for_each_index_payload(&self, take: impl FnMut(IndexId, &[u8]) -> Result<()> + Send) -> Result<()> {
+        let listed = self.list_index().await?;
+        self.for_each_listed_index_payload(&listed, take).await
+    }
+
+    /// The index objects in storage with their sizes (one LIST); cached ones no longer listed
+    /// are forgotten.
+    async fn list_index(&self) -> Result<Vec<(Id, u64)>> {
         let listed = self.storage.list(FileKind::Index).await?;
         if let Some(c) = &self.cache {
             c.retain(FileKind::Index, &listed.iter().map(|(id, _)| *id).collect::<HashSet<_>>());
         }
+        Ok(listed)
+    }
+
+    /// `for_each_index_payload` over the objects of an earlier listing (one gone since is
+    /// left out).
+    async fn for_each_listed_index_payload(
+        &self,
+        listed: &[(Id, u64)],
+        mut take: impl FnMut(IndexId, &[u8]) -> Result<()> + Send,
+    ) -> Result<()> {
         let budget = tokio::sync::Semaphore::new(permits(LOAD_BYTES) as usize);
         // Owned pairs: a closure over `&(Id, u64)` makes the future not `Send` for a spawned
         // task (the higher-ranked lifetime error of rust-lang/rust#64552).
@@ -464,13 +481,46 @@ impl Repository {
         let mut builder = IndexBuilder::selecting(select);
         self.for_each_index_payload(|id, payload| builder.add_payload(id, payload)).await?;
         let (idx, fallback) = builder.finish()?;
+        Ok(self.install_index(idx, fallback))
+    }
+
+    /// The index a writer needs, in the least memory, when there is a cache and the index
+    /// objects take at least `keys_from` bytes in storage (`KEYS_FROM_BYTES`, say): the tree
+    /// blobs with their locations (a backup reads its parent's trees), and every data blob by
+    /// the first `KEY_BYTES` bytes of its id only (`IndexScope::Dedup`): 16 bytes a data blob
+    /// instead of 48. The objects of one listing are read twice, the second time from the
+    /// cache: first for the trees and which objects are current, then for the data blobs of
+    /// those (see `KeysBuilder`). Otherwise one reading, whole (`load_index`): without a cache
+    /// a second reading would download the index again, and a small index is read again for
+    /// less than it saves (a backup with nothing to do took 0.28 s instead of 0.26 on a
+    /// repository of 1 GB). Use it on a `view` in a process that shares this `Repository` with
+    /// jobs needing locations of data blobs (restores, check, prune).
+    pub async fn load_index_for_writing(&self, keys_from: u64) -> Result<Arc<Index>> {
+        let listed = self.list_index().await?;
+        let stored: u64 = listed.iter().map(|(_, size)| size).sum();
+        if self.cache.is_none() || stored < keys_from {
+            let mut all = IndexBuilder::default();
+            self.for_each_listed_index_payload(&listed, |id, payload| all.add_payload(id, payload)).await?;
+            let (idx, fallback) = all.finish()?;
+            return Ok(self.install_index(idx, fallback));
+        }
+        let mut trees = IndexBuilder::selecting(Selection::Trees);
+        self.for_each_listed_index_payload(&listed, |id, payload| trees.add_payload(id, payload)).await?;
+        let mut keys = KeysBuilder::new(trees.current());
+        let (idx, fallback) = trees.finish()?;
+        self.for_each_listed_index_payload(&listed, |id, payload| keys.add_payload(id, payload)).await?;
+        Ok(self.install_index(keys.finish(idx), fallback))
+    }
+
+    /// Use `idx` and `fallback` from now on, and forget cached packs no longer indexed.
+    fn install_index(&self, idx: Index, fallback: Index) -> Arc<Index> {
         let idx = Arc::new(idx);
         *self.fallback.write().expect("lock") = Arc::new(fallback);
         if let Some(c) = &self.cache {
             c.retain(FileKind::Pack, &idx.packs().iter().map(|p| p.id.0).collect::<HashSet<_>>());
         }
         *self.index.write().expect("lock") = idx.clone();
-        Ok(idx)
+        idx
     }
 
     /// Write an index object superseding others (format version 2: version 1 software refuses
@@ -561,10 +611,14 @@ impl Repository {
     }
 
     /// Start adding blobs (inside a tokio runtime). Uses the index as loaded now, which must be
-    /// a full one (`load_index`, not a `Selection`). With a cache, the writer journals its
+    /// a full one or one for writing (`load_index`, `load_index_for_writing`; not a
+    /// `Selection`). With a cache, the writer journals its
     /// uploaded packs (see `resume_interrupted`).
     pub fn writer(&self, mut opts: WriterOptions) -> BlobWriter {
-        debug_assert_eq!(self.index().scope(), IndexScope::Full, "a writer deduplicates against a full index");
+        debug_assert!(
+            matches!(self.index().scope(), IndexScope::Full | IndexScope::Dedup),
+            "a writer deduplicates against a full index or one for writing, not a selection"
+        );
         if let Some(dir) = self.storage.spool_dir() {
             opts.tmp_dir = dir;
         }
@@ -1053,6 +1107,74 @@ mod tests {
             }
         }
         assert_eq!((full.scope(), full_fb.scope()), (IndexScope::Full, IndexScope::Full));
+    }
+
+    /// An index for writing (trees, then the keys of the data blobs of the objects the first
+    /// reading found current) answers `contains` exactly as the full index for every blob and
+    /// kind, keeps the trees' locations and no data blob's, whatever order the objects come in.
+    /// An object written between the two readings is not taken, and one that does not parse
+    /// leaves nothing behind (it is refused).
+    #[test]
+    fn an_index_for_writing_knows_what_the_full_index_holds() {
+        use crate::id::BlobId;
+        use crate::index::{IndexBuilder, KeysBuilder};
+        use crate::pack::PackEntry;
+        let files = superseding_fixture();
+        let mut all = IndexBuilder::default();
+        for (id, f) in &files {
+            all.add(*id, f.clone()).unwrap();
+        }
+        let (full, _) = all.finish().unwrap();
+        let blob = |n: u64| BlobId(fixture_id(2, n));
+        let data_blobs = full.iter().filter(|(_, l)| l.kind == BlobKind::Data).count();
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+            let mut trees = IndexBuilder::selecting(Selection::Trees);
+            for i in order {
+                trees.add_payload(files[i].0, &files[i].1.encode()).unwrap();
+            }
+            // An object of data blobs `n` and 59 (in pack 13).
+            let one = |n: u64| {
+                let mut p = files[3].1.packs[1].clone();
+                p.blobs[0].id = blob(n);
+                p.blobs[0].kind = BlobKind::Data;
+                p.blobs.push(PackEntry { id: blob(59), ..p.blobs[0] });
+                IndexFile { packs: vec![p], supersedes: vec![] }
+            };
+            // Object 3.8 is current but damaged: its second blob is over the size limit.
+            let mut current = trees.current();
+            current.insert(IndexId(fixture_id(3, 8)));
+            let mut keys = KeysBuilder::new(current);
+            let (trees, _) = trees.finish().unwrap();
+            // Written after the first reading: not taken (its blob 45 stays unknown).
+            keys.add_payload(IndexId(fixture_id(3, 9)), &one(45).encode()).unwrap();
+            let mut bad = one(46);
+            bad.packs[0].blobs[1].raw_len = u32::MAX; // refused after blob 46 was parsed
+            assert!(keys.add_payload(IndexId(fixture_id(3, 8)), &bad.encode()).is_err());
+            for i in order {
+                keys.add_payload(files[i].0, &files[i].1.encode()).unwrap();
+            }
+            let idx = keys.finish(trees);
+            assert_eq!(idx.scope(), IndexScope::Dedup);
+            assert_eq!(idx.keys_len(), data_blobs, "order {order:?}");
+            let sorted = |i: &Index| {
+                let mut v: Vec<_> = i.packs().iter().map(|p| p.id).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(&idx), sorted(&full));
+            for n in 0..60 {
+                for kind in [BlobKind::Data, BlobKind::Tree] {
+                    let b = blob(n);
+                    assert_eq!(idx.contains(kind, &b), full.contains(kind, &b), "blob {n} {kind:?}, order {order:?}");
+                    let want = full.lookup(kind, &b).filter(|_| kind == BlobKind::Tree);
+                    assert_eq!(idx.lookup(kind, &b), want, "blob {n} {kind:?}");
+                }
+            }
+            assert!(!idx.contains(BlobKind::Data, &blob(45)), "an object the first reading did not see");
+            assert!(!idx.contains(BlobKind::Data, &blob(46)), "an object that did not parse");
+            assert!(!idx.contains(BlobKind::Data, &blob(25)), "pack 11 is only in a superseded object");
+            assert!(idx.memory_bytes() < full.memory_bytes());
+        }
     }
 
     #[tokio::test]

@@ -148,6 +148,7 @@ impl Agent {
             memory: Some(self.budget.clone()),
             uploads: Some(self.uploads.clone()),
             parallel_chunking: None,
+            index_keys: None,
         }
     }
 

@@ -125,13 +125,25 @@ pub struct Limits {
     /// leaves it to the number of threads, from four (the CLI's `FERRY_PARALLEL_CHUNKING=1|0`
     /// forces it). Either way the chunks are the same.
     pub parallel_chunking: Option<bool>,
+    /// Whether a backup knows the data blobs already stored by key only, 16 bytes each instead
+    /// of 48 (`Repository::load_index_for_writing`): `None` leaves it to the index's size (from
+    /// `repo_format::KEYS_FROM_BYTES` of index objects, with a cache); the CLI's
+    /// `FERRY_INDEX_KEYS=1|0` forces it. Either way the same blobs are stored.
+    pub index_keys: Option<bool>,
 }
 
 impl Default for Limits {
     /// One worker per core, a queue of two chunks per worker, no shared byte budget.
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Limits { threads, chunk_queue: threads * 2, memory: None, uploads: None, parallel_chunking: None }
+        Limits {
+            threads,
+            chunk_queue: threads * 2,
+            memory: None,
+            uploads: None,
+            parallel_chunking: None,
+            index_keys: None,
+        }
     }
 }
 

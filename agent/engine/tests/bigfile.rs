@@ -66,6 +66,8 @@ async fn big_files_are_backed_up_and_restored_past_the_page_cache() {
 
     let target = tmp.path().join("out");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     let report = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);

@@ -27,8 +27,7 @@ async fn pair(root: &std::path::Path, trees: [&std::path::Path; 2], budget: u64)
     // Without the budget each job could hold 64 queued chunks (about 64 MiB at the 1 MiB
     // average chunk) plus one per worker.
     let shared = MemoryBudget::new(budget);
-    let limits =
-        Limits { threads: 2, chunk_queue: 64, memory: Some(shared.clone()), uploads: None, parallel_chunking: None };
+    let limits = Limits { threads: 2, chunk_queue: 64, memory: Some(shared.clone()), ..Limits::default() };
     let (peak_used, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let sampler = {
         let (shared, peak_used, done) = (shared.clone(), peak_used.clone(), done.clone());

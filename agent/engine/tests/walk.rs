@@ -95,6 +95,8 @@ async fn nested_deep_and_linked() {
 
     let dst = tmp.path().join("dst");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, first.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     let out = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert!(out.errors.is_empty(), "{:?}", out.errors);
@@ -118,6 +120,8 @@ async fn a_source_named_by_a_symlink_is_its_directory() {
     assert_eq!(out.snapshot.summary.files_new, 1, "{:?}", out.snapshot.summary);
     let dst = tmp.path().join("dst");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert_eq!(std::fs::read(dst.join("sub/f")).unwrap(), b"through the link");
@@ -152,6 +156,8 @@ async fn nesting_deeper_than_restore_accepts_is_cut_with_an_error() {
 
     let dst = tmp.path().join("dst");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     let restored = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert!(restored.errors.is_empty(), "{:?}", restored.errors);
@@ -223,6 +229,8 @@ async fn past_path_max() {
 
     let dst = tmp.path().join("dst");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     let restored = restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert!(restored.errors.is_empty(), "{:?}", restored.errors.first());
@@ -254,6 +262,8 @@ async fn a_file_source_after_a_directory_source_is_its_own_file() {
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let dst = tmp.path().join("dst");
     let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(&repo).await.unwrap();
     let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
     restore::execute(repo.clone(), plan, &dst, &Job::new(), &opts).await.unwrap();
     assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"the file source");

@@ -181,6 +181,8 @@ pub async fn run(cli: &Cli, a: &BenchArgs) -> Result<i32> {
     let target = dir.path().join("restore");
     let t = Instant::now();
     let opts = ferry_engine::restore::RestoreOptions::default();
+    // The backup worked on a view of its own: the restore loads the index it needs, as `restore` does.
+    let repo = ferry_engine::restore::load_index(&repo).await?;
     let plan = ferry_engine::restore::plan(&repo, out.snapshot.tree, &Default::default(), &opts).await?;
     let job = ferry_engine::Job::new().with_limits(limits);
     let restored = ferry_engine::restore::execute(repo, plan, &target, &job, &opts).await?;

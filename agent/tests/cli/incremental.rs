@@ -145,3 +145,42 @@ fn parallel_chunking_cuts_a_big_file_where_one_thread_does() {
     assert_eq!(num(&serial, "bytes_read"), data.len() as u64, "{serial}");
     assert_eq!((num(&serial, "data_blobs_added"), num(&serial, "tree_blobs_added")), (0, 0), "{serial}");
 }
+
+/// A backup that knows stored data blobs by key only (`FERRY_INDEX_KEYS=1`; by default only
+/// from an index of 16 MiB) stores exactly what one that knows their whole entries stores:
+/// nothing for files read again, one blob for a new file; and the snapshot restores.
+#[test]
+fn a_backup_knowing_blobs_by_key_stores_what_one_knowing_them_whole_does() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..10 {
+        write(&src.join(format!("f{i}")), &random_bytes(&format!("keys-{i}"), 30_000));
+    }
+    let backup = |keys: &str, force: bool| {
+        let mut cmd = env.ferry();
+        cmd.env("FERRY_INDEX_KEYS", keys).args(["-v", "backup", "--json"]);
+        if force {
+            cmd.arg("--force");
+        }
+        let out = cmd.arg(&src).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        (crate::common::summary_of(&out.stdout), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (whole, log) = backup("0", false);
+    assert!(log.contains(", 0 of them data blobs by key only"), "{log}");
+    assert_eq!(num(&whole, "data_blobs_added"), 10, "{whole}");
+    let (again, log) = backup("1", true);
+    assert!(!log.contains(", 0 of them data blobs by key only"), "the keys were not used: {log}");
+    assert_eq!(num(&again, "bytes_read"), 300_000, "{again}");
+    assert_eq!((num(&again, "data_blobs_added"), num(&again, "tree_blobs_added")), (0, 0), "{again}");
+    write(&src.join("new"), &random_bytes("keys-new", 30_000));
+    let (one, _) = backup("1", false);
+    assert_eq!(num(&one, "data_blobs_added"), 1, "{one}");
+    let target = env.path("out");
+    let out = env.ferry().args(["restore", "latest", "--target"]).arg(&target).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(std::fs::read(target.join(e.file_name())).unwrap(), std::fs::read(e.path()).unwrap());
+    }
+}

@@ -120,12 +120,14 @@ impl Env {
 }
 
 /// Configuration the test runner's environment may carry; removed from every invocation.
-const INHERITED: [&str; 8] = [
+const INHERITED: [&str; 10] = [
     "FERRY_REPOSITORY",
     "FERRY_PASSWORD",
     "FERRY_PASSWORD_FILE",
     "FERRY_NEW_PASSWORD",
     "FERRY_CHUNK_QUEUE",
+    "FERRY_PARALLEL_CHUNKING",
+    "FERRY_INDEX_KEYS",
     "FERRY_FROM_REPOSITORY",
     "FERRY_FROM_PASSWORD",
     "FERRY_FROM_PASSWORD_FILE",

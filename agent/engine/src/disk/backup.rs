@@ -59,7 +59,7 @@ pub async fn run(repo: Arc<Repository>, cfg: DiskConfig, job: &Job) -> Result<Ou
     let start_ns = now_ns();
     let disk = Disk::open_read(&cfg.path, cfg.no_follow)?;
     let md = disk.file.metadata()?;
-    repo.load_index().await.context("loading the repository index")?;
+    let repo = crate::backup::load_index(&repo, &job.limits).await?;
     let chunk = u64::from(repo.config().fixed_chunk_size);
     let paths = vec![crate::backup::recorded_path(&cfg.path)];
     let parent = parent_of(&repo, cfg.parent, cfg.identity.as_ref(), &cfg.host, &paths).await?;
