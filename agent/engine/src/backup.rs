@@ -222,13 +222,8 @@ pub(crate) async fn start_writer(
 /// is 160 MB of index instead of 480).
 pub async fn load_index(repo: &Repository, limits: &Limits) -> Result<Arc<Repository>> {
     let view = Arc::new(repo.view());
-    let keys_from = match limits.index_keys {
-        None => repo_format::KEYS_FROM_BYTES,
-        Some(true) => 0,
-        Some(false) => u64::MAX,
-    };
     let started = Instant::now();
-    let idx = view.load_index_for_writing(keys_from).await.context("loading the repository index")?;
+    let idx = view.load_index_for_writing(limits.keys_from()).await.context("loading the repository index")?;
     tracing::info!(
         "index: {} blobs, {} of them data blobs by key only, {:.1} MiB, loaded in {:.2} s",
         idx.len(),

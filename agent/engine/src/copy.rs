@@ -170,6 +170,9 @@ pub async fn execute(
     job: &Job,
     on_snapshot: &mut (dyn FnMut(&Copied) + Send),
 ) -> Result<CopyReport> {
+    // The destination's index is its own (a view): it may be loaded by key only, which a
+    // caller reading `dst` afterwards must not be handed.
+    let dst = &dst.view();
     let shared = src.master_key().same_id_key(dst.master_key());
     let mut report = CopyReport { shared_id_key: shared, ..Default::default() };
     let todo: Vec<&PlanItem> = plan.items.iter().filter(|i| i.existing.is_none()).collect();
@@ -177,7 +180,10 @@ pub async fn execute(
     job.progress.bytes_total.store(todo.iter().map(|i| i.snapshot.summary.bytes_total).sum(), Relaxed);
     if !todo.is_empty() {
         src.load_index().await.context("loading the source repository's index")?;
-        dst.load_index().await.context("loading the destination repository's index")?;
+        // The destination is written only: its data blobs by key suffice (`index_keys`).
+        dst.load_index_for_writing(job.limits.keys_from())
+            .await
+            .context("loading the destination repository's index")?;
         report.resumed = dst.resume_interrupted().await.context("indexing the packs of an interrupted writer")?;
     }
     let tmp_dir = crate::backup::pack_tmp_dir(dst, opts.cache_dir.as_deref())?;

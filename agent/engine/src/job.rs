@@ -132,6 +132,18 @@ pub struct Limits {
     pub index_keys: Option<bool>,
 }
 
+impl Limits {
+    /// The stored index size from which a writer knows data blobs by key (`index_keys`), for
+    /// `Repository::load_index_for_writing`.
+    pub fn keys_from(&self) -> u64 {
+        match self.index_keys {
+            None => repo_format::KEYS_FROM_BYTES,
+            Some(true) => 0,
+            Some(false) => u64::MAX,
+        }
+    }
+}
+
 impl Default for Limits {
     /// One worker per core, a queue of two chunks per worker, no shared byte budget.
     fn default() -> Self {

@@ -113,6 +113,36 @@ async fn with_a_shared_id_key_ids_are_kept_and_only_missing_blobs_are_uploaded()
     assert_eq!((new.data_blobs, new.tree_blobs, new.bytes_added), (0, 0, 0), "{new:?}");
 }
 
+/// A destination known by key only (`Limits::index_keys`, with a cache): the same blobs are
+/// uploaded, nothing twice, and the caller's destination is not left with that index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_known_by_key_gets_each_blob_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = new_repo(&tmp.path().join("src")).await;
+    forge(&src, 1).await;
+    let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::local(&tmp.path().join("dst")).unwrap());
+    let opts = InitOptions { id_key_from: Some(src.master_key()) };
+    let init = Repository::init_with(
+        storage.clone(),
+        PASSWORD,
+        KdfParams::insecure_for_tests(),
+        RepoConfig::new(2),
+        "d",
+        opts,
+    );
+    init.await.unwrap();
+    let dst = Arc::new(Repository::open(storage, PASSWORD, Some(tmp.path().join("cache"))).await.unwrap());
+    let job = || Job::new().with_limits(ferry_engine::job::Limits { index_keys: Some(true), ..Default::default() });
+    let report = copy_all(&src, &dst, &job(), &mut |_| {}).await;
+    assert_eq!((report.snapshots[0].data_blobs, report.snapshots[0].tree_blobs), (4, 3), "{report:?}");
+    assert_ne!(dst.index().scope(), repo_format::IndexScope::Dedup, "the caller's destination keeps its own index");
+    let (second, big, f) = forge(&src, 2).await;
+    let report = copy_all(&src, &dst, &job(), &mut |_| {}).await;
+    let new = report.snapshots.iter().find(|c| c.source == second).expect("copied");
+    assert_eq!((new.data_blobs, new.tree_blobs, new.bytes_added), (0, 0, 0), "{new:?}");
+    restores(&dst, &new.destination, &tmp.path().join("t"), &big, &f).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_cancelled_between_snapshots_keeps_those_it_finished() {
     let tmp = tempfile::tempdir().unwrap();
