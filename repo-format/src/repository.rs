@@ -478,10 +478,15 @@ impl Repository {
     /// `TreesAnd` the data it needs: two readings of the index objects, a fraction of the
     /// memory. Writers must not use such an index (they would store again what it leaves out).
     pub async fn load_index_selecting(&self, select: Selection) -> Result<Arc<Index>> {
-        let mut builder = IndexBuilder::selecting(select);
-        self.for_each_index_payload(|id, payload| builder.add_payload(id, payload)).await?;
-        let (idx, fallback) = builder.finish()?;
+        let listed = self.list_index().await?;
+        let (idx, fallback) = self.read_into(&listed, IndexBuilder::selecting(select)).await?.finish()?;
         Ok(self.install_index(idx, fallback))
+    }
+
+    /// `builder` with the objects of `listed` added.
+    async fn read_into(&self, listed: &[(Id, u64)], mut builder: IndexBuilder) -> Result<IndexBuilder> {
+        self.for_each_listed_index_payload(listed, |id, payload| builder.add_payload(id, payload)).await?;
+        Ok(builder)
     }
 
     /// The index a writer needs, in the least memory, when there is a cache and the index
@@ -499,13 +504,10 @@ impl Repository {
         let listed = self.list_index().await?;
         let stored: u64 = listed.iter().map(|(_, size)| size).sum();
         if self.cache.is_none() || stored < keys_from {
-            let mut all = IndexBuilder::default();
-            self.for_each_listed_index_payload(&listed, |id, payload| all.add_payload(id, payload)).await?;
-            let (idx, fallback) = all.finish()?;
+            let (idx, fallback) = self.read_into(&listed, IndexBuilder::default()).await?.finish()?;
             return Ok(self.install_index(idx, fallback));
         }
-        let mut trees = IndexBuilder::selecting(Selection::Trees);
-        self.for_each_listed_index_payload(&listed, |id, payload| trees.add_payload(id, payload)).await?;
+        let trees = self.read_into(&listed, IndexBuilder::selecting(Selection::Trees)).await?;
         let mut keys = KeysBuilder::new(trees.current());
         let (idx, fallback) = trees.finish()?;
         self.for_each_listed_index_payload(&listed, |id, payload| keys.add_payload(id, payload)).await?;
