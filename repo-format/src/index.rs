@@ -705,27 +705,28 @@ mod tests {
         Index::build([&IndexFile { packs: vec![pack], supersedes: Vec::new() }]).unwrap()
     }
 
+    /// Ids spread evenly (the fan-out table's buckets are small), and ids forged to share their
+    /// first bytes (all in one of three buckets: the first, the last, one between).
+    fn fan_test_ids() -> [Vec<[u8; 32]>; 2] {
+        let hash = |i: u64| *blake3::hash(&i.to_le_bytes()).as_bytes();
+        let even = (0..20_000).map(hash).collect();
+        let piled = (0..5_000)
+            .map(|i| {
+                let mut id = hash(i);
+                id[..4].copy_from_slice(&[[0x00; 4], [0xff; 4], [0x5a; 4]][i as usize % 3]);
+                id
+            })
+            .collect();
+        [even, piled]
+    }
+
     /// Every id is found at its place and its position is its rank among the entries, absent
     /// ids (and kinds) are not found: with ids spread evenly (the fan-out table's buckets are
     /// small), and with ids forged to share their first bytes (all in one bucket, or at the ends
     /// of the table).
     #[test]
     fn lookups_through_the_fan_out_table_find_exactly_what_is_there() {
-        let hash = |i: u64| *blake3::hash(&i.to_le_bytes()).as_bytes();
-        let even: Vec<[u8; 32]> = (0..20_000).map(hash).collect();
-        let piled: Vec<[u8; 32]> = (0..5_000)
-            .map(|i| {
-                let mut id = hash(i);
-                let lead = match i % 3 {
-                    0 => [0x00; 4],
-                    1 => [0xff; 4],
-                    _ => [0x5a; 4],
-                };
-                id[..4].copy_from_slice(&lead);
-                id
-            })
-            .collect();
-        for ids in [&even, &piled] {
+        for ids in &fan_test_ids() {
             let idx = index_of(ids);
             assert!(idx.fan.bits > 0, "the table is built for {} entries", idx.len());
             let mut keys: Vec<([u8; 32], bool)> = idx.entries.iter().map(|e| e.key()).collect();
@@ -748,16 +749,7 @@ mod tests {
     /// bytes is not found, one that differs only after them is (what a key is).
     #[test]
     fn data_blobs_known_by_key_are_found_through_their_fan_out_table() {
-        let hash = |i: u64| *blake3::hash(&i.to_le_bytes()).as_bytes();
-        let even: Vec<[u8; 32]> = (0..20_000).map(hash).collect();
-        let piled: Vec<[u8; 32]> = (0..5_000)
-            .map(|i| {
-                let mut id = hash(i);
-                id[..4].copy_from_slice(&[[0x00; 4], [0xff; 4], [0x5a; 4]][i as usize % 3]);
-                id
-            })
-            .collect();
-        for ids in [&even, &piled] {
+        for ids in &fan_test_ids() {
             let full = index_of(ids);
             let object = IndexId(Id([1; 32]));
             let mut keys = KeysBuilder::new([object].into_iter().collect());

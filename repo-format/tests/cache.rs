@@ -18,17 +18,23 @@ async fn open(dir: &Path, cache: &Path) -> (Repository, Arc<repo_format::Request
     (r, counts)
 }
 
+/// A new repository in `<tmp>/repo` (its cache, when opened, in `<tmp>/cache`).
+async fn init() -> (tempfile::TempDir, Repository) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("repo")).unwrap();
+    let storage = Arc::new(ObjectStorage::local(&tmp.path().join("repo")).unwrap());
+    let repo = Repository::init(storage, PW, KdfParams::insecure_for_tests(), RepoConfig::new(7), "t").await.unwrap();
+    (tmp, repo)
+}
+
 fn gets(c: &repo_format::RequestCounts) -> u64 {
     c.snapshot()[1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tree_blobs_cost_one_get_per_pack() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = init().await;
     let (dir, cache) = (tmp.path().join("repo"), tmp.path().join("cache"));
-    std::fs::create_dir(&dir).unwrap();
-    let storage = Arc::new(ObjectStorage::local(&dir).unwrap());
-    let repo = Repository::init(storage, PW, KdfParams::insecure_for_tests(), RepoConfig::new(7), "t").await.unwrap();
     let w = repo.writer(WriterOptions::default());
     let trees: Vec<(BlobId, Vec<u8>)> = (0..60u32)
         .map(|i| format!("tree {i} {}", "x".repeat(i as usize)))
@@ -102,11 +108,8 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// whether it was verified); these are the cases that check must still catch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_index_objects_are_caught_in_the_cache_and_in_storage() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = init().await;
     let (dir, cache) = (tmp.path().join("repo"), tmp.path().join("cache"));
-    std::fs::create_dir(&dir).unwrap();
-    let storage = Arc::new(ObjectStorage::local(&dir).unwrap());
-    let repo = Repository::init(storage, PW, KdfParams::insecure_for_tests(), RepoConfig::new(7), "t").await.unwrap();
     let w = repo.writer(WriterOptions::default());
     let blob = vec![7u8; 50_000];
     let id = {
