@@ -292,15 +292,15 @@ struct Keys {
     fan: Fan,
 }
 
-impl Keys {
-    /// The key of blob `id`.
-    fn of(id: &BlobId) -> u128 {
-        u128::from_be_bytes(id.0.0[..KEY_BYTES].try_into().expect("ids are longer than keys"))
-    }
+/// The first `KEY_BYTES` bytes of blob `id` as a big-endian integer (ordered as the ids are).
+pub(crate) fn key_of(id: &BlobId) -> u128 {
+    u128::from_be_bytes(id.0.0[..KEY_BYTES].try_into().expect("ids are longer than keys"))
+}
 
+impl Keys {
     fn contains(&self, id: &BlobId) -> bool {
         let r = self.fan.candidates(first4(&id.0.0), self.keys.len());
-        self.keys[r].binary_search(&Keys::of(id)).is_ok()
+        self.keys[r].binary_search(&key_of(id)).is_ok()
     }
 }
 
@@ -651,7 +651,7 @@ impl KeysBuilder {
         let parsed = IndexFile::visit(payload, |item| {
             if let Item::Blob(b) = item {
                 if b.kind == BlobKind::Data {
-                    self.keys.push(Keys::of(&b.id));
+                    self.keys.push(key_of(&b.id));
                 }
             }
             Ok(())
