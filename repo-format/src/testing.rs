@@ -13,3 +13,22 @@ pub fn skip(reason: &str) {
         }
     }
 }
+
+/// Unmount `dir` if it is a mount point: retried for a moment while something still has a file
+/// open in it (a process or thread of the test that has not ended yet), then detached lazily
+/// (`umount -l`: gone from the tree at once, cleaned up at the last close), so that no test
+/// leaves a mount, or the loop device under it, behind (five had piled up on one machine, each
+/// busy when its test ended).
+pub fn unmount(dir: &std::path::Path) {
+    use std::process::Command;
+    // Without `mountpoint` to ask, a directory counts as mounted.
+    let mounted = || Command::new("mountpoint").arg("-q").arg(dir).status().map_or(true, |s| s.success());
+    for _ in 0..20 {
+        if !mounted() || Command::new("umount").arg(dir).status().is_ok_and(|s| s.success()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("{} is still busy: unmounted lazily", dir.display());
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}

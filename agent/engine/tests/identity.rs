@@ -48,7 +48,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        repo_format::testing::unmount(&self.0);
     }
 }
 

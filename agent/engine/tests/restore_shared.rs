@@ -236,7 +236,7 @@ async fn a_big_file_whose_writes_fail_is_listed_incomplete_and_left_empty() {
     struct Unmount<'a>(&'a std::path::Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
+            repo_format::testing::unmount(self.0);
         }
     }
     let _unmount = Unmount(&target);

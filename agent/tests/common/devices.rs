@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use repo_format::testing::unmount;
+
 /// Run a command, asserting success; returns its stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -63,7 +65,7 @@ impl Ext4 {
 
 impl Drop for Ext4 {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        unmount(&self.mnt);
     }
 }
 
@@ -83,6 +85,6 @@ impl BindMount {
 
 impl Drop for BindMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.target).status();
+        unmount(&self.target);
     }
 }
