@@ -59,8 +59,9 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
         let bound = zstd::zstd_safe::compress_bound(data.len());
         // Only worth it if it saves something: room for the raw size (more capacity may be
         // there; the length check below decides). zstd writes into the spare capacity after
-        // the header, which is not zeroed first.
-        out.reserve(data.len().min(bound));
+        // the header, which is not zeroed first. Exactly: a reused buffer grown by doubling
+        // would pass what its owner keeps (`writer::PAYLOAD_KEEP`).
+        out.reserve_exact(data.len().min(bound));
         let n = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
@@ -79,6 +80,7 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
             _ => out.truncate(start),
         }
     }
+    out.reserve_exact(1 + data.len());
     out.push(RAW);
     out.extend_from_slice(data);
 }
@@ -205,6 +207,20 @@ mod tests {
             compress_into(b, 3, &mut payload);
             decompress_into(&payload, &mut out).unwrap();
             assert_eq!(&out, b);
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_grows_to_exactly_the_payload() {
+        // Grown by doubling, a buffer reused for a blob just above its size would double, and
+        // its owner would drop it instead of keeping it.
+        let mut random = vec![0u8; (1 << 20) + 1];
+        crate::crypto::random_bytes(&mut random);
+        let text = b"line after line after line\n".repeat(40_000);
+        for data in [&random, &text] {
+            let mut out = Vec::with_capacity(1 << 20);
+            compress_into(data, 3, &mut out);
+            assert!(out.capacity() <= data.len() + 5, "{} bytes of capacity for {}", out.capacity(), data.len());
         }
     }
 

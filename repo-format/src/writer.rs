@@ -48,8 +48,10 @@ const INDEX_MAX_BLOBS: usize = 200_000;
 const PACK_MAX_BLOBS: usize = 50_000;
 const SHARDS: usize = 64;
 
-/// A thread's compression buffer is kept up to this size (twice the default average chunk);
-/// the rare larger one is freed after use.
+/// A thread's compression buffer is kept up to this size (twice the default average chunk); one
+/// grown beyond for a larger blob is shrunk back to it after use, so only its part above is
+/// fresh memory the next time (freed whole, as before, it was a fresh mapping for every chunk
+/// above 2 MiB).
 const PAYLOAD_KEEP: usize = 2 << 20;
 
 thread_local! {
@@ -284,9 +286,11 @@ impl BlobWriter {
         payload.clear();
         compress::compress_into(data, s.level, &mut payload);
         let r = self.add(kind, id, data.len(), &payload);
-        if payload.capacity() <= PAYLOAD_KEEP {
-            PAYLOAD.with(|p| *p.borrow_mut() = payload);
+        if payload.capacity() > PAYLOAD_KEEP {
+            payload.clear();
+            payload.shrink_to(PAYLOAD_KEEP);
         }
+        PAYLOAD.with(|p| *p.borrow_mut() = payload);
         r
     }
 
@@ -574,6 +578,27 @@ mod tests {
             assert_eq!(b.used(), 0, "every upload gave its bytes back");
         }
         sink.most.load(Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_buffer_grown_for_a_big_blob_is_kept_shrunk() {
+        let sink =
+            Arc::new(SlowSink { now: AtomicUsize::new(0), most: AtomicUsize::new(0), patience: Default::default() });
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { open_packs: 1, max_uploads: 2, tmp_dir: tmp.path().to_path_buf(), uploads: None };
+        let w = BlobWriter::new(sink, MasterKey::generate(), Arc::default(), 3, 8 << 20, opts, None);
+        let w2 = w.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            let mut blob = vec![0u8; PAYLOAD_KEEP + 12345];
+            blake3::Hasher::new_keyed(&[9; 32]).finalize_xof().fill(&mut blob);
+            assert!(w2.save(BlobKind::Data, &blob).unwrap().new);
+            PAYLOAD.with(|p| (p.borrow().capacity(), p.borrow().len()))
+        })
+        .await
+        .unwrap();
+        // Freed instead, the next blob would start from a fresh (unmapped) buffer.
+        assert_eq!(kept, (PAYLOAD_KEEP, 0), "the thread's buffer is kept, empty, at the size kept");
+        w.finish().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

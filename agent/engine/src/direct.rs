@@ -340,7 +340,11 @@ pub(crate) struct DirectReader {
     blocks: Option<Receiver<io::Result<Block>>>,
     empty: Option<Sender<Vec<u8>>>,
     cur: Option<Block>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The receiving end of `empty` too, so buffers sent back after the thread ended stay there
+    /// for `into_buffers`.
+    returned: Receiver<Vec<u8>>,
+    /// Its thread, which ends handing back the buffers it holds.
+    thread: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
 }
 
 /// A block read: the bytes wanted are `buf[at..end]`.
@@ -352,7 +356,10 @@ struct Block {
 
 impl DirectReader {
     /// `None` where `file` cannot be opened for direct reads (the caller reads it as before).
-    pub(crate) fn open(file: &File, start: u64, len: u64) -> Option<DirectReader> {
+    /// Its two buffers come from `spare` (an earlier reader's, `into_buffers`) while it has
+    /// some: a sparse file is read range by range (the peer corpus's VM image has 577 ranges),
+    /// and fresh buffers, zeroed, for each were 9 % of the page faults of its backup.
+    pub(crate) fn open(file: &File, start: u64, len: u64, spare: &mut Vec<Vec<u8>>) -> Option<DirectReader> {
         let direct = match reopen(file, false) {
             Ok(f) => f,
             Err(e) => {
@@ -362,15 +369,34 @@ impl DirectReader {
         };
         let plain = file.try_clone().ok()?;
         let (block_tx, blocks) = bounded(1);
+        // Room for both buffers: sending one back never waits.
         let (empty, empty_rx) = bounded(2);
+        let returned = empty_rx.clone();
         for _ in 0..2 {
-            empty.send(Vec::new()).expect("room for two");
+            empty.send(spare.pop().unwrap_or_default()).expect("room for two");
         }
         let thread = std::thread::Builder::new()
             .name("direct-read".into())
             .spawn(move || read_ahead(direct, plain, start, start.saturating_add(len), empty_rx, block_tx))
             .ok()?;
-        Some(DirectReader { blocks: Some(blocks), empty: Some(empty), cur: None, thread: Some(thread) })
+        Some(DirectReader { blocks: Some(blocks), empty: Some(empty), cur: None, returned, thread: Some(thread) })
+    }
+
+    /// Its buffers, for the next reader: those it holds and those its thread hands back. Read
+    /// to its end, the thread has ended; before, it reads at most the blocks it has buffers for.
+    pub(crate) fn into_buffers(mut self) -> Vec<Vec<u8>> {
+        let mut bufs: Vec<Vec<u8>> = self.cur.take().map(|b| b.buf).into_iter().collect();
+        // Without buffers sent back, the thread ends once it has used those it has; each block
+        // it sends until then is taken here, which also keeps it from waiting on a full queue.
+        self.empty.take();
+        for b in self.blocks.take().into_iter().flat_map(|rx| rx.into_iter()) {
+            bufs.extend(b.ok().map(|b| b.buf));
+        }
+        if let Some(t) = self.thread.take() {
+            bufs.extend(t.join().unwrap_or_default());
+        }
+        bufs.extend(self.returned.try_iter());
+        bufs
     }
 }
 
@@ -385,7 +411,7 @@ impl io::Read for DirectReader {
                     return Ok(n);
                 }
                 let done = self.cur.take().expect("a block").buf;
-                // The thread may have ended (the stream did): then the buffer is not needed.
+                // Taken by the thread, or kept in the channel for `into_buffers` if it ended.
                 let _ = self.empty.as_ref().map(|e| e.send(done));
             }
             match self.blocks.as_ref().map(Receiver::recv) {
@@ -410,7 +436,9 @@ impl Drop for DirectReader {
 }
 
 /// The reading thread of `DirectReader`: blocks of `[start, end)` (or to the end of the file)
-/// in order, each read into an empty buffer received and sent on filled.
+/// in order, each read into an empty buffer received and sent on filled. Returns the buffers it
+/// holds when it ends (the reader may want them again: `into_buffers`), those waiting in
+/// `empty` included.
 fn read_ahead(
     direct: File,
     plain: File,
@@ -418,6 +446,22 @@ fn read_ahead(
     end: u64,
     empty: Receiver<Vec<u8>>,
     blocks: Sender<io::Result<Block>>,
+) -> Vec<Vec<u8>> {
+    let mut held = Vec::new();
+    read_blocks(direct, plain, start, end, &empty, &blocks, &mut held);
+    held.extend(empty.try_iter());
+    held
+}
+
+/// The loop of `read_ahead`; a buffer it stops with is left in `held`.
+fn read_blocks(
+    direct: File,
+    plain: File,
+    start: u64,
+    end: u64,
+    empty: &Receiver<Vec<u8>>,
+    blocks: &Sender<io::Result<Block>>,
+    held: &mut Vec<Vec<u8>>,
 ) {
     let a = ALIGN as u64;
     let mut direct = Some(direct);
@@ -430,13 +474,17 @@ fn read_ahead(
         let got = match read_full(&mut direct, &plain, &mut buf[skew..skew + want], pos) {
             Ok(n) => n,
             Err(e) => {
+                held.push(buf);
                 let _ = blocks.send(Err(e));
                 return;
             }
         };
         let at = skew + (start.max(pos) - pos) as usize;
         let stop = skew + got.min((end - pos) as usize);
-        if at < stop && blocks.send(Ok(Block { buf, at, end: stop })).is_err() {
+        if at >= stop {
+            held.push(buf);
+        } else if let Err(back) = blocks.send(Ok(Block { buf, at, end: stop })) {
+            held.extend(back.0.ok().map(|b| b.buf));
             return;
         }
         if got < want {
@@ -621,8 +669,11 @@ mod tests {
             (len, 10),
             (77, len),
         ];
+        // Buffers passed from reader to reader, as a sparse file's ranges do: each reader
+        // fills them again over what the one before read.
+        let mut bufs = Vec::new();
         for (start, n) in cases {
-            let mut r = DirectReader::open(&file, start, n).expect("a direct reader");
+            let mut r = DirectReader::open(&file, start, n, &mut bufs).expect("a direct reader");
             let mut got = Vec::new();
             // Small reads, so a block is consumed in several.
             let mut buf = vec![0u8; 100_003];
@@ -635,11 +686,19 @@ mod tests {
             }
             let end = start.saturating_add(n).min(len);
             assert!(got == data[start.min(len) as usize..end as usize], "bytes {start}+{n} differ");
+            assert!(bufs.is_empty(), "the reader took the buffers");
+            bufs = r.into_buffers();
+            assert_eq!(bufs.len(), 2, "both buffers back after reading {start}+{n}");
         }
-        let mut r = DirectReader::open(&file, 0, u64::MAX).unwrap();
+        assert!(bufs.iter().all(|b| b.len() >= READ_BLOCK), "the buffers of whole blocks came back");
+        // Left after a few bytes: the thread is stopped, both buffers come back.
+        let mut r = DirectReader::open(&file, 0, u64::MAX, &mut bufs).unwrap();
         let mut one = [0u8; 10];
         r.read_exact(&mut one).unwrap();
         assert_eq!(one[..], data[..10]);
+        assert_eq!(r.into_buffers().len(), 2, "both buffers back from a reader left early");
+        let mut r = DirectReader::open(&file, 0, u64::MAX, &mut Vec::new()).unwrap();
+        r.read_exact(&mut one).unwrap();
         drop(r); // joins the thread: a hang here is the failure
     }
 }
