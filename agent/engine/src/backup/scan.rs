@@ -23,7 +23,7 @@ use super::open::{self, At, Stamp, changed_while_read, open_for_read};
 use super::parent::{ParentTrees, same_file};
 use super::small::{Batcher, FileBatch};
 use super::{BackupConfig, DIR_QUEUE, DIR_RECORD, Tally};
-use crate::direct::{DirectReader, MIN_DIRECT};
+use crate::direct::{DirectReader, read_directly};
 use crate::filescache::{self, FileKey, Lookup};
 use crate::fsmeta;
 use crate::job::{CancelToken, Cancelled, Job, Permit};
@@ -698,7 +698,10 @@ impl Scanner<'_> {
         if size == 0 {
             return Ok(out);
         }
-        let sparse = md.blocks() * 512 < size;
+        let allocated = md.blocks() * 512;
+        let sparse = allocated < size;
+        // Decided once per file: past the page cache when it is big and not mostly cached.
+        let direct = read_directly(file, size, allocated);
         if sparse {
             let min_hole = u64::from(self.chunker.params().min);
             // The direct readers' buffers, passed from range to range.
@@ -708,7 +711,7 @@ impl Scanner<'_> {
                     out.push(PendingSeg::Zero(len));
                     continue;
                 }
-                let direct = if size >= MIN_DIRECT { DirectReader::open(file, start, len, &mut bufs) } else { None };
+                let direct = if direct { DirectReader::open(file, start, len, &mut bufs) } else { None };
                 match direct {
                     Some(mut r) => {
                         self.chunk_stream(&mut r, &mut out)?;
@@ -728,8 +731,8 @@ impl Scanner<'_> {
                 self.queue_chunk(data, &mut out)?;
             }
         } else {
-            // A big file is read past the page cache (to its end, as `file` would be).
-            let direct = if size >= MIN_DIRECT { DirectReader::open(file, 0, u64::MAX, &mut Vec::new()) } else { None };
+            // A big file not in the page cache is read past it (to its end, as `file` would be).
+            let direct = if direct { DirectReader::open(file, 0, u64::MAX, &mut Vec::new()) } else { None };
             let parallel = size >= PARALLEL_CHUNKING_MIN && parallel_chunking(&self.job.limits);
             match (direct, parallel) {
                 (Some(r), true) => self.chunk_stream_parallel(r, &mut out)?,
