@@ -370,7 +370,7 @@ pub(crate) fn cached_bytes(file: &File) -> Option<u64> {
 
 /// Whether a backup reads a file of `size` bytes, `allocated` of them on disk, past the page
 /// cache: when it is at least `MIN_DIRECT` and less than half of its data is cached already.
-/// A file that is (say, just copied or written there, or read by its application) is read
+/// A file mostly cached (just copied or written there, or read by its application) is read
 /// through the cache: direct reads would fetch from the disk what memory holds (and write back
 /// its dirty pages first). Measured on the peer corpus freshly copied (the harness's setting):
 /// the backup read its 2 GiB VM image's 610 MB of data from the disk (a loop device); read
