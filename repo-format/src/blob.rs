@@ -50,9 +50,9 @@ fn aad(kind: BlobKind, id: &BlobId) -> [u8; 41] {
     a
 }
 
-/// Seal a compression payload, appending the stored bytes to `out`.
-pub(crate) fn seal_payload_into(cipher: &Cipher, kind: BlobKind, id: &BlobId, payload: &[u8], out: &mut Vec<u8>) {
-    cipher.seal_into(&aad(kind, id), payload, out);
+/// Seal a payload in place (`Cipher::seal_in_place`): `buf` is room for the nonce, then the payload.
+pub(crate) fn seal_payload_in_place(cipher: &Cipher, kind: BlobKind, id: &BlobId, buf: &mut Vec<u8>) {
+    cipher.seal_in_place(&aad(kind, id), buf, 0);
 }
 
 /// Decrypt, decompress and verify one stored blob.

@@ -14,6 +14,10 @@ pub const MAX_BLOB_LEN: usize = 64 << 20;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 
+/// Most bytes `compress_into` needs beyond the data's length: room for a zstd frame as long as
+/// the data after its 5-byte header while it is tried (a kept payload is at most `1 + len`).
+pub const MAX_OVERHEAD: usize = 5;
+
 /// Most plaintext bytes one byte of a zstd frame can produce: RFC 8878 blocks regenerate at most
 /// 128 KiB each and take at least 4 bytes (an RLE block: 3-byte header and the byte). A declared
 /// length above `frame length × ZSTD_MAX_RATIO` cannot be right, and must not be reserved. (libzstd's

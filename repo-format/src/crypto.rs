@@ -196,20 +196,31 @@ impl Cipher {
 
     /// Append `nonce ‖ E(plaintext) ‖ tag` to `out`.
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        out.reserve(plaintext.len() + SEAL_OVERHEAD);
+        let at = out.len();
+        out.extend_from_slice(&[0; NONCE_LEN]);
+        out.extend_from_slice(plaintext);
+        self.seal_in_place(aad, out, at);
+    }
+
+    /// Seal where the plaintext lies: `buf[at..at + NONCE_LEN]` is room for the nonce (its bytes
+    /// are overwritten), the plaintext is `buf[at + NONCE_LEN..]` and is encrypted in place, and
+    /// the tag is appended. `buf[at..]` is then `nonce ‖ ciphertext ‖ tag`, as `seal_into` makes,
+    /// without copying the plaintext (a payload compressed straight after the room).
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>, at: usize) {
+        let start = at + NONCE_LEN;
+        assert!(buf.len() >= start, "seal_in_place: no room for the nonce");
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce);
-        out.reserve(plaintext.len() + SEAL_OVERHEAD);
-        out.extend_from_slice(&nonce);
-        let start = out.len();
-        out.extend_from_slice(plaintext);
+        buf[at..start].copy_from_slice(&nonce);
         let tag: [u8; TAG_LEN] = match self {
             Cipher::Crate(c) => c
-                .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start..]).into())
+                .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[start..]).into())
                 .expect("AES-GCM accepts messages below 64 GiB")
                 .into(),
-            Cipher::Kernel(g) => g.seal_in_place(&nonce, aad, &mut out[start..]),
+            Cipher::Kernel(g) => g.seal_in_place(&nonce, aad, &mut buf[start..]),
         };
-        out.extend_from_slice(&tag);
+        buf.extend_from_slice(&tag);
     }
 
     #[cfg(test)]
@@ -282,6 +293,23 @@ mod tests {
             let sealed = c.seal(&aad, &data);
             prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
             prop_assert_eq!(c.open(&aad, &sealed, "t").unwrap(), data);
+        }
+
+        #[test]
+        fn sealed_in_place_it_opens_and_what_lies_before_is_kept(
+            data in proptest::collection::vec(any::<u8>(), 0..4096),
+            before in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let c = Cipher::new(&[3u8; 32]);
+            let mut buf = before.clone();
+            buf.extend_from_slice(&[0xee; NONCE_LEN]);
+            buf.extend_from_slice(&data);
+            c.seal_in_place(b"aad", &mut buf, before.len());
+            prop_assert_eq!(&buf[..before.len()], &before[..]);
+            let sealed = &buf[before.len()..];
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_ne!(&sealed[..NONCE_LEN], &[0xee; NONCE_LEN][..], "the nonce was not written");
+            prop_assert_eq!(c.open(b"aad", sealed, "t").unwrap(), data);
         }
 
         #[test]

@@ -46,6 +46,11 @@ pub struct FinishedPack {
     pub entries: Vec<PackEntry>,
 }
 
+/// The pack file's write buffer: blobs smaller than this (small files, trees) are gathered into
+/// writes of this size; a bigger one (most chunks of big files) is written from the caller's
+/// buffer, not copied through this one first.
+const WRITE_BUFFER: usize = 256 << 10;
+
 /// Builds one pack in a temporary file.
 #[derive(Debug)]
 pub(crate) struct PackWriter {
@@ -55,7 +60,6 @@ pub(crate) struct PackWriter {
     hasher: crate::hash::Hasher,
     len: u64,
     entries: Vec<PackEntry>,
-    sealed: Vec<u8>,
 }
 
 impl PackWriter {
@@ -68,11 +72,10 @@ impl PackWriter {
         Ok(PackWriter {
             salt,
             cipher: master.pack_cipher(&salt),
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
             hasher: crate::hash::Hasher::new(),
             len: 0,
             entries: Vec::new(),
-            sealed: Vec::new(),
         })
     }
 
@@ -96,15 +99,22 @@ impl PackWriter {
 
     /// Seal an already compressed payload (see `compress`) and append it. Compression happens
     /// outside any lock the caller holds on this writer; only encryption happens here.
+    #[cfg(test)]
     pub fn add_payload(&mut self, kind: BlobKind, id: BlobId, payload: &[u8], raw_len: u32) -> Result<u32> {
+        let mut buf = vec![0; crate::crypto::NONCE_LEN];
+        buf.extend_from_slice(payload);
+        self.add_prepared(kind, id, &mut buf, raw_len)
+    }
+
+    /// As `add_payload`, for a payload laid out where it will be sealed: `buf` is room for the
+    /// nonce (`crypto::NONCE_LEN` bytes) followed by the payload. The payload is encrypted in
+    /// place and the tag appended (`buf` then holds the stored blob), so neither the payload nor
+    /// its ciphertext is copied before the pack's file has it.
+    pub fn add_prepared(&mut self, kind: BlobKind, id: BlobId, buf: &mut Vec<u8>, raw_len: u32) -> Result<u32> {
         let offset = u32::try_from(self.len).map_err(|_| Error::Invalid("a pack grew beyond 4 GiB".into()))?;
-        let mut sealed = std::mem::take(&mut self.sealed);
-        sealed.clear();
-        blob::seal_payload_into(&self.cipher, kind, &id, payload, &mut sealed);
-        let stored_len = sealed.len() as u32;
-        let written = self.write(&sealed);
-        self.sealed = sealed;
-        written?;
+        blob::seal_payload_in_place(&self.cipher, kind, &id, buf);
+        let stored_len = buf.len() as u32;
+        self.write(buf)?;
         self.entries.push(PackEntry { kind, id, offset, stored_len, raw_len });
         Ok(stored_len)
     }

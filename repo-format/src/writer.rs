@@ -198,6 +198,23 @@ struct Shared {
     failed: std::sync::atomic::AtomicBool,
 }
 
+/// An open data pack no other thread is adding to, tried from a random one on; if all are busy,
+/// the random one, waited for. Sealing a blob and writing it to the pack's file happen under
+/// the slot's lock: with as many open packs as workers (the engine's choice) and a slot drawn at
+/// random, two workers drew the same one half of the time and one waited while the other
+/// encrypted.
+fn free_slot(slots: &[Mutex<Option<PackWriter>>]) -> std::sync::MutexGuard<'_, Option<PackWriter>> {
+    let start = rand::rng().random_range(0..slots.len());
+    for i in 0..slots.len() {
+        match slots[(start + i) % slots.len()].try_lock() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+            Err(std::sync::TryLockError::Poisoned(e)) => panic!("lock: {e}"),
+        }
+    }
+    slots[start].lock().expect("lock")
+}
+
 /// A session that adds blobs to a repository. Cheap to clone (all clones share one session).
 #[derive(Debug, Clone)]
 pub struct BlobWriter {
@@ -281,11 +298,17 @@ impl BlobWriter {
             return Ok(Saved { id, new: false });
         }
         // Each thread keeps its compression buffer: a fresh one per blob would be a fresh
-        // mapping (page faults and zeroing) for every chunk.
+        // mapping (page faults and zeroing) for every chunk. The payload is compressed (or
+        // copied, raw) after room for the nonce, and sealed where it lies: laid out as it is
+        // stored, it is not copied again on its way to the pack's file. Exactly the room the
+        // largest outcome needs (a raw payload and the tag), so appending the tag does not
+        // reallocate.
         let mut payload = PAYLOAD.with(|p| std::mem::take(&mut *p.borrow_mut()));
         payload.clear();
+        payload.reserve_exact(crate::crypto::SEAL_OVERHEAD + compress::MAX_OVERHEAD + data.len());
+        payload.resize(crate::crypto::NONCE_LEN, 0);
         compress::compress_into(data, s.level, &mut payload);
-        let r = self.add(kind, id, data.len(), &payload);
+        let r = self.add(kind, id, data.len(), &mut payload);
         if payload.capacity() > PAYLOAD_KEEP {
             payload.clear();
             payload.shrink_to(PAYLOAD_KEEP);
@@ -294,21 +317,21 @@ impl BlobWriter {
         r
     }
 
-    fn add(&self, kind: BlobKind, id: BlobId, raw_len: usize, payload: &[u8]) -> Result<Saved> {
+    /// Add a blob laid out as `PackWriter::add_prepared` takes it (`payload` is sealed in place).
+    fn add(&self, kind: BlobKind, id: BlobId, raw_len: usize, payload: &mut Vec<u8>) -> Result<Saved> {
         let s = &self.shared;
-        let slot = match kind {
-            BlobKind::Tree => &s.tree_pack,
-            BlobKind::Data => &s.data_packs[rand::rng().random_range(0..s.data_packs.len())],
-        };
         let full = {
-            let mut guard = slot.lock().expect("lock");
+            let mut guard = match kind {
+                BlobKind::Tree => s.tree_pack.lock().expect("lock"),
+                BlobKind::Data => free_slot(&s.data_packs),
+            };
             if s.failed.load(Relaxed) {
                 return Err(Error::Invalid("the blob writer failed earlier".into()));
             }
             let added = match guard.as_mut() {
-                Some(pw) => pw.add_payload(kind, id, payload, raw_len as u32),
+                Some(pw) => pw.add_prepared(kind, id, payload, raw_len as u32),
                 None => PackWriter::new(&s.master, &s.tmp_dir).and_then(|mut pw| {
-                    let r = pw.add_payload(kind, id, payload, raw_len as u32);
+                    let r = pw.add_prepared(kind, id, payload, raw_len as u32);
                     *guard = Some(pw);
                     r
                 }),
@@ -599,6 +622,64 @@ mod tests {
         // Freed instead, the next blob would start from a fresh (unmapped) buffer.
         assert_eq!(kept, (PAYLOAD_KEEP, 0), "the thread's buffer is kept, empty, at the size kept");
         w.finish().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_is_sealed_in_the_buffer_it_was_compressed_into() {
+        let sink =
+            Arc::new(SlowSink { now: AtomicUsize::new(0), most: AtomicUsize::new(0), patience: Default::default() });
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = WriterOptions { open_packs: 1, max_uploads: 2, tmp_dir: tmp.path().to_path_buf(), uploads: None };
+        let w = BlobWriter::new(sink, MasterKey::generate(), Arc::default(), 3, 8 << 20, opts, None);
+        let w2 = w.clone();
+        // A thread of its own, so its buffer starts empty.
+        std::thread::spawn(move || {
+            let mut random = vec![0u8; 1 << 20];
+            blake3::Hasher::new_keyed(&[5; 32]).finalize_xof().fill(&mut random);
+            let text = b"a line of text, and another one like it. ".repeat(20_000);
+            for (what, blob, stored_raw) in [("incompressible", &random[..], true), ("text", &text[..], false)] {
+                let before = PAYLOAD.with(|p| p.borrow().capacity());
+                assert!(w2.save(BlobKind::Data, blob).unwrap().new);
+                let (cap, len) = PAYLOAD.with(|p| (p.borrow().capacity(), p.borrow().len()));
+                // What was reserved is what it holds: the tag was appended without growing it
+                // (a reallocation copies the payload, and doubles the buffer).
+                let reserved = crate::crypto::SEAL_OVERHEAD + compress::MAX_OVERHEAD + blob.len();
+                assert_eq!(cap, before.max(reserved), "{what}: the buffer grew past what was reserved");
+                // And it holds the stored blob: nonce, payload (raw: its marker and the data), tag.
+                if stored_raw {
+                    assert_eq!(len, crate::crypto::SEAL_OVERHEAD + 1 + blob.len(), "{what}");
+                } else {
+                    assert!(len < blob.len() / 10, "{what}: {len} bytes stored");
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        let r = w.finish().await.unwrap();
+        assert_eq!(r.stats.data_blobs.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_busy_open_pack_is_passed_over_for_a_free_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        // The second slot is told apart by holding a pack.
+        let slots: Arc<Vec<Mutex<Option<PackWriter>>>> =
+            Arc::new(vec![Mutex::new(None), Mutex::new(Some(PackWriter::new(&master, tmp.path()).unwrap()))]);
+        let busy = slots[0].lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = slots.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let _ = tx.send(free_slot(&s).is_some());
+            }
+        });
+        for i in 0..50 {
+            // Drawn at random instead, the busy slot is waited for (about half of the draws).
+            let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+            assert_eq!(got, Ok(true), "draw {i}: the free pack was not taken");
+        }
+        drop(busy);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
