@@ -111,7 +111,10 @@ pub(crate) fn spawn_workers<'scope>(
 ) {
     for _ in 0..n {
         let (rx, pool) = (rx.clone(), pool.clone());
-        s.spawn(move || {
+        // Named, as the scan thread is, for `top -H` and profiles (unnamed, a thread takes the
+        // name of the runtime thread that started the backup).
+        let blob = std::thread::Builder::new().name("ferry-blob".into());
+        blob.spawn_scoped(s, move || {
             for work in rx {
                 match work {
                     Work::Chunk(job) => {
@@ -123,7 +126,8 @@ pub(crate) fn spawn_workers<'scope>(
                     Work::Files(batch) => batch.run(writer, &pool),
                 }
             }
-        });
+        })
+        .expect("starting a blob worker thread");
     }
 }
 
@@ -164,7 +168,10 @@ pub(crate) fn pipeline(p: Pipeline<'_>) -> Result<PipelineResult> {
         let builder = {
             let (w, tally) = (p.writer, p.tally);
             let seed = p.chunker.seed();
-            s.spawn(move || build::run(dir_rx, w, cache_writer, seed, &tally.dirs_split))
+            std::thread::Builder::new()
+                .name("ferry-tree".into())
+                .spawn_scoped(s, move || build::run(dir_rx, w, cache_writer, seed, &tally.dirs_split))
+                .map_err(|e| anyhow::anyhow!("starting the tree builder thread: {e}"))?
         };
         let mut sc = Scanner {
             cfg: p.cfg,
