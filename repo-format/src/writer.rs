@@ -603,13 +603,18 @@ mod tests {
         sink.most.load(Relaxed)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_payload_buffer_grown_for_a_big_blob_is_kept_shrunk() {
+    /// A writer of one open pack at a time, at zstd level 3, uploading where nothing is kept.
+    fn one_pack_writer(tmp: &std::path::Path) -> BlobWriter {
         let sink =
             Arc::new(SlowSink { now: AtomicUsize::new(0), most: AtomicUsize::new(0), patience: Default::default() });
+        let opts = WriterOptions { open_packs: 1, max_uploads: 2, tmp_dir: tmp.to_path_buf(), uploads: None };
+        BlobWriter::new(sink, MasterKey::generate(), Arc::default(), 3, 8 << 20, opts, None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_buffer_grown_for_a_big_blob_is_kept_shrunk() {
         let tmp = tempfile::tempdir().unwrap();
-        let opts = WriterOptions { open_packs: 1, max_uploads: 2, tmp_dir: tmp.path().to_path_buf(), uploads: None };
-        let w = BlobWriter::new(sink, MasterKey::generate(), Arc::default(), 3, 8 << 20, opts, None);
+        let w = one_pack_writer(tmp.path());
         let w2 = w.clone();
         let kept = tokio::task::spawn_blocking(move || {
             let mut blob = vec![0u8; PAYLOAD_KEEP + 12345];
@@ -626,11 +631,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_blob_is_sealed_in_the_buffer_it_was_compressed_into() {
-        let sink =
-            Arc::new(SlowSink { now: AtomicUsize::new(0), most: AtomicUsize::new(0), patience: Default::default() });
         let tmp = tempfile::tempdir().unwrap();
-        let opts = WriterOptions { open_packs: 1, max_uploads: 2, tmp_dir: tmp.path().to_path_buf(), uploads: None };
-        let w = BlobWriter::new(sink, MasterKey::generate(), Arc::default(), 3, 8 << 20, opts, None);
+        let w = one_pack_writer(tmp.path());
         let w2 = w.clone();
         // A thread of its own, so its buffer starts empty.
         std::thread::spawn(move || {

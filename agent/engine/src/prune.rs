@@ -35,8 +35,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use repo_format::{
-    BlobId, BlobKind, BlobLocation, FileKind, Id, Index, IndexFile, IndexId, IndexPack, Marker, MarkerId, PackId,
-    Repository, SnapshotId, WriterOptions,
+    BlobFilter, BlobId, BlobKind, BlobLocation, FileKind, Id, Index, IndexFile, IndexId, IndexPack, Marker, MarkerId,
+    PackId, Repository, Selection, SnapshotId, WriterOptions,
 };
 use serde::Serialize;
 
@@ -645,21 +645,51 @@ async fn remove(repo: &Repository, kind: FileKind, id: &Id) -> Result<()> {
 /// prune marked and swept meanwhile. Before writing its snapshot it checks that every blob the
 /// snapshot references is in the current index, in a pack that exists and that no marker lists.
 /// Returns the number of blobs that are not (0: safe to write).
+///
+/// Memory: the index's trees, then its entries for the snapshot's own data blobs, never the
+/// whole index (at 10 M blobs the whole one took 472 MiB, at the end of a backup that ran for a
+/// day). Three walks of the snapshot's trees, which the backup has just written (cached): the
+/// first checks the trees and counts the data blobs, the second gathers them into a filter
+/// (`BlobFilter`), and after the index is read again for those, the third checks them.
 pub async fn verify_long_backup(repo: &Repository, root: repo_format::TreeId, job: &Job) -> Result<u64> {
-    let index = repo.load_index().await?;
     let packs: HashSet<PackId> =
         repo.storage().list(FileKind::Pack).await?.into_iter().map(|(i, _)| PackId(i)).collect();
     let marked: HashSet<PackId> = repo.markers().await?.into_iter().flat_map(|(_, m)| m.packs).collect();
-    let mut bad = 0u64;
-    let mut seen = HashSet::new();
+    let live = |loc: Option<BlobLocation>| loc.filter(|l| packs.contains(&l.pack) && !marked.contains(&l.pack));
     // Its own counters: the backup's progress is not the re-check's.
     let quiet = Job { cancel: job.cancel.clone(), ..Job::new() };
-    reach::walk(repo, [root], &mut seen, &quiet, |kind, id| match index.lookup(kind, id) {
-        Some(loc) if packs.contains(&loc.pack) && !marked.contains(&loc.pack) => Some(loc),
-        _ => {
-            bad += 1;
+    let mut bad = 0u64;
+    let trees = repo.load_index_selecting(Selection::Trees).await?;
+    let mut data = 0usize;
+    reach::walk(repo, [root], &mut HashSet::new(), &quiet, |kind, id| match kind {
+        BlobKind::Data => {
+            data += 1;
             None
         }
+        BlobKind::Tree => {
+            let loc = live(trees.lookup(kind, id));
+            bad += u64::from(loc.is_none());
+            loc
+        }
+    })
+    .await?;
+    let mut filter = BlobFilter::with_capacity(data);
+    reach::walk(repo, [root], &mut HashSet::new(), &quiet, |kind, id| match kind {
+        BlobKind::Data => {
+            filter.insert(id);
+            None
+        }
+        BlobKind::Tree => live(trees.lookup(kind, id)),
+    })
+    .await?;
+    drop(trees);
+    let index = repo.load_index_selecting(Selection::TreesAnd(Arc::new(filter))).await?;
+    reach::walk(repo, [root], &mut HashSet::new(), &quiet, |kind, id| match kind {
+        BlobKind::Data => {
+            bad += u64::from(live(index.lookup(kind, id)).is_none());
+            None
+        }
+        BlobKind::Tree => live(index.lookup(kind, id)),
     })
     .await?;
     Ok(bad)
