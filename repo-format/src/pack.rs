@@ -97,8 +97,8 @@ impl PackWriter {
         self.add_payload(kind, id, &payload, plaintext.len() as u32)
     }
 
-    /// Seal an already compressed payload (see `compress`) and append it. Compression happens
-    /// outside any lock the caller holds on this writer; only encryption happens here.
+    /// Seal an already compressed payload (see `compress`) and append it, from a copy laid out
+    /// for `add_prepared` (the writer lays its payloads out so from the start).
     #[cfg(test)]
     pub fn add_payload(&mut self, kind: BlobKind, id: BlobId, payload: &[u8], raw_len: u32) -> Result<u32> {
         let mut buf = vec![0; crate::crypto::NONCE_LEN];
@@ -106,10 +106,12 @@ impl PackWriter {
         self.add_prepared(kind, id, &mut buf, raw_len)
     }
 
-    /// As `add_payload`, for a payload laid out where it will be sealed: `buf` is room for the
-    /// nonce (`crypto::NONCE_LEN` bytes) followed by the payload. The payload is encrypted in
-    /// place and the tag appended (`buf` then holds the stored blob), so neither the payload nor
-    /// its ciphertext is copied before the pack's file has it.
+    /// Seal a compressed payload (see `compress`) laid out where it will be sealed and append
+    /// it: `buf` is room for the nonce (`crypto::NONCE_LEN` bytes) followed by the payload. The
+    /// payload is encrypted in place and the tag appended (`buf` then holds the stored blob), so
+    /// neither the payload nor its ciphertext is copied before the pack's file has it.
+    /// Compression happens outside any lock the caller holds on this writer; only encryption
+    /// happens here.
     pub fn add_prepared(&mut self, kind: BlobKind, id: BlobId, buf: &mut Vec<u8>, raw_len: u32) -> Result<u32> {
         let offset = u32::try_from(self.len).map_err(|_| Error::Invalid("a pack grew beyond 4 GiB".into()))?;
         blob::seal_payload_in_place(&self.cipher, kind, &id, buf);

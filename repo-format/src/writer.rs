@@ -301,8 +301,8 @@ impl BlobWriter {
         // mapping (page faults and zeroing) for every chunk. The payload is compressed (or
         // copied, raw) after room for the nonce, and sealed where it lies: laid out as it is
         // stored, it is not copied again on its way to the pack's file. Exactly the room the
-        // largest outcome needs (a raw payload and the tag), so appending the tag does not
-        // reallocate.
+        // most it can take needs (nonce, a zstd attempt as long as the data after its header,
+        // tag), so appending the tag does not reallocate.
         let mut payload = PAYLOAD.with(|p| std::mem::take(&mut *p.borrow_mut()));
         payload.clear();
         payload.reserve_exact(crate::crypto::SEAL_OVERHEAD + compress::MAX_OVERHEAD + data.len());
