@@ -8,6 +8,7 @@
 
 mod blob;
 mod blobfilter;
+mod blocks;
 mod cache;
 mod chunker;
 mod codec;
@@ -37,6 +38,7 @@ mod writer;
 
 pub use blob::BlobKind;
 pub use blobfilter::BlobFilter;
+pub use blocks::SharedChunk;
 pub use cache::{Cache, Verified};
 pub use chunker::{ChunkReader, Chunker, is_zero};
 pub use compress::{MAX_BLOB_LEN, compress_into, decompress, decompress_into};

@@ -32,10 +32,28 @@ use crate::report::{EntryError, EntryErrorKind};
 
 /// One chunk for the blob workers, with the channel its id goes back on.
 pub(crate) struct ChunkJob {
-    pub data: Vec<u8>,
+    pub data: ChunkData,
     pub reply: Sender<repo_format::Result<Saved>>,
     /// The chunk's bytes held from the job's memory budget, given back once it is saved.
     pub permit: Option<Permit>,
+}
+
+/// A chunk's bytes: a pooled buffer of its own (given back to the workers' `BufPool` once saved)
+/// or a part of a big file's shared block (the block goes back to its reader's pool when its
+/// last chunk is dropped).
+pub(crate) enum ChunkData {
+    Owned(Vec<u8>),
+    Shared(repo_format::SharedChunk),
+}
+
+impl std::ops::Deref for ChunkData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkData::Owned(v) => v,
+            ChunkData::Shared(c) => c,
+        }
+    }
 }
 
 /// Work for the blob workers: one chunk, or a batch of small files to read and store whole.
@@ -120,7 +138,9 @@ pub(crate) fn spawn_workers<'scope>(
                     Work::Chunk(job) => {
                         let r = writer.save(BlobKind::Data, &job.data);
                         let _ = job.reply.send(r);
-                        pool.give(job.data);
+                        if let ChunkData::Owned(v) = job.data {
+                            pool.give(v);
+                        }
                         drop(job.permit);
                     }
                     Work::Files(batch) => batch.run(writer, &pool),
@@ -682,7 +702,7 @@ impl Scanner<'_> {
         node.mtime_ns < self.recent_ns && node.ctime_ns < self.recent_ns
     }
 
-    fn queue_chunk(&mut self, data: Vec<u8>, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+    fn queue_chunk(&mut self, data: ChunkData, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
         let len = data.len() as u32;
         if self.job.cancel.is_cancelled() {
             return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, Cancelled));
@@ -721,13 +741,13 @@ impl Scanner<'_> {
                 let direct = if direct { DirectReader::open(file, start, len, &mut bufs) } else { None };
                 match direct {
                     Some(mut r) => {
-                        self.chunk_stream(&mut r, &mut out)?;
+                        self.chunk_stream(&mut r, len, &mut out)?;
                         bufs = r.into_buffers();
                     }
                     None => {
                         let mut f = file;
                         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
-                        self.chunk_stream(f.take(len), &mut out)?;
+                        self.chunk_stream(f.take(len), len, &mut out)?;
                     }
                 }
             }
@@ -735,46 +755,47 @@ impl Scanner<'_> {
             let mut data = self.pool.take();
             file.take(size).read_to_end(&mut data)?;
             if !data.is_empty() {
-                self.queue_chunk(data, &mut out)?;
+                self.queue_chunk(ChunkData::Owned(data), &mut out)?;
             }
         } else {
             // A big file not in the page cache is read past it (to its end, as `file` would be).
             let direct = if direct { DirectReader::open(file, 0, u64::MAX, &mut Vec::new()) } else { None };
-            let parallel = size >= PARALLEL_CHUNKING_MIN && parallel_chunking(&self.job.limits);
-            match (direct, parallel) {
-                (Some(r), true) => self.chunk_stream_parallel(r, &mut out)?,
-                (Some(r), false) => self.chunk_stream(r, &mut out)?,
-                (None, true) => self.chunk_stream_parallel(file, &mut out)?,
-                (None, false) => self.chunk_stream(file, &mut out)?,
+            match direct {
+                Some(r) => self.chunk_stream(r, size, &mut out)?,
+                None => self.chunk_stream(file, size, &mut out)?,
             }
         }
         Ok(out)
     }
 
-    fn chunk_stream<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+    /// Chunk a stream of about `len` bytes. One of at least a shared block (`2 × max`) goes to
+    /// the workers as parts of shared blocks (`ChunkReader::chunk_shared`), not copied, and is
+    /// cut by several threads when it is big enough (`PARALLEL_CHUNKING_MIN`) and the limits
+    /// allow it (then by a reader of its own, whose blocks of several chunks per thread are
+    /// dropped afterwards). A shorter one is copied chunk by chunk out of the reader's buffer
+    /// into pooled buffers: a chunk of a few bytes must not hold a whole block.
+    fn chunk_stream<R: Read>(&mut self, r: R, len: u64, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
+        let parallel = len >= PARALLEL_CHUNKING_MIN && parallel_chunking(&self.job.limits);
+        if parallel {
+            tracing::debug!("a big file chunked by {} threads", self.job.limits.threads);
+            let mut reader = self.chunker.reader();
+            return reader.chunk_shared(r, self.job.limits.threads, |c| self.queue_chunk(ChunkData::Shared(c), out));
+        }
         let mut reader = self.reader.take().unwrap_or_else(|| self.chunker.reader());
-        let r = reader.chunk(r, |chunk| {
-            let data = self.pool.filled(chunk);
-            self.queue_chunk(data, out)
-        });
+        let r = if len >= 2 * u64::from(self.chunker.params().max) {
+            reader.chunk_shared(r, 1, |c| self.queue_chunk(ChunkData::Shared(c), out))
+        } else {
+            reader.chunk(r, |chunk| {
+                let data = self.pool.filled(chunk);
+                self.queue_chunk(ChunkData::Owned(data), out)
+            })
+        };
         self.reader = Some(reader);
         r
     }
-
-    /// A big file: its cut points found by as many threads as there are blob workers, so one
-    /// file is not held to one core's chunking speed on a machine with many cores. Its own reader (a window of several
-    /// chunks per thread), dropped afterwards.
-    fn chunk_stream_parallel<R: Read>(&mut self, r: R, out: &mut Vec<PendingSeg>) -> std::io::Result<()> {
-        tracing::debug!("a big file chunked by {} threads", self.job.limits.threads);
-        let mut reader = self.chunker.reader();
-        reader.chunk_parallel(r, self.job.limits.threads, |chunk| {
-            let data = self.pool.filled(chunk);
-            self.queue_chunk(data, out)
-        })
-    }
 }
 
-/// Files at least this big may be chunked by several threads (`chunk_stream_parallel`).
+/// Files at least this big may be chunked by several threads (`chunk_stream`).
 const PARALLEL_CHUNKING_MIN: u64 = 64 << 20;
 
 /// Directories entered holding a descriptor at once at most (each holds it while its subtree

@@ -13,7 +13,7 @@ use repo_format::{BlobKind, Content, Node, NodeType, Repository, Segment, Snapsh
 use super::ranges::Ranges;
 use super::{Disk, MODE_BLOCK, MODE_TAG};
 use crate::backup::build::PendingSeg;
-use crate::backup::scan::{BufPool, ChunkJob, Work, data_ranges, spawn_workers};
+use crate::backup::scan::{BufPool, ChunkData, ChunkJob, Work, data_ranges, spawn_workers};
 use crate::backup::stream::StreamResolver;
 use crate::backup::{Outcome, now_ns, parent_of, snapshot, start_writer};
 use crate::disk::parent::ParentCursor;
@@ -229,7 +229,7 @@ fn read_chunks(
         }
         let (rtx, rrx) = bounded(1);
         let permit = job.limits.memory.as_ref().map(|m| m.acquire(len));
-        tx.send(Work::Chunk(ChunkJob { data: pool.filled(b), reply: rtx, permit }))
+        tx.send(Work::Chunk(ChunkJob { data: ChunkData::Owned(pool.filled(b)), reply: rtx, permit }))
             .map_err(|_| anyhow::anyhow!("the blob workers stopped"))?;
         out.push(PendingSeg::Blob(rrx, len as u32))?;
     }
