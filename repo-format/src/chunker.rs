@@ -68,7 +68,7 @@ impl Chunker {
 
     /// A streaming chunker that keeps its buffer across files (see `ChunkReader`).
     pub fn reader(&self) -> ChunkReader {
-        ChunkReader { chunker: *self, buf: Vec::new(), blocks: None }
+        ChunkReader { chunker: *self, blocks: None }
     }
 
     /// Chunk lengths of an in-memory buffer.
@@ -82,48 +82,59 @@ impl Chunker {
 /// at least `max` bytes, or all that is left), but without what `StreamCDC` costs per file and
 /// per chunk: a new zeroed `max`-byte buffer per stream, a new `Vec` per chunk, and moving the
 /// rest of the buffer down after every chunk (about three times the data for 1 MiB chunks of a
-/// 4 MiB maximum). Here the buffer holds `2 × max` bytes and the unconsumed tail (less than
+/// 4 MiB maximum). Here the buffer (a recycled block) holds `2 × max` bytes and the unconsumed tail (less than
 /// `max`) moves down only when less than `max` is left after it: at most the data's own size is
 /// moved, once. Chunks are handed out as slices of the buffer (`chunk`), or, for a big stream,
 /// as parts of shared blocks that need no copy (`chunk_shared`).
 #[derive(Debug)]
 pub struct ChunkReader {
     chunker: Chunker,
-    buf: Vec<u8>,
-    /// Idle blocks of `chunk_shared`, kept from stream to stream.
+    /// Idle blocks (`chunk`'s buffer is one of them), kept from stream to stream.
     blocks: Option<Arc<BlockPool>>,
 }
 
 impl ChunkReader {
-    /// Read `reader` to its end, calling `emit` with each chunk in order.
+    /// Read `reader` to its end, calling `emit` with each chunk in order. The buffer is one of
+    /// `chunk_shared`'s blocks, taken from the reader's pool and given back at the end, so a
+    /// reader holds no buffer of its own besides them.
     pub fn chunk<R: Read>(
         &mut self,
         mut reader: R,
         mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let p = self.chunker.params;
-        let max = p.max as usize;
-        if self.buf.len() < 2 * max {
-            self.buf.resize(2 * max, 0);
-        }
+        let max = self.chunker.params.max as usize;
+        let pool = self.pool();
+        let mut buf = pool.take(2 * max);
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
-        loop {
+        let r = loop {
             if !eof && end - start < max {
-                if self.buf.len() - start < max {
-                    self.buf.copy_within(start..end, 0);
+                if buf.len() - start < max {
+                    buf.copy_within(start..end, 0);
                     end -= start;
                     start = 0;
                 }
-                (end, eof) = fill(&mut reader, &mut self.buf, end)?;
+                match fill(&mut reader, &mut buf, end) {
+                    Ok(filled) => (end, eof) = filled,
+                    Err(e) => break Err(e),
+                }
             }
             if start == end {
-                return Ok(());
+                break Ok(());
             }
-            let window = &self.buf[start..end];
+            let window = &buf[start..end];
             let (_, cut) = self.chunker.cdc(window).cut(0, window.len());
-            emit(&window[..cut])?;
+            if let Err(e) = emit(&window[..cut]) {
+                break Err(e);
+            }
             start += cut;
-        }
+        };
+        pool.give(buf);
+        r
+    }
+
+    /// The pool of this reader's blocks (made on first use).
+    fn pool(&mut self) -> Arc<BlockPool> {
+        Arc::clone(self.blocks.get_or_insert_with(|| BlockPool::new(IDLE_BLOCKS)))
     }
 }
 
@@ -212,6 +223,54 @@ impl Chunker {
 }
 
 impl ChunkReader {
+    /// As `chunk`, with the cuts of each window of the stream found by up to `threads` threads
+    /// (`Chunker::lengths_parallel`): the same chunks, for a big file that one thread would
+    /// chunk slower than the blob workers store. The buffer (a block from the reader's pool)
+    /// holds a window of `max(min(threads, 4) × 8 × avg, 2 × max)` bytes plus `max` (20 MiB
+    /// with 2 threads and the default 1 MiB average, 36 MiB with 4 or more). `chunk_shared`
+    /// with `threads` copies nothing but holds more such blocks.
+    pub fn chunk_parallel<R: Read>(
+        &mut self,
+        mut reader: R,
+        threads: usize,
+        mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let pool = self.pool();
+        let mut buf = pool.take(self.block_len(threads));
+        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        let r = 'read: loop {
+            if !eof {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                match fill(&mut reader, &mut buf, end) {
+                    Ok(filled) => (end, eof) = filled,
+                    Err(e) => break Err(e),
+                }
+            }
+            if start == end {
+                break Ok(());
+            }
+            for len in self.chunker.lengths_parallel(&buf[start..end], eof, threads) {
+                if let Err(e) = emit(&buf[start..start + len]) {
+                    break 'read Err(e);
+                }
+                start += len;
+            }
+        };
+        pool.give(buf);
+        r
+    }
+
+    /// The length of `chunk_shared`'s (and `chunk_parallel`'s) blocks for `threads` threads.
+    fn block_len(&self, threads: usize) -> usize {
+        let p = self.chunker.params;
+        let max = p.max as usize;
+        if threads > 1 { (threads.min(4) * 8 * p.avg as usize).max(2 * max) + max } else { 2 * max }
+    }
+}
+
+impl ChunkReader {
     /// As `chunk`, the same chunks, but each handed out as a part of a shared block instead of
     /// a slice to copy; with `threads` above 1, each block's cuts are found by that many threads
     /// (`Chunker::lengths_parallel`). For a big stream: copying every chunk out of the reader's
@@ -235,8 +294,8 @@ impl ChunkReader {
     ) -> std::io::Result<()> {
         let p = self.chunker.params;
         let max = p.max as usize;
-        let len = if threads > 1 { (threads.min(4) * 8 * p.avg as usize).max(2 * max) + max } else { 2 * max };
-        let pool = Arc::clone(self.blocks.get_or_insert_with(|| BlockPool::new(IDLE_BLOCKS)));
+        let len = self.block_len(threads);
+        let pool = self.pool();
         // The previous block and where its unconsumed partial chunk starts and ends.
         let mut tail: Option<(Arc<Vec<u8>>, usize, usize)> = None;
         loop {
@@ -284,7 +343,7 @@ impl ChunkReader {
     }
 }
 
-/// Idle blocks a reader keeps for `chunk_shared`: the blob workers hand blocks back while the
+/// Idle blocks a reader keeps (`chunk` takes one too): the blob workers hand blocks back while the
 /// reader cuts the next one, so a few idle ones mean no fresh memory per block.
 const IDLE_BLOCKS: usize = 2;
 
@@ -368,7 +427,7 @@ mod tests {
             prop_assert_eq!(&c.lengths_parallel(&data, true, threads), &serial);
             let mut got = Vec::new();
             let mut r = c.reader();
-            r.chunk_shared(ShortReads(&data[..], step), threads, |ch| { got.push(ch.len()); Ok(()) }).unwrap();
+            r.chunk_parallel(ShortReads(&data[..], step), threads, |ch| { got.push(ch.len()); Ok(()) }).unwrap();
             prop_assert_eq!(&got, &serial);
         }
     }
