@@ -82,10 +82,10 @@ impl Chunker {
 /// at least `max` bytes, or all that is left), but without what `StreamCDC` costs per file and
 /// per chunk: a new zeroed `max`-byte buffer per stream, a new `Vec` per chunk, and moving the
 /// rest of the buffer down after every chunk (about three times the data for 1 MiB chunks of a
-/// 4 MiB maximum). Here the buffer (a recycled block) holds `2 × max` bytes and the unconsumed tail (less than
-/// `max`) moves down only when less than `max` is left after it: at most the data's own size is
-/// moved, once. Chunks are handed out as slices of the buffer (`chunk`), or, for a big stream,
-/// as parts of shared blocks that need no copy (`chunk_shared`).
+/// 4 MiB maximum). Here the buffer (a recycled block) holds `2 × max` bytes and the unconsumed
+/// tail (less than `max`) moves down only when less than `max` is left after it: at most the
+/// data's own size is moved, once. Chunks are handed out as slices of the buffer (`chunk`), or,
+/// for a big stream, as parts of shared blocks that need no copy (`chunk_shared`).
 #[derive(Debug)]
 pub struct ChunkReader {
     chunker: Chunker,
@@ -103,31 +103,34 @@ impl ChunkReader {
         mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let max = self.chunker.params.max as usize;
+        self.with_block(2 * max, |chunker, buf| {
+            let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+            loop {
+                if !eof && end - start < max {
+                    if buf.len() - start < max {
+                        buf.copy_within(start..end, 0);
+                        end -= start;
+                        start = 0;
+                    }
+                    (end, eof) = fill(&mut reader, buf, end)?;
+                }
+                if start == end {
+                    return Ok(());
+                }
+                let window = &buf[start..end];
+                let (_, cut) = chunker.cdc(window).cut(0, window.len());
+                emit(&window[..cut])?;
+                start += cut;
+            }
+        })
+    }
+
+    /// Run `f` on a block of `len` bytes from this reader's pool, given back to the pool
+    /// whatever `f` returns.
+    fn with_block<T>(&mut self, len: usize, f: impl FnOnce(&Chunker, &mut Vec<u8>) -> T) -> T {
         let pool = self.pool();
-        let mut buf = pool.take(2 * max);
-        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
-        let r = loop {
-            if !eof && end - start < max {
-                if buf.len() - start < max {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                }
-                match fill(&mut reader, &mut buf, end) {
-                    Ok(filled) => (end, eof) = filled,
-                    Err(e) => break Err(e),
-                }
-            }
-            if start == end {
-                break Ok(());
-            }
-            let window = &buf[start..end];
-            let (_, cut) = self.chunker.cdc(window).cut(0, window.len());
-            if let Err(e) = emit(&window[..cut]) {
-                break Err(e);
-            }
-            start += cut;
-        };
+        let mut buf = pool.take(len);
+        let r = f(&self.chunker, &mut buf);
         pool.give(buf);
         r
     }
@@ -235,31 +238,25 @@ impl ChunkReader {
         threads: usize,
         mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let pool = self.pool();
-        let mut buf = pool.take(self.block_len(threads));
-        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
-        let r = 'read: loop {
-            if !eof {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                match fill(&mut reader, &mut buf, end) {
-                    Ok(filled) => (end, eof) = filled,
-                    Err(e) => break Err(e),
+        let len = self.block_len(threads);
+        self.with_block(len, |chunker, buf| {
+            let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+            loop {
+                if !eof {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                    (end, eof) = fill(&mut reader, buf, end)?;
+                }
+                if start == end {
+                    return Ok(());
+                }
+                for len in chunker.lengths_parallel(&buf[start..end], eof, threads) {
+                    emit(&buf[start..start + len])?;
+                    start += len;
                 }
             }
-            if start == end {
-                break Ok(());
-            }
-            for len in self.chunker.lengths_parallel(&buf[start..end], eof, threads) {
-                if let Err(e) = emit(&buf[start..start + len]) {
-                    break 'read Err(e);
-                }
-                start += len;
-            }
-        };
-        pool.give(buf);
-        r
+        })
     }
 
     /// The length of `chunk_shared`'s (and `chunk_parallel`'s) blocks for `threads` threads.

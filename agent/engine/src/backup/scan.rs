@@ -775,7 +775,7 @@ impl Scanner<'_> {
     /// A stream of at least a block (`2 × max`) goes to the workers as parts of shared blocks
     /// (`ChunkReader::chunk_shared`), not copied, unless the job has a memory budget: a chunk
     /// holds its whole block (8 MiB), and the three or four blocks a backup then holds at once
-    /// (16–24 MiB more peak RSS than copying, measured on the peer corpus) are outside the
+    /// (15–20 MiB more peak RSS than copying, measured on the peer corpus) are outside the
     /// budget, which counts chunk bytes. A shorter stream, or one under a budget, is copied
     /// chunk by chunk out of the reader's block into pooled buffers (a chunk of a few bytes
     /// must not hold a whole block either).
