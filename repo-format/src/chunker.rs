@@ -107,12 +107,7 @@ impl ChunkReader {
             let (mut start, mut end, mut eof) = (0usize, 0usize, false);
             loop {
                 if !eof && end - start < max {
-                    if buf.len() - start < max {
-                        buf.copy_within(start..end, 0);
-                        end -= start;
-                        start = 0;
-                    }
-                    (end, eof) = fill(&mut reader, buf, end)?;
+                    eof = refill(&mut reader, buf, &mut start, &mut end, max)?;
                 }
                 if start == end {
                     return Ok(());
@@ -243,10 +238,7 @@ impl ChunkReader {
             let (mut start, mut end, mut eof) = (0usize, 0usize, false);
             loop {
                 if !eof {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                    (end, eof) = fill(&mut reader, buf, end)?;
+                    eof = refill(&mut reader, buf, &mut start, &mut end, usize::MAX)?;
                 }
                 if start == end {
                     return Ok(());
@@ -343,6 +335,26 @@ impl ChunkReader {
 /// Idle blocks a reader keeps (`chunk` takes one too): the blob workers hand blocks back while the
 /// reader cuts the next one, so a few idle ones mean no fresh memory per block.
 const IDLE_BLOCKS: usize = 2;
+
+/// Refill `buf`, whose unconsumed bytes are `start..end`: first move them to the front when
+/// less than `room` bytes of `buf` follow `start` (`usize::MAX`: always), then read until
+/// `buf` is full or the stream ends. Returns whether it ended.
+fn refill<R: Read>(
+    reader: &mut R,
+    buf: &mut [u8],
+    start: &mut usize,
+    end: &mut usize,
+    room: usize,
+) -> std::io::Result<bool> {
+    if buf.len() - *start < room {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    let eof;
+    (*end, eof) = fill(reader, buf, *end)?;
+    Ok(eof)
+}
 
 /// Read into `buf[end..]` until it is full or the stream ends: the new end, and whether the
 /// stream ended.
