@@ -17,7 +17,7 @@ start=$(date +%s)
 for what in "${@:-lib bin}"; do
   for w in $what; do
     case $w in
-      lib) cross_cargo test --no-run -q --target "$T" -p ferry-repo-format ;;
+      lib) cross_cargo test --no-run -q --target "$T" -p ferry-repo-format $LIB_FEATURES ;;
       engine) cross_cargo test --no-run -q --target "$T" -p ferry-engine --lib ;;
       bin) cross_cargo build -q --target "$T" -p ferry-agent --bin ferry ;;
       *) echo "prebuild.sh: unknown part $w (lib, engine, bin)" >&2; exit 2 ;;

@@ -58,7 +58,8 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   # ferry binary (no binfmt here) or loop devices, so they could only skip, at the cost of
   # compiling the largest test binaries three times. The cross-endian exchange runs the binaries.
   case "$T" in s390x-* | powerpc64le-*) expect=1 ;; *) expect= ;; esac
-  FERRY_EXPECT_KERNEL=$expect cross_cargo test --target "$T" -p ferry-repo-format || rc=$?
+  # shellcheck disable=SC2086 # LIB_FEATURES: zero or more flags (targets.sh)
+  FERRY_EXPECT_KERNEL=$expect cross_cargo test --target "$T" -p ferry-repo-format $LIB_FEATURES || rc=$?
   # qemu's default CPU has the vector unit, so the suite above ran BLAKE3 through the 4-way
   # kernel and AES-GCM through csrc/gcm.c (FERRY_EXPECT_KERNEL makes the tests check that the
   # CPU check said yes); those tests again where the kernels must not be used (s390x without
@@ -72,7 +73,7 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   for entry in $cpus; do
     echo "test.sh: BLAKE3 and AES-GCM tests with QEMU_CPU=${entry%:*}" >&2
     QEMU_CPU="${entry%:*}" FERRY_EXPECT_KERNEL="${entry##*:}" cross_cargo test --target "$T" \
-      -p ferry-repo-format --lib -- hash:: crypto:: || rc=$?
+      -p ferry-repo-format $LIB_FEATURES --lib -- hash:: crypto:: || rc=$?
   done
   # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the engine's units.
   if [ "${FERRY_CROSS_SCOPE:-all}" != lib ]; then
