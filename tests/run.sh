@@ -69,6 +69,7 @@ cleanup() {
   local p
   for p in "${bg_pids[@]}"; do kill_tree "$p"; done
   bash tests/servers.sh stop >/dev/null 2>&1 || true
+  rm -rf "$BG" # the jobs' logs were printed when awaited (12 runs' directories had piled up)
 }
 trap cleanup EXIT
 run_logged() { # NAME NICE CMD...
