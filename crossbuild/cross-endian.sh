@@ -35,7 +35,7 @@ if [ "$T" = native ]; then
   CROSS="$NATIVE"
 else
   # The same build as crossbuild/prebuild.sh's and e2e.sh's.
-  cross_cargo build -q --target "$T" -p ferry-agent --bin ferry
+  cross_cargo build -q --target "$T" $(cross_pkgs all) --bin ferry
   CROSS="$QEMU $(cross_dir)/$T/debug/ferry"
 fi
 W=$(mktemp -d)

@@ -19,7 +19,7 @@ case "${1:-}" in amd64|x86_64|"") false ;; *) cross_target "$1" ;; esac ||
   { echo "usage: e2e.sh s390x|arm64|ppc64le" >&2; exit 2; }
 cd "$WS"
 # The same build as crossbuild/prebuild.sh's (which tests/run.sh starts early, in the background).
-cross_cargo build -q --target "$T" -p ferry-agent --bin ferry
+cross_cargo build -q --target "$T" $(cross_pkgs all) --bin ferry
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 printf '#!/bin/sh\nexec %s %s "$@"\n' "$QEMU" "$(cross_dir)/$T/debug/ferry" > "$W/ferry"

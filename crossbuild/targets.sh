@@ -12,6 +12,19 @@
 #                       runs the S3 and Azure conformance tests under qemu, and its engine
 #                       tests build those clients anyway).
 #                       Returns 2 for an unknown NAME.
+#   cross_pkgs SCOPE    the packages (and feature flags) a cross build names, for cross_cargo:
+#                       lib = the library alone, with LIB_FEATURES; all = the library, the
+#                       engine and the agent. Every build of the ferry binary, and s390x's suite
+#                       (scope all), name the same packages: cargo resolves features for the
+#                       packages a command names, so `-p ferry-repo-format`, `-p ferry-engine`
+#                       and `-p ferry-agent` named apart gave the dependencies they share
+#                       different feature sets, and object_store, reqwest, hyper, h2, rustls
+#                       and the library itself were compiled two or three times per target
+#                       (s390x's three builds: 490 compile units apart, 436 named alike;
+#                       `cargo build --unit-graph`). Only the target selection differs.
+#   cross_suite SCOPE   the targets of the suite under qemu, after cross_pkgs SCOPE: lib = every
+#                       target of the library; all = the library's unit, integration tests and
+#                       examples, and the engine's unit tests.
 #   cross_cargo ARGS... /usr/bin/cargo with only the Debian toolchain on PATH (a rustup
 #                       cargo/rustc earlier in PATH would silently be used instead), the
 #                       cross linker/runner configuration, and CARGO_TARGET_DIR = cross_dir.
@@ -38,6 +51,28 @@ cross_target() {
   case "$T" in
     aarch64-* | powerpc64le-*) LIB_FEATURES="--no-default-features" ;;
     *)                         LIB_FEATURES="" ;;
+  esac
+}
+
+cross_pkgs() {
+  case "$1" in
+    lib) echo "-p ferry-repo-format $LIB_FEATURES" ;;
+    all) echo "-p ferry-repo-format -p ferry-engine -p ferry-agent" ;;
+    *) echo "cross_pkgs: unknown scope $1 (lib, all)" >&2; return 2 ;;
+  esac
+}
+
+cross_suite() {
+  local f
+  case "$1" in
+    lib) ;;
+    all)
+      printf -- '--lib --examples'
+      for f in "$(dirname "$CROSSBUILD_DIR")"/repo-format/tests/*.rs; do
+        printf -- ' --test %s' "$(basename "$f" .rs)"
+      done
+      echo ;;
+    *) echo "cross_suite: unknown scope $1 (lib, all)" >&2; return 2 ;;
   esac
 }
 

@@ -58,8 +58,14 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   # ferry binary (no binfmt here) or loop devices, so they could only skip, at the cost of
   # compiling the largest test binaries three times. The cross-endian exchange runs the binaries.
   case "$T" in s390x-* | powerpc64le-*) expect=1 ;; *) expect= ;; esac
-  # shellcheck disable=SC2086 # LIB_FEATURES: zero or more flags (targets.sh)
-  FERRY_EXPECT_KERNEL=$expect cross_cargo test --target "$T" -p ferry-repo-format $LIB_FEATURES || rc=$?
+  # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the engine's units.
+  # One cargo run for both (scope all): the engine's units named apart would resolve the
+  # dependencies' features anew and compile them again (targets.sh, cross_pkgs).
+  scope=${FERRY_CROSS_SCOPE:-all}
+  pkgs=$(cross_pkgs "$scope") && suite=$(cross_suite "$scope") || usage
+  # --no-fail-fast: a failure in one test binary must not hide the others' results.
+  # shellcheck disable=SC2086 # zero or more flags each (targets.sh)
+  FERRY_EXPECT_KERNEL=$expect cross_cargo test --no-fail-fast --target "$T" $pkgs $suite || rc=$?
   # qemu's default CPU has the vector unit, so the suite above ran BLAKE3 through the 4-way
   # kernel and AES-GCM through csrc/gcm.c (FERRY_EXPECT_KERNEL makes the tests check that the
   # CPU check said yes); those tests again where the kernels must not be used (s390x without
@@ -72,13 +78,10 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   esac
   for entry in $cpus; do
     echo "test.sh: BLAKE3 and AES-GCM tests with QEMU_CPU=${entry%:*}" >&2
+    # shellcheck disable=SC2086
     QEMU_CPU="${entry%:*}" FERRY_EXPECT_KERNEL="${entry##*:}" cross_cargo test --target "$T" \
-      -p ferry-repo-format $LIB_FEATURES --lib -- hash:: crypto:: || rc=$?
+      $pkgs --lib -- hash:: crypto:: || rc=$?
   done
-  # FERRY_CROSS_SCOPE=lib: the library only (the format's code paths), not the engine's units.
-  if [ "${FERRY_CROSS_SCOPE:-all}" != lib ]; then
-    cross_cargo test --target "$T" -p ferry-engine --lib || rc=$?
-  fi
 else
   cross_cargo test --workspace --target "$T" "$@" || rc=$?
 fi

@@ -115,9 +115,9 @@ if [ -n "$FERRY_TARGET_DIR" ]; then
   export CARGO_TARGET_DIR=$FERRY_TARGET_DIR FERRY_FUZZ_TARGET_DIR=$FERRY_TARGET_DIR/fuzz
 fi
 # s390x (big-endian) runs the engine's unit tests too; the little-endian targets run the
-# library's suite only (the format's code paths).
+# library's suite only (the format's code paths). crossbuild/test.sh's FERRY_CROSS_SCOPE and
+# crossbuild/prebuild.sh's part.
 cross_scope() { if [ "$1" = s390x ]; then echo all; else echo lib; fi; }
-cross_parts() { if [ "$1" = s390x ]; then echo "lib engine"; else echo lib; fi; }
 # Every job of the chain is registered before it starts (so it can be awaited at once), and
 # every one ends with a status, run or not. Order = the order the stages below need them:
 # s390x's library and binary, then every other target's library, then their binaries.
@@ -143,7 +143,7 @@ setup_chain() {
   local b part t
   for b in $cross_builds; do
     part=${b%%-*} t=${b#*-}
-    [ "$part" = lib ] && part=$(cross_parts "$t")
+    [ "$part" = lib ] && part=$(cross_scope "$t")
     if [ "$part" = bin ] && [ "$t" != s390x ] && past_deadline; then
       run_logged "cross-build-$b" 0 sh -c 'echo "not built: past FERRY_E2E_DEADLINE (its stage is skipped)"'
     elif [ "$(cat "$BG/cross-install.rc")" = 0 ]; then
