@@ -19,12 +19,16 @@ case "${1:-s390x}" in
   *) cross_target "${1:-s390x}" || { echo "cross-endian.sh: unknown target $1" >&2; exit 2; } ;;
 esac
 cd "$WS"
-cargo build -q -p ferry-agent
-cargo test -q -p ferry-agent --test cli --no-run
+# --workspace, not -p ferry-agent: the same package set as tests/run.sh's `cargo test
+# --workspace`, so cargo resolves the same dependency features and reuses that build (named
+# alone, the agent's packages resolve differently and 31 units are compiled again: tokio, hyper,
+# reqwest, object_store, kube, the workspace's crates and the cli test binary). The test build
+# also builds the native ferry binary (target/debug/ferry) the exchange runs.
+cargo test -q --workspace --test cli --no-run
 # The native cli test binary's tools: build the source tree, compare two trees. Exactly one
 # test must have run and passed (a renamed tool must not pass by matching nothing).
 cli_tool() { # NAME (environment passed through)
-  if cargo test -q -p ferry-agent --test cli -- --ignored --exact --nocapture "fidelity::$1" >"$W/tool.log" 2>&1 &&
+  if cargo test -q --workspace --test cli -- --ignored --exact --nocapture "fidelity::$1" >"$W/tool.log" 2>&1 &&
      grep -q '^test result: ok\. 1 passed' "$W/tool.log"; then
     return 0
   fi

@@ -28,13 +28,15 @@ chmod +x "$W/ferry"
 unset FERRY_UNDER_QEMU FERRY_QEMU_RUNNER
 export FERRY_TEST_BIN="$W/ferry"
 rc=0
+# --workspace: the package set of tests/run.sh's test build, whose build this reuses (named
+# alone, -p ferry-agent resolves other dependency features and compiles 31 units again).
 if [ "${FERRY_E2E_ALL:-0}" = 1 ]; then
-  cargo test -p ferry-agent --test cli -- fidelity:: hostile || rc=$?
-  cargo test -p ferry-agent --test disk || rc=$?
+  cargo test --workspace --test cli -- fidelity:: hostile || rc=$?
+  cargo test --workspace --test disk || rc=$?
 else
-  cargo test -p ferry-agent --test cli -- fidelity::fidelity_round_trip hostile \
+  cargo test --workspace --test cli -- fidelity::fidelity_round_trip hostile \
     --skip planted_key_files_cost_bounded_time_and_memory || rc=$?
-  cargo test -p ferry-agent --test disk -- ext4_on_a_loop_device_round_trips_to_another_device \
+  cargo test --workspace --test disk -- ext4_on_a_loop_device_round_trips_to_another_device \
     raw_image_with_partition_table_round_trips_bit_for_bit || rc=$?
 fi
 echo "e2e.sh: $T finished with exit $rc" >&2
