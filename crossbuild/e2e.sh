@@ -7,7 +7,8 @@
 # about 3 minutes each under qemu): backup/restore fidelity (every file type and metadata), the
 # hostile-snapshot, hostile-repository and hostile-target tests (but the key-file flood, which
 # tests Argon2 costs, not the architecture), and two disk round trips (ext4 on a loop device to
-# another device with fsck; a partitioned raw image bit for bit).
+# another device with fsck, 256 MiB instead of the native run's 1 GiB; a partitioned raw image
+# bit for bit).
 #   TARGET: s390x arm64 ppc64le.  Needs crossbuild/install.sh; run as root (loop devices).
 #   FERRY_E2E_ALL=1 runs every cli test whose name has fidelity or hostile, and every disk test
 #   (the 16 GiB sparse image takes several minutes under qemu).
