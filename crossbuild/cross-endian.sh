@@ -19,11 +19,8 @@ case "${1:-s390x}" in
   *) cross_target "${1:-s390x}" || { echo "cross-endian.sh: unknown target $1" >&2; exit 2; } ;;
 esac
 cd "$WS"
-# --workspace, not -p ferry-agent: the same package set as tests/run.sh's `cargo test
-# --workspace`, so cargo resolves the same dependency features and reuses that build (named
-# alone, the agent's packages resolve differently and 31 units are compiled again: tokio, hyper,
-# reqwest, object_store, kube, the workspace's crates and the cli test binary). The test build
-# also builds the native ferry binary (target/debug/ferry) the exchange runs.
+# --workspace: reuses tests/run.sh's test build, which also makes the native ferry binary
+# (target/debug/ferry) the exchange runs (targets.sh, native_tests).
 cargo test -q --workspace --test cli --no-run
 # The native cli test binary's tools: build the source tree, compare two trees. Exactly one
 # test must have run and passed (a renamed tool must not pass by matching nothing).

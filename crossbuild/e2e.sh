@@ -29,8 +29,7 @@ chmod +x "$W/ferry"
 unset FERRY_UNDER_QEMU FERRY_QEMU_RUNNER
 export FERRY_TEST_BIN="$W/ferry"
 rc=0
-# --workspace: the package set of tests/run.sh's test build, whose build this reuses (named
-# alone, -p ferry-agent resolves other dependency features and compiles 31 units again).
+# --workspace: reuses tests/run.sh's test build (targets.sh, native_tests).
 if [ "${FERRY_E2E_ALL:-0}" = 1 ]; then
   cargo test --workspace --test cli -- fidelity:: hostile || rc=$?
   cargo test --workspace --test disk || rc=$?

@@ -20,11 +20,20 @@
 #                       and `-p ferry-agent` named apart gave the dependencies they share
 #                       different feature sets, and object_store, reqwest, hyper, h2, rustls
 #                       and the library itself were compiled two or three times per target
-#                       (s390x's three builds: 490 compile units apart, 436 named alike;
+#                       (s390x's three builds: 490 compile units apart, 438 named alike;
 #                       `cargo build --unit-graph`). Only the target selection differs.
-#   cross_suite SCOPE   the targets of the suite under qemu, after cross_pkgs SCOPE: lib = every
-#                       target of the library; all = the library's unit, integration tests and
-#                       examples, and the engine's unit tests.
+#   cross_suite SCOPE [WS]  the targets of the suite under qemu, after cross_pkgs SCOPE: lib =
+#                       every target of the library; all = the library's unit, integration tests
+#                       and examples, and the engine's unit tests; the integration tests are
+#                       those of workspace WS (default: the tree holding crossbuild/).
+#   native_tests        why the native test binaries the cross scripts run are built with
+#                       `cargo test --workspace --test NAME`, never `-p ferry-agent`: the same
+#                       package set as tests/run.sh's `cargo test --workspace`, so cargo resolves
+#                       the same dependency features and reuses that build (named alone, the
+#                       agent's packages resolve differently and 31 units were compiled again in
+#                       every CI run: tokio, hyper, reqwest, object_store, kube, the workspace's
+#                       crates and the test binaries). That build also makes the native ferry
+#                       binary (target/debug/ferry). (A comment only; nothing to call.)
 #   cross_cargo ARGS... /usr/bin/cargo with only the Debian toolchain on PATH (a rustup
 #                       cargo/rustc earlier in PATH would silently be used instead), the
 #                       cross linker/runner configuration, and CARGO_TARGET_DIR = cross_dir.
@@ -63,12 +72,13 @@ cross_pkgs() {
 }
 
 cross_suite() {
-  local f
+  local f ws=${2:-$(dirname "$CROSSBUILD_DIR")}
   case "$1" in
     lib) ;;
     all)
       printf -- '--lib --examples'
-      for f in "$(dirname "$CROSSBUILD_DIR")"/repo-format/tests/*.rs; do
+      for f in "$ws"/repo-format/tests/*.rs; do
+        [ -e "$f" ] || { echo "cross_suite: no tests in $ws/repo-format/tests" >&2; return 2; }
         printf -- ' --test %s' "$(basename "$f" .rs)"
       done
       echo ;;

@@ -62,7 +62,7 @@ if [ -n "$QEMU" ] && [ $# -eq 0 ]; then
   # One cargo run for both (scope all): the engine's units named apart would resolve the
   # dependencies' features anew and compile them again (targets.sh, cross_pkgs).
   scope=${FERRY_CROSS_SCOPE:-all}
-  pkgs=$(cross_pkgs "$scope") && suite=$(cross_suite "$scope") || usage
+  pkgs=$(cross_pkgs "$scope") && suite=$(cross_suite "$scope" "$WORKSPACE") || usage
   # --no-fail-fast: a failure in one test binary must not hide the others' results.
   # shellcheck disable=SC2086 # zero or more flags each (targets.sh)
   FERRY_EXPECT_KERNEL=$expect cross_cargo test --no-fail-fast --target "$T" $pkgs $suite || rc=$?
