@@ -19,6 +19,10 @@
 #   COLD      1: drop the page, dentry and inode caches before every step (as root), so every
 #             tool starts each step from disk; default 0 (warm, whatever the previous step left:
 #             a million-file restore evicts much of the source, so a run's first backup is colder)
+#   FLOOR     1 (default when cc is there): each run also makes the source's tree with bare
+#             system calls (benches/create-floor.c: openat, pwrite, futimens, close; one thread
+#             per core, nothing read or decoded), listed as the tool "floor", step "restore": what
+#             the kernel alone costs for a restore of these files; 0 to leave it out
 # A binary named restic* is driven with restic's commands, anything else with ferry's. Each tool
 # starts every run with a fresh repository and cache; the change step appends a line to every
 # 100th file (in a fixed order) and gives it a new mtime, so every tool sees the same change.
@@ -28,7 +32,7 @@
 # pause. A backup right after another tool's restore starts with much of the source evicted from
 # the caches and is slower (up to 2x seen): rotation spreads that over the tools; COLD=1 removes it.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,29p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,33p' "$0" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 FILES=${FILES:-1000000}
 RUNS=${RUNS:-3}
@@ -70,6 +74,14 @@ want_n=$(wc -l < "$W/files")
 file_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 want_bytes=$(file_bytes "$src")
 echo "$want_n files, $(( want_bytes / 1000000 )) MB apparent, $(wc -l < "$W/changed") to change"
+FLOOR=${FLOOR:-$(command -v cc >/dev/null && echo 1 || echo 0)}
+if [ "$FLOOR" = 1 ]; then
+  cc -O2 -pthread -o "$W/create-floor" "$here/create-floor.c"
+  # Directories first, parents before children (find's order); files in path order, as a
+  # restore plan lists them.
+  { (cd "$src" && find . -mindepth 1 -type d -printf '-1 %P\n')
+    (cd "$src" && find . -type f -printf '%s %P\n' | sort -k2); } > "$W/floor-list"
+fi
 sleep 1.1 # files changed in the second before a backup are not trusted by the next one
 
 results=$W/results.tsv
@@ -117,8 +129,15 @@ for run in $(seq 1 "$RUNS"); do
       { echo "$tool: restored $n files / $bytes bytes, source has $want_n / $now_bytes" >&2; exit 1; }
     printf '%-10s run %s  repository %d MiB\n' "$tool" "$run" $(( $(du -sb "$repo" | cut -f1) / 1048576 ))
   done
+  if [ "$FLOOR" = 1 ]; then
+    tool=floor
+    rm -rf "$W/restore-floor" && mkdir "$W/restore-floor"
+    measure "restore" "$W/create-floor" "$W/restore-floor" "$(nproc)" < "$W/floor-list"
+    n=$(find "$W/restore-floor" -type f | wc -l)
+    [ "$n" -eq "$want_n" ] || { echo "floor: made $n files, the source has $want_n" >&2; exit 1; }
+  fi
   [ "$run" -lt "$RUNS" ] || break # the scratch file system goes as a whole
-  for bin in "${bins[@]}"; do rm -rf "$W/restore-$(basename "$bin")"; done
+  for bin in "${bins[@]}" floor; do rm -rf "$W/restore-$(basename "$bin")"; done
   sync
   sleep "$SETTLE"
 done
@@ -139,10 +158,20 @@ for s in steps:
     out = [s]
     for t in tools:
         rs = [r for r in rows if r[0] == t and r[2] == s]
+        if not rs:  # the floor has a restore only
+            out += ["-"] * 3
+            continue
         out.append(cell([float(r[3]) for r in rs], "%.2f"))
         out.append("%.2f" % statistics.median([float(r[4]) / max(float(r[3]), 0.01) for r in rs]))
         out.append(cell([float(r[5]) for r in rs], "%.0f"))
     print("| " + " | ".join(out) + " |")
+def med(t, s, col):
+    return statistics.median([float(r[col]) for r in rows if r[0] == t and r[2] == s])
+if "floor" in tools:
+    tools.remove("floor")
+    for t in tools:
+        print(f"restore: {t}/floor wall {med(t, 'restore', 3) / med('floor', 'restore', 3):.2f}x, "
+              f"CPU {med(t, 'restore', 4) / med('floor', 'restore', 4):.2f}x")
 if len(tools) >= 2:
     a, b = tools[0], tools[1]
     for s in steps:
