@@ -49,6 +49,11 @@ mkdir -p "$WORK"
 if [ "$SCRATCH" = 1 ]; then
   mountpoint -q "$WORK/scratch" && umount "$WORK/scratch"
   rm -f "$WORK/scratch.img"
+  # A run writes about 18 GB (the source, every tool's repository and restored tree: each small
+  # file takes a 4 KiB block) into the sparse image.
+  free=$(df -B1 --output=avail "$WORK" | tail -1)
+  [ "$free" -ge $(( 20 << 30 )) ] ||
+    { echo "smallfiles.sh: $WORK has $(( free >> 30 )) GiB free, a run needs about 20: free some, or set WORK" >&2; exit 1; }
   truncate -s 40G "$WORK/scratch.img"
   mkfs.ext4 -q -F -i 4096 "$WORK/scratch.img" # inodes for the source and every tool's restore
   mkdir -p "$WORK/scratch"
@@ -139,6 +144,10 @@ for run in $(seq 1 "$RUNS"); do
   [ "$run" -lt "$RUNS" ] || break # the scratch file system goes as a whole
   for bin in "${bins[@]}" floor; do rm -rf "$W/restore-$(basename "$bin")"; done
   sync
+  # The freed blocks go back to the image's file system (the loop device punches holes):
+  # without it the image grew by a run's writes (about 18 GB) every run, and filled this
+  # machine's disk in the second run.
+  [ "$SCRATCH" = 1 ] && fstrim "$W"
   sleep "$SETTLE"
 done
 
