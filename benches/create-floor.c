@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i * 2654435761u >> 13);
   size_t cap = 1 << 16, n = 0;
   struct entry *files = malloc(cap * sizeof *files);
+  if (!files) { perror("create-floor"); return 1; }
   char *line = NULL;
   size_t len = 0;
   ssize_t got;
@@ -64,9 +65,9 @@ int main(int argc, char **argv) {
       if (mkdirat(root, sp + 1, 0755) != 0) { perror(sp + 1); return 1; }
       continue;
     }
-    if (n == cap) files = realloc(files, (cap *= 2) * sizeof *files);
+    if (n == cap && !(files = realloc(files, (cap *= 2) * sizeof *files))) { perror("create-floor"); return 1; }
     files[n].size = size;
-    files[n++].path = strdup(sp + 1);
+    if (!(files[n++].path = strdup(sp + 1))) { perror("create-floor"); return 1; }
   }
   size_t threads = (size_t)atoi(argv[2]), per = (n + threads - 1) / threads;
   pthread_t tid[threads];
@@ -74,7 +75,7 @@ int main(int argc, char **argv) {
   for (size_t t = 0; t < threads; t++) {
     size_t from = t * per < n ? t * per : n, to = from + per < n ? from + per : n;
     parts[t] = (struct part){files + from, to - from};
-    pthread_create(&tid[t], NULL, make_files, &parts[t]);
+    if (pthread_create(&tid[t], NULL, make_files, &parts[t]) != 0) { fprintf(stderr, "create-floor: pthread_create failed\n"); return 1; }
   }
   for (size_t t = 0; t < threads; t++) pthread_join(tid[t], NULL);
   return 0;

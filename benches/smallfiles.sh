@@ -82,10 +82,10 @@ echo "$want_n files, $(( want_bytes / 1000000 )) MB apparent, $(wc -l < "$W/chan
 FLOOR=${FLOOR:-$(command -v cc >/dev/null && echo 1 || echo 0)}
 if [ "$FLOOR" = 1 ]; then
   cc -O2 -pthread -o "$W/create-floor" "$here/create-floor.c"
-  # Directories first, parents before children (find's order); files in path order, as a
-  # restore plan lists them.
+  # Directories first, parents before children (find's order); files in path order (bytewise,
+  # whatever the locale), as a restore plan lists them.
   { (cd "$src" && find . -mindepth 1 -type d -printf '-1 %P\n')
-    (cd "$src" && find . -type f -printf '%s %P\n' | sort -k2); } > "$W/floor-list"
+    (cd "$src" && find . -type f -printf '%s %P\n' | LC_ALL=C sort -k2); } > "$W/floor-list"
 fi
 sleep 1.1 # files changed in the second before a backup are not trusted by the next one
 
