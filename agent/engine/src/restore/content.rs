@@ -221,45 +221,6 @@ fn ranges(repo: &Repository, targets: &dyn Targets, skip: &HashSet<usize>) -> (V
     (wants, out, done)
 }
 
-/// The order `ranges` (in the wants' order) are read in: `parts` contiguous parts of about
-/// equally many ranges, taken in turn, so that the ranges in flight at once (`parts` of them)
-/// are far apart in the plan. Neighbouring ranges mostly write files of one directory, whose
-/// creations the file system serialises (the directory's lock): measured on one million small
-/// files in 20,000 directories (2 ranges in flight, alternated 7 times), restored in 33.0 s
-/// (median; 31.9–34.8) instead of 36.5 (32.4–40.6), with 3 s less system time. A part never
-/// begins with a range that continues the target its predecessor ends with, so the ranges of
-/// a big file or disk stay in one part and are written in order (a sparse image's blocks are
-/// allocated in the order they are written).
-fn interleave(ranges: Vec<Range>, wants: &[Want], parts: usize) -> Vec<Range> {
-    let n = ranges.len();
-    if parts < 2 || n < 2 * parts {
-        return ranges;
-    }
-    let continues = |i: usize| wants[ranges[i].blobs.start].target == wants[ranges[i - 1].blobs.end - 1].target;
-    // Part p holds ranges cuts[p]..cuts[p + 1].
-    let mut cuts = vec![0];
-    for p in 1..parts {
-        let mut c = (p * n / parts).max(cuts[p - 1]);
-        while c > 0 && c < n && continues(c) {
-            c += 1;
-        }
-        cuts.push(c);
-    }
-    cuts.push(n);
-    let mut next: Vec<usize> = cuts[..parts].to_vec();
-    let mut slots: Vec<Option<Range>> = ranges.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        for p in 0..parts {
-            if next[p] < cuts[p + 1] {
-                out.push(slots[next[p]].take().expect("each range is taken once"));
-                next[p] += 1;
-            }
-        }
-    }
-    out
-}
-
 /// Write all content (targets in `skip` are left out): bytes written, error lines, and the
 /// targets that did not get all their content.
 pub(crate) async fn write_all(
@@ -271,11 +232,10 @@ pub(crate) async fn write_all(
     let counters = job.progress.clone();
     let started = std::time::Instant::now();
     let (wants, ranges, mut done) = ranges(&repo, &*targets, skip);
-    let reads = ranges.len();
     tracing::info!(
         "restore content: {} uses of blobs in {} reads, found in {:.2} s",
         wants.len(),
-        reads,
+        ranges.len(),
         started.elapsed().as_secs_f64()
     );
     let wants = Arc::new(wants);
@@ -295,7 +255,6 @@ pub(crate) async fn write_all(
     // flight (with 8 pieces queued) restored 3.2 GiB of an image in 3.06–3.08 s against
     // 3.37–3.48 s, for 3–5 MiB more peak RSS: not taken.
     let in_flight = if local { LOCAL_IN_FLIGHT } else { IN_FLIGHT };
-    let ranges = interleave(ranges, &wants, in_flight);
     let results: Vec<RangeResult> = futures::stream::iter(ranges.into_iter().map(|r| {
         let (repo, targets, counters, cancel) = (repo.clone(), targets.clone(), counters.clone(), job.cancel.clone());
         let (bufs, range_bufs, wants) = (bufs.clone(), range_bufs.clone(), wants.clone());
@@ -495,72 +454,6 @@ fn keep_sizes(config: &repo_format::RepoConfig) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Ranges over `targets` (one want per target in each range, in order).
-    fn plan(targets: &[&[u32]]) -> (Vec<Want>, Vec<Range>) {
-        let mut wants = Vec::new();
-        let mut ranges = Vec::new();
-        for ts in targets {
-            let start = wants.len();
-            for &t in *ts {
-                wants.push(Want {
-                    id: BlobId::default(),
-                    pack: 0,
-                    offset: 0,
-                    stored_len: 1,
-                    raw_len: 1,
-                    len: 1,
-                    target: t,
-                    at: 0,
-                });
-            }
-            ranges.push(Range {
-                pack: PackId::default(),
-                salt: [0; SALT_LEN],
-                start: 0,
-                end: 1,
-                blobs: start..wants.len(),
-            });
-        }
-        (wants, ranges)
-    }
-
-    fn order(ranges: &[Range]) -> Vec<usize> {
-        ranges.iter().map(|r| r.blobs.start).collect()
-    }
-
-    #[test]
-    fn ranges_in_flight_at_once_come_from_far_apart_parts_of_the_plan() {
-        // Eight ranges of small files (each its own targets): two parts, taken in turn.
-        let (wants, ranges) = plan(&[&[0, 1], &[2, 3], &[4, 5], &[6, 7], &[8, 9], &[10, 11], &[12, 13], &[14, 15]]);
-        let got = order(&interleave(ranges, &wants, 2));
-        assert_eq!(got, [0, 8, 2, 10, 4, 12, 6, 14]);
-        // Three parts of seven: 0..2, 2..4, 4..7; the last part's rest comes at the end.
-        let (wants, ranges) = plan(&[&[0], &[1], &[2], &[3], &[4], &[5], &[6]]);
-        let got = order(&interleave(ranges, &wants, 3));
-        assert_eq!(got, [0, 2, 4, 1, 3, 5, 6]);
-    }
-
-    #[test]
-    fn a_target_spanning_ranges_is_not_cut_in_two() {
-        // Target 9 (a big file) spans ranges 1..=5: the cut at 4 moves to 6, after it.
-        let (wants, ranges) = plan(&[&[1], &[2, 9], &[9], &[9], &[9], &[9, 3], &[4], &[5]]);
-        let starts: Vec<usize> = ranges.iter().map(|r| r.blobs.start).collect();
-        let got = order(&interleave(ranges, &wants, 2));
-        assert_eq!(got, [starts[0], starts[6], starts[1], starts[7], starts[2], starts[3], starts[4], starts[5]]);
-        // One target throughout (a disk): one part, the order unchanged.
-        let (wants, ranges) = plan(&[&[0], &[0], &[0], &[0], &[0], &[0]]);
-        let before = order(&ranges);
-        assert_eq!(order(&interleave(ranges, &wants, 4)), before);
-    }
-
-    #[test]
-    fn few_ranges_or_one_in_flight_keep_their_order() {
-        let (wants, ranges) = plan(&[&[0], &[1], &[2]]);
-        assert_eq!(order(&interleave(ranges, &wants, 2)), [0, 1, 2]);
-        let (wants, ranges) = plan(&[&[0], &[1], &[2], &[3], &[4]]);
-        assert_eq!(order(&interleave(ranges, &wants, 1)), [0, 1, 2, 3, 4]);
-    }
 
     #[test]
     fn buffers_of_the_largest_chunk_are_kept_and_no_more() {
