@@ -26,18 +26,24 @@ struct part { struct entry *e; size_t n; };
 static int root;
 static char data[1 << 20];
 
+/* Names what failed (errno's reason) and exits 1. */
+static void die(const char *what) {
+  perror(what);
+  exit(1);
+}
+
 static void *make_files(void *arg) {
   struct part *p = arg;
   const struct timespec times[2] = {{1600000000, 0}, {1600000000, 0}};
   for (size_t i = 0; i < p->n; i++) {
     struct entry *e = &p->e[i];
     int fd = openat(root, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) { perror(e->path); exit(1); }
+    if (fd < 0) die(e->path);
     for (long off = 0; off < e->size; off += sizeof data) {
       size_t n = e->size - off < (long)sizeof data ? (size_t)(e->size - off) : sizeof data;
-      if (pwrite(fd, data, n, off) != (ssize_t)n) { perror(e->path); exit(1); }
+      if (pwrite(fd, data, n, off) != (ssize_t)n) die(e->path);
     }
-    if (futimens(fd, times) != 0 || close(fd) != 0) { perror(e->path); exit(1); }
+    if (futimens(fd, times) != 0 || close(fd) != 0) die(e->path);
   }
   return NULL;
 }
@@ -48,11 +54,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   root = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (root < 0) { perror(argv[1]); return 1; }
+  if (root < 0) die(argv[1]);
   for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i * 2654435761u >> 13);
   size_t cap = 1 << 16, n = 0;
   struct entry *files = malloc(cap * sizeof *files);
-  if (!files) { perror("create-floor"); return 1; }
+  if (!files) die("create-floor");
   char *line = NULL;
   size_t len = 0;
   ssize_t got;
@@ -62,12 +68,12 @@ int main(int argc, char **argv) {
     if (!sp) { fprintf(stderr, "create-floor: bad line: %s\n", line); return 2; }
     long size = strtol(line, NULL, 10);
     if (size < 0) {
-      if (mkdirat(root, sp + 1, 0755) != 0) { perror(sp + 1); return 1; }
+      if (mkdirat(root, sp + 1, 0755) != 0) die(sp + 1);
       continue;
     }
-    if (n == cap && !(files = realloc(files, (cap *= 2) * sizeof *files))) { perror("create-floor"); return 1; }
+    if (n == cap && !(files = realloc(files, (cap *= 2) * sizeof *files))) die("create-floor");
     files[n].size = size;
-    if (!(files[n++].path = strdup(sp + 1))) { perror("create-floor"); return 1; }
+    if (!(files[n++].path = strdup(sp + 1))) die("create-floor");
   }
   size_t threads = (size_t)atoi(argv[2]), per = (n + threads - 1) / threads;
   pthread_t tid[threads];
