@@ -79,3 +79,67 @@ async fn big_files_are_backed_up_and_restored_past_the_page_cache() {
     assert!(std::fs::read(target.join("whole")).unwrap() == whole, "whole differs");
     assert!(std::fs::read(target.join("sparse")).unwrap() == sparse, "sparse differs");
 }
+
+/// Extents of `path` after it is written back, from e2fsprogs' filefrag (`None`, and a counted
+/// skip, without it or where the file system cannot say).
+fn extents(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("filefrag").arg("-s").arg(path).output();
+    let n = out.ok().filter(|o| o.status.success()).and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.rsplit(": ").next()?.split_whitespace().next()?.parse().ok()
+    });
+    if n.is_none() {
+        repo_format::testing::skip("filefrag (e2fsprogs) cannot map the file's extents here");
+    }
+    n
+}
+
+/// A big file comes back laid out as its source: in about as few extents (its data's space is
+/// allocated before it is written directly; its blobs' unaligned ends, written through the page
+/// cache, are allocated at write-back), and with its holes still holes (only the data's space is
+/// allocated, not the file's size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_comes_back_in_few_extents_and_its_holes_stay_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let whole = random_bytes("whole", (70 << 20) + 1234);
+    std::fs::File::create(src.join("whole")).unwrap().write_all(&whole).unwrap();
+    let sparse_len = 1u64 << 30;
+    let data = random_bytes("data", 66 << 20);
+    {
+        let f = std::fs::File::create(src.join("sparse")).unwrap();
+        f.set_len(sparse_len).unwrap();
+        f.write_all_at(&data, 500 << 20).unwrap();
+    }
+    let Some(before) = extents(&src.join("whole")) else { return };
+
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let out = backup::run(repo.clone(), config(&src, "h"), &Job::new()).await.unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let target = tmp.path().join("out");
+    let opts = RestoreOptions::default();
+    let repo = restore::load_index(&repo).await.unwrap();
+    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
+    let report = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(std::fs::read(target.join("whole")).unwrap() == whole, "whole differs");
+
+    let after = extents(&target.join("whole")).unwrap();
+    assert!(after <= before + 4, "restored in {after} extents, the source has {before}");
+    let allocated = std::fs::metadata(target.join("sparse")).unwrap().blocks() * 512;
+    assert!(
+        allocated >= data.len() as u64 && allocated <= data.len() as u64 + (2 << 20),
+        "{allocated} bytes allocated for {} of data",
+        data.len()
+    );
+    let f = std::fs::File::open(target.join("sparse")).unwrap();
+    let got = |at| {
+        let mut buf = vec![0u8; 1 << 20];
+        f.read_exact_at(&mut buf, at).unwrap();
+        buf
+    };
+    assert!(got(0).iter().all(|&b| b == 0) && got(sparse_len - (1 << 20)).iter().all(|&b| b == 0), "holes read zeros");
+    assert!(got(500 << 20) == data[..1 << 20], "the data is where it was");
+}

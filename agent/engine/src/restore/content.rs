@@ -10,8 +10,9 @@
 //! decompression buffer per range in flight, and 64 bytes per use of a blob (`Want`). Both
 //! kinds of buffer are reused from range to range (a local directory's ranges are read into
 //! them), so a restore touches the same memory throughout instead of faulting in fresh pages.
-//! A target of 64 MiB or more is written past the page cache by one writer thread (`direct`),
-//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (five in all).
+//! A target of 64 MiB or more is written past the page cache by two writer threads (`direct`),
+//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (six in all),
+//! into space allocated for its data first.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -245,7 +246,7 @@ pub(crate) async fn write_all(
     let (plain_keep, range_keep) = keep_sizes(repo.config());
     let bufs = Arc::new(Pool::new(plain_keep, IN_FLIGHT));
     let range_bufs = Arc::new(Pool::new(if local { range_keep } else { 0 }, IN_FLIGHT));
-    // Big targets are written directly, by `direct`'s writer thread.
+    // Big targets are written directly, by `direct`'s writer threads.
     let direct = Arc::new(Direct::new((0..targets.count()).map(|i| {
         !skip.contains(&i)
             && !targets.single(i)
@@ -335,7 +336,7 @@ fn write_range(
     plain_bufs: &Pool,
 ) -> RangeResult {
     // Each target's file, and its direct reopening when it is written directly (shared with
-    // the direct writer thread until it has made this range's writes).
+    // the direct writer threads until it has made this range's writes).
     let mut files: HashMap<usize, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
     let mut written = 0u64;
     let mut errors = Vec::new();
@@ -396,6 +397,9 @@ fn write_range(
                 std::collections::hash_map::Entry::Vacant(v) => match targets.open(fi) {
                     Ok(f) => {
                         let d = direct.reopen(fi, &f).map(Arc::new);
+                        if d.is_some() {
+                            direct.allocate(fi, &f, targets.segments(fi));
+                        }
                         v.insert((Arc::new(f), d))
                     }
                     Err(e) => {
