@@ -32,14 +32,30 @@ fn evict(path: &Path) {
     nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
 }
 
+/// `tmp`/src holding `whole`, a file of 70 MiB and an unaligned rest: its path and its bytes.
+fn source_with_whole(tmp: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let src = tmp.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let whole = random_bytes("whole", (70 << 20) + 1234);
+    std::fs::File::create(src.join("whole")).unwrap().write_all(&whole).unwrap();
+    (src, whole)
+}
+
+/// Restore snapshot tree `tree` of `repo` whole into `target`, without errors.
+async fn restore_all(repo: &std::sync::Arc<repo_format::Repository>, tree: repo_format::TreeId, target: &Path) {
+    let opts = RestoreOptions::default();
+    // The backup worked on a view of its own: load the index a restore needs.
+    let repo = restore::load_index(repo).await.unwrap();
+    let plan = restore::plan(&repo, tree, &Filter::default(), &opts).await.unwrap();
+    let report = restore::execute(repo.clone(), plan, target, &Job::new(), &opts).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_files_are_backed_up_and_restored_past_the_page_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
     // A whole file of an unaligned size, and a sparse one whose data ends mid-page.
-    let whole = random_bytes("whole", (70 << 20) + 1234);
-    std::fs::File::create(src.join("whole")).unwrap().write_all(&whole).unwrap();
+    let (src, whole) = source_with_whole(tmp.path());
     let sparse_len = 100u64 << 20;
     let (a, b) = (random_bytes("a", 5_000_001), random_bytes("b", 3 << 20));
     {
@@ -65,12 +81,7 @@ async fn big_files_are_backed_up_and_restored_past_the_page_cache() {
     }
 
     let target = tmp.path().join("out");
-    let opts = RestoreOptions::default();
-    // The backup worked on a view of its own: load the index a restore needs.
-    let repo = restore::load_index(&repo).await.unwrap();
-    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
-    let report = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    restore_all(&repo, out.snapshot.tree, &target).await;
     for name in ["whole", "sparse"] {
         if let Some(n) = cached(&target.join(name)) {
             assert!(n < 4 << 20, "the restore left {n} bytes of {name} in the page cache");
@@ -102,10 +113,7 @@ fn extents(path: &Path) -> Option<u64> {
 async fn a_big_file_comes_back_in_few_extents_and_its_holes_stay_holes() {
     use std::os::unix::fs::MetadataExt;
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let whole = random_bytes("whole", (70 << 20) + 1234);
-    std::fs::File::create(src.join("whole")).unwrap().write_all(&whole).unwrap();
+    let (src, whole) = source_with_whole(tmp.path());
     let sparse_len = 1u64 << 30;
     let data = random_bytes("data", 66 << 20);
     {
@@ -119,11 +127,7 @@ async fn a_big_file_comes_back_in_few_extents_and_its_holes_stay_holes() {
     let out = backup::run(repo.clone(), config(&src, "h"), &Job::new()).await.unwrap();
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let target = tmp.path().join("out");
-    let opts = RestoreOptions::default();
-    let repo = restore::load_index(&repo).await.unwrap();
-    let plan = restore::plan(&repo, out.snapshot.tree, &Filter::default(), &opts).await.unwrap();
-    let report = restore::execute(repo.clone(), plan, &target, &Job::new(), &opts).await.unwrap();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    restore_all(&repo, out.snapshot.tree, &target).await;
     assert!(std::fs::read(target.join("whole")).unwrap() == whole, "whole differs");
 
     let after = extents(&target.join("whole")).unwrap();
