@@ -146,7 +146,7 @@ pub(crate) struct Failed {
     pub lost: u64,
 }
 
-/// One write for the writer thread: target `i`'s bytes at `at`.
+/// One write for a writer thread: target `i`'s bytes at `at`.
 struct Op {
     i: usize,
     file: Arc<File>,
@@ -207,13 +207,15 @@ impl Direct {
     /// range out in one piece, and direct writes into it may be made at once (`WRITERS`).
     /// Written into holes instead, every write held the file's lock until it was on disk, and
     /// each blob's unaligned ends (written through the cache) were allocated at write-back,
-    /// where ext4 could: the peer corpus's VM image came back in 18–24 extents (6–7 now, `cp`
-    /// makes 7), a 70 MiB file in 3 (1 now). A caller that
-    /// comes while another allocates waits for it. Regular files only: on a block device, some
-    /// Linux versions (5.x among them) drop the range's cached pages, dirty ones included, for
-    /// any fallocate mode they know, this one too, before refusing it. Best effort: where the file system cannot
-    /// (`EOPNOTSUPP`: some network file systems) or the space is not there, the writes go into
-    /// the holes as before, and a lack of space is their error.
+    /// where ext4 could: the peer corpus's VM image came back in 17–24 extents (6–7 now, `cp`
+    /// makes 7), a 70 MiB file in 3 (1 now). A caller that comes while another allocates waits
+    /// for it.
+    ///
+    /// Regular files only: on a block device, some Linux versions (5.x among them) drop the
+    /// range's cached pages, dirty ones included, for any fallocate mode they know, this one
+    /// too, before refusing it. Best effort: where the file system cannot (`EOPNOTSUPP`: some
+    /// network file systems) or the space is not there, the writes go into the holes as before,
+    /// and a lack of space is their error.
     pub(crate) fn allocate(&self, i: usize, file: &File, segments: &[repo_format::Segment]) {
         use nix::fcntl::{FallocateFlags, fallocate};
         let Some(once) = self.allocated.get(i) else { return };
@@ -233,10 +235,10 @@ impl Direct {
     /// Hand `data`, to be written at `at` of target `i`, to the writer threads: its page-aligned
     /// middle staged `STAGE` bytes at a time (to go through `direct`), its ends copied (to go
     /// through `file`). Waits only while `QUEUE` pieces wait already (or every staging buffer is
-    /// out). An error here means the writer thread is gone; write errors come from `finish`.
+    /// out). An error here means the writer threads are gone; write errors come from `finish`.
     pub(crate) fn write(&self, i: usize, file: &Arc<File>, direct: &Arc<File>, data: &[u8], at: u64) -> io::Result<()> {
         let (tx, free) = self.sender();
-        let stopped = || io::Error::other("the direct writer thread stopped");
+        let stopped = || io::Error::other("the direct writer threads stopped");
         let send = |at: u64, bytes: Bytes| {
             tx.send(Op { i, file: file.clone(), direct: direct.clone(), at, bytes }).map_err(|_| stopped())
         };
