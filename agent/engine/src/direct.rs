@@ -79,9 +79,11 @@ fn aligned(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
 /// (restored to ext4, alternated): 3.23–3.44 s with 4 pieces of 1 MiB, 4.02–4.16 s with none
 /// queued, 3.63–3.69 s with 4 of 512 KiB, 3.69–3.93 s with 8 of 256 KiB; each range thread
 /// writing its own blobs (before), 3.80–4.52 s. With two writers, three queued (five buffers in
-/// all, as before) restored the 8 GiB image in 12.0–27.4 s (median 13.95) against 12.2–16.3
-/// (median 12.75) with four, alternated, 5 rounds, on a slow day.
-const QUEUE: usize = 4;
+/// all, as with one writer and four) restored the 8 GiB image in 12.0–27.4 s (median 13.95)
+/// against 12.2–16.3 (median 12.75) with four and 16.4–21.2 (18.1) with one writer, alternated,
+/// 5 rounds, on a slow day; the peer corpus's restore (the harness, 3 runs each) peaked at
+/// 48.9–50.6 MiB with three, 51.7–52.9 with four, half of restic's or a little more. Three.
+const QUEUE: usize = 3;
 
 /// Writer threads. Two direct writes into one file are on their way to the disk at once only
 /// where the file system allows it: ext4 (on this machine's Linux 6.18) takes the file's lock

@@ -11,7 +11,7 @@
 //! kinds of buffer are reused from range to range (a local directory's ranges are read into
 //! them), so a restore touches the same memory throughout instead of faulting in fresh pages.
 //! A target of 64 MiB or more is written past the page cache by two writer threads (`direct`),
-//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (six in all),
+//! which the range threads hand their blobs to in 1 MiB aligned staging buffers (five in all),
 //! into space allocated for its data first.
 
 use std::collections::{HashMap, HashSet};
