@@ -357,9 +357,6 @@ const ENDS: usize = 32;
 /// is free for them, and none starts before they are written.
 type Gate = std::sync::RwLock<()>;
 
-/// An unaligned end held by a writer thread: target, file, offset, bytes.
-type End = (usize, Arc<File>, u64, Vec<u8>);
-
 /// A writer thread: make each write it takes in turn (see `Direct`), a blob's unaligned ends
 /// held and written `ENDS` at a time (the rest when the queue closes). A direct write the file
 /// system refuses (`EINVAL`) is made through the page cache, and so is every later one of its
@@ -388,30 +385,29 @@ fn write_ops(
             }
         }
     };
-    let write_ends = |ends: &mut Vec<End>| {
+    // The ends held (`Bytes::Cached` only).
+    let write_ends = |ends: &mut Vec<Op>| {
         if ends.is_empty() {
             return;
         }
         let _exclusive = gate.write().unwrap_or_else(|e| e.into_inner());
-        for (i, file, at, b) in ends.drain(..) {
+        for Op { i, file, at, bytes, .. } in ends.drain(..) {
+            let Bytes::Cached(b) = bytes else { unreachable!("only unaligned ends are held") };
             let len = b.len() as u64;
             if !skip(i, len) {
                 record(i, len, file.write_all_at(&b, at));
             }
         }
     };
-    let mut ends: Vec<End> = Vec::with_capacity(ENDS);
-    for Op { i, file, direct, at, bytes } in rx {
+    let mut ends: Vec<Op> = Vec::with_capacity(ENDS);
+    for op in rx {
         before();
-        let (stage, n) = match bytes {
-            Bytes::Cached(b) => {
-                ends.push((i, file, at, b));
-                if ends.len() == ENDS {
-                    write_ends(&mut ends);
-                }
-                continue;
+        let Op { i, file, direct, at, bytes: Bytes::Staged(stage, n) } = op else {
+            ends.push(op);
+            if ends.len() == ENDS {
+                write_ends(&mut ends);
             }
-            Bytes::Staged(stage, n) => (stage, n),
+            continue;
         };
         if !skip(i, n as u64) {
             let skew = stage.as_ptr().align_offset(ALIGN);
