@@ -106,37 +106,62 @@ impl MasterKey {
     }
 }
 
-/// Which AES-256-GCM this process uses: the aes-gcm crate (AES-NI + CLMUL, ARMv8 AES + PMULL,
-/// or bitsliced software), or `gcm`'s composition on Power and Z when the CPU has the vector
-/// unit. `FERRY_AES=crate` forces the crate, `FERRY_AES=kernel` forces `gcm` where it can run
-/// (on x86_64 and aarch64 too, for the tests); read once per process.
-fn engine() -> Option<(gcm::AesImpl, &'static str)> {
-    static ENGINE: OnceLock<Option<(gcm::AesImpl, &'static str)>> = OnceLock::new();
+/// Which AES-256-GCM this process uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    /// The aes-gcm crate: AES-NI + CLMUL, ARMv8 AES + PMULL, or bitsliced software.
+    Crate,
+    /// `gcm`'s composition (Power and Z with the vector unit; elsewhere only when forced).
+    Kernel(gcm::AesImpl, &'static str),
+    /// AWS-LC (x86_64): AES and GHASH stitched in one pass (AES-NI + CLMUL with AVX, or
+    /// VAES + VPCLMULQDQ with AVX-512). The default there.
+    #[cfg(target_arch = "x86_64")]
+    AwsLc,
+}
+
+/// The engine of this process: AWS-LC on x86_64, `gcm` on Power and Z when the CPU has the
+/// vector unit, the crate otherwise. `FERRY_AES=crate` forces the crate, `FERRY_AES=kernel`
+/// forces `gcm` where it can run (on x86_64 and aarch64 too, for the tests); read once per
+/// process. Every engine makes the same bytes (the tests compare them).
+fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
     *ENGINE.get_or_init(|| {
-        let forced = std::env::var("FERRY_AES").unwrap_or_default();
-        match forced.as_str() {
-            "crate" => None,
-            "kernel" => gcm::available().or_else(gcm::base_isa),
-            _ => gcm::available(),
+        let kernel = |k: Option<(gcm::AesImpl, &'static str)>| k.map(|(aes, name)| Engine::Kernel(aes, name));
+        match std::env::var("FERRY_AES").unwrap_or_default().as_str() {
+            "crate" => Engine::Crate,
+            "kernel" => kernel(gcm::available().or_else(gcm::base_isa)).unwrap_or(Engine::Crate),
+            #[cfg(target_arch = "x86_64")]
+            _ => Engine::AwsLc,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => kernel(gcm::available()).unwrap_or(Engine::Crate),
         }
     })
 }
 
 /// The AES-256-GCM code path in use, for `ferry version` and `ferry bench`.
 pub fn path() -> &'static str {
-    if let Some((_, name)) = engine() {
-        return name;
+    match engine() {
+        Engine::Kernel(_, name) => return name,
+        #[cfg(target_arch = "x86_64")]
+        Engine::AwsLc => {
+            // AWS-LC's own dispatch (crypto/fipsmodule/modes/gcm.c): AVX-512 with VAES and
+            // VPCLMULQDQ, else AES-NI and CLMUL stitched with AVX (and MOVBE), else unstitched.
+            use std::arch::is_x86_feature_detected as has;
+            let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("vaes") && has!("vpclmulqdq");
+            return match (has!("aes") && has!("pclmulqdq"), avx512, has!("avx") && has!("movbe")) {
+                (true, true, _) => "aws-lc: vaes + vpclmulqdq (avx-512)",
+                (true, false, true) => "aws-lc: aes-ni + clmul (stitched, avx)",
+                (true, false, false) => "aws-lc: aes-ni + clmul",
+                (false, ..) => "aws-lc: software (vector permutes)",
+            };
+        }
+        Engine::Crate => {}
     }
     #[cfg(target_arch = "x86_64")]
     {
         let aes = std::arch::is_x86_feature_detected!("aes");
         let clmul = std::arch::is_x86_feature_detected!("pclmulqdq");
-        let vaes = std::arch::is_x86_feature_detected!("vaes") && std::arch::is_x86_feature_detected!("vpclmulqdq");
-        match (aes && clmul, vaes) {
-            (true, true) => "aes-ni + clmul (vaes available)",
-            (true, false) => "aes-ni + clmul",
-            _ => "software (bitsliced)",
-        }
+        if aes && clmul { "aes-ni + clmul" } else { "software (bitsliced)" }
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -178,6 +203,8 @@ impl Aead {
 pub(crate) enum Cipher {
     Crate(Box<Aes256Gcm>),
     Kernel(Box<gcm::Gcm>),
+    #[cfg(target_arch = "x86_64")]
+    AwsLc(std::sync::Arc<aws_lc_rs::aead::LessSafeKey>),
 }
 
 impl std::fmt::Debug for Cipher {
@@ -188,9 +215,19 @@ impl std::fmt::Debug for Cipher {
 
 impl Cipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        match engine() {
-            Some((aes, _)) => Cipher::Kernel(Box::new(gcm::Gcm::new(key, aes))),
-            None => Cipher::Crate(Box::new(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))),
+        Self::with(engine(), key)
+    }
+
+    fn with(engine: Engine, key: &[u8; 32]) -> Self {
+        match engine {
+            Engine::Kernel(aes, _) => Cipher::Kernel(Box::new(gcm::Gcm::new(key, aes))),
+            Engine::Crate => Cipher::Crate(Box::new(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))),
+            #[cfg(target_arch = "x86_64")]
+            Engine::AwsLc => {
+                use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
+                let key = UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes a 32-byte key");
+                Cipher::AwsLc(std::sync::Arc::new(LessSafeKey::new(key)))
+            }
         }
     }
 
@@ -213,14 +250,27 @@ impl Cipher {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce);
         buf[at..start].copy_from_slice(&nonce);
-        let tag: [u8; TAG_LEN] = match self {
+        let tag = self.encrypt(aad, &nonce, &mut buf[start..]);
+        buf.extend_from_slice(&tag);
+    }
+
+    /// Encrypt `data` in place under `nonce`; the tag.
+    fn encrypt(&self, aad: &[u8], nonce: &[u8; NONCE_LEN], data: &mut [u8]) -> [u8; TAG_LEN] {
+        match self {
             Cipher::Crate(c) => c
-                .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[start..]).into())
+                .encrypt_inout_detached(&Nonce::from(*nonce), aad, data.into())
                 .expect("AES-GCM accepts messages below 64 GiB")
                 .into(),
-            Cipher::Kernel(g) => g.seal_in_place(&nonce, aad, &mut buf[start..]),
-        };
-        buf.extend_from_slice(&tag);
+            Cipher::Kernel(g) => g.seal_in_place(nonce, aad, data),
+            #[cfg(target_arch = "x86_64")]
+            Cipher::AwsLc(k) => {
+                use aws_lc_rs::aead::{Aad, Nonce};
+                let tag = k
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), data)
+                    .expect("AES-GCM accepts messages below 64 GiB");
+                tag.as_ref().try_into().expect("a 16-byte tag")
+            }
+        }
     }
 
     #[cfg(test)]
@@ -238,8 +288,9 @@ impl Cipher {
     }
 
     /// Authenticate `sealed` and decrypt it where it lies: the plaintext, between nonce and
-    /// tag. When the tag does not verify, `sealed` is left as it was (both paths check the
-    /// tag before decrypting).
+    /// tag. When the tag does not verify, nothing is returned and `sealed`'s bytes are
+    /// unspecified: the crate and `gcm` check the tag before decrypting and leave them as they
+    /// were, AWS-LC decrypts while it authenticates.
     pub fn open_in_place<'a>(&self, aad: &[u8], sealed: &'a mut [u8], what: &'static str) -> Result<&'a mut [u8]> {
         let (nonce, ct, tag) = Self::framing(sealed, what)?;
         let ct = &mut sealed[ct];
@@ -258,13 +309,19 @@ impl Cipher {
         Ok((nonce, NONCE_LEN..end, tag))
     }
 
-    /// Decrypt `ct` in place if `tag` verifies (and only then).
+    /// Decrypt `ct` in place; whether `tag` verifies. When it does not, `ct`'s bytes are
+    /// unspecified (`open_in_place`).
     fn decrypt(&self, aad: &[u8], nonce: &[u8; NONCE_LEN], ct: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         match self {
             Cipher::Crate(c) => {
                 c.decrypt_inout_detached(&Nonce::from(*nonce), aad, ct.into(), &Tag::from(*tag)).is_ok()
             }
             Cipher::Kernel(g) => g.open_in_place(nonce, aad, ct, tag),
+            #[cfg(target_arch = "x86_64")]
+            Cipher::AwsLc(k) => {
+                use aws_lc_rs::aead::{Aad, Nonce};
+                k.open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), tag, ct).is_ok()
+            }
         }
     }
 
@@ -296,6 +353,13 @@ mod tests {
         }
 
         #[test]
+        fn any_message_is_sealed_alike_by_every_engine(key in any::<[u8; 32]>(), nonce in any::<[u8; NONCE_LEN]>(),
+                                                       aad in proptest::collection::vec(any::<u8>(), 0..100),
+                                                       data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            same_under_every_engine(&key, &nonce, &aad, &data);
+        }
+
+        #[test]
         fn sealed_in_place_it_opens_and_what_lies_before_is_kept(
             data in proptest::collection::vec(any::<u8>(), 0..4096),
             before in proptest::collection::vec(any::<u8>(), 0..40),
@@ -320,6 +384,54 @@ mod tests {
             sealed[i] ^= 1 << bit;
             prop_assert!(c.open(b"aad", &sealed, "t").unwrap_err().is_corrupt());
         }
+    }
+
+    /// Every engine this CPU can run, the crate first (the reference).
+    fn engines() -> Vec<Engine> {
+        let mut v = vec![Engine::Crate];
+        v.extend(gcm::available().or_else(gcm::base_isa).map(|(aes, name)| Engine::Kernel(aes, name)));
+        #[cfg(target_arch = "x86_64")]
+        v.push(Engine::AwsLc);
+        v
+    }
+
+    /// Ciphertext and tag of `data` under every engine, the same bytes; each opens the others'.
+    fn same_under_every_engine(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], data: &[u8]) {
+        let ciphers: Vec<(Engine, Cipher)> = engines().into_iter().map(|e| (e, Cipher::with(e, key))).collect();
+        let sealed: Vec<(Vec<u8>, [u8; TAG_LEN])> = ciphers
+            .iter()
+            .map(|(_, c)| {
+                let mut ct = data.to_vec();
+                let tag = c.encrypt(aad, nonce, &mut ct);
+                (ct, tag)
+            })
+            .collect();
+        for ((e, c), s) in ciphers.iter().zip(&sealed) {
+            assert!(s == &sealed[0], "{e:?} sealed {} bytes (aad {}) unlike the crate", data.len(), aad.len());
+            let mut ct = sealed[0].0.clone();
+            assert!(c.decrypt(aad, nonce, &mut ct, &sealed[0].1), "{e:?} refused the crate's {} bytes", data.len());
+            assert!(ct == data, "{e:?} opened {} bytes wrong", data.len());
+            let mut ct = sealed[0].0.clone();
+            let mut tag = sealed[0].1;
+            tag[data.len() % TAG_LEN] ^= 0x10;
+            assert!(!c.decrypt(aad, nonce, &mut ct, &tag), "{e:?} accepted a wrong tag");
+        }
+    }
+
+    #[test]
+    fn every_engine_makes_the_crates_bytes_at_every_length_around_blocks_and_batches() {
+        #[cfg(target_arch = "x86_64")]
+        assert!(engines().contains(&Engine::AwsLc));
+        let key: [u8; 32] = std::array::from_fn(|i| (i * 13 + 5) as u8);
+        let data: Vec<u8> = (0..(1u32 << 20) + 4099).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        // Bulk code works on batches of up to 16 blocks (256 bytes) and pieces of some KiB:
+        // every length up to 3 batches, then around powers of two up to a restore's 1 MiB piece.
+        let lens = (0..=800).chain((10..=20).flat_map(|b| [(1 << b) - 1, 1 << b, (1 << b) + 17]));
+        for (i, n) in lens.enumerate() {
+            let nonce: [u8; NONCE_LEN] = std::array::from_fn(|j| (i * 3 + j) as u8);
+            same_under_every_engine(&key, &nonce, &data[..i % 70], &data[..n]);
+        }
+        same_under_every_engine(&key, &[0xff; NONCE_LEN], &data[..4099], &data);
     }
 
     #[test]

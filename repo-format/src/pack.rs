@@ -234,9 +234,10 @@ impl<'k> PackOpener<'k> {
 
     /// Open one stored blob, decrypting it where it lies (no copy of the ciphertext): its
     /// bytes, which are `stored`'s own for a blob stored raw, and are decompressed into `plain`
-    /// (cleared, its capacity reused) otherwise. Authenticated and hashed as `open_blob`. On an
-    /// authentication failure `stored` is unchanged; after that (a bad payload or id) it holds
-    /// the decrypted payload.
+    /// (cleared, its capacity reused) otherwise. Authenticated and hashed as `open_blob`. On any
+    /// failure `stored`'s bytes are not to be used again: unspecified after an authentication
+    /// failure (`Cipher::open_in_place`), the decrypted payload after a later one (a bad
+    /// payload or id).
     pub fn open_in_place<'a>(
         &self,
         kind: BlobKind,
