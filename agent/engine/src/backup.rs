@@ -376,6 +376,10 @@ pub async fn run(repo: Arc<Repository>, cfg: BackupConfig, job: &Job) -> Result<
     }
     let snapshot = snapshot(start_ns, root, parent, &cfg.host, cfg.paths_bytes(), tags, summary);
     crate::prune::guard_long_backup(&repo, root, started, job).await?;
+    // A cancel that came while the last packs and the index were uploaded (the scan was over,
+    // so nothing above saw it) still writes no snapshot: the agent's e2e test canceled a
+    // DataUpload then, and it ended Canceled with a snapshot stored.
+    job.cancel.check()?;
     let snapshot_id = repo.save_snapshot(&snapshot).await.context("saving the snapshot")?;
     if let Some(w) = cache_writer {
         if let Err(e) = w.commit() {
